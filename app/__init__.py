@@ -1,0 +1,3 @@
+"""Modelyard: a desktop workbench for local LLM weights."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Modelyard's core: everything the GUI and the CLI do, without Qt."""

@@ -1,0 +1,1 @@
+"""Detect and describe model files: GGUF, Hugging Face folders, the HF cache."""

@@ -1,0 +1,254 @@
+"""Find models under folders and in the Hugging Face cache, headers only.
+
+A scan never stops at one bad model or folder: an unreadable model carries its problems, and a
+folder that cannot be listed or a looping link becomes a `ScanProblem`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from app.core.errors import BadInputError
+from app.core.formats.gguf_model import describe_gguf, group_gguf_files, split_shard_info
+from app.core.formats.hf_model import describe_hf_folder, looks_like_hf_folder
+from app.core.formats.model_info import ModelInfo, Problem, broken_model
+from app.core.jobs import NullReporter, ProgressUnit, Reporter, check_cancel
+
+MAX_DEPTH = 12
+
+
+@dataclass(frozen=True)
+class ScanProblem:
+    path: Path
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.text}"
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    models: tuple[ModelInfo, ...]
+    problems: tuple[ScanProblem, ...] = ()
+
+
+def _describe_error(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if exc.errno == errno.ENOENT:
+        return "broken symbolic link (its target does not exist)"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+@dataclass
+class _Walker:
+    reporter: Reporter
+    models: list[ModelInfo] = field(default_factory=list)
+    problems: list[ScanProblem] = field(default_factory=list)
+    seen_dirs: set[tuple[int, int]] = field(default_factory=set)
+    seen_models: set[Path] = field(default_factory=set)
+    folders_done: int = 0
+
+    def add(self, model: ModelInfo) -> None:
+        key = model.path.resolve()
+        if key not in self.seen_models:
+            self.seen_models.add(key)
+            self.models.append(model)
+
+    def list_folder(self, folder: Path) -> list[os.DirEntry[str]] | None:
+        try:
+            with os.scandir(folder) as entries:
+                return sorted(entries, key=lambda e: e.name)
+        except OSError as exc:
+            self.problems.append(ScanProblem(folder, f"cannot read folder: "
+                                                     f"{_describe_error(exc)}"))
+            return None
+
+    def walk(self, folder: Path, depth: int = 0) -> None:
+        check_cancel(self.reporter)
+        try:
+            stat = folder.stat()
+        except OSError as exc:
+            self.problems.append(ScanProblem(folder, _describe_error(exc)))
+            return
+        if (stat.st_dev, stat.st_ino) in self.seen_dirs:
+            return  # a link back to a folder already walked: skipping it breaks the loop
+        self.seen_dirs.add((stat.st_dev, stat.st_ino))
+        entries = self.list_folder(folder)
+        if entries is None:
+            return
+        self.folders_done += 1
+        self.reporter.progress(self.folders_done, 0, str(folder))
+
+        files: list[Path] = []
+        subdirs: list[Path] = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()
+                is_file = entry.is_file()
+                if entry.is_symlink() and not (is_dir or is_file):
+                    os.stat(path)  # raises with the reason the link is unusable
+            except OSError as exc:
+                if path.suffix in (".gguf", ".safetensors") or not path.suffix:
+                    self.problems.append(ScanProblem(path, _describe_error(exc)))
+                continue
+            if is_dir and not entry.name.startswith("."):
+                subdirs.append(path)
+            elif is_file:
+                files.append(path)
+
+        ggufs = [f for f in files if f.suffix == ".gguf"]
+        for shards, count in group_gguf_files(ggufs):
+            check_cancel(self.reporter)
+            self.add(describe_gguf(shards, count))
+        if looks_like_hf_folder(f.name for f in files):
+            check_cancel(self.reporter)
+            self.add(describe_hf_folder(folder))
+            return  # a model folder's subfolders belong to the model
+        if depth >= MAX_DEPTH:
+            if subdirs:
+                self.problems.append(ScanProblem(folder, f"not searched deeper than "
+                                                         f"{MAX_DEPTH} levels"))
+            return
+        for subdir in subdirs:
+            self.walk(subdir, depth + 1)
+
+
+def describe_path(path: Path) -> ModelInfo | None:
+    """The model a single path names (a GGUF file, a shard, a model folder), or None."""
+    if path.is_file() and path.suffix == ".gguf":
+        info = split_shard_info(path)
+        if info is None:
+            return describe_gguf([path])
+        base, _, count = info
+        siblings = [p for p in path.parent.glob(f"{base}-*-of-{count:05d}.gguf")
+                    if split_shard_info(p)]
+        return describe_gguf(sorted(siblings), count)
+    if path.is_dir():
+        try:
+            names = [p.name for p in path.iterdir()]
+        except OSError as exc:
+            return broken_model(path, "hf", [Problem(f"cannot read folder: "
+                                                     f"{_describe_error(exc)}", fatal=True)])
+        if looks_like_hf_folder(names):
+            return describe_hf_folder(path)
+    return None
+
+
+def scan_hf_cache(cache_dir: Path | None, reporter: Reporter) -> tuple[list[ModelInfo],
+                                                                      list[ScanProblem]]:
+    """Models in the local Hugging Face cache, one per repo (its newest revision)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        cache = scan_cache_dir(cache_dir)
+    except CacheNotFound:
+        return [], []
+    except OSError as exc:
+        where = Path(cache_dir) if cache_dir else Path("~/.cache/huggingface/hub").expanduser()
+        return [], [ScanProblem(where, f"cannot read the Hugging Face cache: "
+                                       f"{_describe_error(exc)}")]
+    problems = [ScanProblem(Path(str(cache.cache_dir)), str(w)) for w in cache.warnings]
+    models: list[ModelInfo] = []
+    for repo in sorted(cache.repos, key=lambda r: r.repo_id.lower()):
+        check_cancel(reporter)
+        if repo.repo_type != "model" or not repo.revisions:
+            continue
+        revision = max(repo.revisions, key=lambda r: r.last_modified)
+        snapshot = Path(revision.snapshot_path)
+        walker = _Walker(reporter)
+        walker.walk(snapshot)
+        problems.extend(walker.problems)
+        for model in walker.models:
+            suffix = "" if model.path == snapshot else f" · {model.name}"
+            models.append(_with_source(model, f"{repo.repo_id}{suffix}", repo.repo_id))
+    return models, problems
+
+
+def _with_source(model: ModelInfo, name: str, repo_id: str) -> ModelInfo:
+    return replace(model, name=name, source="hf-cache", repo_id=repo_id)
+
+
+def scan_paths(paths: Iterable[str | Path], *, include_hf_cache: bool = False,
+               hf_cache_dir: Path | None = None,
+               reporter: Reporter | None = None) -> ScanResult:
+    """Every model under `paths` (files or folders), and in the HF cache if asked."""
+    reporter = reporter or NullReporter()
+    walker = _Walker(reporter)
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not os.path.lexists(path):
+            walker.problems.append(ScanProblem(path, "does not exist"))
+        elif path.is_dir():
+            walker.walk(path)
+        elif path.is_file():
+            model = describe_path(path)
+            if model is None:
+                walker.problems.append(ScanProblem(path, "not a model file (GGUF) or folder"))
+            else:
+                walker.add(model)
+        else:
+            try:
+                os.stat(path)
+                walker.problems.append(ScanProblem(path, "not a file or folder"))
+            except OSError as exc:
+                walker.problems.append(ScanProblem(path, _describe_error(exc)))
+    if include_hf_cache:
+        models, problems = scan_hf_cache(hf_cache_dir, reporter)
+        for model in models:
+            walker.add(model)
+        walker.problems.extend(problems)
+    return ScanResult(tuple(walker.models), tuple(walker.problems))
+
+
+def inspect_path(path: str | Path) -> ModelInfo:
+    """Describe the one model at `path`; raise `BadInputError` if there is none."""
+    path = Path(path).expanduser()
+    if not os.path.lexists(path):
+        raise BadInputError("no such file or folder", path=path)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        raise BadInputError(_describe_error(exc), path=path) from None
+    model = describe_path(path)
+    if model is None:
+        raise BadInputError("not a model: expected a .gguf file or a folder with config.json "
+                            "and safetensors weights", path=path)
+    return model
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """Job: scan folders (and optionally the HF cache) for models."""
+
+    paths: tuple[Path, ...]
+    include_hf_cache: bool = False
+    hf_cache_dir: Path | None = None
+    progress_unit: ProgressUnit = "items"
+
+    @property
+    def title(self) -> str:
+        where = ", ".join(p.name or str(p) for p in self.paths[:2])
+        more = f" +{len(self.paths) - 2}" if len(self.paths) > 2 else ""
+        if not self.paths:
+            return "Scan the HF cache"
+        cache = " and the HF cache" if self.include_hf_cache else ""
+        return f"Scan {where}{more}{cache}"
+
+    def run(self, reporter: Reporter) -> ScanResult:
+        result = scan_paths(self.paths, include_hf_cache=self.include_hf_cache,
+                            hf_cache_dir=self.hf_cache_dir, reporter=reporter)
+        for problem in result.problems:
+            reporter.log("warning", str(problem))
+        with_problems = sum(1 for m in result.models if m.problems)
+        reporter.log("info", f"found {len(result.models)} model(s), {with_problems} with "
+                             "problems")
+        return result

@@ -1,0 +1,35 @@
+"""Start the window. Imports nothing heavy (torch, transformers) so it appears at once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication
+
+from app import __version__
+
+ICON = Path(__file__).resolve().parent.parent / "resources" / "modelyard.svg"
+
+
+def create_application(argv: list[str] | None = None) -> QApplication:
+    existing = QApplication.instance()
+    app = existing if isinstance(existing, QApplication) else QApplication(
+        argv if argv is not None else sys.argv[:1])
+    app.setApplicationName("Modelyard")
+    app.setOrganizationName("Modelyard")
+    app.setApplicationVersion(__version__)
+    app.setDesktopFileName("modelyard")
+    if ICON.exists():
+        app.setWindowIcon(QIcon(str(ICON)))
+    return app
+
+
+def run_gui() -> int:
+    app = create_application()
+    from app.gui.main_window import MainWindow
+
+    window = MainWindow()
+    window.show()
+    return app.exec()

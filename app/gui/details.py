@@ -1,0 +1,200 @@
+"""The details pane: Overview, Tensors and Problems of the selected model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFormLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QScrollArea,
+    QStyle,
+    QTableView,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.formats.model_info import ModelInfo, TensorInfo, format_bytes, format_count
+
+AnyIndex = QModelIndex | QPersistentModelIndex
+TENSOR_HEADERS = ("Name", "Type", "Shape", "Bytes")
+
+
+class TensorTableModel(QAbstractTableModel):
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._tensors: tuple[TensorInfo, ...] = ()
+
+    def set_tensors(self, tensors: tuple[TensorInfo, ...]) -> None:
+        self.beginResetModel()
+        self._tensors = tensors
+        self.endResetModel()
+
+    def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._tensors)
+
+    def columnCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(TENSOR_HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return TENSOR_HEADERS[section]
+        return None
+
+    def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        tensor = self._tensors[index.row()]
+        column = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return (tensor.name, tensor.type, " × ".join(map(str, tensor.shape)),
+                    f"{tensor.n_bytes:,}")[column]
+        if role == Qt.ItemDataRole.UserRole:
+            return (tensor.name, tensor.type, tensor.shape, tensor.n_bytes)[column]
+        if role == Qt.ItemDataRole.TextAlignmentRole and column == 3:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+
+class OverviewTab(QScrollArea):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        body = QWidget()
+        self.form = QFormLayout(body)
+        self.form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.setWidget(body)
+        self.show_model(None)
+
+    def show_model(self, model: ModelInfo | None) -> None:
+        while self.form.rowCount():
+            self.form.removeRow(0)
+        if model is None:
+            self.form.addRow(QLabel("Select a model to see its details."))
+            return
+        for label, value in overview_rows(model):
+            field = QLabel(value)
+            field.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            field.setWordWrap(True)
+            self.form.addRow(f"{label}:", field)
+
+
+def overview_rows(model: ModelInfo) -> list[tuple[str, str]]:
+    moe = "no"
+    if model.moe:
+        used = f", {model.moe.n_experts_used} used per token" if model.moe.n_experts_used else ""
+        layout = {"stacked": ", stacked (blk.N.ffn_*_exps)",
+                  "split": ", one tensor per expert",
+                  "mixed": ", mixed layouts"}.get(model.moe.layout or "", "")
+        moe = f"{model.moe.n_experts} experts{used}{layout}"
+    rows = [
+        ("Name", model.name),
+        ("Path", str(model.path)),
+        ("Format", model.format.upper() + (f", {len(model.files)} files"
+                                          if len(model.files) > 1 else "")),
+        ("Architecture", model.architecture or "unknown"),
+        ("Parameters", f"{format_count(model.parameters)} ({model.parameters:,})"),
+        ("Size on disk", format_bytes(model.file_size)),
+        ("Quantization", model.quantization or "unknown"),
+        ("Tensors", ", ".join(f"{t} {n}" for t, n in model.tensor_types.items()) or "none"),
+        ("Context length", str(model.context_length or "unknown")),
+        ("Layers", str(model.n_layers or "unknown")),
+        ("Mixture of experts", moe),
+        ("Tokenizer", "included" if model.has_tokenizer else "missing"),
+    ]
+    if model.repo_id:
+        rows.insert(1, ("Hub repo", model.repo_id))
+    return rows
+
+
+class TensorsTab(QWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.filter = QLineEdit(placeholderText="filter tensors (name or type)…")
+        self.filter.setClearButtonEnabled(True)
+        self.model = TensorTableModel(self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setSortRole(Qt.ItemDataRole.UserRole)
+        self.proxy.setFilterKeyColumn(-1)
+        self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(-1, Qt.SortOrder.AscendingOrder)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.verticalHeader().hide()
+        self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 6)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.count = QLabel()
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.filter)
+        layout.addWidget(self.table)
+        layout.addWidget(self.count)
+        self.proxy.rowsInserted.connect(self._update_count)
+        self.proxy.modelReset.connect(self._update_count)
+        self.proxy.layoutChanged.connect(self._update_count)
+        self.filter.textChanged.connect(self._update_count)
+
+    def show_model(self, model: ModelInfo | None) -> None:
+        self.model.set_tensors(model.tensors if model else ())
+        self._update_count()
+
+    def _update_count(self) -> None:
+        self.count.setText(f"{self.proxy.rowCount()} of {self.model.rowCount()} tensors")
+
+
+class ProblemsTab(QListWidget):
+    def show_model(self, model: ModelInfo | None) -> None:
+        self.clear()
+        if model is None:
+            return
+        if not model.problems:
+            self.addItem(QListWidgetItem("No problems found."))
+            return
+        style = self.style()
+        for problem in model.problems:
+            icon = style.standardIcon(QStyle.StandardPixmap.SP_MessageBoxCritical
+                                      if problem.fatal else
+                                      QStyle.StandardPixmap.SP_MessageBoxWarning)
+            item = QListWidgetItem(icon, problem.text)
+            item.setToolTip(problem.text)
+            self.addItem(item)
+        self.setWordWrap(True)
+
+
+class DetailsPane(QTabWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.overview = OverviewTab()
+        self.tensors = TensorsTab()
+        self.problems = ProblemsTab()
+        self.addTab(self.overview, "Overview")
+        self.addTab(self.tensors, "Tensors")
+        self.addTab(self.problems, "Problems")
+        self.model: ModelInfo | None = None
+
+    def show_model(self, model: ModelInfo | None) -> None:
+        self.model = model
+        self.overview.show_model(model)
+        self.tensors.show_model(model)
+        self.problems.show_model(model)
+        count = len(model.problems) if model else 0
+        self.setTabText(self.indexOf(self.problems), f"Problems ({count})" if count else "Problems")

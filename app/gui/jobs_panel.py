@@ -1,0 +1,187 @@
+"""The jobs panel: one line per job (progress, speed, ETA, cancel) and the selected job's log."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer, QUrl
+from PySide6.QtGui import QDesktopServices, QTextCursor
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QHeaderView,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.formats.model_info import format_bytes
+from app.gui.worker import JobQueue, JobRecord
+
+COLUMNS = ("Job", "Progress", "Speed", "ETA", "State")
+STATE_TEXT = {"queued": "queued", "running": "running", "done": "done", "failed": "failed",
+              "cancelled": "cancelled"}
+
+
+def format_rate(record: JobRecord) -> str:
+    rate = record.rate()
+    if rate is None:
+        return ""
+    if record.unit == "bytes":
+        return f"{format_bytes(rate)}/s"
+    return f"{rate:.1f} {record.unit}/s"
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class JobsPanel(QWidget):
+    def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.queue = queue
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(list(COLUMNS))
+        self.tree.setRootIsDecorated(False)
+        self.tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.tree.header().setStretchLastSection(False)
+        self.tree.setColumnWidth(1, 180)
+        self.log_view = QPlainTextEdit(readOnly=True)
+        self.log_view.setPlaceholderText("The selected job's log appears here.")
+        self.log_view.setMaximumBlockCount(20000)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.open_log_button = QPushButton("Open log file")
+        self.open_log_button.setEnabled(False)
+        self.clear_button = QPushButton("Clear finished")
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.open_log_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.clear_button)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(self.tree)
+        left_layout.addLayout(buttons)
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(left)
+        splitter.addWidget(self.log_view)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(splitter)
+
+        self._items: dict[int, QTreeWidgetItem] = {}
+        self._bars: dict[int, QProgressBar] = {}
+        queue.job_added.connect(self._add)
+        queue.job_changed.connect(self._refresh)
+        queue.job_logged.connect(self._logged)
+        self.tree.currentItemChanged.connect(self._selection_changed)
+        self.cancel_button.clicked.connect(self._cancel_selected)
+        self.open_log_button.clicked.connect(self._open_log)
+        self.clear_button.clicked.connect(self.clear_finished)
+        # Speed and ETA move even when a job reports rarely.
+        self._ticker = QTimer(self, interval=1000)
+        self._ticker.timeout.connect(self._refresh_running)
+        self._ticker.start()
+
+    def selected_job(self) -> int | None:
+        item = self.tree.currentItem()
+        return None if item is None else int(item.data(0, Qt.ItemDataRole.UserRole))
+
+    def _add(self, job_id: int) -> None:
+        record = self.queue.jobs[job_id]
+        item = QTreeWidgetItem([record.title, "", "", "", STATE_TEXT[record.state]])
+        item.setData(0, Qt.ItemDataRole.UserRole, job_id)
+        item.setToolTip(0, record.title)
+        self.tree.addTopLevelItem(item)
+        bar = QProgressBar()
+        bar.setRange(0, 1000)
+        bar.setValue(0)
+        bar.setTextVisible(True)
+        bar.setFormat("queued")
+        self.tree.setItemWidget(item, 1, bar)
+        self._items[job_id] = item
+        self._bars[job_id] = bar
+        self.tree.setCurrentItem(item)
+
+    def _refresh(self, job_id: int) -> None:
+        item = self._items.get(job_id)
+        if item is None:
+            return
+        record = self.queue.jobs[job_id]
+        bar = self._bars[job_id]
+        if record.state == "running" and record.total <= 0:
+            bar.setRange(0, 0)  # busy indicator: the job cannot know its total yet
+        else:
+            bar.setRange(0, 1000)
+            fraction = record.done / record.total if record.total > 0 else (
+                1.0 if record.state == "done" else 0.0)
+            bar.setValue(int(fraction * 1000))
+        bar.setFormat(f"{bar.value() / 10:.0f}%" if record.state == "running"
+                      else STATE_TEXT[record.state])
+        item.setText(2, format_rate(record) if record.state == "running" else "")
+        item.setText(3, format_eta(record.eta_seconds()))
+        state = STATE_TEXT[record.state]
+        item.setText(4, state if not record.text or record.state == "done"
+                     else f"{state}: {record.text}")
+        item.setToolTip(4, record.text)
+        if job_id == self.selected_job():
+            self._update_buttons(record)
+
+    def _refresh_running(self) -> None:
+        for record in self.queue.active():
+            if record.state == "running":
+                self._refresh(record.job_id)
+
+    def _logged(self, job_id: int, level: str, text: str) -> None:
+        if job_id == self.selected_job():
+            self._append_line(level, text)
+
+    def _append_line(self, level: str, text: str) -> None:
+        prefix = "" if level == "info" else f"{level.upper()}: "
+        self.log_view.appendPlainText(prefix + text)
+        self.log_view.moveCursor(QTextCursor.MoveOperation.End)
+
+    def _selection_changed(self, *_: object) -> None:
+        job_id = self.selected_job()
+        self.log_view.clear()
+        if job_id is None:
+            self.cancel_button.setEnabled(False)
+            self.open_log_button.setEnabled(False)
+            return
+        record = self.queue.jobs[job_id]
+        for _stamp, level, text in record.log:
+            self._append_line(level, text)
+        self._update_buttons(record)
+
+    def _update_buttons(self, record: JobRecord) -> None:
+        self.cancel_button.setEnabled(not record.finished and not record.token.is_set())
+        self.open_log_button.setEnabled(record.log_path is not None and
+                                        record.log_path.exists())
+
+    def _cancel_selected(self) -> None:
+        job_id = self.selected_job()
+        if job_id is not None:
+            self.queue.cancel(job_id)
+
+    def _open_log(self) -> None:
+        job_id = self.selected_job()
+        if job_id is not None and (path := self.queue.jobs[job_id].log_path):
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+    def clear_finished(self) -> None:
+        for job_id in [j for j, r in self.queue.jobs.items() if r.finished]:
+            item = self._items.pop(job_id, None)
+            self._bars.pop(job_id, None)
+            if item is not None:
+                self.tree.takeTopLevelItem(self.tree.indexOfTopLevelItem(item))

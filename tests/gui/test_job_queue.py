@@ -1,0 +1,75 @@
+"""The worker thread: jobs run off the UI thread, in order, report progress and cancel."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from app.core.jobs import Reporter, check_cancel
+from app.gui.jobs_panel import JobsPanel
+from app.gui.worker import JobQueue
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """Runs until released or cancelled, recording which thread ran it."""
+
+    name: str
+    release: threading.Event = field(default_factory=threading.Event, compare=False)
+    ran_on: list[str] = field(default_factory=list, compare=False)
+    progress_unit: str = "items"
+
+    @property
+    def title(self) -> str:
+        return f"blocking {self.name}"
+
+    def run(self, reporter: Reporter) -> str:
+        self.ran_on.append(threading.current_thread().name)
+        step = 0
+        while not self.release.wait(0.01):
+            check_cancel(reporter)
+            step += 1
+            reporter.progress(min(step, 99), 100, f"step {step}")
+        reporter.log("info", "released")
+        return self.name
+
+
+def test_jobs_run_in_order_off_the_ui_thread(qtbot) -> None:  # type: ignore[no-untyped-def]
+    queue = JobQueue()
+    try:
+        first, second = Blocking("first"), Blocking("second")
+        id1, id2 = queue.submit(first), queue.submit(second)
+        qtbot.waitUntil(lambda: queue.jobs[id1].state == "running", timeout=5000)
+        # The UI thread keeps processing events while the job runs.
+        qtbot.waitUntil(lambda: queue.jobs[id1].done > 5, timeout=5000)
+        assert queue.jobs[id2].state == "queued"
+        first.release.set()
+        qtbot.waitUntil(lambda: queue.jobs[id2].state == "running", timeout=5000)
+        assert queue.jobs[id1].state == "done" and queue.jobs[id1].result.value == "first"
+        assert any(text == "released" for _, _, text in queue.jobs[id1].log)
+        second.release.set()
+        qtbot.waitUntil(lambda: queue.jobs[id2].finished, timeout=5000)
+        assert first.ran_on[0] != threading.current_thread().name
+    finally:
+        queue.shutdown()
+
+
+def test_cancel_running_and_queued_jobs(qtbot) -> None:  # type: ignore[no-untyped-def]
+    queue = JobQueue()
+    panel = JobsPanel(queue)
+    qtbot.addWidget(panel)
+    try:
+        running, queued = Blocking("running"), Blocking("queued")
+        id1, id2 = queue.submit(running), queue.submit(queued)
+        qtbot.waitUntil(lambda: queue.jobs[id1].state == "running", timeout=5000)
+        queue.cancel(id2)
+        panel.tree.setCurrentItem(panel._items[id1])
+        assert panel.cancel_button.isEnabled()
+        panel.cancel_button.click()
+        qtbot.waitUntil(lambda: queue.jobs[id1].finished and queue.jobs[id2].finished,
+                        timeout=5000)
+        assert queue.jobs[id1].state == "cancelled"
+        assert queue.jobs[id2].state == "cancelled" and queued.ran_on == []
+        assert panel._items[id1].text(4).startswith("cancelled")
+    finally:
+        queue.shutdown()
