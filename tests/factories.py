@@ -131,7 +131,9 @@ def make_bnb_model(source: Path, folder: Path, *, bits: int = 4) -> Path:
 def make_gguf(path: Path, *, arch: str = "llama", n_layers: int = 2, n_embd: int = 64,
               n_ff: int = 128, n_vocab: int = 64, n_experts: int = 0,
               expert_layout: str = "stacked", with_tokenizer: bool = True,
-              extra_tensors: Sequence[tuple[str, np.ndarray]] = (), seed: int = 0) -> Path:
+              extra_tensors: Sequence[tuple[str, np.ndarray]] = (), seed: int = 0,
+              tied_embeddings: bool = False, n_head: int = 4, n_head_kv: int = 2,
+              extra_kv: dict[str, int | float | str] | None = None) -> Path:
     """Write a small GGUF with gguf-py: F32 tensors, real hyperparameters, optional experts."""
     import gguf
 
@@ -146,9 +148,18 @@ def make_gguf(path: Path, *, arch: str = "llama", n_layers: int = 2, n_embd: int
     writer.add_context_length(512)
     writer.add_embedding_length(n_embd)
     writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(2)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
     writer.add_layer_norm_rms_eps(1e-5)
+    for key, value in (extra_kv or {}).items():
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_string(key, value)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     if n_experts:
         writer.add_expert_count(n_experts)
@@ -165,8 +176,9 @@ def make_gguf(path: Path, *, arch: str = "llama", n_layers: int = 2, n_embd: int
         prefix = f"blk.{layer}"
         writer.add_tensor(f"{prefix}.attn_norm.weight", np.ones(n_embd, np.float32))
         writer.add_tensor(f"{prefix}.attn_q.weight", weights(n_embd, n_embd))
-        writer.add_tensor(f"{prefix}.attn_k.weight", weights(n_embd // 2, n_embd))
-        writer.add_tensor(f"{prefix}.attn_v.weight", weights(n_embd // 2, n_embd))
+        kv_width = n_embd // n_head * n_head_kv
+        writer.add_tensor(f"{prefix}.attn_k.weight", weights(kv_width, n_embd))
+        writer.add_tensor(f"{prefix}.attn_v.weight", weights(kv_width, n_embd))
         writer.add_tensor(f"{prefix}.attn_output.weight", weights(n_embd, n_embd))
         writer.add_tensor(f"{prefix}.ffn_norm.weight", np.ones(n_embd, np.float32))
         if not n_experts:
@@ -183,7 +195,8 @@ def make_gguf(path: Path, *, arch: str = "llama", n_layers: int = 2, n_embd: int
                 for expert in range(n_experts):
                     writer.add_tensor(f"{prefix}.ffn_{kind}.{expert}.weight", weights(*shape))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
-    writer.add_tensor("output.weight", weights(n_vocab, n_embd))
+    if not tied_embeddings:
+        writer.add_tensor("output.weight", weights(n_vocab, n_embd))
     for name, array in extra_tensors:
         writer.add_tensor(name, array)
     writer.write_header_to_file()

@@ -24,6 +24,9 @@ SPLIT_NAME = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gg
 STACKED_EXPERTS = re.compile(r"^blk\.\d+\.ffn_[a-z_]+_exps\.weight$")
 SPLIT_EXPERTS = re.compile(r"^blk\.\d+\.ffn_(gate|up|down)\.\d+\.weight$")
 KNOWN_ARCHITECTURES = frozenset(MODEL_ARCH_NAMES.values())
+# The quant tag GGUF publishers append to a model's name: Name-Q4_K_M, Name.Q8_0, name-f16.
+QUANT_TAG = re.compile(r"[-._](F32|F16|BF16|Q\d_K(_[SML])?|Q\d_\d|IQ\d_\w+|TQ\d_\d|MXFP4\w*)$",
+                       re.IGNORECASE)
 
 
 def split_shard_info(path: Path) -> tuple[str, int, int] | None:
@@ -32,6 +35,11 @@ def split_shard_info(path: Path) -> tuple[str, int, int] | None:
     if not match:
         return None
     return match["base"], int(match["index"]), int(match["count"])
+
+
+def quant_family(name: str) -> str:
+    """The model name without its quant tag, to group a repo's quants of one model."""
+    return QUANT_TAG.sub("", name).lower()
 
 
 def expert_layout(names: Sequence[str]) -> ExpertLayout | None:

@@ -1,0 +1,124 @@
+"""`fit`: will a model load or convert here, and which quant fits best."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from app.cli.table import render_table
+from app.core.errors import OptionError
+from app.core.estimate.report import FitReport, fit_report
+from app.core.estimate.verdict import DEFAULT_CONTEXT, Target
+from app.core.formats.gguf_model import quant_family
+from app.core.formats.model_info import ModelInfo, format_bytes
+from app.core.formats.scan import inspect_path, scan_paths
+from app.core.resources import probe_resources
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    fit = commands.add_parser(
+        "fit", help="will it fit: memory needed per device, verdict, best quant")
+    fit.add_argument("path", type=Path, metavar="PATH",
+                     help="a GGUF file, a model folder, or a folder of GGUF quants")
+    fit.add_argument("--ctx", type=int, default=DEFAULT_CONTEXT,
+                     help=f"context length in tokens (default {DEFAULT_CONTEXT})")
+    fit.add_argument("--gpu-layers", type=int, default=None,
+                     help="layers to offload (default: as many as fit)")
+    fit.add_argument("--vram", type=float, default=None, metavar="GIB",
+                     help="judge for a GPU with this much free VRAM instead of this machine's")
+    fit.add_argument("--ram", type=float, default=None, metavar="GIB",
+                     help="judge for this much free RAM instead of this machine's")
+    fit.add_argument("--cpu-only", action="store_true", help="ignore this machine's GPUs")
+    fit.add_argument("--cache-type", default="F16", help="llama.cpp KV cache type (F16, Q8_0…)")
+    fit.add_argument("--flash-attn", action="store_true", help="llama.cpp flash attention on")
+    fit.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    fit.set_defaults(handler=cmd_fit)
+
+
+def _target(args: argparse.Namespace) -> Target:
+    resources = probe_resources(args.path if args.path.exists() else None)
+    if args.vram is not None or args.ram is not None:
+        if args.cpu_only and args.vram is not None:
+            raise OptionError("--cpu-only and --vram contradict each other")
+        custom = Target.custom(args.vram, args.ram, resources)
+        return Target(custom.name, custom.ram_bytes, () if args.cpu_only else custom.gpu_free)
+    return Target.from_resources(resources, cpu_only=args.cpu_only)
+
+
+def _primary_and_siblings(path: Path) -> tuple[ModelInfo, list[ModelInfo]]:
+    """The model at `path` and the other quants of it beside it (or in the folder)."""
+    if path.is_dir():
+        found = scan_paths([path]).models
+        ggufs = [m for m in found if m.format == "gguf"]
+        direct = [m for m in found if m.path == path]
+        if direct:
+            return direct[0], []
+        if not ggufs:
+            return inspect_path(path), []  # raises the clear "not a model" error
+        return ggufs[0], ggufs
+    model = inspect_path(path)
+    if model.format != "gguf":
+        return model, []
+    family = quant_family(model.name)
+    neighbours = [m for m in scan_paths([path.parent]).models
+                  if m.format == "gguf" and quant_family(m.name) == family]
+    return model, neighbours if len(neighbours) > 1 else []
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    if args.ctx <= 0:
+        raise OptionError(f"--ctx must be positive, not {args.ctx}")
+    model, siblings = _primary_and_siblings(args.path)
+    target = _target(args)
+    report = fit_report(model, target, args.ctx, args.gpu_layers, siblings,
+                        cache_type=args.cache_type, flash_attention=args.flash_attn)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_report(report)
+    return 0
+
+
+def _gib(n_bytes: int) -> str:
+    return format_bytes(n_bytes)
+
+
+def print_report(report: FitReport) -> None:
+    target = report.target
+    gpus = ", ".join(_gib(v) for v in target.usable_vram) or "no GPU"
+    print(f"{report.model.name} at {report.context} tokens on {target.name} "
+          f"(usable: {_gib(target.usable_ram)} RAM, {gpus})")
+    print(f"  verdict: {report.verdict.text}")
+    estimate = report.verdict.estimate
+    if estimate is not None:
+        rows = [("RAM", _gib(estimate.ram.weights), _gib(estimate.ram.kv_cache),
+                 _gib(estimate.ram.compute), _gib(estimate.ram.overhead),
+                 _gib(estimate.ram.total))]
+        rows += [(f"GPU {i}", _gib(v.weights), _gib(v.kv_cache), _gib(v.compute),
+                  _gib(v.overhead), _gib(v.total)) for i, v in enumerate(estimate.vram)
+                 if v.total]
+        print(render_table(("Device", "Weights", "KV cache", "Compute", "Overhead", "Total"),
+                           rows, right_align=(1, 2, 3, 4, 5)))
+        for note in estimate.approximate:
+            print(f"  approximate: {note}")
+    if report.candidates:
+        print()
+        rows = [("*" if c.recommended else "", c.candidate.label, c.candidate.quant,
+                 _gib(c.candidate.model.file_size), c.verdict.text.split(":")[0],
+                 "" if c.candidate.writable else "estimate only")
+                for c in report.candidates]
+        print(render_table(("", "Quant", "Type", "Size", "Verdict", ""), rows,
+                           right_align=(3,)))
+    recommended = report.recommended
+    if recommended is not None:
+        print(f"recommended: {recommended.candidate.label}")
+    if report.max_context:
+        print(f"longest context that fully fits: {report.max_context} tokens")
+    if report.convert is not None:
+        print(f"conversion peak: {_gib(report.convert.peak_bytes)} "
+              f"(loading everything would need {_gib(report.convert.naive_peak_bytes)})")
+    for note in report.notes:
+        print(f"note: {note}")

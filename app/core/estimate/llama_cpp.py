@@ -1,0 +1,206 @@
+"""Memory to run a GGUF with llama.cpp: weights per device, KV cache, compute buffers, overhead.
+
+Layer placement follows llama.cpp (src/llama-model.cpp): the input embeddings always stay on the
+CPU; the output layer counts as layer n_layer, and `n_gpu_layers = k` offloads layers
+n_layer+1-k … n_layer, so the output layer is the first to go to the GPU and k = n_layer + 1
+offloads everything. Layers split across GPUs in proportion to their free memory. Each layer's KV
+cache lives with the layer. Compute-buffer sizes come from the graph shapes of one micro-batch
+(the worst case llama.cpp reserves), calibrated against the sizes llama.cpp itself reports for
+several model shapes and context lengths (within ~6 %, see tests/bench/fit_accuracy.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from app.core.errors import OptionError
+from app.core.estimate.breakdown import MIB, MemoryBreakdown, RunEstimate
+from app.core.estimate.shape import ModelShape, model_shape
+from app.core.formats.model_info import ModelInfo
+from app.core.quant.types import get_type
+
+N_UBATCH = 512
+KV_PAD = 256
+# Measured with llama-cpp-python 0.3.36 on SmolLM2 (tests/bench/fit_accuracy.py): ~28 MiB for
+# the library and its threads, ~370 bytes per vocabulary entry (token strings, merges, maps).
+RUNTIME_OVERHEAD = 28 * MIB
+VOCAB_BYTES_PER_TOKEN = 384
+# A CUDA context plus cuBLAS workspaces; not measured here (no GPU on the build machines).
+GPU_OVERHEAD = 400 * MIB
+BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which device each offloadable layer (blocks 0..n-1, then output) runs on; -1 = CPU."""
+
+    devices: tuple[int, ...]
+
+    @property
+    def output_device(self) -> int:
+        return self.devices[-1]
+
+    def block_device(self, layer: int) -> int:
+        return self.devices[layer]
+
+
+def place_layers(n_layer: int, gpu_layers: int, gpu_free: Sequence[int]) -> Placement:
+    """llama.cpp's assignment of blocks and the output layer to devices."""
+    if gpu_layers < 0:
+        raise OptionError(f"--gpu-layers must be 0 or more, not {gpu_layers}")
+    if not gpu_free:
+        return Placement((-1,) * (n_layer + 1))
+    offloaded = min(gpu_layers, n_layer + 1)
+    first_gpu = max(n_layer + 1 - gpu_layers, 0)
+    total_free = sum(gpu_free) or len(gpu_free)
+    shares = [(f or 1) / total_free for f in gpu_free]
+    bounds, running = [], 0.0
+    for share in shares:
+        running += share
+        bounds.append(running)
+    devices = []
+    for layer in range(n_layer + 1):
+        if layer < first_gpu or layer - first_gpu >= offloaded:
+            devices.append(-1)
+            continue
+        position = (layer - first_gpu) / offloaded
+        devices.append(next((i for i, b in enumerate(bounds) if position < b), len(bounds) - 1))
+    return Placement(tuple(devices))
+
+
+def layer_weight_bytes(model: ModelInfo, n_layer: int) -> tuple[int, list[int], int]:
+    """(input bytes, bytes of each block, output bytes) from the file's tensor sizes."""
+    blocks = [0] * n_layer
+    input_bytes = output_bytes = 0
+    for tensor in model.tensors:
+        match = BLOCK_TENSOR.match(tensor.name)
+        if match and int(match.group(1)) < n_layer:
+            blocks[int(match.group(1))] += tensor.n_bytes
+        elif tensor.name.startswith("output"):
+            output_bytes += tensor.n_bytes
+        else:
+            input_bytes += tensor.n_bytes
+    return input_bytes, blocks, output_bytes
+
+
+def kv_cache_bytes(shape: ModelShape, context: int, layer: int, cache_type: str = "F16",
+                   n_ubatch: int = N_UBATCH) -> int:
+    """One layer's K and V cells: 2 · n_ctx · n_head_kv · head_dim · bytes, per layer."""
+    bytes_per_value = get_type(cache_type).bits_per_weight / 8
+    cells = padded_context(context)
+    if shape.swa_layers and shape.swa_layers[layer] and shape.sliding_window:
+        # llama_kv_cache_iswa: a windowed layer keeps n_swa + n_ubatch cells, padded to 256.
+        cells = min(cells, _pad(shape.sliding_window + n_ubatch))
+    heads = shape.n_head_kv[layer]
+    return int(cells * heads * (shape.head_dim_k + shape.head_dim_v) * bytes_per_value)
+
+
+def _pad(value: int) -> int:
+    return (value + KV_PAD - 1) // KV_PAD * KV_PAD
+
+
+def padded_context(context: int) -> int:
+    return _pad(context)
+
+
+@dataclass(frozen=True)
+class ComputeBuffers:
+    layer_gpu: int  # what a GPU reserves (cudaMalloc) for the attention/FFN graph
+    layer_cpu: int  # what the CPU touches for the same graph, conversion work buffer included
+    logits: int  # the output layer's graph with logits for a whole micro-batch (GPU reserve)
+    inputs: int
+
+
+def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
+                    n_ubatch: int = N_UBATCH) -> ComputeBuffers:
+    """Worst-case compute buffers for one micro-batch attending to a full context."""
+    kv = padded_context(context)
+    ubatch = min(context, n_ubatch)
+    f32 = 4
+    if flash_attention:
+        attention = 2 * kv * ubatch * 2 + 8 * shape.n_embd * ubatch * f32
+        conversion = 0
+    else:
+        # KQ scores for every head plus the mask, both f32 ...
+        attention = (shape.n_head + 1) * kv * ubatch * f32 + 6 * shape.n_embd * ubatch * f32
+        # ... and on the CPU the softmax converted to f16 for the V product (ggml's wdata).
+        conversion = shape.n_head * kv * ubatch * 2
+    experts = max(shape.n_experts_used, 1)
+    ffn = (4 * shape.n_ff * experts + 2 * shape.n_embd) * ubatch * f32
+    logits = shape.n_vocab * ubatch * f32 + 3 * shape.n_embd * ubatch * f32
+    layer = max(attention, ffn)
+    return ComputeBuffers(layer, max(attention + conversion, ffn), logits,
+                          2 * shape.n_embd * ubatch * f32)
+
+
+def runtime_overhead(shape: ModelShape) -> int:
+    """llama.cpp's own RAM: code and threads, the vocabulary's tables, context state."""
+    return RUNTIME_OVERHEAD + VOCAB_BYTES_PER_TOKEN * shape.n_vocab
+
+
+def estimate_gguf_run(model: ModelInfo, context: int, gpu_layers: int = 0,
+                      gpu_free: Sequence[int] = (), cache_type: str = "F16",
+                      flash_attention: bool = False) -> RunEstimate:
+    """Memory to run `model` with llama.cpp at `context` tokens and `gpu_layers` offloaded."""
+    if context <= 0:
+        raise OptionError(f"context length must be positive, not {context}")
+    shape = model_shape(model)
+    notes = list(shape.approximate)
+    if model.architecture is None:
+        notes.append("unknown architecture: only the weights are counted reliably")
+    if shape.n_experts:
+        notes.append("mixture of experts: FFN compute buffer scaled by experts per token")
+    n_layer = shape.n_layer
+    placement = place_layers(n_layer, gpu_layers if gpu_free else 0, gpu_free)
+    input_bytes, blocks, output_bytes = layer_weight_bytes(model, n_layer)
+    n_gpus = len(gpu_free)
+    weights = [0] * n_gpus
+    kv = [0] * n_gpus
+    ram_weights = input_bytes
+    ram_kv = 0
+    for layer in range(n_layer):
+        device = placement.block_device(layer)
+        layer_kv = kv_cache_bytes(shape, context, layer, cache_type) if shape.n_head else 0
+        if device < 0:
+            ram_weights += blocks[layer]
+            ram_kv += layer_kv
+        else:
+            weights[device] += blocks[layer]
+            kv[device] += layer_kv
+    output_device = placement.output_device
+    if output_device < 0:
+        ram_weights += output_bytes
+    else:
+        weights[output_device] += output_bytes
+        if shape.tied_embeddings:
+            # No output.weight: llama.cpp copies token_embd to the output layer's device.
+            weights[output_device] += next(
+                (t.n_bytes for t in model.tensors if t.name == "token_embd.weight"), 0)
+
+    buffers = compute_buffers(shape, context, flash_attention) if shape.n_embd else None
+    cpu_compute = 0
+    if buffers is not None:
+        # RAM counts touched pages: generation asks for one token's logits, so the CPU never
+        # fills the output graph's whole-batch buffer; a GPU reserves it all up front.
+        cpu_compute = buffers.inputs
+        if any(placement.block_device(i) < 0 for i in range(n_layer)):
+            cpu_compute = max(cpu_compute, buffers.layer_cpu)
+    ram = MemoryBreakdown(ram_weights, ram_kv, cpu_compute, runtime_overhead(shape))
+    vram = []
+    for gpu in range(n_gpus):
+        parts = [0]
+        if buffers is not None and any(placement.block_device(i) == gpu
+                                       for i in range(n_layer)):
+            parts.append(buffers.layer_gpu)
+        if buffers is not None and output_device == gpu:
+            parts.append(buffers.logits)
+        used = weights[gpu] or kv[gpu] or max(parts)
+        vram.append(MemoryBreakdown(weights[gpu], kv[gpu], max(parts),
+                                    GPU_OVERHEAD if used else 0))
+    if any(v.total for v in vram):
+        notes.append("CUDA context and cuBLAS workspace sizes are typical values, not measured")
+    offloaded = sum(1 for d in placement.devices if d >= 0)
+    return RunEstimate("llama.cpp", context, ram, tuple(vram), offloaded,
+                       shape.n_layers_offloadable, tuple(dict.fromkeys(notes)))

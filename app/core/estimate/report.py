@@ -1,0 +1,104 @@
+"""One answer to "will it fit?" for a model: its verdict, the quants it exists in or could be
+converted to (each with a verdict), the recommended one and the longest context that fits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.core.estimate.verdict import (
+    DEFAULT_CONTEXT,
+    Candidate,
+    CandidateFit,
+    Target,
+    Verdict,
+    fully_fits,
+    judge,
+    max_context,
+    recommend,
+)
+from app.core.formats.model_info import ModelInfo
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """Peak memory of Modelyard's own streaming job, and of the load-everything approach."""
+
+    peak_bytes: int
+    naive_peak_bytes: int
+    output_bytes: int
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class FitReport:
+    model: ModelInfo
+    target: Target
+    context: int
+    verdict: Verdict
+    candidates: tuple[CandidateFit, ...] = ()
+    max_context: int | None = None
+    convert: JobEstimate | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def recommended(self) -> CandidateFit | None:
+        return next((c for c in self.candidates if c.recommended), None)
+
+    def to_json(self) -> dict[str, Any]:
+        recommended = self.recommended
+        data: dict[str, Any] = {
+            "model": {"name": self.model.name, "path": str(self.model.path),
+                      "format": self.model.format, "quantization": self.model.quantization},
+            "target": {"name": self.target.name, "ram_bytes": self.target.ram_bytes,
+                       "usable_ram_bytes": self.target.usable_ram,
+                       "gpu_free_bytes": list(self.target.gpu_free),
+                       "usable_vram_bytes": list(self.target.usable_vram)},
+            **self.verdict.to_json(),
+            "context": self.context,
+            "recommended_type": recommended.candidate.quant if recommended else None,
+            "recommended_label": recommended.candidate.label if recommended else None,
+            "max_context": self.max_context,
+            "candidates": [_candidate_json(c) for c in self.candidates],
+            "notes": list(self.notes),
+        }
+        if self.convert is not None:
+            data["convert_peak_bytes"] = self.convert.peak_bytes
+            data["convert_naive_peak_bytes"] = self.convert.naive_peak_bytes
+            data["convert_device"] = self.convert.device
+        return data
+
+
+def _candidate_json(fit: CandidateFit) -> dict[str, Any]:
+    return {"label": fit.candidate.label, "quant": fit.candidate.quant,
+            "size_bytes": fit.candidate.model.file_size, "existing": fit.candidate.existing,
+            "writable": fit.candidate.writable, "recommended": fit.recommended,
+            **fit.verdict.to_json()}
+
+
+def existing_candidates(models: Sequence[ModelInfo]) -> list[Candidate]:
+    """GGUF files of one model in several quants (a folder or Hub repo of quants)."""
+    return [Candidate(m.name, m.quantization or "?", m, writable=True, existing=True)
+            for m in models if m.format == "gguf" and not m.fatal_problems]
+
+
+def fit_report(model: ModelInfo, target: Target, context: int = DEFAULT_CONTEXT,
+               gpu_layers: int | None = None, siblings: Sequence[ModelInfo] = (),
+               conversions: Sequence[Candidate] = (), convert: JobEstimate | None = None,
+               **options: Any) -> FitReport:
+    """Everything the fit panel and `modelyard fit` show for one model: `siblings` are other
+    files of the same model, `conversions` the GGUFs Modelyard could write from it."""
+    verdict = judge(model, target, context, gpu_layers, **options)
+    candidates = existing_candidates(siblings) + list(conversions)
+    fits = tuple(recommend(candidates, target, context, **options)) if candidates else ()
+    recommended = next((f for f in fits if f.recommended), None)
+    best_model = recommended.candidate.model if recommended else model
+    longest = max_context(best_model, target, **options) if verdict.kind != "unknown" else None
+    notes = []
+    if candidates and recommended is None:
+        notes.append("no quant fits this target; try a shorter context")
+    elif recommended is not None and not fully_fits(recommended.verdict, target):
+        notes.append(f"no quant fits entirely on the GPU; {recommended.candidate.label} "
+                     f"{recommended.verdict.text.split(':')[0]}")
+    return FitReport(model, target, context, verdict, fits, longest, convert, tuple(notes))

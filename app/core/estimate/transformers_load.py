@@ -1,0 +1,131 @@
+"""Memory to load an HF checkpoint with transformers and generate from it.
+
+Weights count at the load dtype, except quantized ones (bitsandbytes, GPTQ/AWQ) which stay at
+their stored size with their quantization state. Layers that do not fit on the GPU go to the CPU
+in order, as Modelyard's sequential placement does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from app.core.errors import OptionError
+from app.core.estimate.breakdown import MIB, MemoryBreakdown, RunEstimate
+from app.core.estimate.shape import ModelShape, model_shape
+from app.core.formats.model_info import ModelInfo, TensorInfo
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+STORED_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+FLOAT_TYPES = frozenset(STORED_DTYPES)
+# torch + transformers imported, thread pools and allocator caches warm after a forward pass:
+# ~300 MiB RSS on CPU (tests/bench/fit_accuracy.py).
+TORCH_OVERHEAD = 300 * MIB
+CUDA_CONTEXT = 400 * MIB
+HF_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def checkpoint_dtype(model: ModelInfo) -> str:
+    declared = model.metadata.get("dtype") or model.metadata.get("torch_dtype")
+    if isinstance(declared, str) and declared in DTYPE_BYTES:
+        return declared
+    floats = [t for t in model.tensors if t.type in FLOAT_TYPES]
+    if not floats:
+        return "float16"
+    biggest = max(floats, key=lambda t: t.n_bytes)
+    return STORED_DTYPES[biggest.type]
+
+
+def loaded_bytes(tensor: TensorInfo, dtype_bytes: int) -> int:
+    """Bytes a tensor takes once loaded: floats at the load dtype, quantized ones as stored."""
+    if tensor.type in FLOAT_TYPES:
+        return tensor.n_params * dtype_bytes if tensor.n_params else tensor.n_bytes
+    return tensor.n_bytes
+
+
+def layer_bytes(model: ModelInfo, n_layer: int, dtype_bytes: int) -> tuple[int, list[int]]:
+    """(bytes outside the decoder layers, bytes of each decoder layer) once loaded."""
+    layers = [0] * n_layer
+    other = 0
+    for tensor in model.tensors:
+        match = HF_LAYER.search(tensor.name)
+        size = loaded_bytes(tensor, dtype_bytes)
+        if match and int(match.group(1)) < n_layer:
+            layers[int(match.group(1))] += size
+        else:
+            other += size
+    return other, layers
+
+
+def hf_kv_cache_bytes(shape: ModelShape, context: int, dtype_bytes: int) -> int:
+    total = 0
+    for layer in range(shape.n_layer):
+        cells = context
+        if shape.swa_layers[layer] and shape.sliding_window:
+            cells = min(context, shape.sliding_window)
+        total += cells * shape.n_head_kv[layer] * (shape.head_dim_k + shape.head_dim_v)
+    return total * dtype_bytes
+
+
+def activation_bytes(shape: ModelShape, context: int, dtype_bytes: int) -> int:
+    """Prefill of a whole context at once: hidden states, MLP intermediates, the attention
+    scores (with a mask, torch's CPU attention materialises them, in float32), last logits."""
+    experts = max(shape.n_experts_used, 1)
+    per_token = 4 * shape.n_embd + 2 * shape.n_ff * experts
+    scores = shape.n_head * context * context * 4
+    return context * per_token * dtype_bytes + scores + shape.n_vocab * 4
+
+
+def conversion_transient(model: ModelInfo, load_dtype: str) -> int:
+    """Loading casts from the stored dtype: the stored bytes are read (and stay resident, being
+    memory-mapped) while the converted copy is built."""
+    stored = [t for t in model.tensors if t.type in FLOAT_TYPES]
+    if all(STORED_DTYPES[t.type] == load_dtype for t in stored):
+        return 0
+    return sum(t.n_bytes for t in stored)
+
+
+def estimate_hf_load(model: ModelInfo, context: int, dtype: str = "auto",
+                     gpu_free: Sequence[int] = (), gpu_layers: int | None = None
+                     ) -> RunEstimate:
+    """Memory to load `model` with transformers and generate with `context` tokens.
+
+    With GPUs, `gpu_layers` decoder layers go to the GPU in order (None: as many as fit).
+    """
+    if context <= 0:
+        raise OptionError(f"context length must be positive, not {context}")
+    if dtype != "auto" and dtype not in DTYPE_BYTES:
+        raise OptionError(f"unknown dtype {dtype!r}", hint="use float32, float16 or bfloat16")
+    load_dtype = checkpoint_dtype(model) if dtype == "auto" else dtype
+    dtype_bytes = DTYPE_BYTES[load_dtype]
+    shape = model_shape(model)
+    notes = list(shape.approximate)
+    notes.append("activations assume the whole context is prefilled at once")
+    other, layers = layer_bytes(model, shape.n_layer, dtype_bytes)
+    kv_per_layer = (hf_kv_cache_bytes(shape, context, dtype_bytes) // shape.n_layer
+                    if shape.n_layer and shape.n_head else 0)
+    # The peak is either generating (activations) or loading (the cast's source bytes).
+    activations = max(activation_bytes(shape, context, dtype_bytes) if shape.n_embd else 0,
+                      conversion_transient(model, load_dtype) - kv_per_layer * shape.n_layer)
+    n_layer = shape.n_layer
+    if not gpu_free:
+        ram = MemoryBreakdown(other + sum(layers), kv_per_layer * n_layer, activations,
+                              TORCH_OVERHEAD)
+        return RunEstimate("transformers", context, ram, (), 0, n_layer, tuple(notes))
+    notes.append("multi-GPU and partial placements are planned layer by layer")
+    budget = sum(gpu_free)
+    on_gpu = n_layer if gpu_layers is None else max(0, min(gpu_layers, n_layer))
+    if gpu_layers is None:
+        used = other + activations + CUDA_CONTEXT
+        on_gpu = 0
+        for size in layers:
+            if used + size + kv_per_layer > budget:
+                break
+            used += size + kv_per_layer
+            on_gpu += 1
+    gpu_part = MemoryBreakdown(other + sum(layers[:on_gpu]), kv_per_layer * on_gpu,
+                               activations, CUDA_CONTEXT) if on_gpu else MemoryBreakdown()
+    cpu_weights = sum(layers[on_gpu:]) + (0 if on_gpu else other)
+    ram = MemoryBreakdown(cpu_weights, kv_per_layer * (n_layer - on_gpu),
+                          0 if on_gpu else activations, TORCH_OVERHEAD)
+    return RunEstimate("transformers", context, ram, (gpu_part,), on_gpu, n_layer, tuple(notes))

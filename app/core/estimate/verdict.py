@@ -1,0 +1,211 @@
+"""Will it fit? Verdicts for a model on a target, the best quant that fits, the longest context.
+
+A target is this machine (free RAM and each GPU's free VRAM now), the CPU only, or amounts the
+user types in. Everything keeps a safety margin: 5 % of the capacity plus 256 MiB, because other
+programs, fragmentation and estimate error all eat into what looks free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from app.core.errors import OptionError
+from app.core.estimate.breakdown import GIB, MIB, RunEstimate
+from app.core.estimate.llama_cpp import estimate_gguf_run
+from app.core.estimate.shape import model_shape
+from app.core.estimate.transformers_load import estimate_hf_load
+from app.core.formats.model_info import ModelInfo, format_bytes
+from app.core.resources import Resources
+
+MARGIN_FRACTION = 0.05
+MARGIN_BYTES = 256 * MIB
+MIN_CONTEXT = 256
+DEFAULT_CONTEXT = 4096
+
+VerdictKind = Literal["gpu", "partial", "ram", "none", "unknown"]
+
+
+def usable(capacity: int) -> int:
+    return max(int(capacity * (1 - MARGIN_FRACTION)) - MARGIN_BYTES, 0)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    ram_bytes: int  # RAM available to the model
+    gpu_free: tuple[int, ...] = ()  # VRAM free on each GPU
+
+    @classmethod
+    def from_resources(cls, resources: Resources, cpu_only: bool = False) -> Target:
+        gpus = () if cpu_only else tuple(g.free_bytes for g in resources.gpus)
+        name = "CPU only" if cpu_only or not gpus else "this machine"
+        return cls(name, resources.ram_available, gpus)
+
+    @classmethod
+    def custom(cls, vram_gib: float | None, ram_gib: float | None,
+               resources: Resources | None = None) -> Target:
+        """A machine the user describes; what is not given comes from this machine."""
+        for label, value in (("--vram", vram_gib), ("--ram", ram_gib)):
+            if value is not None and value <= 0:
+                raise OptionError(f"{label} must be more than 0 GiB, not {value}")
+        if ram_gib is None and resources is None:
+            raise OptionError("give the RAM of the target machine")
+        ram = int(ram_gib * GIB) if ram_gib is not None else resources.ram_available  # type: ignore[union-attr]
+        gpus = (int(vram_gib * GIB),) if vram_gib is not None else (
+            tuple(g.free_bytes for g in resources.gpus) if resources else ())
+        return cls("custom", ram, gpus)
+
+    @property
+    def usable_ram(self) -> int:
+        return usable(self.ram_bytes)
+
+    @property
+    def usable_vram(self) -> tuple[int, ...]:
+        return tuple(usable(free) for free in self.gpu_free)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: VerdictKind
+    text: str
+    estimate: RunEstimate | None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"verdict": self.kind, "verdict_text": self.text}
+        if self.estimate is not None:
+            data.update(self.estimate.to_json())
+        return data
+
+
+def _fits(estimate: RunEstimate, target: Target) -> tuple[bool, bool]:
+    ram_ok = estimate.ram.total <= target.usable_ram
+    vram_ok = all(part.total <= free
+                  for part, free in zip(estimate.vram, target.usable_vram, strict=False))
+    return ram_ok, vram_ok
+
+
+def _describe(estimate: RunEstimate, target: Target) -> Verdict:
+    ram_ok, vram_ok = _fits(estimate, target)
+    need = f"needs {format_bytes(estimate.ram.total)} RAM"
+    if estimate.vram_total:
+        need += f" + {format_bytes(estimate.vram_total)} VRAM"
+    have = f"usable {format_bytes(target.usable_ram)} RAM"
+    if target.gpu_free:
+        have += f" + {format_bytes(sum(target.usable_vram))} VRAM"
+    if not (ram_ok and vram_ok):
+        return Verdict("none", f"does not fit: {need}, {have}", estimate)
+    if estimate.gpu_layers and estimate.gpu_layers >= estimate.total_layers:
+        return Verdict("gpu", f"fits on GPU: {need}", estimate)
+    if estimate.gpu_layers:
+        return Verdict("partial", f"fits with {estimate.gpu_layers} of {estimate.total_layers} "
+                                  f"layers on GPU: {need}", estimate)
+    return Verdict("ram", f"fits in RAM only: {need}", estimate)
+
+
+def _run(model: ModelInfo, context: int, gpu_layers: int, target: Target,
+         cache_type: str, flash_attention: bool) -> RunEstimate:
+    if model.format == "gguf":
+        return estimate_gguf_run(model, context, gpu_layers, target.gpu_free, cache_type,
+                                 flash_attention)
+    return estimate_hf_load(model, context, gpu_free=target.gpu_free if gpu_layers else (),
+                            gpu_layers=gpu_layers)
+
+
+def judge(model: ModelInfo, target: Target, context: int = DEFAULT_CONTEXT,
+          gpu_layers: int | None = None, cache_type: str = "F16",
+          flash_attention: bool = False) -> Verdict:
+    """Where `model` can run on `target` at `context` tokens; the most GPU layers that fit
+    unless `gpu_layers` is given."""
+    if context <= 0:
+        raise OptionError(f"context length must be positive, not {context}")
+    if model.format == "pickle":
+        return Verdict("unknown", "unknown: pickle weights are not opened, so their size in "
+                                  "memory is not known", None)
+    if model.fatal_problems:
+        return Verdict("unknown", f"unknown: {model.fatal_problems[0].text}", None)
+    total_layers = model_shape(model).n_layer + (1 if model.format == "gguf" else 0)
+    if gpu_layers is not None or not target.gpu_free:
+        layers = 0 if not target.gpu_free else gpu_layers or 0
+        return _describe(_run(model, context, layers, target, cache_type, flash_attention),
+                         target)
+    best = _run(model, context, total_layers, target, cache_type, flash_attention)
+    if all(_fits(best, target)):
+        return _describe(best, target)
+    # VRAM need grows with each offloaded layer: find the most that fit by bisection.
+    low, high = 0, total_layers
+    while low < high:
+        middle = (low + high + 1) // 2
+        _, vram_ok = _fits(_run(model, context, middle, target, cache_type, flash_attention),
+                           target)
+        low, high = (middle, high) if vram_ok else (low, middle - 1)
+    return _describe(_run(model, context, low, target, cache_type, flash_attention), target)
+
+
+def fully_fits(verdict: Verdict, target: Target) -> bool:
+    """On a GPU target, the whole model on the GPU; on a CPU target, in RAM."""
+    return verdict.kind == "gpu" if target.gpu_free else verdict.kind == "ram"
+
+
+def max_context(model: ModelInfo, target: Target, limit: int | None = None,
+                **options: Any) -> int | None:
+    """The longest context (a multiple of 256) at which the model still fully fits."""
+    ceiling = limit or model_shape(model).n_ctx_train or 131072
+    ceiling = max(ceiling // MIN_CONTEXT * MIN_CONTEXT, MIN_CONTEXT)
+    if not fully_fits(judge(model, target, MIN_CONTEXT, **options), target):
+        return None
+    low, high = MIN_CONTEXT, ceiling
+    while low < high:
+        middle = (low + high + MIN_CONTEXT) // 2 // MIN_CONTEXT * MIN_CONTEXT
+        if fully_fits(judge(model, target, middle, **options), target):
+            low = middle
+        else:
+            high = middle - MIN_CONTEXT
+    return low
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to get the model: an existing file or a conversion to `quant`."""
+
+    label: str
+    quant: str
+    model: ModelInfo  # the file, or the GGUF a conversion would write (planned tensors)
+    writable: bool = True  # can Modelyard produce it today (always true for existing files)
+    existing: bool = False
+
+
+@dataclass(frozen=True)
+class CandidateFit:
+    candidate: Candidate
+    verdict: Verdict
+    recommended: bool = False
+
+
+def recommend(candidates: Sequence[Candidate], target: Target,
+              context: int = DEFAULT_CONTEXT, **options: Any) -> list[CandidateFit]:
+    """A verdict for every candidate (best quality first); the best writable one that fully
+    fits the target is marked recommended (failing that, the best one that runs at all)."""
+    ranked = sorted(candidates, key=lambda c: quality_rank(c.quant))
+    fits = [CandidateFit(c, judge(c.model, target, context, **options)) for c in ranked]
+    # Prefer what fits entirely on the target; if nothing does, what runs at all (offloading
+    # part of it, or on the CPU) beats recommending nothing.
+    for acceptable in (lambda v: fully_fits(v, target), lambda v: v.kind in ("partial", "ram")):
+        for index, fit in enumerate(fits):
+            if fit.candidate.writable and acceptable(fit.verdict):
+                fits[index] = CandidateFit(fit.candidate, fit.verdict, recommended=True)
+                return fits
+    return fits
+
+
+# Best first: llama.cpp's own perplexity ordering of the file types.
+QUALITY_ORDER = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_K_S", "Q5_0",
+                 "Q4_K_M", "Q4_1", "Q4_K_S", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
+
+
+def quality_rank(quant: str) -> int:
+    try:
+        return QUALITY_ORDER.index(quant.upper())
+    except ValueError:
+        return len(QUALITY_ORDER)

@@ -1,0 +1,207 @@
+"""How close are the fit estimates to measured memory? Prints estimate, measured and error.
+
+    python tests/bench/fit_accuracy.py [--quick]
+
+1. llama.cpp (llama-cpp-python, when installed), n_gpu_layers=0: for the real SmolLM2 GGUF and
+   generated GGUFs of other shapes, at several context lengths. Each run is a fresh process that
+   loads the model, creates the context and decodes a full context of tokens in micro-batches
+   (the worst case the estimate describes: KV cache full, attention over all of it). Measured =
+   the process's peak RSS (VmHWM: ru_maxrss would include the parent's RSS at fork) minus its
+   RSS before importing llama_cpp.
+2. transformers: peak RSS of loading a generated Llama and generating from a full context.
+3. Modelyard's own jobs (conversion, requantization): measured peak RSS of the job in a fresh
+   process against the plan's estimate, when the converter is installed.
+Goal: within 10 % for llama.cpp loads and for Modelyard's own jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+MIB = 1024**2
+
+LLAMA_CHILD = r"""
+import json, sys
+import psutil
+baseline = psutil.Process().memory_info().rss
+import llama_cpp as L
+path, ctx = sys.argv[1].encode(), int(sys.argv[2])
+L.llama_backend_init()
+params = L.llama_model_default_params()
+params.n_gpu_layers = 0
+model = L.llama_model_load_from_file(path, params)
+cparams = L.llama_context_default_params()
+cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = ctx, 512, 512
+cparams.n_threads = cparams.n_threads_batch = 2
+cparams.flash_attn_type = 0
+context = L.llama_init_from_model(model, cparams)
+n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+position = 0
+while position < ctx:
+    n = min(512, ctx - position)
+    batch = L.llama_batch_init(n, 0, 1)
+    for i in range(n):
+        batch.token[i] = (position + i) * 7919 % (n_vocab - 10) + 5
+        batch.pos[i] = position + i
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = i == n - 1
+    batch.n_tokens = n
+    assert L.llama_decode(context, batch) == 0
+    L.llama_batch_free(batch)
+    position += n
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+            if line.startswith("VmHWM"))
+print(json.dumps({"measured": peak - baseline}))
+"""
+
+HF_CHILD = r"""
+import json, sys
+import psutil
+baseline = psutil.Process().memory_info().rss
+import torch
+from transformers import AutoModelForCausalLM
+torch.set_num_threads(2)
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=getattr(torch, sys.argv[3]))
+ctx = int(sys.argv[2])
+ids = torch.randint(5, model.config.vocab_size - 5, (1, ctx - 8))
+with torch.no_grad():
+    model.generate(ids, max_new_tokens=8, do_sample=False)
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+            if line.startswith("VmHWM"))
+print(json.dumps({"measured": peak - baseline}))
+"""
+
+
+def measure(code: str, *args: str) -> int:
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                            timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    return int(json.loads(result.stdout.strip().splitlines()[-1])["measured"])
+
+
+def write_shape(path: Path, n_embd: int, n_head: int, n_head_kv: int, n_ff: int,
+                n_vocab: int, n_layers: int = 4) -> Path:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(n_layers)
+    writer.add_context_length(32768)
+    writer.add_embedding_length(n_embd)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([f"<{i}>" for i in range(n_vocab)])
+    writer.add_token_types([1] * n_vocab)
+    writer.add_token_merges(["<0> <1>"])
+    rng = np.random.default_rng(0)
+
+    def weights(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float16)
+
+    kv = n_embd // n_head * n_head_kv
+    writer.add_tensor("token_embd.weight", weights(n_vocab, n_embd))
+    for layer in range(n_layers):
+        prefix = f"blk.{layer}"
+        writer.add_tensor(f"{prefix}.attn_norm.weight", np.ones(n_embd, np.float32))
+        writer.add_tensor(f"{prefix}.attn_q.weight", weights(n_embd, n_embd))
+        writer.add_tensor(f"{prefix}.attn_k.weight", weights(kv, n_embd))
+        writer.add_tensor(f"{prefix}.attn_v.weight", weights(kv, n_embd))
+        writer.add_tensor(f"{prefix}.attn_output.weight", weights(n_embd, n_embd))
+        writer.add_tensor(f"{prefix}.ffn_norm.weight", np.ones(n_embd, np.float32))
+        writer.add_tensor(f"{prefix}.ffn_gate.weight", weights(n_ff, n_embd))
+        writer.add_tensor(f"{prefix}.ffn_up.weight", weights(n_ff, n_embd))
+        writer.add_tensor(f"{prefix}.ffn_down.weight", weights(n_embd, n_ff))
+    writer.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
+    writer.add_tensor("output.weight", weights(n_vocab, n_embd))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def row(label: str, estimate: int, measured: int) -> float:
+    error = (estimate - measured) / measured * 100
+    print(f"  {label:<46} estimate {estimate / MIB:8.1f} MiB  measured {measured / MIB:8.1f} MiB"
+          f"  error {error:+6.1f} %")
+    return error
+
+
+def bench_llama_cpp(tmp: Path, quick: bool) -> list[float]:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama.cpp: llama-cpp-python is not installed; skipped")
+        return []
+    from app.core.estimate import estimate_gguf_run
+    from app.core.formats.scan import inspect_path
+    from factories import smollm2_gguf
+
+    models = [smollm2_gguf()]
+    shapes = [(1024, 8, 8, 4096, 8000), (2048, 16, 8, 5632, 32000)]
+    for shape in shapes[: 1 if quick else None]:
+        models.append(write_shape(tmp / f"shape-{'-'.join(map(str, shape))}.gguf", *shape))
+    contexts = (512, 2048) if quick else (512, 1024, 2048, 4096)
+    print("llama.cpp, CPU only, context filled:")
+    errors = []
+    for path in models:
+        model = inspect_path(path)
+        for ctx in contexts:
+            estimate = estimate_gguf_run(model, ctx).ram.total
+            errors.append(row(f"{path.name[:34]} ctx {ctx}", estimate,
+                              measure(LLAMA_CHILD, str(path), str(ctx))))
+    return errors
+
+
+def bench_transformers(tmp: Path, quick: bool) -> list[float]:
+    from app.core.estimate import estimate_hf_load
+    from app.core.formats.scan import inspect_path
+    from factories import make_hf_model
+
+    folder = make_hf_model(tmp / "hf-llama", "llama", hidden_size=512, intermediate_size=1536,
+                           num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                           vocab_size=32000, max_position_embeddings=4096)
+    model = inspect_path(folder)
+    print("transformers, CPU, generate after a full context:")
+    errors = []
+    for dtype in ("float32",) if quick else ("float32", "bfloat16"):
+        for ctx in (512, 2048):
+            estimate = estimate_hf_load(model, ctx, dtype=dtype).ram.total
+            errors.append(row(f"llama 512x8 vocab 32000 {dtype} ctx {ctx}", estimate,
+                              measure(HF_CHILD, str(folder), str(ctx), dtype)))
+    return errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer models and contexts")
+    parser.add_argument("--skip-llama", action="store_true", help="skip the llama.cpp part")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        llama = [] if args.skip_llama else bench_llama_cpp(Path(tmp), args.quick)
+        hf = bench_transformers(Path(tmp), args.quick)
+    for label, errors in (("llama.cpp", llama), ("transformers", hf)):
+        if errors:
+            worst = max(errors, key=abs)
+            print(f"{label}: mean |error| {sum(map(abs, errors)) / len(errors):.1f} %, "
+                  f"worst {worst:+.1f} % over {len(errors)} runs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Estimate arithmetic pinned on hand-computed cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.core.errors import OptionError
+from app.core.estimate import Target, estimate_gguf_run, estimate_hf_load, judge, max_context
+from app.core.estimate.breakdown import GIB, MIB
+from app.core.estimate.llama_cpp import (
+    VOCAB_BYTES_PER_TOKEN,
+    compute_buffers,
+    kv_cache_bytes,
+    place_layers,
+)
+from app.core.estimate.shape import model_shape, swa_pattern
+from app.core.formats.scan import inspect_path
+from factories import make_gguf, make_split_gguf
+
+
+def tensor_bytes(model, prefix: str = "") -> int:  # type: ignore[no-untyped-def]
+    return sum(t.n_bytes for t in model.tensors if t.name.startswith(prefix))
+
+
+def test_gqa_kv_cache_of_smollm2(smollm2_gguf: Path) -> None:
+    model = inspect_path(smollm2_gguf)
+    shape = model_shape(model)
+    assert (shape.n_layer, shape.n_embd, shape.n_head, shape.head_dim_k) == (30, 576, 9, 64)
+    assert shape.n_head_kv == (3,) * 30 and shape.tied_embeddings
+    run = estimate_gguf_run(model, 4096)
+    # 2 (K and V) x 30 layers x 4096 cells x 3 KV heads x 64 x 2 bytes (f16): llama.cpp
+    # reports "KV buffer size = 90.00 MiB" for this model at n_ctx 4096.
+    assert run.ram.kv_cache == 2 * 30 * 4096 * 3 * 64 * 2 == 90 * MIB
+    assert run.ram.weights == tensor_bytes(model)  # everything on the CPU
+    assert run.vram == () and run.gpu_layers == 0 and run.total_layers == 31
+    q8 = estimate_gguf_run(model, 4096, cache_type="Q8_0")
+    assert q8.ram.kv_cache == 90 * MIB * 34 // 32 // 2
+
+
+def test_compute_buffer_matches_llama_cpp_reports(smollm2_gguf: Path) -> None:
+    shape = model_shape(inspect_path(smollm2_gguf))
+    # llama.cpp 0.3.36 reported CPU compute buffers of 98.25 MiB (n_ctx 512, logits dominate)
+    # and 326.38 MiB (n_ctx 16384, KQ dominates) for SmolLM2; the GPU reserve is the max.
+    small = compute_buffers(shape, 512, flash_attention=False)
+    large = compute_buffers(shape, 16384, flash_attention=False)
+    assert abs(max(small.layer_gpu, small.logits) / MIB - 98.25) < 1.5
+    assert abs(max(large.layer_gpu, large.logits) / MIB - 326.38) < 1.5
+    assert compute_buffers(shape, 16384, flash_attention=True).layer_gpu < large.layer_gpu / 5
+
+
+def test_sliding_window_layers_keep_a_smaller_cache(tmp_path: Path) -> None:
+    path = make_gguf(tmp_path / "gemma2.gguf", arch="gemma2", n_layers=4, n_head=4,
+                     n_head_kv=2, extra_kv={"gemma2.attention.sliding_window": 4096})
+    shape = model_shape(inspect_path(path))
+    assert shape.swa_layers == (True, False, True, False) == swa_pattern(4, 2)
+    head_dim = 64 // 4
+    windowed = 4608 * 2 * head_dim * 2 * 2  # n_swa 4096 + n_ubatch 512 cells, padded to 256
+    full = 16384 * 2 * head_dim * 2 * 2
+    assert kv_cache_bytes(shape, 16384, 0) == windowed
+    assert kv_cache_bytes(shape, 16384, 1) == full
+    assert estimate_gguf_run(inspect_path(path), 16384).ram.kv_cache == 2 * windowed + 2 * full
+    # a declared pattern overrides the architecture's default
+    declared = make_gguf(tmp_path / "declared.gguf", arch="gemma2", n_layers=4, extra_kv={
+        "gemma2.attention.sliding_window": 1024,
+        "gemma2.attention.sliding_window_pattern": 4})
+    assert model_shape(inspect_path(declared)).swa_layers == (True, True, True, False)
+
+
+def test_moe_weights_per_layer_and_ffn_compute(tmp_path: Path) -> None:
+    dense = inspect_path(make_gguf(tmp_path / "dense.gguf", n_ff=512))
+    moe = inspect_path(make_gguf(tmp_path / "moe.gguf", n_experts=4, n_ff=512))
+    assert model_shape(moe).n_experts == 4 and model_shape(moe).n_experts_used == 2
+    run = estimate_gguf_run(moe, 256)
+    assert run.ram.weights == tensor_bytes(moe)
+    # every expert of a layer is stored (4x the dense FFN) and the router is added
+    expert_bytes = tensor_bytes(moe, "blk.0.ffn_gate_exps")
+    assert expert_bytes == 4 * tensor_bytes(dense, "blk.0.ffn_gate.")
+    shape_moe, shape_dense = model_shape(moe), model_shape(dense)
+    ffn_moe = (4 * 512 * 2 + 2 * 64) * 256 * 4
+    ffn_dense = (4 * 512 + 2 * 64) * 256 * 4
+    assert compute_buffers(shape_moe, 256, False).layer_gpu >= ffn_moe
+    assert compute_buffers(shape_dense, 256, False).layer_gpu == max(
+        ffn_dense, (4 + 1) * 256 * 256 * 4 + 6 * 64 * 256 * 4)
+
+
+def test_layer_placement_follows_llama_cpp() -> None:
+    # n_gpu_layers=1 offloads only the output layer; n_layer+1 offloads everything
+    assert place_layers(4, 1, [8 * GIB]).devices == (-1, -1, -1, -1, 0)
+    assert place_layers(4, 3, [8 * GIB]).devices == (-1, -1, 0, 0, 0)
+    assert place_layers(4, 5, [8 * GIB]).devices == (0, 0, 0, 0, 0)
+    assert place_layers(4, 99, [8 * GIB]).devices == (0, 0, 0, 0, 0)
+    # two GPUs share layers in proportion to their free memory
+    assert place_layers(5, 6, [3 * GIB, 1 * GIB]).devices == (0, 0, 0, 0, 0, 1)
+    assert place_layers(4, 5, []).devices == (-1,) * 5
+    with pytest.raises(OptionError):
+        place_layers(4, -1, [GIB])
+
+
+def test_tied_embeddings_are_copied_to_the_gpu(tmp_path: Path) -> None:
+    tied = inspect_path(make_gguf(tmp_path / "tied.gguf", tied_embeddings=True))
+    embd = tensor_bytes(tied, "token_embd")
+    shape = model_shape(tied)
+    assert shape.tied_embeddings
+    full = estimate_gguf_run(tied, 512, gpu_layers=shape.n_layer + 1, gpu_free=[8 * GIB])
+    blocks = tensor_bytes(tied, "blk.")
+    output = tensor_bytes(tied, "output")
+    assert full.ram.weights == embd  # input embeddings always stay on the CPU
+    assert full.vram[0].weights == blocks + output + embd
+    untied = inspect_path(make_gguf(tmp_path / "untied.gguf"))
+    full_untied = estimate_gguf_run(untied, 512, gpu_layers=99, gpu_free=[8 * GIB])
+    assert full_untied.vram[0].weights == tensor_bytes(untied) - embd
+
+
+def test_split_shards_count_every_shard(tmp_path: Path) -> None:
+    shards = make_split_gguf(tmp_path, "split", n_shards=3)
+    model = inspect_path(shards[0])
+    run = estimate_gguf_run(model, 256)
+    assert run.ram.weights == sum(t.n_bytes for t in model.tensors) == 6 * 8 * 32 * 4
+    assert "embedding length or head count missing" in " ".join(run.approximate)
+
+
+def test_bnb_4bit_counts_packed_weights_and_state(tiny_models: dict[str, Path]) -> None:
+    plain = inspect_path(tiny_models["llama"])
+    packed = inspect_path(tiny_models["llama-bnb4"])
+    nf4 = [t for t in packed.tensors if t.type == "NF4"]
+    aux = [t for t in packed.tensors if t.n_params == 0]
+    floats = [t for t in packed.tensors if t.type == "F32"
+              and t.n_params and not t.name.endswith(("absmax", "quant_map"))]
+    run = estimate_hf_load(packed, 256, dtype="float16")
+    expected = (sum(t.n_bytes for t in nf4) + sum(t.n_bytes for t in aux)
+                + sum(t.n_params * 2 for t in floats))
+    assert run.ram.weights == expected
+    assert sum(t.n_bytes for t in nf4) == sum(t.n_params for t in nf4) // 2
+    assert estimate_hf_load(plain, 256, dtype="float16").ram.weights == plain.parameters * 2
+    # KV cache: 2 x 2 layers x 256 tokens x 2 KV heads x 16 head dim x 2 bytes
+    assert run.ram.kv_cache == 2 * 2 * 256 * 2 * 16 * 2
+
+
+def test_unknown_metadata_gives_an_approximate_estimate(tmp_path: Path) -> None:
+    path = make_gguf(tmp_path / "odd.gguf", arch="somethingnew")
+    run = estimate_gguf_run(inspect_path(path), 512)
+    assert run.ram.weights > 0 and run.ram.kv_cache > 0
+    # a GGUF without head counts cannot size its KV cache: flagged, never a crash
+    bare = make_split_gguf(tmp_path, "bare", n_shards=1)[0]
+    estimate = estimate_gguf_run(inspect_path(bare), 512)
+    assert estimate.ram.kv_cache == 0 and estimate.approximate
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: estimate_gguf_run(m, -1),
+    lambda m: estimate_gguf_run(m, 0),
+    lambda m: judge(m, Target.custom(0, 8)),
+    lambda m: judge(m, Target.custom(4, -2)),
+    lambda m: estimate_gguf_run(m, 512, gpu_layers=-3, gpu_free=[GIB]),
+    lambda m: estimate_hf_load(m, 512, dtype="float8"),
+])
+def test_nonsense_values_are_rejected(smollm2_gguf: Path, call) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OptionError):
+        call(inspect_path(smollm2_gguf))
+
+
+def test_verdicts_on_custom_targets(smollm2_gguf: Path) -> None:
+    model = inspect_path(smollm2_gguf)
+    assert judge(model, Target.custom(None, 16), 4096).kind == "ram"
+    assert judge(model, Target.custom(24, 16), 4096).kind == "gpu"
+    assert judge(model, Target.custom(None, 0.3), 8192).kind == "none"
+    # 1 GiB leaves ~717 MiB usable: CUDA overhead, the output layer, one compute buffer
+    # and most (not all) of the 6 MiB-per-layer blocks with their KV cache
+    partial = judge(model, Target.custom(1.0, 16), 8192)
+    assert partial.kind == "partial"
+    assert partial.estimate is not None and 0 < partial.estimate.gpu_layers < 31
+    assert partial.text.startswith(f"fits with {partial.estimate.gpu_layers} of 31 layers")
+    more = judge(model, Target.custom(1.0, 16), 8192, gpu_layers=partial.estimate.gpu_layers + 1)
+    assert more.kind == "none"  # one layer more no longer fits: the search found the maximum
+
+
+def test_max_context_is_the_largest_that_fits(smollm2_gguf: Path) -> None:
+    model = inspect_path(smollm2_gguf)
+    target = Target.custom(None, 0.75)
+    best = max_context(model, target)
+    assert best is not None and 256 <= best < 8192
+    assert judge(model, target, best).kind == "ram"
+    assert judge(model, target, best + 256).kind == "none"
+    assert max_context(model, Target.custom(None, 64)) == 8192  # capped at the trained context
+
+
+def test_vocabulary_overhead_scales_with_vocab(smollm2_gguf: Path) -> None:
+    run = estimate_gguf_run(inspect_path(smollm2_gguf), 512)
+    assert run.ram.overhead > 49152 * VOCAB_BYTES_PER_TOKEN
