@@ -1,4 +1,5 @@
-"""Render the README screenshots headless: `python packaging/screenshots.py FOLDER...`.
+"""Render the README screenshots headless:
+`python packaging/screenshots.py [--select MODEL] FOLDER...`.
 
 Opens the main window offscreen with the given model folders (settings in a temp file, so the
 user's own are untouched), selects the first model and saves resources/screenshots/*.png.
@@ -17,7 +18,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 OUT = Path(__file__).resolve().parents[1] / "resources" / "screenshots"
 
 
-def main(folders: list[str]) -> None:
+def main(folders: list[str], select: str | None = None) -> None:
     from app.gui.application import create_application
     from app.gui.settings import AppSettings
 
@@ -32,21 +33,34 @@ def main(folders: list[str]) -> None:
         window = MainWindow(settings)
         window.resize(1360, 820)
         window.show()
-        deadline = time.monotonic() + 60
-        while window.queue.active() and time.monotonic() < deadline:
+        def settle() -> None:
+            deadline = time.monotonic() + 60
+            while ((window.queue.active() or window.background.busy())
+                   and time.monotonic() < deadline):
+                app.processEvents()
+                time.sleep(0.02)
             app.processEvents()
-            time.sleep(0.02)
-        app.processEvents()
-        window.table.selectRow(0)
-        app.processEvents()
+
+        settle()
+        row = next((r for r in range(window.proxy.rowCount())
+                    if window.proxy.index(r, 0).data() == select), 0)
+        window.table.selectRow(row)
+        settle()
         OUT.mkdir(parents=True, exist_ok=True)
         window.grab().save(str(OUT / "main-window.png"))
         window.details.setCurrentWidget(window.details.tensors)
         app.processEvents()
         window.grab().save(str(OUT / "tensors.png"))
+        window.details.setCurrentWidget(window.details.fit)
+        settle()
+        window.grab().save(str(OUT / "fit.png"))
         window.close()
     print(f"saved to {OUT}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    arguments = sys.argv[1:]
+    chosen = None
+    if arguments[:1] == ["--select"]:
+        chosen, arguments = arguments[1], arguments[2:]
+    main(arguments, chosen)

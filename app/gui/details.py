@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.formats.model_info import ModelInfo, TensorInfo, format_bytes, format_count
+from app.gui.fit_tab import FitTab
 
 AnyIndex = QModelIndex | QPersistentModelIndex
 TENSOR_HEADERS = ("Name", "Type", "Shape", "Bytes")
@@ -185,9 +186,11 @@ class DetailsPane(QTabWidget):
         super().__init__(parent)
         self.overview = OverviewTab()
         self.tensors = TensorsTab()
+        self.fit = FitTab()
         self.problems = ProblemsTab()
         self.addTab(self.overview, "Overview")
         self.addTab(self.tensors, "Tensors")
+        self.addTab(self.fit, "Fit")
         self.addTab(self.problems, "Problems")
         self.model: ModelInfo | None = None
 
@@ -196,5 +199,9 @@ class DetailsPane(QTabWidget):
         self.overview.show_model(model)
         self.tensors.show_model(model)
         self.problems.show_model(model)
+        if model is None:
+            self.fit.show_report(None)
+        else:
+            self.fit.show_pending()
         count = len(model.problems) if model else 0
         self.setTabText(self.indexOf(self.problems), f"Problems ({count})" if count else "Problems")

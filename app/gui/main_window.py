@@ -24,9 +24,12 @@ from PySide6.QtWidgets import (
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.scan import ScanRequest, ScanResult
 from app.core.jobs import JobResult
+from app.gui.background import Background
 from app.gui.details import DetailsPane
+from app.gui.fit_badge import FitBadgeDelegate
+from app.gui.fit_controller import FitController
 from app.gui.jobs_panel import JobsPanel
-from app.gui.models_table import MODEL_ROLE, ModelFilterProxy, ModelTableModel
+from app.gui.models_table import COLUMN_INDEX, MODEL_ROLE, ModelFilterProxy, ModelTableModel
 from app.gui.settings import AppSettings
 from app.gui.sources import HF_CACHE, SourcesPanel, folder_key, key_folder
 from app.gui.status_bar import ResourceStatusBar
@@ -50,6 +53,10 @@ class MainWindow(QMainWindow):
         self.proxy.setSourceModel(self.table_model)
         self.table = self._make_table()
         self.details = DetailsPane()
+        self.background = Background(self)
+        self.fits = FitController(self.table_model, self.details.fit, self.background,
+                                  self.settings, parent=self)
+        self.details.fit.select_requested.connect(lambda path: self.select_model_path(Path(path)))
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.sources)
         splitter.addWidget(self.table)
@@ -101,6 +108,7 @@ class MainWindow(QMainWindow):
         header = table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        table.setItemDelegateForColumn(COLUMN_INDEX["Fit"], FitBadgeDelegate(table))
         return table
 
     def _make_toolbar(self) -> None:
@@ -192,6 +200,7 @@ class MainWindow(QMainWindow):
             found: ScanResult = result.value
             self.table_model.set_source_models(key, found.models)
             self.sources.set_count(key, len(found.models))
+            self.fits.refresh_table()
             if found.problems:
                 self.statusBar().showMessage(
                     f"{len(found.problems)} path(s) could not be scanned; see the job log", 8000)
@@ -207,7 +216,9 @@ class MainWindow(QMainWindow):
 
     # ---- selection -----------------------------------------------------------------------
     def _selection_changed(self, selected: QItemSelection, _deselected: QItemSelection) -> None:
-        self.details.show_model(self.selected_model())
+        model = self.selected_model()
+        self.details.show_model(model)
+        self.fits.show_model(model)
 
     def selected_model(self) -> ModelInfo | None:
         rows = self.table.selectionModel().selectedRows()
@@ -241,4 +252,5 @@ class MainWindow(QMainWindow):
         self.settings.sync()
         self.status.stop()
         self.queue.shutdown()
+        self.background.wait(5000)
         super().closeEvent(event)

@@ -15,7 +15,9 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QColor
 
+from app.core.estimate.verdict import Verdict
 from app.core.formats.model_info import ModelInfo, format_bytes, format_count
+from app.gui.fit_badge import FIT_ROLE, fit_short_text, fit_sort_key, fit_tooltip
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 MODEL_ROLE = Qt.ItemDataRole.UserRole + 2
@@ -47,6 +49,8 @@ COLUMNS: tuple[Column, ...] = (
            lambda m: m.parameters, align_right=True),
     Column("Quant", lambda m: m.quantization or "?", lambda m: m.quantization or ""),
     Column("Size", lambda m: format_bytes(m.file_size), lambda m: m.file_size, align_right=True),
+    # Display and sort come from the model's verdict, which the table model holds (see data()).
+    Column("Fit", lambda m: "", lambda m: 0),
     Column("Problems", lambda m: str(len(m.problems)) if m.problems else "",
            lambda m: (sum(p.fatal for p in m.problems), len(m.problems)), align_right=True),
 )
@@ -63,6 +67,8 @@ class ModelTableModel(QAbstractTableModel):
     def __init__(self, parent: Any = None) -> None:
         super().__init__(parent)
         self._rows: list[ModelRow] = []
+        self._fits: dict[str, Verdict] = {}
+        self.fit_context = ""  # "at 4096 tokens on this machine", for tooltips
 
     def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self._rows)
@@ -82,6 +88,8 @@ class ModelTableModel(QAbstractTableModel):
         row = self._rows[index.row()]
         column = COLUMNS[index.column()]
         model = row.model
+        if column.title == "Fit":
+            return self._fit_data(model, role)
         if role == Qt.ItemDataRole.DisplayRole:
             return column.display(model)
         if role == SORT_ROLE:
@@ -99,6 +107,37 @@ class ModelTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ForegroundRole and model.fatal_problems:
             return QColor("#c0392b")
         return None
+
+    def _fit_data(self, model: ModelInfo, role: int) -> Any:
+        verdict = self._fits.get(str(model.path))
+        if role == Qt.ItemDataRole.DisplayRole:
+            return fit_short_text(verdict)
+        if role == SORT_ROLE:
+            return fit_sort_key(verdict)
+        if role == FIT_ROLE:
+            return verdict
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return fit_tooltip(verdict, self.fit_context)
+        if role == MODEL_ROLE:
+            return model
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignCenter)
+        return None
+
+    def set_fits(self, fits: dict[str, Verdict], context_text: str) -> None:
+        """Verdicts by model path; models without one show as pending."""
+        self._fits.update(fits)
+        self.fit_context = context_text
+        column = COLUMN_INDEX["Fit"]
+        if self._rows:
+            self.dataChanged.emit(self.index(0, column), self.index(len(self._rows) - 1, column))
+
+    def clear_fits(self) -> None:
+        self._fits.clear()
+        self.set_fits({}, self.fit_context)
+
+    def fit_of(self, model: ModelInfo) -> Verdict | None:
+        return self._fits.get(str(model.path))
 
     def set_source_models(self, source: str, models: Sequence[ModelInfo]) -> None:
         """Replace the rows a source found with a new scan's models."""

@@ -35,6 +35,19 @@ class AppSettings:
     def set_hf_cache_dir(self, path: Path | None) -> None:
         self._qs.setValue("sources/hf_cache_dir", str(path) if path else "")
 
+    def fit_parameters(self) -> tuple[str, float, float, int]:
+        """(target kind, custom VRAM GiB, custom RAM GiB, context tokens)."""
+        qs = self._qs
+        return (str(qs.value("fit/target", "machine")),
+                float(str(qs.value("fit/vram_gib", 24.0))),
+                float(str(qs.value("fit/ram_gib", 32.0))), int(str(qs.value("fit/context", 4096))))
+
+    def set_fit_parameters(self, kind: str, vram_gib: float, ram_gib: float,
+                           context: int) -> None:
+        for key, value in (("target", kind), ("vram_gib", vram_gib), ("ram_gib", ram_gib),
+                           ("context", context)):
+            self._qs.setValue(f"fit/{key}", value)
+
     def window_state(self, key: str) -> QByteArray | None:
         value = self._qs.value(f"window/{key}")
         return value if isinstance(value, QByteArray) else None

@@ -61,10 +61,13 @@ class ResourceStatusBar(QStatusBar):
         self.ram_label = QLabel()
         self.ram_bar = _meter("RAM in use")
         self.vram_label = QLabel("VRAM: no GPU")
+        self.vram_bar = _meter("VRAM in use, all GPUs")
+        self.vram_bar.hide()
         self.disk_label = QLabel()
         self.addPermanentWidget(self.ram_label)
         self.addPermanentWidget(self.ram_bar)
         self.addPermanentWidget(self.vram_label)
+        self.addPermanentWidget(self.vram_bar)
         self.addPermanentWidget(self.disk_label)
         self.disk_path: Path = Path.home()
         self.gpus: tuple[GPUInfo, ...] = ()
@@ -104,6 +107,9 @@ class ResourceStatusBar(QStatusBar):
     @Slot(object, object)
     def _show_gpus(self, gpus: tuple[GPUInfo, ...], note: str | None) -> None:
         self.gpus = gpus
+        self.vram_bar.setVisible(bool(gpus))
+        total = sum(g.total_bytes for g in gpus)
+        self.vram_bar.setValue(int(1000 * sum(g.used_bytes for g in gpus) / total) if total else 0)
         if not gpus:
             self.vram_label.setText("VRAM: no GPU" if note is None else "VRAM: unavailable")
             self.vram_label.setToolTip(note or "")

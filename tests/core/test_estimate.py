@@ -155,6 +155,7 @@ def test_unknown_metadata_gives_an_approximate_estimate(tmp_path: Path) -> None:
     lambda m: judge(m, Target.custom(4, -2)),
     lambda m: estimate_gguf_run(m, 512, gpu_layers=-3, gpu_free=[GIB]),
     lambda m: estimate_hf_load(m, 512, dtype="float8"),
+    lambda m: estimate_gguf_run(m, 512, cache_type="Q9_9"),
 ])
 def test_nonsense_values_are_rejected(smollm2_gguf: Path, call) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(OptionError):

@@ -85,7 +85,8 @@ def test_problems_tab_lists_the_relayout_hint(qtbot, window: MainWindow, folder:
     problems = window.details.problems
     texts = [problems.item(i).text() for i in range(problems.count())]
     assert any("relayout" in t for t in texts)
-    assert window.details.tabText(2).startswith("Problems (")
+    pane = window.details
+    assert pane.tabText(pane.indexOf(pane.problems)).startswith("Problems (")
 
 
 def test_search_and_source_filter(qtbot, window: MainWindow, folder: Path,

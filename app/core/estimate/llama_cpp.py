@@ -15,11 +15,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
 from app.core.errors import OptionError
 from app.core.estimate.breakdown import MIB, MemoryBreakdown, RunEstimate
 from app.core.estimate.shape import ModelShape, model_shape
 from app.core.formats.model_info import ModelInfo
-from app.core.quant.types import get_type
 
 N_UBATCH = 512
 KV_PAD = 256
@@ -88,7 +89,12 @@ def layer_weight_bytes(model: ModelInfo, n_layer: int) -> tuple[int, list[int], 
 def kv_cache_bytes(shape: ModelShape, context: int, layer: int, cache_type: str = "F16",
                    n_ubatch: int = N_UBATCH) -> int:
     """One layer's K and V cells: 2 · n_ctx · n_head_kv · head_dim · bytes, per layer."""
-    bytes_per_value = get_type(cache_type).bits_per_weight / 8
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[cache_type.upper()]]
+    except KeyError:
+        raise OptionError(f"unknown KV cache type {cache_type!r}",
+                          hint="use F16, BF16, F32, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1") from None
+    bytes_per_value = size / block
     cells = padded_context(context)
     if shape.swa_layers and shape.swa_layers[layer] and shape.sliding_window:
         # llama_kv_cache_iswa: a windowed layer keeps n_swa + n_ubatch cells, padded to 256.

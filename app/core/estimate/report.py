@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.errors import ModelyardError
 from app.core.estimate.verdict import (
     DEFAULT_CONTEXT,
     Candidate,
@@ -102,3 +103,15 @@ def fit_report(model: ModelInfo, target: Target, context: int = DEFAULT_CONTEXT,
         notes.append(f"no quant fits entirely on the GPU; {recommended.candidate.label} "
                      f"{recommended.verdict.text.split(':')[0]}")
     return FitReport(model, target, context, verdict, fits, longest, convert, tuple(notes))
+
+
+def verdicts_for(models: Sequence[ModelInfo], target: Target,
+                 context: int = DEFAULT_CONTEXT) -> dict[str, Verdict]:
+    """A verdict per model path, for a table; a model that cannot be judged says why."""
+    verdicts: dict[str, Verdict] = {}
+    for model in models:
+        try:
+            verdicts[str(model.path)] = judge(model, target, context)
+        except ModelyardError as exc:
+            verdicts[str(model.path)] = Verdict("unknown", f"unknown: {exc.message}", None)
+    return verdicts

@@ -1,0 +1,281 @@
+"""The Fit tab: target and context, need against what is usable, every quant with its verdict,
+the recommended one a click away.
+
+The tab shows a `FitReport` (plain data) computed elsewhere; it only says what the user changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QPainter, QPaintEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.estimate.breakdown import MemoryBreakdown
+from app.core.estimate.report import FitReport
+from app.core.formats.model_info import format_bytes
+from app.gui.fit_badge import COLORS
+
+CONTEXT_STEPS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
+SEGMENTS = (("weights", "#3a7bd5"), ("KV cache", "#8e5cc7"), ("compute", "#d98e04"),
+            ("overhead", "#8a8f98"))
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What the user picked; turned into a core Target with this machine's numbers later."""
+
+    kind: Literal["machine", "cpu", "custom"] = "machine"
+    vram_gib: float = 24.0
+    ram_gib: float = 32.0
+
+    def label(self) -> str:
+        if self.kind == "custom":
+            return f"a {self.vram_gib:g} GiB GPU + {self.ram_gib:g} GiB RAM"
+        return "this machine" if self.kind == "machine" else "this machine's CPU only"
+
+
+class NeedBar(QWidget):
+    """One device: stacked weights/KV/compute/overhead against the usable capacity."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(18)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.need = MemoryBreakdown()
+        self.capacity = 0
+
+    def set_values(self, need: MemoryBreakdown, capacity: int) -> None:
+        self.need, self.capacity = need, capacity
+        parts = ", ".join(f"{label} {format_bytes(v)}" for (label, _), v in zip(
+            SEGMENTS, (need.weights, need.kv_cache, need.compute, need.overhead), strict=True))
+        self.setToolTip(f"needs {format_bytes(need.total)} of {format_bytes(capacity)} usable: "
+                        f"{parts}")
+        self.update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        rect = QRectF(self.rect()).adjusted(1, 1, -1, -1)
+        scale_to = max(self.need.total, self.capacity, 1)
+        painter.setPen(QColor("#9aa0a6"))
+        painter.setBrush(self.palette().base())
+        painter.drawRoundedRect(rect, 3, 3)
+        x = rect.left()
+        values = (self.need.weights, self.need.kv_cache, self.need.compute, self.need.overhead)
+        painter.setPen(Qt.PenStyle.NoPen)
+        for (_, color), value in zip(SEGMENTS, values, strict=True):
+            width = rect.width() * value / scale_to
+            painter.setBrush(QColor(color))
+            painter.drawRect(QRectF(x, rect.top() + 1, width, rect.height() - 2))
+            x += width
+        if self.capacity:
+            mark = rect.left() + rect.width() * self.capacity / scale_to
+            painter.setPen(QColor("#d64541" if self.need.total > self.capacity else "#202124"))
+            painter.drawLine(int(mark), int(rect.top()) - 1, int(mark), int(rect.bottom()) + 1)
+        painter.end()
+
+
+class FitTab(QWidget):
+    parameters_changed = Signal(object, int)  # TargetSpec, context
+    convert_requested = Signal(str)  # quant type
+    select_requested = Signal(str)  # path of an existing file
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.report: FitReport | None = None
+        self.target_box = QComboBox()
+        self.target_box.addItem("This machine", "machine")
+        self.target_box.addItem("CPU only", "cpu")
+        self.target_box.addItem("Custom GPU + RAM", "custom")
+        self.vram = QDoubleSpinBox(suffix=" GiB VRAM", minimum=0.5, maximum=4096, value=24)
+        self.ram = QDoubleSpinBox(suffix=" GiB RAM", minimum=0.5, maximum=8192, value=32)
+        self.context = QSlider(Qt.Orientation.Horizontal)
+        self.context.setRange(0, len(CONTEXT_STEPS) - 1)
+        self.context.setValue(CONTEXT_STEPS.index(4096))
+        self.context.setPageStep(1)
+        self.context.setTickPosition(QSlider.TickPosition.TicksBelow)
+        self.context_label = QLabel()
+        self.verdict = QLabel("Select a model.")
+        self.verdict.setWordWrap(True)
+        self.verdict.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.ram_bar, self.vram_bar = NeedBar(), NeedBar()
+        self.ram_text, self.vram_text = QLabel(), QLabel()
+        self.legend = QLabel("  ".join(f"<span style='color:{c}'>■</span> {label}"
+                                       for label, c in SEGMENTS))
+        self.quants = QTreeWidget()
+        self.quants.setHeaderLabels(["", "Quant", "Size", "Verdict"])
+        self.quants.setRootIsDecorated(False)
+        self.quants.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.quants.header().setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self.quants.header().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        self.quants.setColumnWidth(0, 28)
+        self.action = QPushButton("Convert")
+        self.action.setEnabled(False)
+        self.longest = QLabel()
+        self.notes = QLabel()
+        self.notes.setWordWrap(True)
+        self._build_layout()
+        self.target_box.currentIndexChanged.connect(self._changed)
+        self.vram.valueChanged.connect(self._changed)
+        self.ram.valueChanged.connect(self._changed)
+        self.context.valueChanged.connect(self._changed)
+        self.quants.currentItemChanged.connect(self._update_action)
+        self.action.clicked.connect(self._act)
+        self._update_custom_visibility()
+        self.context_label.setText(f"{self.context_value():,} tokens")
+
+    def _build_layout(self) -> None:
+        target_row = QHBoxLayout()
+        target_row.addWidget(self.target_box)
+        target_row.addWidget(self.vram)
+        target_row.addWidget(self.ram)
+        target_row.addStretch(1)
+        context_row = QHBoxLayout()
+        context_row.addWidget(self.context, 1)
+        context_row.addWidget(self.context_label)
+        form = QFormLayout()
+        form.addRow("Target:", target_row)
+        form.addRow("Context:", context_row)
+        form.addRow("Verdict:", self.verdict)
+        form.addRow("RAM:", self.ram_bar)
+        form.addRow("", self.ram_text)
+        form.addRow("VRAM:", self.vram_bar)
+        form.addRow("", self.vram_text)
+        form.addRow("", self.legend)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.longest, 1)
+        buttons.addWidget(self.action)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(QLabel("Quants (best quality first; ★ recommended):"))
+        layout.addWidget(self.quants, 1)
+        layout.addLayout(buttons)
+        layout.addWidget(self.notes)
+
+    # ---- what the user picked ------------------------------------------------------------
+    def target_spec(self) -> TargetSpec:
+        return TargetSpec(self.target_box.currentData(), self.vram.value(), self.ram.value())
+
+    def context_value(self) -> int:
+        return CONTEXT_STEPS[self.context.value()]
+
+    def set_parameters(self, spec: TargetSpec, context: int) -> None:
+        widgets = (self.target_box, self.vram, self.ram, self.context)
+        for widget in widgets:
+            widget.blockSignals(True)
+        self.target_box.setCurrentIndex(max(self.target_box.findData(spec.kind), 0))
+        self.vram.setValue(spec.vram_gib)
+        self.ram.setValue(spec.ram_gib)
+        nearest = min(range(len(CONTEXT_STEPS)), key=lambda i: abs(CONTEXT_STEPS[i] - context))
+        self.context.setValue(nearest)
+        for widget in widgets:
+            widget.blockSignals(False)
+        self._update_custom_visibility()
+        self.context_label.setText(f"{self.context_value():,} tokens")
+
+    def _update_custom_visibility(self) -> None:
+        custom = self.target_box.currentData() == "custom"
+        self.vram.setVisible(custom)
+        self.ram.setVisible(custom)
+
+    def _changed(self) -> None:
+        self._update_custom_visibility()
+        self.context_label.setText(f"{self.context_value():,} tokens")
+        self.verdict.setText("estimating…")
+        self.parameters_changed.emit(self.target_spec(), self.context_value())
+
+    # ---- the report ----------------------------------------------------------------------
+    def show_pending(self) -> None:
+        self.verdict.setText("estimating…")
+
+    def show_error(self, text: str) -> None:
+        self.report = None
+        self.verdict.setText(text)
+        self.quants.clear()
+        self.action.setEnabled(False)
+
+    def show_report(self, report: FitReport | None) -> None:
+        self.report = report
+        self.quants.clear()
+        if report is None:
+            self.verdict.setText("Select a model.")
+            self.ram_bar.set_values(MemoryBreakdown(), 0)
+            self.vram_bar.set_values(MemoryBreakdown(), 0)
+            self.action.setEnabled(False)
+            return
+        color = COLORS[report.verdict.kind]
+        self.verdict.setText(f"<b style='color:{color}'>{report.verdict.text}</b>")
+        estimate = report.verdict.estimate
+        target = report.target
+        ram_need = estimate.ram if estimate else MemoryBreakdown()
+        self.ram_bar.set_values(ram_need, target.usable_ram)
+        self.ram_text.setText(f"{format_bytes(ram_need.total)} needed of "
+                              f"{format_bytes(target.usable_ram)} usable")
+        vram_need = MemoryBreakdown()
+        for part in estimate.vram if estimate else ():
+            vram_need = vram_need + part
+        usable_vram = sum(target.usable_vram)
+        self.vram_bar.set_values(vram_need, usable_vram)
+        self.vram_text.setText(f"{format_bytes(vram_need.total)} needed of "
+                               f"{format_bytes(usable_vram)} usable" if target.gpu_free
+                               else "no GPU on this target")
+        for fit in report.candidates:
+            item = QTreeWidgetItem(["★" if fit.recommended else "", fit.candidate.label,
+                                    format_bytes(fit.candidate.model.file_size),
+                                    fit.verdict.text.split(":")[0] +
+                                    ("" if fit.candidate.writable else " (estimate only)")])
+            item.setForeground(3, QColor(COLORS[fit.verdict.kind]))
+            item.setToolTip(3, fit.verdict.text)
+            item.setData(0, Qt.ItemDataRole.UserRole, fit)
+            self.quants.addTopLevelItem(item)
+            if fit.recommended:
+                self.quants.setCurrentItem(item)
+        self.longest.setText(f"Longest context that fully fits: {report.max_context:,} tokens"
+                             if report.max_context else "")
+        self.notes.setText("\n".join(report.notes +
+                                     (estimate.approximate if estimate else ())))
+        self._update_action()
+
+    def _selected_fit(self):  # type: ignore[no-untyped-def]
+        item = self.quants.currentItem()
+        return item.data(0, Qt.ItemDataRole.UserRole) if item else None
+
+    def _update_action(self, *_: object) -> None:
+        fit = self._selected_fit()
+        if fit is None:
+            self.action.setEnabled(False)
+            self.action.setText("Convert")
+            return
+        if fit.candidate.existing:
+            self.action.setText(f"Select {fit.candidate.label}")
+            self.action.setEnabled(True)
+        else:
+            self.action.setText(f"Convert to {fit.candidate.quant}")
+            self.action.setEnabled(fit.candidate.writable)
+
+    def _act(self) -> None:
+        fit = self._selected_fit()
+        if fit is None:
+            return
+        if fit.candidate.existing:
+            self.select_requested.emit(str(fit.candidate.model.path))
+        else:
+            self.convert_requested.emit(fit.candidate.quant)

@@ -1,0 +1,101 @@
+"""The Fit column and the Fit tab, driven headless."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.gui.fit_tab import CONTEXT_STEPS
+from app.gui.main_window import MainWindow
+from app.gui.models_table import COLUMN_INDEX
+from app.gui.settings import AppSettings
+from factories import make_gguf
+
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "kquants"
+
+
+@pytest.fixture()
+def quants(tmp_path: Path, smollm2_gguf: Path) -> Path:
+    """A folder of one model in several quants (the reference tiny llama), plus SmolLM2."""
+    folder = tmp_path / "quants"
+    folder.mkdir()
+    if REFERENCE.is_dir():
+        for name in ("F32", "Q4_K_M"):
+            shutil.copy(REFERENCE / f"tiny-llama-{name}.gguf", folder)
+        shutil.copy(REFERENCE / "tiny-llama-pure-Q8_0.gguf", folder / "tiny-llama-Q8_0.gguf")
+    else:  # the same shape of test, with generated files
+        for name in ("F32", "Q4_K_M", "Q8_0"):
+            make_gguf(folder / f"tiny-llama-{name}.gguf")
+    (folder / smollm2_gguf.name).symlink_to(smollm2_gguf)
+    return folder
+
+
+@pytest.fixture()
+def window(qtbot, settings: AppSettings, quants: Path) -> MainWindow:  # type: ignore[no-untyped-def]
+    win = MainWindow(settings)
+    qtbot.addWidget(win)
+    win.show()
+    win.add_folder(quants)
+    settle(qtbot, win)
+    return win
+
+
+def settle(qtbot, win: MainWindow) -> None:  # type: ignore[no-untyped-def]
+    qtbot.waitUntil(lambda: not win.queue.active() and not win.background.busy(), timeout=30000)
+
+
+def fit_texts(win: MainWindow) -> dict[str, str]:
+    column = COLUMN_INDEX["Fit"]
+    return {win.proxy.index(r, 0).data(): win.proxy.index(r, column).data()
+            for r in range(win.proxy.rowCount())}
+
+
+def test_fit_column_fills_after_a_scan(window: MainWindow) -> None:
+    texts = fit_texts(window)
+    assert len(texts) == 4
+    assert not {"…", "?", "no"} & set(texts.values())  # every model judged, all fit here
+    row = next(r for r in range(window.proxy.rowCount())
+               if window.proxy.index(r, 0).data() == "SmolLM2-135M-Instruct.Q4_1")
+    tooltip = window.proxy.index(row, COLUMN_INDEX["Fit"]).data(Qt.ItemDataRole.ToolTipRole)
+    assert "weights" in tooltip and "KV" in tooltip and "at 4,096 tokens" in tooltip
+
+
+def test_custom_target_updates_table_and_tab(qtbot, window: MainWindow, quants: Path) -> None:
+    assert window.select_model_path(quants / "tiny-llama-Q4_K_M.gguf")
+    settle(qtbot, window)
+    tab = window.details.fit
+    tab.target_box.setCurrentIndex(tab.target_box.findData("custom"))
+    tab.vram.setValue(24)
+    tab.ram.setValue(64)
+    settle(qtbot, window)
+    assert set(fit_texts(window).values()) == {"GPU"}
+    assert tab.verdict.text().count("fits on GPU") == 1
+    labels = [tab.quants.topLevelItem(i).text(1) for i in range(tab.quants.topLevelItemCount())]
+    assert labels == ["tiny-llama-F32", "tiny-llama-Q8_0", "tiny-llama-Q4_K_M"]
+    assert tab.quants.topLevelItem(0).text(0) == "★"  # best quality that fits
+    assert window.settings.fit_parameters() == ("custom", 24.0, 64.0, 4096)
+    # a tiny GPU: nothing fits on it, so the table turns to RAM (or partial) badges
+    tab.vram.setValue(0.5)
+    settle(qtbot, window)
+    assert "GPU" not in fit_texts(window).values()
+
+
+def test_context_slider_and_select_action(qtbot, window: MainWindow, quants: Path) -> None:
+    assert window.select_model_path(quants / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    settle(qtbot, window)
+    tab = window.details.fit
+    assert tab.report is not None and tab.report.context == 4096
+    tab.context.setValue(CONTEXT_STEPS.index(8192))
+    settle(qtbot, window)
+    assert tab.report.context == 8192
+    assert tab.report.verdict.estimate.ram.kv_cache == 180 * 1024**2
+    assert window.select_model_path(quants / "tiny-llama-Q4_K_M.gguf")
+    settle(qtbot, window)
+    tab.quants.setCurrentItem(tab.quants.topLevelItem(1))
+    assert tab.action.text() == "Select tiny-llama-Q8_0"
+    tab.action.click()
+    settle(qtbot, window)
+    assert window.selected_model().name == "tiny-llama-Q8_0"
