@@ -1,12 +1,17 @@
 """The legacy block quants (32 elements per block), vectorised over all blocks of a tensor.
 
-Each follows ggml-quants.c's reference quantizer step for step in float32 so the bytes match
-gguf-py's numpy port (and llama-quantize) exactly.
+Each quantizer follows ggml-quants.c's reference quantizer (as ported by gguf-py) step for step
+in float32, so the bytes match gguf-py's numpy port and llama-quantize exactly. Each dequantizer
+does the same float32 operations in the same order as gguf-py, so its output is bit-identical.
+Every function takes and returns tensors on the caller's device.
 """
 
 from __future__ import annotations
 
 import torch
+
+BLOCK = 32
+_BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
 
 
 def round_away(values: torch.Tensor) -> torch.Tensor:
@@ -16,18 +21,121 @@ def round_away(values: torch.Tensor) -> torch.Tensor:
     return values.sign() * (floored + (2 * (magnitude - floored)).floor())
 
 
-def _f16_bytes(values: torch.Tensor) -> torch.Tensor:
+def f16_bytes(values: torch.Tensor) -> torch.Tensor:
+    """float32 [n, 1] → the little-endian bytes of its float16 rounding, [n, 2]."""
     return values.to(torch.float16).contiguous().view(torch.uint8).reshape(values.shape[0], 2)
+
+
+def f16_field(raw: torch.Tensor, start: int) -> torch.Tensor:
+    """The float16 stored at bytes [start, start + 2) of each block, as float32 [n, 1]."""
+    return raw[:, start:start + 2].contiguous().view(torch.float16).to(torch.float32)
+
+
+def _inverse(scale: torch.Tensor) -> torch.Tensor:
+    # `d ? 1.0f/d : 0.0f`; torch.where still evaluates 1/0, which is harmless (inf, discarded).
+    return torch.where(scale == 0, torch.zeros_like(scale), 1 / scale)
+
+
+def _first_absmax(blocks: torch.Tensor) -> torch.Tensor:
+    """The signed value of largest magnitude in each block; the first one on ties, like ggml."""
+    index = blocks.abs().argmax(dim=1, keepdim=True)
+    return blocks.gather(1, index)
+
+
+def _to_codes(values: torch.Tensor, top: int) -> torch.Tensor:
+    """trunc(values) as uint8, clipped to [0, top]: numpy's `.astype(np.uint8).clip(0, top)`."""
+    # The values are >= 0 for every finite input, so truncating through int32 is exact.
+    return values.to(torch.int32).clamp_(0, top).to(torch.uint8)
+
+
+def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """32 codes per block → 16 bytes: element j in the low nibble, element j + 16 in the high."""
+    low, high = codes[:, :BLOCK // 2], codes[:, BLOCK // 2:]
+    return (low & 0x0F) | (high << 4)
+
+
+def _high_bits(codes: torch.Tensor) -> torch.Tensor:
+    """Bit 4 of each of the 32 codes as a little-endian uint32 (4 bytes): bit j = element j."""
+    device = codes.device
+    weights = _BIT_WEIGHTS.get(device)
+    if weights is None:
+        weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8, device=device)
+        _BIT_WEIGHTS[device] = weights
+    bits = ((codes >> 4) & 1).reshape(codes.shape[0], 4, 8)
+    # Distinct powers of two: their sum is their bitwise OR and never exceeds 255.
+    return (bits * weights).sum(dim=2, dtype=torch.uint8)
+
+
+def _unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    return torch.cat([packed & 0x0F, packed >> 4], dim=1)
+
+
+def _unpack_high_bits(raw4: torch.Tensor) -> torch.Tensor:
+    """4 bytes per block → 32 values of 0/16, element j from bit j (little-endian)."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=raw4.device)
+    bits = (raw4.unsqueeze(2) >> shifts) & 1
+    return bits.reshape(raw4.shape[0], BLOCK) << 4
+
+
+# ---------------------------------------------------------------- quantizers
 
 
 def quantize_q8_0(blocks: torch.Tensor) -> torch.Tensor:
     scale = blocks.abs().amax(dim=1, keepdim=True) / 127
-    inverse = torch.where(scale == 0, torch.zeros_like(scale), 1 / scale)
-    quants = round_away(blocks * inverse).to(torch.int8).view(torch.uint8)
-    return torch.cat([_f16_bytes(scale), quants], dim=1)
+    quants = round_away(blocks * _inverse(scale)).to(torch.int8).view(torch.uint8)
+    return torch.cat([f16_bytes(scale), quants], dim=1)
+
+
+def quantize_q4_0(blocks: torch.Tensor) -> torch.Tensor:
+    scale = _first_absmax(blocks) / -8
+    codes = _to_codes(blocks * _inverse(scale) + 8.5, 15)
+    return torch.cat([f16_bytes(scale), _pack_nibbles(codes)], dim=1)
+
+
+def quantize_q4_1(blocks: torch.Tensor) -> torch.Tensor:
+    low = blocks.amin(dim=1, keepdim=True)
+    scale = (blocks.amax(dim=1, keepdim=True) - low) / 15
+    codes = _to_codes((blocks - low) * _inverse(scale) + 0.5, 15)
+    return torch.cat([f16_bytes(scale), f16_bytes(low), _pack_nibbles(codes)], dim=1)
+
+
+def quantize_q5_0(blocks: torch.Tensor) -> torch.Tensor:
+    scale = _first_absmax(blocks) / -16
+    codes = _to_codes(blocks * _inverse(scale) + 16.5, 31)
+    return torch.cat([f16_bytes(scale), _high_bits(codes), _pack_nibbles(codes)], dim=1)
+
+
+def quantize_q5_1(blocks: torch.Tensor) -> torch.Tensor:
+    low = blocks.amin(dim=1, keepdim=True)
+    scale = (blocks.amax(dim=1, keepdim=True) - low) / 31
+    codes = _to_codes((blocks - low) * _inverse(scale) + 0.5, 31)
+    return torch.cat([f16_bytes(scale), f16_bytes(low), _high_bits(codes),
+                      _pack_nibbles(codes)], dim=1)
+
+
+# ---------------------------------------------------------------- dequantizers
 
 
 def dequantize_q8_0(raw: torch.Tensor) -> torch.Tensor:
-    scale = raw[:, :2].contiguous().view(torch.float16).to(torch.float32)
     quants = raw[:, 2:].contiguous().view(torch.int8).to(torch.float32)
-    return quants * scale
+    return quants * f16_field(raw, 0)
+
+
+def dequantize_q4_0(raw: torch.Tensor) -> torch.Tensor:
+    codes = _unpack_nibbles(raw[:, 2:]).to(torch.float32) - 8
+    return f16_field(raw, 0) * codes
+
+
+def dequantize_q4_1(raw: torch.Tensor) -> torch.Tensor:
+    codes = _unpack_nibbles(raw[:, 4:]).to(torch.float32)
+    return f16_field(raw, 0) * codes + f16_field(raw, 2)
+
+
+def dequantize_q5_0(raw: torch.Tensor) -> torch.Tensor:
+    codes = _unpack_nibbles(raw[:, 6:]) | _unpack_high_bits(raw[:, 2:6])
+    return f16_field(raw, 0) * (codes.to(torch.float32) - 16)
+
+
+def dequantize_q5_1(raw: torch.Tensor) -> torch.Tensor:
+    codes = _unpack_nibbles(raw[:, 8:]) | _unpack_high_bits(raw[:, 4:8])
+    return f16_field(raw, 0) * codes.to(torch.float32) + f16_field(raw, 2)
