@@ -207,10 +207,11 @@ def test_target_table() -> None:
     assert get_target("Q4_K") is TARGETS["Q4_K_M"]  # llama-quantize's alias
     assert get_target("F32").file_type == LlamaFileType.ALL_F32
     assert TARGETS["Q3_K_L"].default_type.name == "Q3_K"
-    for name in ("F32", "F16", "BF16", "Q8_0"):
-        assert TARGETS[name].writable
-    for name in MIXES[:-1]:
-        assert not TARGETS[name].writable  # K-quant quantizers are a later issue
+    # Legacy targets need Q6_K for the output tensor; the other K mixes need Q2_K..Q5_K.
+    assert [t.name for t in TARGETS.values() if t.writable] == [
+        "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
+    assert TARGETS["Q4_0"].possible_types == {"Q4_0", "Q6_K", "Q8_0"}
+    assert TARGETS["Q6_K"].possible_types == {"Q6_K", "Q8_0"}
     assert TARGETS["Q4_K_M"].possible_types >= {"Q4_K", "Q6_K", "Q5_0", "Q8_0"}
     with pytest.raises(OptionError) as caught:
         get_target("Q4_K_X")

@@ -19,6 +19,8 @@ Dequantizer = Callable[[torch.Tensor], torch.Tensor]  # uint8 [n_blocks, type_si
 # Work on this many elements at a time: bounds the float32 temporaries of a large tensor to a
 # few times 16 MiB instead of a few times the tensor, and keeps the working set in cache.
 CHUNK_ELEMENTS = 1 << 22
+# Q6_K's search makes temporaries 19 times its input: give it smaller chunks.
+_CHUNK_DIVISOR = {"Q6_K": 16}
 
 QUANTIZERS: dict[str, Quantizer] = {
     "F32": floats.quantize_f32,
@@ -29,6 +31,7 @@ QUANTIZERS: dict[str, Quantizer] = {
     "Q4_1": legacy.quantize_q4_1,
     "Q5_0": legacy.quantize_q5_0,
     "Q5_1": legacy.quantize_q5_1,
+    "Q6_K": kquants.quantize_q6_k,
 }
 DEQUANTIZERS: dict[str, Dequantizer] = {
     "F32": floats.dequantize_f32,
@@ -83,7 +86,7 @@ def quantize(weights: torch.Tensor, qtype: str | QuantType, *,
     blocks = weights.reshape(-1, spec.block_size)
     out = torch.empty((blocks.shape[0], spec.type_size), dtype=torch.uint8,
                       device=weights.device)
-    step = max(1, CHUNK_ELEMENTS // spec.block_size)
+    step = max(1, CHUNK_ELEMENTS // (spec.block_size * _CHUNK_DIVISOR.get(spec.name, 1)))
     for start in range(0, blocks.shape[0], step):
         chunk = blocks[start:start + step].to(torch.float32)
         out[start:start + step] = quantizer(chunk)

@@ -189,7 +189,7 @@ class _Walk:
         if category is Category.OUTPUT or (self.tied and category is Category.TOKEN_EMBD):
             if spec.n_per_row % qtype.block_size:
                 return T["Q8_0"]
-            return qtype if qtype is T["Q8_0"] else T["Q6_K"]
+            return qtype if qtype == T["Q8_0"] else T["Q6_K"]
         if category in _ATTN_V_LIKE:
             i = self.i_attention_wv
             if mix == "Q2_K":
