@@ -14,7 +14,8 @@ from app.core.quant import floats, kquants, legacy
 from app.core.quant.types import QuantType, get_type
 
 Quantizer = Callable[[torch.Tensor], torch.Tensor]  # float [n_blocks, block] → uint8 blocks
-Dequantizer = Callable[[torch.Tensor], torch.Tensor]  # uint8 [n_blocks, type_size] → float32
+# uint8 [n_blocks, type_size] → float32 [n_blocks, block], written into the second argument
+Dequantizer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Work on this many elements at a time: bounds the float32 temporaries of a large tensor to a
 # few times 16 MiB instead of a few times the tensor, and keeps the working set in cache.
@@ -130,7 +131,7 @@ def dequantize(raw: torch.Tensor, qtype: str | QuantType, shape: Sequence[int] |
                       device=raw.device)
     step = max(1, CHUNK_ELEMENTS // spec.block_size)
     for start in range(0, blocks.shape[0], step):
-        out[start:start + step] = dequantizer(blocks[start:start + step])
+        dequantizer(blocks[start:start + step], out[start:start + step])
     return out.reshape(shape)
 
 

@@ -2,7 +2,8 @@
 
 Each one unpacks ggml's block layout (ggml-common.h) and then does the same float32 operations,
 in the same order, as gguf-py's numpy dequantizer, so the results are bit-identical to it.
-Every function takes uint8 blocks [n, type_size] and returns float32 [n, 256] on the same device.
+Every function takes uint8 blocks [n, type_size] and writes float32 [n, 256] into `out`, on the
+same device.
 """
 
 from __future__ import annotations
@@ -49,17 +50,17 @@ def scale_min_k4(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scales, mins
 
 
-def dequantize_q2_k(raw: torch.Tensor) -> torch.Tensor:
+def dequantize_q2_k(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     n = raw.shape[0]
     scales, qs = raw[:, :16], raw[:, 16:80]
     d, dmin = f16_field(raw, 80), f16_field(raw, 82)
     dl = (d * (scales & 0x0F).to(torch.float32)).reshape(n, 16, 1)
     ml = (dmin * (scales >> 4).to(torch.float32)).reshape(n, 16, 1)
     q = _crumbs(qs, 2).reshape(n, 16, 16).to(torch.float32)
-    return (dl * q - ml).reshape(n, QK_K)
+    return torch.sub(dl * q, ml, out=out.view(n, 16, 16))
 
 
-def dequantize_q3_k(raw: torch.Tensor) -> torch.Tensor:
+def dequantize_q3_k(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     n = raw.shape[0]
     hmask, qs, packed = raw[:, :32], raw[:, 32:96], raw[:, 96:108]
     d = f16_field(raw, 108)
@@ -71,20 +72,20 @@ def dequantize_q3_k(raw: torch.Tensor) -> torch.Tensor:
     ql = _crumbs(qs, 2).reshape(n, 16, 16).to(torch.int8)
     # A set bit in hmask means "no offset"; a clear one subtracts 4.
     qh = (_bits(hmask).reshape(n, 16, 16) ^ 1).to(torch.int8) << 2
-    return (dl * (ql - qh).to(torch.float32)).reshape(n, QK_K)
+    return torch.mul(dl, (ql - qh).to(torch.float32), out=out.view(n, 16, 16))
 
 
-def dequantize_q4_k(raw: torch.Tensor) -> torch.Tensor:
+def dequantize_q4_k(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     n = raw.shape[0]
     d, dmin = f16_field(raw, 0), f16_field(raw, 2)
     scales, mins = scale_min_k4(raw[:, 4:16])
     dl = (d * scales.to(torch.float32)).reshape(n, 8, 1)
     ml = (dmin * mins.to(torch.float32)).reshape(n, 8, 1)
     q = _nibbles(raw[:, 16:], 32).reshape(n, 8, 32).to(torch.float32)
-    return (dl * q - ml).reshape(n, QK_K)
+    return torch.sub(dl * q, ml, out=out.view(n, 8, 32))
 
 
-def dequantize_q5_k(raw: torch.Tensor) -> torch.Tensor:
+def dequantize_q5_k(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     n = raw.shape[0]
     d, dmin = f16_field(raw, 0), f16_field(raw, 2)
     scales, mins = scale_min_k4(raw[:, 4:16])
@@ -93,10 +94,10 @@ def dequantize_q5_k(raw: torch.Tensor) -> torch.Tensor:
     low = _nibbles(raw[:, 48:], 32).reshape(n, 8, 32)
     high = _bits(raw[:, 16:48]).reshape(n, 8, 32)
     q = (low | (high << 4)).to(torch.float32)
-    return (dl * q - ml).reshape(n, QK_K)
+    return torch.sub(dl * q, ml, out=out.view(n, 8, 32))
 
 
-def dequantize_q6_k(raw: torch.Tensor) -> torch.Tensor:
+def dequantize_q6_k(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     n = raw.shape[0]
     ql, qh = raw[:, :128], raw[:, 128:192]
     scales = raw[:, 192:208].contiguous().view(torch.int8).to(torch.float32)
@@ -105,13 +106,13 @@ def dequantize_q6_k(raw: torch.Tensor) -> torch.Tensor:
     low = _nibbles(ql, 64).reshape(n, 8, 32)
     high = _crumbs(qh, 2).reshape(n, 8, 32)
     q = ((low | (high << 4)).to(torch.int8) - 32).reshape(n, 16, 16).to(torch.float32)
-    return (dl * q).reshape(n, QK_K)
+    return torch.mul(dl, q, out=out.view(n, 16, 16))
 
 
-def dequantize_q8_k(raw: torch.Tensor) -> torch.Tensor:
+def dequantize_q8_k(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     # block_q8_K: float d, int8 qs[256], int16 bsums[16] (the sums are only for dot products).
     d = raw[:, :4].contiguous().view(torch.float32)
-    return raw[:, 4:260].contiguous().view(torch.int8).to(torch.float32) * d
+    return torch.mul(raw[:, 4:260].view(torch.int8).to(torch.float32), d, out=out)
 
 
 # ---------------------------------------------------------------- Q6_K quantizer

@@ -2,7 +2,8 @@
 
 Each quantizer follows ggml-quants.c's reference quantizer (as ported by gguf-py) step for step
 in float32, so the bytes match gguf-py's numpy port and llama-quantize exactly. Each dequantizer
-does the same float32 operations in the same order as gguf-py, so its output is bit-identical.
+does the same float32 operations in the same order as gguf-py, so its output is bit-identical;
+it writes into `out` (float32 [n, 32]) so that a chunked tensor needs no extra copy.
 Every function takes and returns tensors on the caller's device.
 """
 
@@ -72,17 +73,29 @@ def _to_codes(values: torch.Tensor, top: int) -> torch.Tensor:
     return values.to(torch.int32).clamp_(0, top).to(torch.uint8)
 
 
+_NIBBLES = 0x0F0F0F0F0F0F0F0F  # the low nibble of each byte of an int64
+
+
+def _as_words(data: torch.Tensor) -> torch.Tensor:
+    """uint8 [n, 8k] → int64 [n, k] over the same bytes (little-endian, like every device torch
+    runs on); copied first when the bytes are not contiguous and 8-byte aligned."""
+    if not data.is_contiguous() or data.storage_offset() % 8:
+        data = data.clone(memory_format=torch.contiguous_format)
+    return data.view(torch.int64)
+
+
 def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     """32 codes per block → 16 bytes: element j in the low nibble, element j + 16 in the high."""
-    low, high = codes[:, :BLOCK // 2], codes[:, BLOCK // 2:]
-    return (low & 0x0F) | (high << 4)
+    words = _as_words(codes)  # [n, 4]: words 0-1 the low half, 2-3 the high half
+    packed = (words[:, :2] & _NIBBLES) | ((words[:, 2:] & _NIBBLES) << 4)
+    return packed.view(torch.uint8)
 
 
 def _high_bits(codes: torch.Tensor) -> torch.Tensor:
     """Bit 4 of each of the 32 codes as a little-endian uint32 (4 bytes): bit j = element j."""
     # Read each run of 8 one-bit bytes as a little-endian int64 and fold byte k's bit into bit
     # k of the lowest byte: three shift-ors on an eighth of the elements.
-    folded = ((codes >> 4) & 1).contiguous().view(torch.int64)  # [n, 4]
+    folded = _as_words((codes >> 4) & 1)  # [n, 4]
     folded = folded | (folded >> 7)
     folded = folded | (folded >> 14)
     folded = folded | (folded >> 28)
@@ -90,14 +103,23 @@ def _high_bits(codes: torch.Tensor) -> torch.Tensor:
 
 
 def _unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    return torch.cat([packed & 0x0F, packed >> 4], dim=1)
+    """16 bytes per block → 32 codes: the low nibbles, then the high ones."""
+    words = _as_words(packed)  # [n, 2]
+    return torch.cat([words & _NIBBLES, (words >> 4) & _NIBBLES], dim=1).view(torch.uint8)
+
+
+# For each byte value, eight bytes holding 16 where the value has bit j set (byte j), else 0.
+_SPREAD_BITS = [sum(16 << (8 * j) for j in range(8) if value >> j & 1) for value in range(256)]
+_SPREAD_TABLES: dict[torch.device, torch.Tensor] = {}
 
 
 def _unpack_high_bits(raw4: torch.Tensor) -> torch.Tensor:
     """4 bytes per block → 32 values of 0/16, element j from bit j (little-endian)."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=raw4.device)
-    bits = (raw4.unsqueeze(2) >> shifts) & 1
-    return bits.reshape(raw4.shape[0], BLOCK) << 4
+    table = _SPREAD_TABLES.get(raw4.device)
+    if table is None:
+        table = torch.tensor(_SPREAD_BITS, dtype=torch.int64, device=raw4.device)
+        _SPREAD_TABLES[raw4.device] = table
+    return table[raw4.long()].view(torch.uint8).reshape(raw4.shape[0], BLOCK)
 
 
 # ---------------------------------------------------------------- quantizers
@@ -141,26 +163,26 @@ def quantize_q5_1(blocks: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- dequantizers
 
 
-def dequantize_q8_0(raw: torch.Tensor) -> torch.Tensor:
-    quants = raw[:, 2:].contiguous().view(torch.int8).to(torch.float32)
-    return quants * f16_field(raw, 0)
+def dequantize_q8_0(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    quants = raw[:, 2:].view(torch.int8).to(torch.float32)
+    return torch.mul(quants, f16_field(raw, 0), out=out)
 
 
-def dequantize_q4_0(raw: torch.Tensor) -> torch.Tensor:
-    codes = _unpack_nibbles(raw[:, 2:]).to(torch.float32) - 8
-    return f16_field(raw, 0) * codes
+def dequantize_q4_0(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    codes = _unpack_nibbles(raw[:, 2:]).to(torch.float32).sub_(8)
+    return torch.mul(f16_field(raw, 0), codes, out=out)
 
 
-def dequantize_q4_1(raw: torch.Tensor) -> torch.Tensor:
+def dequantize_q4_1(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     codes = _unpack_nibbles(raw[:, 4:]).to(torch.float32)
-    return f16_field(raw, 0) * codes + f16_field(raw, 2)
+    return torch.mul(f16_field(raw, 0), codes, out=out).add_(f16_field(raw, 2))
 
 
-def dequantize_q5_0(raw: torch.Tensor) -> torch.Tensor:
+def dequantize_q5_0(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     codes = _unpack_nibbles(raw[:, 6:]) | _unpack_high_bits(raw[:, 2:6])
-    return f16_field(raw, 0) * (codes.to(torch.float32) - 16)
+    return torch.mul(f16_field(raw, 0), codes.to(torch.float32).sub_(16), out=out)
 
 
-def dequantize_q5_1(raw: torch.Tensor) -> torch.Tensor:
+def dequantize_q5_1(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     codes = _unpack_nibbles(raw[:, 8:]) | _unpack_high_bits(raw[:, 4:8])
-    return f16_field(raw, 0) * codes.to(torch.float32) + f16_field(raw, 2)
+    return torch.mul(f16_field(raw, 0), codes.to(torch.float32), out=out).add_(f16_field(raw, 2))
