@@ -6,7 +6,8 @@ gguf-py's numpy code, on realistic tensor sizes.
 Prints, for each tensor size and each type Modelyard writes, MB/s of float32 input for torch on
 the CPU (and CUDA when there is one) and for gguf-py, with the speed ratio; then dequantize
 throughput (MB/s of float32 output) for every type with a torch kernel, K-quants included; then
-the RMS quantization error of each type on the real weights of the reference tiny llama.
+the RMS quantization error of each type on the real weights of the reference tiny llama (whose
+values came from bf16, so F16 and BF16 hold them exactly) and on random normal weights.
 """
 
 from __future__ import annotations
@@ -143,13 +144,26 @@ def quantization_error() -> None:
                         for n in source}
             origin = "llama-quantize"
         else:
-            restored = {n: dequantize(quantize(torch.from_numpy(v), name), name).numpy()
-                        for n, v in source.items()}
+            restored = {n: dequantize(quantize(torch.from_numpy(np.array(v)), name),
+                                      name).numpy() for n, v in source.items()}
             origin = "Modelyard"
         diff = np.concatenate([(restored[n] - source[n]).ravel() for n in source])
         error = float(np.sqrt(np.mean(diff.astype(np.float64) ** 2)))
         print(f"{name:6} {type_size * 8 / block:11.3f} {error:11.6f} {error / rms:9.4f}  "
               f"{origin}")
+
+
+def random_weights_error() -> None:
+    """RMS error of each type Modelyard writes on random normal weights (4096x4096, 0.02)."""
+    data = torch.randn(4096, 4096, generator=torch.Generator().manual_seed(2)) * 0.02
+    rms = float(data.pow(2).mean().sqrt())
+    print(f"\n== RMS quantization error on 4096x4096 random normal weights (RMS {rms:.5f}), "
+          "written by Modelyard ==")
+    print(f"{'type':6} {'bits/weight':>11} {'RMS error':>11} {'relative':>9}")
+    for name in QUANTIZERS:
+        block, type_size = gguf.GGML_QUANT_SIZES[GGMLQuantizationType[name]]
+        error = float((dequantize(quantize(data, name), name) - data).pow(2).mean().sqrt())
+        print(f"{name:6} {type_size * 8 / block:11.3f} {error:11.7f} {error / rms:9.5f}")
 
 
 def main() -> None:
@@ -168,6 +182,7 @@ def main() -> None:
     quantize_throughput(sizes, args.repeat, not args.no_gguf_py)
     dequantize_throughput(args.repeat, not args.no_gguf_py)
     quantization_error()
+    random_weights_error()
 
 
 if __name__ == "__main__":

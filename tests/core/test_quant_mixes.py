@@ -4,6 +4,8 @@ on the real SmolLM2, and hand-derived cases for GQA, MoE and 70B-like models."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -249,3 +251,27 @@ def test_bad_hparams_and_metadata(tmp_path: Path) -> None:
         gguf_hparams(header)
     falcon = plan_tensor_types("Q4_K_M", _smollm2_specs(), ModelHparams(30, arch="falcon"))
     assert falcon.approximate and "falcon" in falcon.approximate
+
+
+def test_table_and_planner_do_not_import_torch() -> None:
+    # The GUI shows sizes and fit for every target without paying for torch at start-up.
+    code = """
+import sys
+from app.core.quant import TARGETS, ModelHparams, llama_tensor_specs, plan_tensor_types
+specs = llama_tensor_specs(n_layer=2, n_embd=256, n_ff=512, n_head=4, n_head_kv=4, n_vocab=64)
+plan = plan_tensor_types("Q4_K_M", specs, ModelHparams(2, 4, 4))
+print(plan.tensor_bytes > 0, [t.name for t in TARGETS.values() if t.writable][-1],
+      "torch" in sys.modules)
+from app.core.quant import quantize
+print("torch" in sys.modules, callable(quantize))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "Q4_0", "False", "True", "True"]
+
+
+def test_writable_types_are_the_quantizers() -> None:
+    from app.core.quant import WRITABLE_TYPES, codec
+
+    assert set(codec.QUANTIZERS) == WRITABLE_TYPES

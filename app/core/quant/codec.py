@@ -11,7 +11,9 @@ from gguf import quants as gguf_quants
 
 from app.core.errors import FormatError, UnsupportedError
 from app.core.quant import floats, kquants, legacy
-from app.core.quant.types import QuantType, get_type
+from app.core.quant.types import QuantType, can_quantize, get_type
+
+__all__ = ["can_dequantize", "can_quantize", "dequantize", "has_fast_dequantizer", "quantize"]
 
 Quantizer = Callable[[torch.Tensor], torch.Tensor]  # float [n_blocks, block] → uint8 blocks
 # uint8 [n_blocks, type_size] → float32 [n_blocks, block], written into the second argument
@@ -50,11 +52,6 @@ DEQUANTIZERS: dict[str, Dequantizer] = {
     "Q6_K": kquants.dequantize_q6_k,
     "Q8_K": kquants.dequantize_q8_k,
 }
-
-
-def can_quantize(qtype: str | QuantType) -> bool:
-    """Whether Modelyard can write tensors of this type."""
-    return get_type(qtype).name in QUANTIZERS
 
 
 def can_dequantize(qtype: str | QuantType) -> bool:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from app.core.errors import UnsupportedError
-from app.core.quant.codec import can_quantize
 from app.core.quant.specs import ModelHparams, TensorLike, TensorSpec, as_tensor_spec
 from app.core.quant.targets import Target, get_target
-from app.core.quant.types import TYPES, QuantType, fitting_type, get_type
+from app.core.quant.types import TYPES, QuantType, can_quantize, fitting_type, get_type
 
 GGUF_ALIGNMENT = 32  # general.alignment's default: each tensor's data starts on it
 

@@ -9,8 +9,7 @@ from functools import cached_property
 from gguf import LlamaFileType
 
 from app.core.errors import OptionError
-from app.core.quant.codec import can_quantize
-from app.core.quant.types import QuantType, get_type
+from app.core.quant.types import QuantType, can_quantize, get_type
 
 
 @dataclass(frozen=True)

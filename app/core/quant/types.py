@@ -11,6 +11,10 @@ from app.core.errors import OptionError, UnsupportedError
 
 # Types with one element per "block": ggml_is_quantized() is false for them.
 _PLAIN_TYPES = frozenset({"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"})
+# The types codec.QUANTIZERS writes (a test keeps the two equal). Kept here so that the target
+# table and the planner answer "can Modelyard write this?" without importing torch.
+WRITABLE_TYPES = frozenset({"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                            "Q6_K"})
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,11 @@ def get_type(name: str | GGMLQuantizationType | QuantType) -> QuantType:
     except KeyError:
         raise OptionError(f"unknown tensor type {name!r}",
                           hint=f"known types: {', '.join(sorted(TYPES))}") from None
+
+
+def can_quantize(qtype: str | GGMLQuantizationType | QuantType) -> bool:
+    """Whether Modelyard can write tensors of this type."""
+    return get_type(qtype).name in WRITABLE_TYPES
 
 
 class BlockSizeError(UnsupportedError):
