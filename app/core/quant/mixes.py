@@ -292,15 +292,15 @@ def types_a_target_can_choose(target: Target) -> frozenset[str]:
     from app.core.quant.specs import llama_tensor_specs
 
     found: set[str] = set()
+    models = [(16, 4, 4, 0), (16, 4, 1, 0), (80, 8, 1, 0), (16, 4, 1, 8)]
     for n_embd in (256, 96):  # 96 fits 32-element blocks only
-        for n_expert in (0, 8):
-            for n_layer, n_head, n_head_kv in ((16, 4, 4), (16, 4, 1), (80, 8, 1)):
-                specs = llama_tensor_specs(n_layer=n_layer, n_embd=n_embd, n_ff=2 * n_embd,
-                                           n_head=n_head, n_head_kv=n_head_kv, n_vocab=64,
-                                           n_expert=n_expert, attention_bias=True)
-                hparams = ModelHparams(n_layer, n_head, n_head_kv, n_expert)
-                for tied in (False, True):
-                    used = [s for s in specs if not (tied and s.name == "output.weight")]
-                    plan = plan_tensor_types(target, used, hparams)
-                    found.update(t.type.name for t in plan.tensors if t.quantized)
+        for n_layer, n_head, n_head_kv, n_expert in models:
+            specs = llama_tensor_specs(n_layer=n_layer, n_embd=n_embd, n_ff=2 * n_embd,
+                                       n_head=n_head, n_head_kv=n_head_kv, n_vocab=64,
+                                       n_expert=n_expert, attention_bias=True)
+            hparams = ModelHparams(n_layer, n_head, n_head_kv, n_expert)
+            for tied in (False, True):
+                used = [s for s in specs if not (tied and s.name == "output.weight")]
+                plan = plan_tensor_types(target, used, hparams)
+                found.update(t.type.name for t in plan.tensors if t.quantized)
     return frozenset(found)
