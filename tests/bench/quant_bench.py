@@ -4,7 +4,8 @@ gguf-py's numpy code, on realistic tensor sizes.
     python tests/bench/quant_bench.py [--repeat 3] [--sizes 4096x4096,11008x4096] [--no-gguf-py]
 
 Prints, for each tensor size and each type Modelyard writes, MB/s of float32 input for torch on
-the CPU (and CUDA when there is one) and for gguf-py, with the speed ratio; then dequantize
+the CPU (and CUDA when there is one) and for gguf-py (best of --repeat runs for both, after a
+warm-up), with the speed ratio; then dequantize
 throughput (MB/s of float32 output) for every type with a torch kernel, K-quants included; then
 the RMS quantization error of each type on the real weights of the reference tiny llama (whose
 values came from bf16, so F16 and BF16 hold them exactly) and on random normal weights.
@@ -75,9 +76,10 @@ def quantize_throughput(sizes: list[tuple[int, int]], repeat: int, with_gguf_py:
                 cpu_seconds = cpu_seconds or seconds
                 line += f" {mb / seconds:22,.0f}"
             if with_gguf_py and name not in SLOW:
-                start = time.perf_counter()
-                expected = quants.quantize(data, GGMLQuantizationType[name])
-                numpy_seconds = time.perf_counter() - start
+                ggml = GGMLQuantizationType[name]
+                numpy_seconds = best_time(lambda g=ggml, d=data: quants.quantize(d, g), repeat,
+                                          lambda: None)
+                expected = quants.quantize(data, ggml)
                 mine = quantize(torch.from_numpy(data), name).numpy()
                 assert np.array_equal(mine.reshape(-1), expected.view(np.uint8).reshape(-1)), name
                 line += f" {mb / numpy_seconds:14,.0f} {numpy_seconds / cpu_seconds:8.1f}x"
@@ -116,9 +118,8 @@ def dequantize_throughput(repeat: int, with_gguf_py: bool) -> None:
             cpu_seconds = cpu_seconds or seconds
             line += f" {mb / seconds:22,.0f}"
         if with_gguf_py and name != "F32":
-            start = time.perf_counter()
-            quants.dequantize(raw, ggml)
-            numpy_seconds = time.perf_counter() - start
+            numpy_seconds = best_time(lambda r=raw, g=ggml: quants.dequantize(r, g), repeat,
+                                      lambda: None)
             line += f" {mb / numpy_seconds:14,.0f} {numpy_seconds / cpu_seconds:8.1f}x"
         print(line)
 
