@@ -40,3 +40,21 @@ def tiny_ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "moe-split": factories.make_gguf(root / "moe-split.gguf", n_experts=4,
                                          expert_layout="split"),
     }
+
+
+@pytest.fixture(scope="session")
+def kquants_reference() -> Path:
+    """GGUFs llama-quantize wrote from a tiny F32 llama (see ../shared/reference/README.md)."""
+    folder = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "kquants"
+    assert (folder / "tiny-llama-F32.gguf").is_file(), f"reference data missing: {folder}"
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_reference_f32(kquants_reference: Path) -> dict:
+    """The F32 tensors of the reference tiny llama, by GGUF name (numpy, row-major)."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(kquants_reference / "tiny-llama-F32.gguf")
+    return {t.name: np.array(t.data) for t in reader.tensors}

@@ -1,13 +1,59 @@
-"""GGML tensor types in torch: quantize and dequantize on the tensor's own device.
+"""GGML tensor types in torch, and the file types (targets) a GGUF can be written as.
 
     quantize(weights, "Q8_0")        float tensor [..., n]  → uint8 [..., n / block * type_size]
     dequantize(raw, "Q8_0")          uint8 [..., row_bytes] → float32 [..., n]
 
 Both keep the result on the device of their input (a CUDA tensor stays on CUDA). Where gguf-py
-can quantize a type, the bytes are identical to gguf-py's (which are llama-quantize's).
+can quantize a type, the bytes are identical to gguf-py's (which are llama-quantize's); Q6_K's
+are llama-quantize's too. The torch dequantizers are bit-identical to gguf-py's.
+
+    plan_tensor_types("Q4_K_M", tensors, hparams)   the type of each tensor, as llama-quantize
+                                                    chooses it, with sizes and bits per weight
+
+The table of types and targets and the planner do not import torch (the GUI shows estimates
+without loading it); quantize/dequantize load it on first use.
 """
 
-from app.core.quant.codec import can_quantize, dequantize, quantize
-from app.core.quant.types import TYPES, QuantType, get_type
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["TYPES", "QuantType", "can_quantize", "dequantize", "get_type", "quantize"]
+from app.core.quant.mixes import ModelPlan, TensorPlan, plan_tensor_types
+from app.core.quant.specs import (
+    ModelHparams,
+    TensorSpec,
+    gguf_hparams,
+    gguf_tensor_specs,
+    llama_tensor_specs,
+)
+from app.core.quant.targets import TARGETS, Target, get_target, writable_targets
+from app.core.quant.types import (
+    TYPES,
+    WRITABLE_TYPES,
+    BlockSizeError,
+    QuantType,
+    TypeChoice,
+    can_quantize,
+    fitting_type,
+    get_type,
+)
+
+if TYPE_CHECKING:
+    from app.core.quant.codec import can_dequantize, dequantize, quantize
+
+_FROM_CODEC = {"can_dequantize", "dequantize", "quantize"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_CODEC:
+        from app.core.quant import codec
+
+        return getattr(codec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "TARGETS", "TYPES", "WRITABLE_TYPES", "BlockSizeError", "ModelHparams", "ModelPlan",
+    "QuantType", "Target", "TensorPlan", "TensorSpec", "TypeChoice", "can_dequantize",
+    "can_quantize", "dequantize", "fitting_type", "get_target", "get_type", "gguf_hparams",
+    "gguf_tensor_specs", "llama_tensor_specs", "plan_tensor_types", "quantize",
+    "writable_targets",
+]

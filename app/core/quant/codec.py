@@ -1,63 +1,152 @@
-"""Dispatch quantize/dequantize to the implementation of each type."""
+"""Dispatch quantize/dequantize to the implementation of each type, a chunk of blocks at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import cache
 
+import numpy as np
 import torch
+from gguf import quants as gguf_quants
 
-from app.core.errors import UnsupportedError
-from app.core.quant import floats, legacy
-from app.core.quant.types import QuantType, get_type
+from app.core.errors import FormatError, UnsupportedError
+from app.core.quant import floats, kquants, legacy
+from app.core.quant.types import QuantType, can_quantize, get_type
+
+__all__ = ["can_dequantize", "can_quantize", "dequantize", "has_fast_dequantizer", "quantize"]
 
 Quantizer = Callable[[torch.Tensor], torch.Tensor]  # float [n_blocks, block] → uint8 blocks
-Dequantizer = Callable[[torch.Tensor], torch.Tensor]  # uint8 [n_blocks, type_size] → float32
+# uint8 [n_blocks, type_size] → float32 [n_blocks, block], written into the second argument
+Dequantizer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Work on this many elements at a time: bounds the float32 temporaries of a large tensor to a
+# few times 16 MiB instead of a few times the tensor, and keeps the working set in cache.
+CHUNK_ELEMENTS = 1 << 22
+# Q6_K's search makes temporaries 19 times its input: give it smaller chunks.
+_CHUNK_DIVISOR = {"Q6_K": 16}
 
 QUANTIZERS: dict[str, Quantizer] = {
     "F32": floats.quantize_f32,
     "F16": floats.quantize_f16,
     "BF16": floats.quantize_bf16,
     "Q8_0": legacy.quantize_q8_0,
+    "Q4_0": legacy.quantize_q4_0,
+    "Q4_1": legacy.quantize_q4_1,
+    "Q5_0": legacy.quantize_q5_0,
+    "Q5_1": legacy.quantize_q5_1,
+    "Q6_K": kquants.quantize_q6_k,
 }
 DEQUANTIZERS: dict[str, Dequantizer] = {
     "F32": floats.dequantize_f32,
     "F16": floats.dequantize_f16,
     "BF16": floats.dequantize_bf16,
     "Q8_0": legacy.dequantize_q8_0,
+    "Q4_0": legacy.dequantize_q4_0,
+    "Q4_1": legacy.dequantize_q4_1,
+    "Q5_0": legacy.dequantize_q5_0,
+    "Q5_1": legacy.dequantize_q5_1,
+    "Q2_K": kquants.dequantize_q2_k,
+    "Q3_K": kquants.dequantize_q3_k,
+    "Q4_K": kquants.dequantize_q4_k,
+    "Q5_K": kquants.dequantize_q5_k,
+    "Q6_K": kquants.dequantize_q6_k,
+    "Q8_K": kquants.dequantize_q8_k,
 }
 
 
-def can_quantize(qtype: str | QuantType) -> bool:
-    return get_type(qtype).name in QUANTIZERS
+def can_dequantize(qtype: str | QuantType) -> bool:
+    """Whether Modelyard can read this type: in torch, or through gguf-py's slow path."""
+    spec = get_type(qtype)
+    return spec.name in DEQUANTIZERS or _gguf_py_dequantizes(spec)
 
 
-def quantize(weights: torch.Tensor, qtype: str | QuantType) -> torch.Tensor:
-    """Quantize the last dimension of `weights` into GGML blocks; uint8 result, same device."""
+def has_fast_dequantizer(qtype: str | QuantType) -> bool:
+    """Whether this type dequantizes in torch on the tensor's device (not through numpy)."""
+    return get_type(qtype).name in DEQUANTIZERS
+
+
+def quantize(weights: torch.Tensor, qtype: str | QuantType, *,
+             tensor: str | None = None) -> torch.Tensor:
+    """Quantize the last dimension of `weights` into GGML blocks; uint8 result, same device.
+
+    Raises BlockSizeError (an UnsupportedError) when the last dimension does not divide the
+    type's block size; `fitting_type` says which type llama.cpp would use instead.
+    """
     spec = get_type(qtype)
     quantizer = QUANTIZERS.get(spec.name)
     if quantizer is None:
-        raise UnsupportedError(f"Modelyard cannot write {spec.name} tensors yet")
-    n_per_row = weights.shape[-1]
-    row_bytes = spec.row_bytes(n_per_row)
+        raise UnsupportedError(f"Modelyard cannot write {spec.name} tensors yet", tensor=tensor,
+                               hint=f"writable types: {', '.join(QUANTIZERS)}")
+    if not weights.is_floating_point():
+        raise UnsupportedError(f"cannot quantize a {weights.dtype} tensor", tensor=tensor)
+    n_per_row = weights.shape[-1] if weights.dim() else 1
+    row_bytes = spec.row_bytes(n_per_row, tensor=tensor)
     blocks = weights.reshape(-1, spec.block_size)
-    if blocks.dtype != torch.float32:
-        blocks = blocks.to(torch.float32)
-    out = quantizer(blocks)
+    out = torch.empty((blocks.shape[0], spec.type_size), dtype=torch.uint8,
+                      device=weights.device)
+    step = max(1, CHUNK_ELEMENTS // (spec.block_size * _CHUNK_DIVISOR.get(spec.name, 1)))
+    for start in range(0, blocks.shape[0], step):
+        chunk = blocks[start:start + step].to(torch.float32)
+        out[start:start + step] = quantizer(chunk)
     return out.reshape(*weights.shape[:-1], row_bytes)
 
 
-def dequantize(raw: torch.Tensor, qtype: str | QuantType) -> torch.Tensor:
-    """Dequantize GGML blocks (uint8, last dimension = bytes per row) to float32, same device."""
+def dequantize(raw: torch.Tensor, qtype: str | QuantType, shape: Sequence[int] | None = None,
+               *, tensor: str | None = None) -> torch.Tensor:
+    """Dequantize GGML blocks to float32 on the device of `raw`.
+
+    `raw` is uint8. Without `shape`, its last dimension is the bytes of one row and the result
+    has the same leading dimensions. With `shape` (torch order: the row is the last dimension)
+    the bytes are checked against it and the result has that shape. A byte count that does not
+    match raises FormatError.
+    """
     spec = get_type(qtype)
-    dequantizer = DEQUANTIZERS.get(spec.name)
-    if dequantizer is None:
-        raise UnsupportedError(f"Modelyard cannot read {spec.name} tensors yet")
     if raw.dtype != torch.uint8:
         raise TypeError(f"expected uint8 bytes, got {raw.dtype}")
-    row_bytes = raw.shape[-1]
-    if row_bytes % spec.type_size:
-        raise ValueError(f"{row_bytes} bytes per row is not a whole number of {spec.name} "
-                         "blocks")
-    n_per_row = row_bytes // spec.type_size * spec.block_size
-    values = dequantizer(raw.reshape(-1, spec.type_size))
-    return values.reshape(*raw.shape[:-1], n_per_row)
+    if shape is not None:
+        shape = tuple(int(d) for d in shape)
+        n_per_row = shape[-1] if shape else 1
+        n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+        expected = n_rows * spec.row_bytes(n_per_row, tensor=tensor)
+        if raw.numel() != expected:
+            raise FormatError(f"{raw.numel()} bytes cannot hold a {spec.name} tensor of shape "
+                              f"{list(shape)}, which needs {expected}", tensor=tensor,
+                              hint="the file is truncated or its tensor table is corrupt")
+        raw = raw.reshape(n_rows, -1)
+    else:
+        shape_bytes = raw.shape[-1] if raw.dim() else 1
+        if shape_bytes % spec.type_size:
+            raise FormatError(f"{shape_bytes} bytes per row is not a whole number of "
+                              f"{spec.name} blocks of {spec.type_size} bytes", tensor=tensor,
+                              hint="the file is truncated or its tensor table is corrupt")
+        shape = (*raw.shape[:-1], shape_bytes // spec.type_size * spec.block_size)
+    dequantizer = DEQUANTIZERS.get(spec.name)
+    if dequantizer is None:
+        return _dequantize_with_gguf_py(raw, spec, tensor).reshape(shape)
+    blocks = raw.reshape(-1, spec.type_size)
+    out = torch.empty((blocks.shape[0], spec.block_size), dtype=torch.float32,
+                      device=raw.device)
+    step = max(1, CHUNK_ELEMENTS // spec.block_size)
+    for start in range(0, blocks.shape[0], step):
+        dequantizer(blocks[start:start + step], out[start:start + step])
+    return out.reshape(shape)
+
+
+def _dequantize_with_gguf_py(raw: torch.Tensor, spec: QuantType,
+                             tensor: str | None) -> torch.Tensor:
+    # The slow path, for the types without a torch kernel here (IQ*, TQ*, MXFP4, ...): gguf-py's
+    # numpy code on the CPU, then back to the device the bytes came from.
+    if not _gguf_py_dequantizes(spec):
+        raise UnsupportedError(f"Modelyard cannot read {spec.name} tensors", tensor=tensor)
+    rows = raw.detach().reshape(-1, raw.shape[-1]).cpu().numpy()
+    values = gguf_quants.dequantize(rows, spec.ggml_type)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(raw.device)
+
+
+@cache
+def _gguf_py_dequantizes(spec: QuantType) -> bool:
+    try:
+        gguf_quants.dequantize(np.zeros((1, spec.type_size), dtype=np.uint8), spec.ggml_type)
+    except NotImplementedError:
+        return False
+    return True

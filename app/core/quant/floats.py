@@ -22,13 +22,13 @@ def quantize_bf16(blocks: torch.Tensor) -> torch.Tensor:
     return _as_bytes(blocks.to(torch.bfloat16))
 
 
-def dequantize_f32(raw: torch.Tensor) -> torch.Tensor:
-    return raw.contiguous().view(torch.float32)
+def dequantize_f32(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return out.copy_(raw.contiguous().view(torch.float32))
 
 
-def dequantize_f16(raw: torch.Tensor) -> torch.Tensor:
-    return raw.contiguous().view(torch.float16).to(torch.float32)
+def dequantize_f16(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return out.copy_(raw.contiguous().view(torch.float16))
 
 
-def dequantize_bf16(raw: torch.Tensor) -> torch.Tensor:
-    return raw.contiguous().view(torch.bfloat16).to(torch.float32)
+def dequantize_bf16(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return out.copy_(raw.contiguous().view(torch.bfloat16))
