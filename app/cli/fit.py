@@ -9,6 +9,7 @@ from pathlib import Path
 
 from app.cli.table import render_table
 from app.core.errors import OptionError
+from app.core.estimate.candidates import conversion_candidates
 from app.core.estimate.report import FitReport, fit_report
 from app.core.estimate.verdict import DEFAULT_CONTEXT, Target
 from app.core.formats.gguf_model import quant_family
@@ -73,6 +74,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model, siblings = _primary_and_siblings(args.path)
     target = _target(args)
     report = fit_report(model, target, args.ctx, args.gpu_layers, siblings,
+                        conversions=conversion_candidates(model),
                         cache_type=args.cache_type, flash_attention=args.flash_attn)
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)
@@ -116,7 +118,8 @@ def print_report(report: FitReport) -> None:
     if recommended is not None:
         print(f"recommended: {recommended.candidate.label}")
     if report.max_context:
-        print(f"longest context that fully fits: {report.max_context} tokens")
+        print(f"longest context at which {report.max_context_of} fully fits: "
+              f"{report.max_context} tokens")
     if report.convert is not None:
         print(f"conversion peak: {_gib(report.convert.peak_bytes)} "
               f"(loading everything would need {_gib(report.convert.naive_peak_bytes)})")

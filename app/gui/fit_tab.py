@@ -248,8 +248,8 @@ class FitTab(QWidget):
             self.quants.addTopLevelItem(item)
             if fit.recommended:
                 self.quants.setCurrentItem(item)
-        self.longest.setText(f"Longest context that fully fits: {report.max_context:,} tokens"
-                             if report.max_context else "")
+        self.longest.setText(f"{report.max_context_of} fully fits up to "
+                             f"{report.max_context:,} tokens" if report.max_context else "")
         self.notes.setText("\n".join(report.notes +
                                      (estimate.approximate if estimate else ())))
         self._update_action()

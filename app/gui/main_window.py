@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.estimate.candidates import conversion_candidates
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.scan import ScanRequest, ScanResult
 from app.core.jobs import JobResult
@@ -55,7 +56,7 @@ class MainWindow(QMainWindow):
         self.details = DetailsPane()
         self.background = Background(self)
         self.fits = FitController(self.table_model, self.details.fit, self.background,
-                                  self.settings, parent=self)
+                                  self.settings, conversions=conversion_candidates, parent=self)
         self.details.fit.select_requested.connect(lambda path: self.select_model_path(Path(path)))
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.sources)

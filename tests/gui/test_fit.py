@@ -74,7 +74,9 @@ def test_custom_target_updates_table_and_tab(qtbot, window: MainWindow, quants: 
     assert set(fit_texts(window).values()) == {"GPU"}
     assert tab.verdict.text().count("fits on GPU") == 1
     labels = [tab.quants.topLevelItem(i).text(1) for i in range(tab.quants.topLevelItemCount())]
-    assert labels == ["tiny-llama-F32", "tiny-llama-Q8_0", "tiny-llama-Q4_K_M"]
+    existing = [label for label in labels if not label.endswith("(convert)")]
+    assert existing == ["tiny-llama-F32", "tiny-llama-Q8_0", "tiny-llama-Q4_K_M"]
+    assert "Q2_K (convert)" in labels  # requantizing below the source's Q4_K_M is offered
     assert tab.quants.topLevelItem(0).text(0) == "★"  # best quality that fits
     assert window.settings.fit_parameters() == ("custom", 24.0, 64.0, 4096)
     # a tiny GPU: nothing fits on it, so the table turns to RAM (or partial) badges
@@ -94,7 +96,9 @@ def test_context_slider_and_select_action(qtbot, window: MainWindow, quants: Pat
     assert tab.report.verdict.estimate.ram.kv_cache == 180 * 1024**2
     assert window.select_model_path(quants / "tiny-llama-Q4_K_M.gguf")
     settle(qtbot, window)
-    tab.quants.setCurrentItem(tab.quants.topLevelItem(1))
+    q8 = next(tab.quants.topLevelItem(i) for i in range(tab.quants.topLevelItemCount())
+              if tab.quants.topLevelItem(i).text(1) == "tiny-llama-Q8_0")
+    tab.quants.setCurrentItem(q8)
     assert tab.action.text() == "Select tiny-llama-Q8_0"
     tab.action.click()
     settle(qtbot, window)

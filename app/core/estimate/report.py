@@ -40,6 +40,7 @@ class FitReport:
     verdict: Verdict
     candidates: tuple[CandidateFit, ...] = ()
     max_context: int | None = None
+    max_context_of: str | None = None  # which candidate (or the model) max_context is for
     convert: JobEstimate | None = None
     notes: tuple[str, ...] = field(default=())
 
@@ -61,6 +62,7 @@ class FitReport:
             "recommended_type": recommended.candidate.quant if recommended else None,
             "recommended_label": recommended.candidate.label if recommended else None,
             "max_context": self.max_context,
+            "max_context_of": self.max_context_of,
             "candidates": [_candidate_json(c) for c in self.candidates],
             "notes": list(self.notes),
         }
@@ -102,7 +104,9 @@ def fit_report(model: ModelInfo, target: Target, context: int = DEFAULT_CONTEXT,
     elif recommended is not None and not fully_fits(recommended.verdict, target):
         notes.append(f"no quant fits entirely on the GPU; {recommended.candidate.label} "
                      f"{recommended.verdict.text.split(':')[0]}")
-    return FitReport(model, target, context, verdict, fits, longest, convert, tuple(notes))
+    return FitReport(model, target, context, verdict, fits, longest,
+                     recommended.candidate.label if recommended else model.name, convert,
+                     tuple(notes))
 
 
 def verdicts_for(models: Sequence[ModelInfo], target: Target,
