@@ -40,3 +40,13 @@ def tiny_ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "moe-split": factories.make_gguf(root / "moe-split.gguf", n_experts=4,
                                          expert_layout="split"),
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_ggufs(tiny_models: dict[str, Path],
+                     tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny HF llama written as GGUF by gguf-py: F32, F16, Q8_0 and Q4_0."""
+    root = tmp_path_factory.mktemp("tiny-llama-gguf")
+    return {qtype: factories.make_gguf_from_hf(tiny_models["llama"], root / f"tiny-{qtype}.gguf",
+                                               qtype)
+            for qtype in ("F32", "F16", "Q8_0", "Q4_0")}

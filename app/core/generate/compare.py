@@ -267,12 +267,15 @@ class _Comparison:
                 check_cancel(reporter)
                 logits = model.all_logits(ids[win.start:win.end])[win.rows, :vocab]
                 cand = log_softmax(logits)
+                # KL against the stored reference at the precision it was stored in, so that
+                # equal models give exactly 0 (a float64 candidate would show ~1e-9 of noise).
+                cand_stored = cand.astype(np.float32).astype(np.float64)
                 targets = np.array(list(win.targets))
                 ref = np.asarray(ref_logprobs[targets - 1, :vocab], dtype=np.float64)
                 if vocab != ref_vocab:
                     ref = log_softmax(ref)
-                kl[targets - 1] = kl_divergence(ref, cand)
-                top1[targets - 1] = ref.argmax(axis=-1) == cand.argmax(axis=-1)
+                kl[targets - 1] = kl_divergence(ref, cand_stored)
+                top1[targets - 1] = ref.argmax(axis=-1) == cand_stored.argmax(axis=-1)
                 nll[targets - 1] = -cand[np.arange(len(targets)), ids_at(ids, targets)]
                 reporter.progress(n_rows + win.end, 2 * n_rows,
                                   f"candidate, window {index + 1} of {len(windows)}")

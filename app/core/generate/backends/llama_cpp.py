@@ -23,7 +23,8 @@ from app.core.generate.chat import render_chat_template
 INSTALL_HINT = "install it with: pip install 'llama-cpp-python>=0.3.30' (or modelyard[llama])"
 LOAD_ERROR = re.compile(r"error loading model(?: architecture)?: (?P<reason>.+)")
 UNKNOWN_ARCH = re.compile(r"unknown model architecture: '(?P<arch>[^']*)'")
-MISSING_TENSOR = re.compile(r"missing tensor '(?P<tensor>[^']+)'")
+MISSING_TENSOR = re.compile(r"missing tensor '(?P<tensor>[^']+)'|"
+                            r"tensor '(?P<absent>[^']+)' not found")
 DEFAULT_TEST_CONTEXT = 4096
 
 
@@ -103,7 +104,8 @@ def load_error(path: Path, reason: str | None) -> ModelyardError:
     missing = MISSING_TENSOR.search(reason)
     if missing:
         return FormatError(
-            f"tensor {missing['tensor']!r}, which the architecture needs, is not in the file; "
+            f"tensor {missing['tensor'] or missing['absent']!r}, which the architecture needs, "
+            "is not in the file; "
             "a merge or conversion dropped it", path=path,
             hint="run `modelyard doctor` to list every missing tensor, and rebuild the file "
                  "from its source")
