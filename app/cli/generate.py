@@ -15,6 +15,7 @@ from app.core.generate.compare import CompareRequest, CompareResult, text_from_f
 from app.core.generate.compare_metrics import percent_floor
 from app.core.generate.doctor import DoctorReport, DoctorRequest
 from app.core.generate.request import GenerateRequest, GenerateResult
+from app.core.jobs import LogLevel
 
 BACKENDS = ("auto", "llama.cpp", "transformers")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -82,32 +83,48 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _text_printer(args: argparse.Namespace) -> Callable[[str], None] | None:
+class StreamingReporter(ConsoleReporter):
+    """A console reporter that ends the streamed reply's line before printing a log line."""
+
+    open_line = False
+
+    def write_text(self, piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        self.open_line = not piece.endswith("\n")
+
+    def end_text(self) -> None:
+        if self.open_line:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.open_line = False
+
+    def log(self, level: LogLevel, text: str) -> None:
+        if not self.json_lines:
+            self.end_text()
+        super().log(level, text)
+
+
+def _text_printer(args: argparse.Namespace,
+                  reporter: StreamingReporter) -> Callable[[str], None] | None:
     if args.json:
         return None
     if args.json_progress:
         return lambda piece: print(json.dumps({"event": "text", "text": piece}), flush=True)
-
-    def write(piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-
-    return write
+    return reporter.write_text
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    reporter = StreamingReporter(json_lines=args.json_progress, verbose=args.verbose,
+                                 unit="tokens")
     request = GenerateRequest(
         path=args.path, prompt=args.prompt, max_tokens=args.max_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
         system=args.system, use_chat_template=not args.raw, backend=args.backend,
         dtype=args.dtype, trust_remote_code=args.trust_remote_code, use_gpu=not args.cpu,
-        n_gpu_layers=args.n_gpu_layers, on_text=_text_printer(args))
-    reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose,
-                               unit="tokens")
+        n_gpu_layers=args.n_gpu_layers, on_text=_text_printer(args, reporter))
     result = run_in_console(request, reporter)
-    if not args.json and not args.json_progress:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+    reporter.end_text()
     if result.status != "done":
         return result.exit_code
     value: GenerateResult = result.value

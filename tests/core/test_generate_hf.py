@@ -9,7 +9,8 @@ import pytest
 
 from app.core.errors import FormatError, JobError
 from app.core.formats.scan import inspect_path
-from app.core.generate.backends.hf import load_pretrained
+from app.core.generate.backends.hf import explicit_device_map, load_pretrained
+from app.core.generate.placement import DeviceBudget, hf_placement_units, plan_placement
 from app.core.generate.request import GenerateRequest, GenerateResult
 from app.core.jobs import RecordingReporter, run_job
 from factories import CancellingReporter, drop_tensors
@@ -100,3 +101,21 @@ def test_weights_left_on_meta_by_a_too_small_max_memory_are_a_clear_error(
     assert "21 weight(s)" in message  # every weight of the tiny llama
     assert "model.embed_tokens" in message and "model.layers.0.mlp.down_proj" in message
     assert not isinstance(caught.value, FormatError)
+
+
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_the_planners_explicit_device_map_is_one_transformers_accepts(
+        tiny_models: dict[str, Path], family: str) -> None:
+    # The GPU path cannot run here; its device map can. Plan for a roomy GPU, then send every
+    # unit to the CPU instead: the module names and their completion must satisfy transformers
+    # (Mixtral renames block_sparse_moe to mlp when it loads).
+    info = inspect_path(tiny_models[family])
+    placement = plan_placement(hf_placement_units(info, 4), [DeviceBudget(0, 10**10)],
+                               reserve_bytes=0, reserve_fraction=0.0)
+    assert placement.gpu_layers == 2
+    device_map = explicit_device_map(info, placement)
+    assert "model.rotary_emb" in device_map  # a buffer-only module the checkpoint lacks
+    on_cpu = {name: "cpu" for name in device_map}
+    model = load_pretrained(info, dtype_name="float32", device_map=on_cpu, max_memory=None,
+                            trust_remote_code=False)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

@@ -53,6 +53,9 @@ def choose_backend(info: ModelInfo, requested: BackendChoiceName = "auto") -> Ba
                                    hint=INSTALL_HINT)
         why = "chosen" if requested == "llama.cpp" else "GGUF files run in llama.cpp"
         return BackendChoice("llama.cpp", why)
+    if len(info.files) > 1:
+        raise UnsupportedError("llama-cpp-python is not installed, and transformers cannot "
+                               "read split GGUF files", path=info.path, hint=INSTALL_HINT)
     arch = info.architecture or "?"
     if arch not in transformers_gguf_architectures():
         raise UnsupportedError(

@@ -11,17 +11,26 @@ import psutil
 SAMPLE_SECONDS = 0.02
 
 
+def _torch_cuda_ready() -> bool:
+    """True when torch is already imported and CUDA initialised; never imports torch itself."""
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.cuda.is_initialized())
+
+
 class PeakMemory:
     """Context manager that records the highest RSS (and CUDA allocation) seen inside it.
 
     RSS is sampled every 20 ms, so a spike shorter than that can be missed; the RSS at entry
-    and exit are always included.
+    and exit are always included. CUDA peaks come from torch's allocator counters, reset at
+    entry (or starting from zero when CUDA first initialises inside the block), summed over
+    the devices the job reports with `use_cuda_devices`; llama.cpp's own CUDA memory is not
+    seen by them.
     """
 
-    def __init__(self, cuda_devices: tuple[int, ...] = ()) -> None:
-        self.cuda_devices = cuda_devices
+    def __init__(self) -> None:
         self.peak_rss = 0
         self.peak_vram: int | None = None
+        self.cuda_devices: tuple[int, ...] = ()
         self._process = psutil.Process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
@@ -36,23 +45,16 @@ class PeakMemory:
         while not self._stop.wait(SAMPLE_SECONDS):
             self.peak_rss = max(self.peak_rss, self._rss())
 
-    def add_cuda_devices(self, devices: tuple[int, ...]) -> None:
-        """Track CUDA devices chosen after entering (when placement decides them)."""
-        new = tuple(d for d in devices if d not in self.cuda_devices)
-        self.cuda_devices += new
-        self._reset_cuda(new)
-
-    def _reset_cuda(self, devices: tuple[int, ...]) -> None:
-        if not devices or "torch" not in sys.modules:
-            return
-        import torch
-
-        for index in devices:
-            torch.cuda.reset_peak_memory_stats(index)
+    def use_cuda_devices(self, devices: tuple[int, ...]) -> None:
+        self.cuda_devices = tuple(sorted(set(self.cuda_devices) | set(devices)))
 
     def __enter__(self) -> PeakMemory:
         self.peak_rss = self._rss()
-        self._reset_cuda(self.cuda_devices)
+        if _torch_cuda_ready():
+            import torch
+
+            for index in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(index)
         self._thread.start()
         return self
 
@@ -61,7 +63,7 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak_rss = max(self.peak_rss, self._rss())
-        if self.cuda_devices and "torch" in sys.modules:
+        if self.cuda_devices and _torch_cuda_ready():
             import torch
 
             self.peak_vram = sum(int(torch.cuda.max_memory_allocated(i))

@@ -73,7 +73,8 @@ class Placement:
         for device, n_bytes in self.bytes_by_device.items():
             layers = sum(1 for u in self.units_by_device.get(device, ()) if _is_layer_name(u))
             where = f"GPU {device}" if isinstance(device, int) else "the CPU"
-            parts.append(f"{layers} layer(s) on {where} ({format_bytes(n_bytes)})")
+            what = f"{layers} layer(s)" if self.n_layers else "all weights"
+            parts.append(f"{what} on {where} ({format_bytes(n_bytes)})")
         return ", ".join(parts) if parts else "nothing to place"
 
 

@@ -113,7 +113,7 @@ class GenerateRequest:
             model = open_model(info, choice, self.load_options())
             try:
                 load_s = time.monotonic() - start
-                memory.add_cuda_devices(model.cuda_devices())
+                memory.use_cuda_devices(model.cuda_devices())
                 reporter.log("info", f"loaded in {load_s:.1f} s with {model.backend} on "
                                      f"{model.device}: {model.placement_text}")
                 check_cancel(reporter)

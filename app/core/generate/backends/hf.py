@@ -7,7 +7,9 @@ the `meta` device is an error naming them, never a later "cannot copy out of met
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -193,11 +195,18 @@ def quiet_transformers() -> Iterator[None]:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     bnb_logger.setLevel(std_logging.ERROR)
+    # The GGUF reader draws its own tqdm bar, which disable_progress_bar does not reach.
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    gguf_bar = getattr(gguf_utils, "tqdm", None)
+    if gguf_utils is not None and gguf_bar is not None:
+        gguf_utils.tqdm = functools.partial(gguf_bar, disable=True)  # type: ignore[attr-defined]
     try:
         yield
     finally:
         logging.set_verbosity(verbosity)
         bnb_logger.setLevel(bnb_level)
+        if gguf_utils is not None and gguf_bar is not None:
+            gguf_utils.tqdm = gguf_bar  # type: ignore[attr-defined]
         if bars:
             logging.enable_progress_bar()
 
@@ -208,6 +217,8 @@ def load_pretrained(info: ModelInfo, *, dtype_name: str, device_map: dict[str, A
     from transformers import AutoModelForCausalLM
 
     source, extra = _source(info)
+    if extra:
+        import transformers.modeling_gguf_pytorch_utils  # noqa: F401 - so its bar can be quietened
     try:
         with quiet_transformers():
             model, loading_info = AutoModelForCausalLM.from_pretrained(
@@ -371,6 +382,30 @@ class TokenizerOnly:
         self.tokenizer = None
 
 
+def require_bitsandbytes_kernel(info: ModelInfo, device: str) -> None:
+    """A bitsandbytes checkpoint loads only where bitsandbytes has kernels: check first."""
+    from app.core.generate.doctor_hf import quantization_findings
+
+    quant = info.metadata.get("quantization_config")
+    if not isinstance(quant, dict) or quant.get("quant_method") != "bitsandbytes":
+        return
+    for finding in quantization_findings(info.metadata, device):
+        if finding.severity == "error":
+            raise UnsupportedError(finding.text, path=info.path, hint=finding.action)
+
+
+def explicit_device_map(info: ModelInfo, placement: Placement,
+                        trust_remote_code: bool = False) -> dict[str, Any]:
+    """The planner's map (checkpoint module names), completed with every parameter and buffer
+    the instantiated architecture has, so transformers never has to guess a device."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(info.path, trust_remote_code=trust_remote_code)
+    model = build_meta_model(config, trust_remote_code)
+    names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+    return complete_device_map(placement.device_map, names)
+
+
 def load_transformers_model(info: ModelInfo, options: LoadOptions) -> TransformersModel:
     """Load with deliberate placement; RAM and VRAM are checked before anything loads."""
     import psutil
@@ -389,17 +424,14 @@ def load_transformers_model(info: ModelInfo, options: LoadOptions) -> Transforme
     ram = int(psutil.virtual_memory().available)
     placement = plan_hf_placement(info, dtype_name, budgets, ram)
     if placement.uses_gpu and info.format == "hf":
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(info.path, trust_remote_code=options.trust_remote_code)
-        names = [n for n, _ in build_meta_model(config, options.trust_remote_code)
-                 .named_parameters()]
-        device_map: dict[str, Any] = complete_device_map(placement.device_map, names)
+        device_map: dict[str, Any] = explicit_device_map(info, placement,
+                                                         options.trust_remote_code)
         max_memory: dict[Any, int] | None = placement.max_memory
     elif placement.uses_gpu:
         device_map, max_memory = dict(placement.device_map), placement.max_memory
     else:
         device_map, max_memory = {"": "cpu"}, None
+    require_bitsandbytes_kernel(info, "cuda:0" if placement.uses_gpu else "cpu")
     tokenizer = load_tokenizer(info, options.trust_remote_code)
     model = load_pretrained(info, dtype_name=dtype_name, device_map=device_map,
                             max_memory=max_memory, trust_remote_code=options.trust_remote_code)

@@ -163,6 +163,7 @@ class LlamaCppModel:
         self.n_vocab = int(llm.n_vocab())
         self.chat_template: str | None = llm.metadata.get("tokenizer.chat_template") or None
         self.n_gpu_layers = n_gpu_layers
+        self._eos: frozenset[int] | None = None
         blocks = n_layers or 0
         if n_gpu_layers <= 0:
             self.device = "cpu"
@@ -204,8 +205,11 @@ class LlamaCppModel:
                                                   special=True)]
 
     def eos_ids(self) -> frozenset[int]:
-        is_eog = self._llama_cpp.llama_vocab_is_eog
-        return frozenset(t for t in range(self.n_vocab) if is_eog(self._vocab, t))
+        """Every end-of-generation token (EOS, EOT, <|im_end|> ...), as llama.cpp marks them."""
+        if self._eos is None:
+            is_eog = self._llama_cpp.llama_vocab_is_eog
+            self._eos = frozenset(t for t in range(self.n_vocab) if is_eog(self._vocab, t))
+        return self._eos
 
     def text_stream(self) -> Utf8Stream:
         return Utf8Stream(lambda token: self.llm.detokenize([token]))
