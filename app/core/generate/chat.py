@@ -43,9 +43,3 @@ def render_chat_template(template: str, messages: list[Message], *, bos_token: s
         raise UnsupportedError(f"the model's chat template cannot be rendered ({exc})",
                                hint="generate with the raw prompt instead (--raw)") from None
 
-
-def strip_leading_bos(text: str, bos_token: str | None) -> tuple[str, bool]:
-    """Templates often write the BOS token themselves; the tokenizer must then not add one."""
-    if bos_token and text.startswith(bos_token):
-        return text[len(bos_token):], True
-    return text, False

@@ -7,8 +7,7 @@ from collections import Counter
 from typing import Any
 
 from app.core.formats.model_info import ModelInfo
-from app.core.generate.backends.hf import name_list
-from app.core.generate.findings import Finding
+from app.core.generate.findings import Finding, name_list
 
 BLOCK_TENSOR = re.compile(r"^blk\.(?P<index>\d+)\.(?P<kind>.+)$")
 # The output head is optional in GGUF: llama.cpp falls back to the token embedding.

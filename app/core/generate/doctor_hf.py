@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from app.core.formats.model_info import ModelInfo
-from app.core.generate.backends.hf import build_meta_model, name_list
-from app.core.generate.findings import Finding
+from app.core.generate.backends.hf import build_meta_model
+from app.core.generate.findings import Finding, name_list
 
 # Quantization methods and the package each needs besides transformers.
 QUANT_PACKAGES = {"bitsandbytes": "bitsandbytes", "gptq": "gptqmodel", "awq": "awq",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 Severity = Literal["error", "warning", "info"]
+NAMES_SHOWN = 8
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
@@ -27,3 +29,9 @@ class Finding:
 
 def sorted_findings(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: SEVERITY_ORDER[f.severity])
+
+
+def name_list(names: Iterable[str], limit: int = NAMES_SHOWN) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

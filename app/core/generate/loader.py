@@ -101,6 +101,7 @@ def open_tokenizer(info: ModelInfo, choice: BackendChoice, options: LoadOptions)
         from app.core.generate.backends.llama_cpp import llama_cpp_tokenizer
 
         return llama_cpp_tokenizer(info.path)
-    from app.core.generate.backends.hf import TokenizerOnly, load_tokenizer
+    from app.core.generate.backends.hf import load_tokenizer
+    from app.core.generate.backends.hf_model import TokenizerOnly
 
     return TokenizerOnly(load_tokenizer(info, options.trust_remote_code))
