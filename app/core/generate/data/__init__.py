@@ -1,0 +1,1 @@
+"""Data files shipped with the generate package (the public-domain comparison sample)."""
