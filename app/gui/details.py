@@ -10,15 +10,19 @@ from PySide6.QtCore import (
     QPersistentModelIndex,
     QSortFilterProxyModel,
     Qt,
+    Signal,
 )
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFormLayout,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QPushButton,
     QScrollArea,
     QStyle,
     QTableView,
@@ -29,6 +33,8 @@ from PySide6.QtWidgets import (
 
 from app.core.formats.model_info import ModelInfo, TensorInfo, format_bytes, format_count
 from app.gui.fit_tab import FitTab
+from app.gui.test_tab import TestTab
+from app.gui.worker import JobQueue
 
 AnyIndex = QModelIndex | QPersistentModelIndex
 TENSOR_HEADERS = ("Name", "Type", "Shape", "Bytes")
@@ -162,36 +168,85 @@ class TensorsTab(QWidget):
         self.count.setText(f"{self.proxy.rowCount()} of {self.model.rowCount()} tensors")
 
 
-class ProblemsTab(QListWidget):
+class ProblemsTab(QWidget):
+    """What the inventory found, and on request what the compatibility doctor finds."""
+
+    doctor_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.list = QListWidget()
+        self.list.setWordWrap(True)
+        self.doctor_button = QPushButton("Check compatibility")
+        self.doctor_button.setToolTip("Compare what the model needs with what is installed: "
+                                      "model class, transformers version, quantization "
+                                      "kernels, llama.cpp architecture, missing tensors")
+        self.doctor_status = QLabel()
+        self.doctor_status.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.doctor_button)
+        row.addWidget(self.doctor_status, 1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.list, 1)
+        layout.addLayout(row)
+        self.doctor_button.clicked.connect(self._doctor_clicked)
+        self.model: ModelInfo | None = None
+
+    def _icon(self, severity: str) -> QIcon:
+        pixmap = {"error": QStyle.StandardPixmap.SP_MessageBoxCritical,
+                  "warning": QStyle.StandardPixmap.SP_MessageBoxWarning}.get(
+                      severity, QStyle.StandardPixmap.SP_MessageBoxInformation)
+        return self.style().standardIcon(pixmap)
+
+    def _add(self, severity: str, text: str, action: str | None = None) -> None:
+        item = QListWidgetItem(self._icon(severity), text + (f"\n→ {action}" if action else ""))
+        item.setToolTip(text)
+        self.list.addItem(item)
+
     def show_model(self, model: ModelInfo | None) -> None:
-        self.clear()
+        self.model = model
+        self.list.clear()
+        self.doctor_status.clear()
+        self.doctor_button.setEnabled(model is not None)
         if model is None:
             return
         if not model.problems:
-            self.addItem(QListWidgetItem("No problems found."))
-            return
-        style = self.style()
+            self._add("info", "No problems found in the files.")
         for problem in model.problems:
-            icon = style.standardIcon(QStyle.StandardPixmap.SP_MessageBoxCritical
-                                      if problem.fatal else
-                                      QStyle.StandardPixmap.SP_MessageBoxWarning)
-            item = QListWidgetItem(icon, problem.text)
-            item.setToolTip(problem.text)
-            self.addItem(item)
-        self.setWordWrap(True)
+            self._add("error" if problem.fatal else "warning", problem.text)
+
+    def _doctor_clicked(self) -> None:
+        self.doctor_button.setEnabled(False)
+        self.doctor_status.setText("checking…")
+        self.doctor_requested.emit()
+
+    def show_findings(self, findings: list[tuple[str, str, str | None]], backend: str | None
+                      ) -> None:
+        """(severity, text, action) per finding from the doctor."""
+        self.doctor_button.setEnabled(True)
+        runs_with = f"runs with {backend}" if backend else "no installed runtime can run it"
+        self.doctor_status.setText(f"Doctor: {len(findings)} finding(s); {runs_with}.")
+        for severity, text, action in findings:
+            self._add(severity, f"Doctor: {text}", action)
+
+    def show_doctor_error(self, text: str) -> None:
+        self.doctor_button.setEnabled(True)
+        self.doctor_status.setText(f"Doctor failed: {text}")
 
 
 class DetailsPane(QTabWidget):
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.overview = OverviewTab()
         self.tensors = TensorsTab()
         self.fit = FitTab()
         self.problems = ProblemsTab()
+        self.test = TestTab(queue)
         self.addTab(self.overview, "Overview")
         self.addTab(self.tensors, "Tensors")
         self.addTab(self.fit, "Fit")
         self.addTab(self.problems, "Problems")
+        self.addTab(self.test, "Test")
         self.model: ModelInfo | None = None
 
     def show_model(self, model: ModelInfo | None) -> None:
@@ -199,6 +254,7 @@ class DetailsPane(QTabWidget):
         self.overview.show_model(model)
         self.tensors.show_model(model)
         self.problems.show_model(model)
+        self.test.show_model(model)
         if model is None:
             self.fit.show_report(None)
         else:

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from app.core.estimate.candidates import conversion_candidates
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.scan import ScanRequest, ScanResult
+from app.core.generate.doctor import DoctorReport, diagnose
 from app.core.jobs import JobResult
 from app.gui.background import Background
 from app.gui.details import DetailsPane
@@ -53,11 +54,12 @@ class MainWindow(QMainWindow):
         self.proxy = ModelFilterProxy(self)
         self.proxy.setSourceModel(self.table_model)
         self.table = self._make_table()
-        self.details = DetailsPane()
+        self.details = DetailsPane(self.queue)
         self.background = Background(self)
         self.fits = FitController(self.table_model, self.details.fit, self.background,
                                   self.settings, conversions=conversion_candidates, parent=self)
         self.details.fit.select_requested.connect(lambda path: self.select_model_path(Path(path)))
+        self.details.problems.doctor_requested.connect(self.run_doctor)
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.sources)
         splitter.addWidget(self.table)
@@ -202,6 +204,7 @@ class MainWindow(QMainWindow):
             self.table_model.set_source_models(key, found.models)
             self.sources.set_count(key, len(found.models))
             self.fits.refresh_table()
+            self.details.test.compare.set_references(self.table_model.models())
             if found.problems:
                 self.statusBar().showMessage(
                     f"{len(found.problems)} path(s) could not be scanned; see the job log", 8000)
@@ -220,6 +223,20 @@ class MainWindow(QMainWindow):
         model = self.selected_model()
         self.details.show_model(model)
         self.fits.show_model(model)
+
+    def run_doctor(self) -> None:
+        model = self.selected_model()
+        if model is None:
+            return
+        problems = self.details.problems
+
+        def done(report: DoctorReport) -> None:
+            if self.selected_model() is not None and self.selected_model().path == report.path:
+                problems.show_findings([(f.severity, f.text, f.action)
+                                        for f in report.findings], report.backend)
+
+        self.background.submit("doctor", lambda: diagnose(model), done,
+                               lambda error: problems.show_doctor_error(str(error)))
 
     def selected_model(self) -> ModelInfo | None:
         rows = self.table.selectionModel().selectedRows()

@@ -82,7 +82,7 @@ def test_problems_tab_lists_the_relayout_hint(qtbot, window: MainWindow, folder:
     window.add_folder(folder)
     wait_scans(qtbot, window)
     assert window.select_model_path(folder / "moe-split.gguf")
-    problems = window.details.problems
+    problems = window.details.problems.list
     texts = [problems.item(i).text() for i in range(problems.count())]
     assert any("relayout" in t for t in texts)
     pane = window.details

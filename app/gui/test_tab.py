@@ -1,0 +1,306 @@
+"""The Test tab: a streamed test generation, and a comparison against a reference model.
+
+Both run as jobs on the worker; generated text arrives through a signal relay (the job calls
+`on_text` on the worker thread, the relay's signal delivers it on the UI thread).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QPointF, Qt, Signal
+from PySide6.QtGui import QColor, QPainter, QPainterPath, QPaintEvent, QTextCursor
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.formats.model_info import ModelInfo, format_bytes
+from app.core.generate.compare import CompareRequest, CompareResult
+from app.core.generate.request import GenerateRequest, GenerateResult
+from app.core.jobs import JobResult
+from app.gui.worker import JobQueue
+
+DEFAULT_PROMPT = "What is the capital of France?"
+
+
+class TextRelay(QObject):
+    """Lives on the UI thread; `emit_text` may be called from any thread."""
+
+    text = Signal(str)
+
+    def emit_text(self, piece: str) -> None:
+        self.text.emit(piece)
+
+
+class KLPlot(QWidget):
+    """Per-token KL divergence of the candidate from the reference, one bar per token."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.values: tuple[float, ...] = ()
+        self.setMinimumHeight(120)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def set_values(self, values: tuple[float, ...]) -> None:
+        self.values = values
+        top = max(values, default=0.0)
+        self.setToolTip(f"{len(values)} tokens; highest KL {top:.4g}" if values else "")
+        self.update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), self.palette().base())
+        if not self.values:
+            painter.setPen(self.palette().placeholderText().color())
+            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
+                             "per-token KL appears here")
+            return
+        rect = self.rect().adjusted(4, 4, -4, -16)
+        top = max(max(self.values), 1e-12)
+        path = QPainterPath(QPointF(rect.left(), rect.bottom()))
+        step = rect.width() / max(len(self.values) - 1, 1)
+        for index, value in enumerate(self.values):
+            path.lineTo(rect.left() + index * step, rect.bottom() - rect.height() * value / top)
+        path.lineTo(rect.right(), rect.bottom())
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.fillPath(path, QColor(214, 69, 65, 90))
+        painter.setPen(QColor("#d64541"))
+        painter.drawPath(path)
+        painter.setPen(self.palette().text().color())
+        painter.drawText(self.rect().adjusted(6, 0, -6, 0),
+                         Qt.AlignmentFlag.AlignBottom | Qt.AlignmentFlag.AlignLeft,
+                         f"token 1 … {len(self.values)}   max KL {top:.3g}")
+
+
+class GeneratePanel(QWidget):
+    def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.queue = queue
+        self.model: ModelInfo | None = None
+        self.job_id: int | None = None
+        self.relay = TextRelay(self)
+        self.prompt = QPlainTextEdit(DEFAULT_PROMPT)
+        self.prompt.setMaximumHeight(70)
+        self.system = QLineEdit(placeholderText="system prompt (optional)")
+        self.max_tokens = QSpinBox(minimum=1, maximum=4096, value=128)
+        self.backend = QComboBox()
+        for label, value in (("Automatic", "auto"), ("llama.cpp", "llama.cpp"),
+                             ("transformers", "transformers")):
+            self.backend.addItem(label, value)
+        self.run_button = QPushButton("Generate")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.output = QPlainTextEdit(readOnly=True)
+        self.output.setPlaceholderText("The reply streams here.")
+        self.stats = QLabel()
+        self.stats.setWordWrap(True)
+        self.stats.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        options = QHBoxLayout()
+        options.addWidget(QLabel("Max tokens"))
+        options.addWidget(self.max_tokens)
+        options.addWidget(QLabel("Backend"))
+        options.addWidget(self.backend)
+        options.addStretch(1)
+        options.addWidget(self.run_button)
+        options.addWidget(self.stop_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.prompt)
+        layout.addWidget(self.system)
+        layout.addLayout(options)
+        layout.addWidget(self.output, 1)
+        layout.addWidget(self.stats)
+
+        self.relay.text.connect(self._append)
+        self.run_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        queue.job_finished.connect(self._finished)
+        queue.job_changed.connect(self._changed)
+
+    def show_model(self, model: ModelInfo | None) -> None:
+        self.model = model
+        self.run_button.setEnabled(model is not None and not model.fatal_problems
+                                   and self.job_id is None)
+
+    def start(self) -> None:
+        if self.model is None or self.job_id is not None:
+            return
+        request = GenerateRequest(
+            Path(self.model.path), self.prompt.toPlainText(),
+            max_tokens=self.max_tokens.value(), system=self.system.text().strip() or None,
+            backend=self.backend.currentData(), on_text=self.relay.emit_text)
+        self.output.clear()
+        self.stats.setText(f"loading {self.model.name}…")
+        self.job_id = self.queue.submit(request)
+        self.run_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+
+    def stop(self) -> None:
+        if self.job_id is not None:
+            self.queue.cancel(self.job_id)
+
+    def _append(self, piece: str) -> None:
+        self.output.moveCursor(QTextCursor.MoveOperation.End)
+        self.output.insertPlainText(piece)
+
+    def _changed(self, job_id: int) -> None:
+        if job_id == self.job_id:
+            record = self.queue.jobs[job_id]
+            if record.state == "queued":
+                self.stats.setText("waiting for the jobs before it…")
+            elif record.text:
+                self.stats.setText(record.text)
+
+    def _finished(self, job_id: int, result: JobResult) -> None:
+        if job_id != self.job_id:
+            return
+        self.job_id = None
+        self.stop_button.setEnabled(False)
+        self.show_model(self.model)
+        if result.status != "done":
+            self.stats.setText(f"<b style='color:#d64541'>{result.status}</b>: {result.error}")
+            return
+        value: GenerateResult = result.value
+        self.stats.setText(
+            f"{value.backend} on {value.device} · loaded in {value.load_s:.1f} s · "
+            f"prompt {value.prompt_tokens_per_s:.1f} tok/s · "
+            f"{value.n_generated} tokens at {value.tokens_per_s:.1f} tok/s · "
+            f"peak {format_bytes(value.peak_bytes)} RAM"
+            + (f", {format_bytes(value.peak_vram_bytes)} VRAM" if value.peak_vram_bytes else "")
+            + f" · {value.prompt_format} · stopped by {value.stop_reason.replace('_', ' ')}")
+
+
+class ComparePanel(QWidget):
+    def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.queue = queue
+        self.model: ModelInfo | None = None
+        self.job_id: int | None = None
+        self.text_file: Path | None = None
+        self.reference = QComboBox()
+        self.reference.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.text_button = QPushButton("Bundled sample text")
+        self.run_button = QPushButton("Compare")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.verdict = QLabel("Pick the reference this model came from, then Compare.")
+        self.verdict.setWordWrap(True)
+        self.numbers: dict[str, QLabel] = {}
+        grid = QGridLayout()
+        labels = (("ppl_ref", "Perplexity, reference"), ("ppl_candidate", "Perplexity, this"),
+                  ("kl_mean", "KL mean"), ("kl_p99", "KL 99th pct"),
+                  ("top1_agreement", "Top-1 agreement"), ("n_tokens", "Tokens"))
+        for index, (key, label) in enumerate(labels):
+            value = QLabel("–")
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            self.numbers[key] = value
+            grid.addWidget(QLabel(label + ":"), index // 2, (index % 2) * 2)
+            grid.addWidget(value, index // 2, (index % 2) * 2 + 1)
+        self.plot = KLPlot()
+        form = QFormLayout()
+        form.addRow("Reference:", self.reference)
+        form.addRow("Text:", self.text_button)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.stop_button)
+        results = QGroupBox("Result")
+        results_layout = QVBoxLayout(results)
+        results_layout.addWidget(self.verdict)
+        results_layout.addLayout(grid)
+        results_layout.addWidget(self.plot, 1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(results, 1)
+        self.text_button.clicked.connect(self._choose_text)
+        self.run_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(lambda: self.job_id and self.queue.cancel(self.job_id))
+        queue.job_finished.connect(self._finished)
+
+    def set_references(self, models: list[ModelInfo], preferred: Path | None = None) -> None:
+        current = str(preferred) if preferred is not None else self.reference.currentData()
+        self.reference.clear()
+        for model in models:
+            if self.model is not None and model.path == self.model.path:
+                continue
+            if model.format in ("hf", "gguf") and not model.fatal_problems:
+                self.reference.addItem(f"{model.name} ({model.format.upper()})",
+                                       str(model.path))
+        index = self.reference.findData(current) if current is not None else -1
+        if index >= 0:
+            self.reference.setCurrentIndex(index)
+
+    def show_model(self, model: ModelInfo | None) -> None:
+        self.model = model
+        self.run_button.setEnabled(model is not None and self.job_id is None)
+
+    def _choose_text(self) -> None:
+        name, _ = QFileDialog.getOpenFileName(self, "Text to compare on", str(Path.home()),
+                                              "Text (*.txt *.md);;All files (*)")
+        if name:
+            self.text_file = Path(name)
+            self.text_button.setText(self.text_file.name)
+
+    def start(self) -> None:
+        reference = self.reference.currentData()
+        if self.model is None or reference is None or self.job_id is not None:
+            return
+        text = None
+        if self.text_file is not None:
+            from app.core.generate.compare import text_from_file
+
+            text = text_from_file(self.text_file)
+        request = CompareRequest(Path(reference), Path(self.model.path), text=text,
+                                 text_source=str(self.text_file) if self.text_file else None)
+        self.verdict.setText("comparing… (the reference runs first, then this model)")
+        self.job_id = self.queue.submit(request)
+        self.run_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+
+    def _finished(self, job_id: int, result: JobResult) -> None:
+        if job_id != self.job_id:
+            return
+        self.job_id = None
+        self.stop_button.setEnabled(False)
+        self.show_model(self.model)
+        if result.status != "done":
+            self.verdict.setText(f"<b style='color:#d64541'>{result.status}</b>: {result.error}")
+            return
+        self.show_result(result.value)
+
+    def show_result(self, value: CompareResult) -> None:
+        self.verdict.setText(value.verdict)
+        formats = {"ppl_ref": "{:.3f}", "ppl_candidate": "{:.3f}", "kl_mean": "{:.3g}",
+                   "kl_p99": "{:.3g}", "top1_agreement": "{:.1%}", "n_tokens": "{:,}"}
+        for key, label in self.numbers.items():
+            label.setText(formats[key].format(getattr(value, key)))
+        self.plot.set_values(value.per_token_kl)
+
+
+class TestTab(QTabWidget):
+    def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.generate = GeneratePanel(queue)
+        self.compare = ComparePanel(queue)
+        self.addTab(self.generate, "Generate")
+        self.addTab(self.compare, "Compare")
+
+    def show_model(self, model: ModelInfo | None) -> None:
+        self.generate.show_model(model)
+        self.compare.show_model(model)
