@@ -231,7 +231,8 @@ class MainWindow(QMainWindow):
         problems = self.details.problems
 
         def done(report: DoctorReport) -> None:
-            if self.selected_model() is not None and self.selected_model().path == report.path:
+            current = self.selected_model()
+            if current is not None and current.path == report.path:
                 problems.show_findings([(f.severity, f.text, f.action)
                                         for f in report.findings], report.backend)
 

@@ -75,7 +75,8 @@ def _config_from_header(info: ModelInfo) -> Any:
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     arch = info.architecture or ""
-    mapping = GGUF_CONFIG_MAPPING.get(arch.replace("-", "_")) or GGUF_CONFIG_MAPPING.get(arch)
+    mapping: dict[str, Any] = (GGUF_CONFIG_MAPPING.get(arch.replace("-", "_"))  # type: ignore[assignment]
+                               or GGUF_CONFIG_MAPPING.get(arch))
     if not mapping:
         return None
     values: dict[str, Any] = {}

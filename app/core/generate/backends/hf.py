@@ -216,10 +216,11 @@ def load_pretrained(info: ModelInfo, *, dtype_name: str, device_map: dict[str, A
         import transformers.modeling_gguf_pytorch_utils  # noqa: F401 - so its bar can be quietened
     try:
         with quiet_transformers():
-            model, loading_info = AutoModelForCausalLM.from_pretrained(
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
                 source, dtype=torch_dtype(dtype_name), device_map=device_map,
                 max_memory=max_memory, trust_remote_code=trust_remote_code,
                 output_loading_info=True, **extra)
+            model, loading_info = loaded
     except ModelyardError:
         raise
     except (OSError, ValueError, TypeError, RuntimeError, KeyError, AttributeError,
