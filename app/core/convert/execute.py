@@ -1,0 +1,142 @@
+"""Run a plan: for each output tensor, each source slice in row chunks: read, decode to float32,
+(un)permute, encode, write. One chunk in memory at a time (and the next one being read)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
+from app.core.convert.reading import TORCH_DTYPES, SourceReader, decode_rows
+from app.core.convert.sizing import row_alignment, rows_per_chunk
+from app.core.jobs import Reporter, check_cancel
+from app.core.quant import quantize
+
+
+class Sink(Protocol):
+    def begin_tensor(self, tensor: TensorPlan) -> None: ...
+
+    def write(self, chunk: torch.Tensor) -> int: ...
+
+    def end_tensor(self, tensor: TensorPlan) -> None: ...
+
+
+@dataclass(frozen=True)
+class Chunk:
+    piece: SourceSlice
+    first_row: int
+    n_rows: int
+
+    @property
+    def offset(self) -> int:
+        return self.piece.offset + self.first_row * self.piece.row_bytes
+
+    @property
+    def n_bytes(self) -> int:
+        return self.n_rows * self.piece.row_bytes
+
+
+def chunks_of(tensor: TensorPlan, chunk_elements: int) -> Iterator[Chunk]:
+    for piece in tensor.slices:
+        step = rows_per_chunk(piece, row_alignment(tensor, piece), chunk_elements)
+        for first in range(0, piece.n_rows, step):
+            yield Chunk(piece, first, min(step, piece.n_rows - first))
+
+
+def permute_rows(values: torch.Tensor, n_heads: int, inverse: bool) -> torch.Tensor:
+    """llama.cpp's Q/K permutation (convert_hf_to_gguf.py LlamaModel.permute) on whole heads:
+    each head's rows [first half, second half] become interleaved pairs, or back."""
+    rows, cols = values.shape
+    half = rows // n_heads // 2
+    if inverse:
+        shaped = values.reshape(n_heads, half, 2, cols)
+    else:
+        shaped = values.reshape(n_heads, 2, half, cols)
+    return shaped.swapaxes(1, 2).reshape(rows, cols)
+
+
+def encode(values: torch.Tensor, out_type: str, to: str) -> torch.Tensor:
+    if to == "hf":
+        return values.to(TORCH_DTYPES[out_type]).contiguous().view(torch.uint8)
+    return quantize(values, out_type)
+
+
+def _source(reader: SourceReader, chunk: Chunk) -> torch.Tensor:
+    piece = chunk.piece
+    if piece.values is not None:
+        return torch.tensor(piece.values, dtype=torch.float32).view(torch.uint8)
+    assert piece.file is not None
+    return reader.read(piece.file, chunk.offset, chunk.n_bytes, piece.tensor)
+
+
+def _process(raw: torch.Tensor, chunk: Chunk, tensor: TensorPlan, plan: ConversionPlan,
+             device: torch.device) -> torch.Tensor:
+    if tensor.copy:
+        return raw
+    piece = chunk.piece
+    values = decode_rows(raw.to(device, non_blocking=True), piece.dtype, chunk.n_rows,
+                         piece.row_length)
+    if tensor.permute:
+        heads = chunk.n_rows // row_alignment(tensor, piece)
+        values = permute_rows(values, heads, inverse=tensor.permute == "unqk")
+    return encode(values, tensor.out_type, plan.to).cpu()
+
+
+@dataclass
+class Progress:
+    total: int
+    done: int = 0
+    started: float = 0.0
+
+
+def run_plan(plan: ConversionPlan, sink: Sink, reporter: Reporter) -> int:
+    """Stream every tensor of `plan` into `sink`; return the tensor bytes written."""
+    device = torch.device(plan.device)
+    progress = Progress(plan.tensor_bytes, started=time.monotonic())
+    work = [(tensor, chunk) for tensor in plan.tensors
+            for chunk in chunks_of(tensor, plan.chunk_elements)]
+    with SourceReader() as reader, ThreadPoolExecutor(1, "convert-read") as pool:
+        # Read the next chunk while this one is computed: I/O and compute overlap.
+        ahead: Future[torch.Tensor] | None = (pool.submit(_source, reader, work[0][1])
+                                              if work else None)
+        current: TensorPlan | None = None
+        for index, (tensor, chunk) in enumerate(work):
+            check_cancel(reporter)
+            assert ahead is not None
+            raw = ahead.result()
+            ahead = pool.submit(_source, reader, work[index + 1][1]) \
+                if index + 1 < len(work) else None
+            if tensor is not current:
+                if current is not None:
+                    sink.end_tensor(current)
+                sink.begin_tensor(tensor)
+                current = tensor
+            out = _process(raw, chunk, tensor, plan, device)
+            del raw
+            progress.done += sink.write(out)
+            reporter.progress(progress.done, progress.total, tensor.name)
+        if current is not None:
+            sink.end_tensor(current)
+    return progress.done
+
+
+def describe(plan: ConversionPlan) -> list[str]:
+    """One log line per tensor decision worth reading."""
+    lines = []
+    for tensor in plan.tensors:
+        sources = ", ".join(tensor.sources[:2]) + (" ..." if len(tensor.sources) > 2 else "")
+        extra = "; ".join(x for x in (tensor.note, tensor.fallback) if x)
+        lines.append(f"{tensor.name} ← {sources}: {tensor.slices[0].dtype} → {tensor.out_type} "
+                     f"{list(tensor.shape)}{' (copied)' if tensor.copy else ''}"
+                     f"{f' — {extra}' if extra else ''}")
+    return lines
+
+
+def path_of(plan: ConversionPlan) -> Path:
+    return plan.target
