@@ -239,3 +239,36 @@ def make_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, bytes]) -> Pat
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
     return snapshot
+
+
+def save_spm_tokenizer(folder: Path, vocab_size: int = TINY_VOCAB) -> Path:
+    """A SentencePiece BPE `tokenizer.model` (byte fallback, Llama-style normalisation)."""
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TOKENIZER_TEXT * 20), model_writer=model, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, remove_extra_whitespaces=False,
+        minloglevel=2)
+    path = folder / "tokenizer.model"
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def tree_digest(*paths: Path) -> dict[str, str]:
+    """sha256 of every file under `paths` (files or folders), to prove inputs are unchanged."""
+    import hashlib
+
+    digests: dict[str, str] = {}
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for file in files:
+            digest = hashlib.sha256()
+            with open(file, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            digests[str(file)] = digest.hexdigest()
+    return digests

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from app import __version__
-from app.cli import inventory
+from app.cli import convert, inventory
 from app.core.errors import ModelyardError
 
-COMMAND_MODULES = (inventory,)
+COMMAND_MODULES = (inventory, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

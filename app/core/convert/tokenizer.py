@@ -109,42 +109,67 @@ def _add_bpe(writer: GGUFWriter, folder: Path, data: dict[str, Any] | None,
     padded = _pad(tokens, types, None, vocab_size, folder)
     if padded:
         result.notes.append(f"vocabulary padded with {padded} unused token(s) to {vocab_size}")
+    loaded = _load_hf_tokenizer(folder)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_name(data, folder, result))
+    writer.add_tokenizer_pre(_pre_name(data, folder, loaded, result))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer,
-                                                                                quiet=True)
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens))
+    _add_special_flags(special, loaded)
+    special.add_to_gguf(writer, quiet=True)
     result.notes.append(f"tokenizer: gpt2 BPE, {vocab.vocab_size} tokens")
     return result
 
 
-def _loaded_pre_tokenizer(folder: Path) -> tuple[Any, bool | None] | None:
+def _load_hf_tokenizer(folder: Path) -> Any | None:
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True,
+                                             trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - any failure means: judge by the files alone
+        return None
+
+
+def _add_special_flags(special: gguf.SpecialVocab, loaded: Any | None) -> None:
+    """Where the files do not say whether BOS/EOS are added, ask the tokenizer itself."""
+    if loaded is None:
+        return
+    try:
+        ids = loaded("a")["input_ids"]
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode leaves the flags unset
+        return
+    for kind, index in (("bos", 0), ("eos", -1)):
+        token_id = getattr(loaded, f"{kind}_token_id", None)
+        if kind not in special.add_special_token and ids:
+            special.add_special_token[kind] = token_id is not None and ids[index] == token_id
+
+
+def _loaded_pre_tokenizer(loaded: Any | None) -> tuple[Any, bool | None] | None:
     """The pre-tokenizer transformers really uses for this model, and its space clean-up.
 
     Some tokenizer classes replace the pre-tokenizer of tokenizer.json (transformers 5's
     Qwen2Tokenizer installs Qwen2's split regex whatever the file says), so the file alone can
     mislead; the loaded tokenizer is what "tokenizes like transformers" means.
     """
+    if loaded is None:
+        return None
     try:
-        from transformers import AutoTokenizer
-
-        loaded = AutoTokenizer.from_pretrained(folder, local_files_only=True,
-                                               trust_remote_code=False)
         backend = json.loads(loaded.backend_tokenizer.to_str())
-    except Exception:  # noqa: BLE001 - any failure means: judge by tokenizer.json alone
+    except Exception:  # noqa: BLE001 - a slow tokenizer: judge by tokenizer.json alone
         return None
     clean = getattr(loaded, "clean_up_tokenization_spaces", None)
     return backend.get("pre_tokenizer"), clean if isinstance(clean, bool) else None
 
 
-def _pre_name(data: dict[str, Any] | None, folder: Path, result: TokenizerResult) -> str:
+def _pre_name(data: dict[str, Any] | None, folder: Path, loaded: Any | None,
+              result: TokenizerResult) -> str:
     if data is None:  # vocab.json + merges.txt: the slow GPT-2 tokenizer and its regex
         result.notes.append("pre-tokenizer gpt-2 (vocab.json + merges.txt)")
         return "gpt-2"
-    loaded = _loaded_pre_tokenizer(folder)
-    if loaded is not None:
-        pre_tokenizer, clean = loaded
+    found_loaded = _loaded_pre_tokenizer(loaded)
+    if found_loaded is not None:
+        pre_tokenizer, clean = found_loaded
         where = "the tokenizer transformers loads"
     else:
         config_path = folder / "tokenizer_config.json"
@@ -194,7 +219,9 @@ def _add_llama(writer: GGUFWriter, folder: Path, vocab: Any, vocab_size: int,
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
-    gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    special = gguf.SpecialVocab(folder, n_vocab=len(tokens))
+    _add_special_flags(special, _load_hf_tokenizer(folder))
+    special.add_to_gguf(writer, quiet=True)
     result.notes.append(f"tokenizer: llama SentencePiece from the {source}, "
                         f"{vocab.vocab_size} tokens")
     return result
