@@ -40,3 +40,14 @@ def tiny_ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "moe-split": factories.make_gguf(root / "moe-split.gguf", n_experts=4,
                                          expert_layout="split"),
     }
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 converted GGUF (Q4_1) → HF safetensors (F16) by Modelyard, once per session."""
+    from app.core.convert import ConvertRequest
+    from app.core.jobs import RecordingReporter
+
+    target = tmp_path_factory.mktemp("smollm2-hf") / "SmolLM2-135M-Instruct-hf"
+    ConvertRequest(smollm2_gguf, target, "F16", to="hf", device="cpu").run(RecordingReporter())
+    return target

@@ -14,7 +14,7 @@ import torch
 
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 from app.core.convert.reading import TORCH_DTYPES, SourceReader, decode_rows
-from app.core.convert.sizing import row_alignment, rows_per_chunk
+from app.core.convert.sizing import chunk_elements, row_alignment, rows_per_chunk
 from app.core.jobs import Reporter, check_cancel
 from app.core.quant import quantize
 
@@ -42,9 +42,9 @@ class Chunk:
         return self.n_rows * self.piece.row_bytes
 
 
-def chunks_of(tensor: TensorPlan, chunk_elements: int) -> Iterator[Chunk]:
+def chunks_of(tensor: TensorPlan) -> Iterator[Chunk]:
     for piece in tensor.slices:
-        step = rows_per_chunk(piece, row_alignment(tensor, piece), chunk_elements)
+        step = rows_per_chunk(piece, row_alignment(tensor, piece), chunk_elements(tensor, piece))
         for first in range(0, piece.n_rows, step):
             yield Chunk(piece, first, min(step, piece.n_rows - first))
 
@@ -100,7 +100,7 @@ def run_plan(plan: ConversionPlan, sink: Sink, reporter: Reporter) -> int:
     device = torch.device(plan.device)
     progress = Progress(plan.tensor_bytes, started=time.monotonic())
     work = [(tensor, chunk) for tensor in plan.tensors
-            for chunk in chunks_of(tensor, plan.chunk_elements)]
+            for chunk in chunks_of(tensor)]
     with SourceReader() as reader, ThreadPoolExecutor(1, "convert-read") as pool:
         # Read the next chunk while this one is computed: I/O and compute overlap.
         ahead: Future[torch.Tensor] | None = (pool.submit(_source, reader, work[0][1])

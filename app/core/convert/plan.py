@@ -10,11 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.core.convert.metadata import MetaEntry
-from app.core.convert.sizing import (
-    chunk_elements_for,
-    estimate_naive_peak,
-    estimate_peak,
-)
+from app.core.convert.sizing import estimate_naive_peak, estimate_peak
 
 Target = Literal["gguf", "hf"]
 Device = Literal["cpu", "cuda"]
@@ -108,10 +104,6 @@ class ConversionPlan:
     def output_bytes(self) -> int:
         """Bytes of the output on disk (tensor data, alignment and header)."""
         return self.tensor_bytes + self.metadata_bytes + 32 * len(self.tensors)
-
-    @property
-    def chunk_elements(self) -> int:
-        return chunk_elements_for(self)
 
     @property
     def estimated_peak_ram_bytes(self) -> int:

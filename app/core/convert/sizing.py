@@ -17,17 +17,27 @@ if TYPE_CHECKING:
     from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 
 MIB = 1024 * 1024
-# Elements per chunk: 4 Mi float32 values (16 MiB) keeps a 2-core CPU busy with little
-# per-chunk overhead, and bounds the working set to ~100 MiB whatever the model size.
+# Elements per chunk. Float conversions: 4 Mi values (16 MiB as float32), little per-chunk
+# overhead. Block quants (either side): their temporaries take ~32 bytes per element, so 1 Mi
+# values; their speed per element is the same at 1 Mi as at 4 Mi (measured), and smaller
+# temporaries leave less for the allocator to fragment.
 CHUNK_ELEMENTS = 4 * MIB
-# RSS of the process before any tensor: Python, torch, gguf-py, numpy (measured: 221-240 MiB).
-BASELINE_RAM = 250 * MIB
+BLOCK_CHUNK_ELEMENTS = 1 * MIB
+# RSS of the process before any tensor: Python, torch, gguf-py, numpy (measured: 221-240 MiB),
+# plus what streaming itself holds whatever the chunk (the read-ahead thread's malloc arena,
+# torch's thread pool, file buffers): calibrated with tests/bench/convert_peak.py.
+BASELINE_RAM = 240 * MIB
+STREAMING_OVERHEAD = 30 * MIB
+# transformers, imported to write config.json and tokenizer.json (GGUF → HF) or to load the
+# HF tokenizer (HF → GGUF).
+TRANSFORMERS_RAM = 130 * MIB
 # Host RSS a CUDA context adds (driver, cuBLAS handles), and the VRAM it takes.
 CUDA_CONTEXT_RAM = 400 * MIB
 CUDA_CONTEXT_VRAM = 500 * MIB
 # Temporaries of the quantizers per element, in bytes (measured peak minus the buffers below).
-QUANT_TEMP_BYTES: dict[str, float] = {"F32": 0.0, "F16": 2.0, "BF16": 2.0}
-DEFAULT_QUANT_TEMP = 16.0  # the block quants: abs, max, scaled, rounded values in float32
+QUANT_TEMP_BYTES: dict[str, float] = {"F32": 4.0, "F16": 6.0, "BF16": 6.0}
+# The block quants: abs, max, scaled and rounded values in float32, several alive at once.
+DEFAULT_QUANT_TEMP = 48.0
 # Python objects for metadata (a 150k-token vocabulary as str objects and lists) per file byte.
 METADATA_OVERHEAD = 4
 
@@ -49,15 +59,25 @@ def row_alignment(tensor: TensorPlan, piece: SourceSlice) -> int:
     return 1
 
 
-def rows_per_chunk(piece: SourceSlice, align: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
-    rows = max(1, chunk_elements // max(piece.row_length, 1))
+def is_block_type(dtype: str) -> bool:
+    if dtype in SAFETENSORS_BYTES:
+        return False
+    return GGML_QUANT_SIZES[GGMLQuantizationType[dtype]][0] > 1
+
+
+def chunk_elements(tensor: TensorPlan, piece: SourceSlice) -> int:
+    if tensor.copy:
+        return CHUNK_ELEMENTS
+    if is_block_type(tensor.out_type) or is_block_type(piece.dtype):
+        return BLOCK_CHUNK_ELEMENTS
+    return CHUNK_ELEMENTS
+
+
+def rows_per_chunk(piece: SourceSlice, align: int, elements: int = CHUNK_ELEMENTS) -> int:
+    rows = max(1, elements // max(piece.row_length, 1))
     if align > 1:
         rows = max(align, rows // align * align)
     return min(rows, piece.n_rows)
-
-
-def chunk_elements_for(plan: ConversionPlan) -> int:
-    return CHUNK_ELEMENTS
 
 
 def _per_element(tensor: TensorPlan, piece: SourceSlice, to: str) -> float:
@@ -76,7 +96,8 @@ def working_set(plan: ConversionPlan) -> tuple[int, int]:
     host = 0
     for tensor in plan.tensors:
         for piece in tensor.slices:
-            rows = rows_per_chunk(piece, row_alignment(tensor, piece), plan.chunk_elements)
+            rows = rows_per_chunk(piece, row_alignment(tensor, piece),
+                                  chunk_elements(tensor, piece))
             elements = rows * piece.row_length
             compute = max(compute, int(elements * _per_element(tensor, piece, plan.to)))
             raw = 2 * element_bytes(piece.dtype) + element_bytes(tensor.out_type)
@@ -92,11 +113,12 @@ class Peak:
 
 def estimate_peak(plan: ConversionPlan) -> Peak:
     compute, host = working_set(plan)
-    metadata = plan.metadata_bytes * METADATA_OVERHEAD
+    fixed = BASELINE_RAM + STREAMING_OVERHEAD + plan.metadata_bytes * METADATA_OVERHEAD
+    if plan.to == "hf" or plan.context.get("tokenizer") not in (None, "none"):
+        fixed += TRANSFORMERS_RAM
     if plan.device == "cuda":
-        return Peak(BASELINE_RAM + CUDA_CONTEXT_RAM + metadata + host,
-                    CUDA_CONTEXT_VRAM + compute)
-    return Peak(BASELINE_RAM + metadata + compute, 0)
+        return Peak(fixed + CUDA_CONTEXT_RAM + host, CUDA_CONTEXT_VRAM + compute)
+    return Peak(fixed + compute, 0)
 
 
 def estimate_naive_peak(plan: ConversionPlan) -> int:
