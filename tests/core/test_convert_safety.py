@@ -33,13 +33,14 @@ class CancelAfter(RecordingReporter):
 
 
 @pytest.mark.parametrize("to", ["gguf", "hf"])
-def test_cancel_midway_leaves_nothing(to: str, smollm2_gguf: Path, tmp_path: Path) -> None:
+def test_cancel_midway_leaves_nothing(to: str, tiny_models: dict[str, Path],
+                                      tiny_ggufs: dict[str, Path], tmp_path: Path) -> None:
+    source = tiny_models["mixtral"] if to == "gguf" else tiny_ggufs["moe-stacked"]
     target = tmp_path / ("out.gguf" if to == "gguf" else "out-hf")
-    reporter = CancelAfter(20)
-    result = run_job(ConvertRequest(smollm2_gguf, target, "F16", to=to, device="cpu"),
-                     reporter)
+    reporter = CancelAfter(5)
+    result = run_job(ConvertRequest(source, target, "F16", to=to, device="cpu"), reporter)
     assert result.status == "cancelled" and result.exit_code == 1
-    assert 20 <= len(reporter.progress_calls) <= 21  # stopped at the next chunk
+    assert len(reporter.progress_calls) == 5  # stopped before the next chunk
     assert list(tmp_path.iterdir()) == []
 
 
@@ -105,17 +106,18 @@ def test_too_little_ram_is_refused(tiny_models: dict[str, Path], tmp_path: Path,
         check_resources(plan)
 
 
-def test_inputs_are_never_modified(tiny_models: dict[str, Path], smollm2_gguf: Path,
+def test_inputs_are_never_modified(tiny_models: dict[str, Path], tiny_ggufs: dict[str, Path],
                                    tmp_path: Path) -> None:
-    before = factories.tree_digest(tiny_models["mixtral"], smollm2_gguf)
+    gguf_source = tiny_ggufs["moe-stacked"]
+    before = factories.tree_digest(tiny_models["mixtral"], gguf_source)
     for source, target, kwargs in (
             (tiny_models["mixtral"], tmp_path / "a.gguf", {"out_type": "Q8_0"}),
-            (smollm2_gguf, tmp_path / "b.gguf", {"out_type": "Q8_0", "keep_type": "*norm*"}),
-            (smollm2_gguf, tmp_path / "c-hf", {"out_type": "BF16", "to": "hf"})):
+            (gguf_source, tmp_path / "b.gguf", {"out_type": "Q8_0", "keep_type": "*norm*"}),
+            (gguf_source, tmp_path / "c-hf", {"out_type": "BF16", "to": "hf"})):
         result = run_job(ConvertRequest(source, target, device="cpu", **kwargs),  # type: ignore[arg-type]
                          RecordingReporter())
         assert result.status == "done", result.error
-    assert factories.tree_digest(tiny_models["mixtral"], smollm2_gguf) == before
+    assert factories.tree_digest(tiny_models["mixtral"], gguf_source) == before
 
 
 PEAK_SCRIPT = """

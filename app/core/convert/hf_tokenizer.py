@@ -130,21 +130,31 @@ def spm_tokenizer_json(fields: dict[str, Any]) -> tuple[dict[str, Any], list[str
     return data, ["SentencePiece vocabulary written as a byte-fallback BPE tokenizer.json"]
 
 
-def save_tokenizer(folder: Path, gguf_path: Path) -> list[str]:
-    """Write tokenizer.json, tokenizer_config.json (and the chat template) into `folder`."""
+def build_tokenizer(gguf_path: Path) -> tuple[Any, dict[str, Any], list[str], bool]:
+    """(tokenizers.Tokenizer, the GGUF's tokenizer fields, notes, clean_up_spaces); raises
+    FormatError when the GGUF's vocabulary cannot make a tokenizer."""
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
 
     fields = read_tokenizer_fields(gguf_path)
-    kind = fields.get("tokenizer.ggml.model")
-    if kind == "gpt2":
+    if fields.get("tokenizer.ggml.model") == "gpt2":
         data, notes = bpe_tokenizer_json(fields)
         pre = pretokenizers.for_name(fields.get("tokenizer.ggml.pre"))
         clean = pre.clean_spaces if pre is not None else True
     else:
         data, notes = spm_tokenizer_json(fields)
         clean = False
-    backend = Tokenizer.from_str(json.dumps(data))
+    try:
+        backend = Tokenizer.from_str(json.dumps(data))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+        raise FormatError(f"its tokenizer is inconsistent ({exc})", path=gguf_path) from None
+    return backend, fields, notes, clean
+
+
+def save_tokenizer(folder: Path, gguf_path: Path) -> list[str]:
+    """Write tokenizer.json, tokenizer_config.json (and the chat template) into `folder`."""
+    from transformers import PreTrainedTokenizerFast
+
+    backend, fields, notes, clean = build_tokenizer(gguf_path)
     tokens: list[str] = fields["tokenizer.ggml.tokens"]
 
     def token(key: str) -> str | None:

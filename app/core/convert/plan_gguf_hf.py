@@ -124,14 +124,13 @@ def plan_gguf_to_hf(model: ModelInfo, target: Path, out_type: str, device: Devic
         raise FormatError(f"the GGUF has no tensor for {missing[0]}", path=model.path)
     tokenizer_model = main.get("tokenizer.ggml.model")
     hf_files = ["config.json", "generation_config.json"]
-    if tokenizer_model in ("gpt2", "llama"):
+    reason = _tokenizer_problem(main, tokenizer_model)
+    if reason is None:
         hf_files += ["tokenizer.json", "tokenizer_config.json"]
         notes.append(f"tokenizer: {tokenizer_model} "
                      f"(pre-tokenizer {main.get('tokenizer.ggml.pre', 'default')!r}) → "
                      "tokenizer.json")
     else:
-        reason = ("the GGUF has no tokenizer" if tokenizer_model is None
-                  else f"tokenizer type {tokenizer_model!r} cannot be written as tokenizer.json")
         if require_tokenizer:
             raise BadInputError(reason, path=model.path,
                                 hint="convert without --require-tokenizer")
@@ -144,6 +143,21 @@ def plan_gguf_to_hf(model: ModelInfo, target: Path, out_type: str, device: Devic
         metadata_bytes=64 * len(tensors),
         context={"config": config.to_dict(), "gguf": str(main.path),
                  "tokenizer": tokenizer_model if "tokenizer.json" in hf_files else None})
+
+
+def _tokenizer_problem(main: GGUFHeader, tokenizer_model: object) -> str | None:
+    """Why no tokenizer.json can be written, or None when one can (built once to check)."""
+    if tokenizer_model is None:
+        return "the GGUF has no tokenizer"
+    if tokenizer_model not in ("gpt2", "llama"):
+        return f"tokenizer type {tokenizer_model!r} cannot be written as tokenizer.json"
+    from app.core.convert.hf_tokenizer import build_tokenizer
+
+    try:
+        build_tokenizer(main.path)
+    except FormatError as exc:
+        return exc.reason
+    return None
 
 
 def _hf_bytes(shape: tuple[int, ...], out_type: str) -> int:

@@ -52,6 +52,11 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
                     overwrite: bool, require_tokenizer: bool) -> ConversionPlan:
     config = model.metadata
     spec = hf_arch.arch_spec(model_type(config))
+    if model.quantization and model.quantization not in READABLE_DTYPES:
+        raise UnsupportedError(
+            f"a quantized checkpoint ({model.quantization}): conversion reads F32, F16 and "
+            "BF16 weights", path=model.path,
+            hint="dequantize it to F16/BF16 safetensors first")
     hyper = hf_arch.read_hyper(config, spec)
     tensor_map = get_tensor_name_map(spec.gguf_arch, hyper.n_layer)
     notes: list[str] = []

@@ -111,11 +111,16 @@ class Peak:
     vram: int
 
 
-def estimate_peak(plan: ConversionPlan) -> Peak:
-    compute, host = working_set(plan)
+def _fixed(plan: ConversionPlan) -> int:
     fixed = BASELINE_RAM + STREAMING_OVERHEAD + plan.metadata_bytes * METADATA_OVERHEAD
     if plan.to == "hf" or plan.context.get("tokenizer") not in (None, "none"):
         fixed += TRANSFORMERS_RAM
+    return fixed
+
+
+def estimate_peak(plan: ConversionPlan) -> Peak:
+    compute, host = working_set(plan)
+    fixed = _fixed(plan)
     if plan.device == "cuda":
         return Peak(fixed + CUDA_CONTEXT_RAM + host, CUDA_CONTEXT_VRAM + compute)
     return Peak(fixed + compute, 0)
@@ -123,7 +128,9 @@ def estimate_peak(plan: ConversionPlan) -> Peak:
 
 def estimate_naive_peak(plan: ConversionPlan) -> int:
     """Load every input tensor, keep every output tensor until the file is written (what a
-    converter without streaming does), plus the largest tensor as float32 while it is encoded."""
-    largest = max((t.n_elements for t in plan.tensors), default=0)
-    return (BASELINE_RAM + plan.metadata_bytes * METADATA_OVERHEAD + plan.input_bytes
-            + plan.tensor_bytes + 4 * largest)
+    converter without streaming does), and encode each tensor whole."""
+    whole = 0
+    for tensor in plan.tensors:
+        for piece in tensor.slices:
+            whole = max(whole, int(tensor.n_elements * _per_element(tensor, piece, plan.to)))
+    return _fixed(plan) + plan.input_bytes + plan.tensor_bytes + whole
