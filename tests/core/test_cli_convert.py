@@ -36,7 +36,7 @@ def test_json_progress_lines(tiny_models: dict[str, Path], tmp_path: Path) -> No
     events = [json.loads(line) for line in done.stdout.splitlines()]
     progress = [e for e in events if e["event"] == "progress"]
     assert progress and progress[-1]["done"] == progress[-1]["total"] > 0
-    assert all(a["done"] <= b["done"] for a, b in zip(progress, progress[1:]))
+    assert all(a["done"] <= b["done"] for a, b in zip(progress, progress[1:], strict=False))
     assert any(e["event"] == "log" for e in events)
     result = events[-1]
     assert result["event"] == "result"

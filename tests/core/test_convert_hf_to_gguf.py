@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import factories
 import gguf
 import numpy as np
 import pytest
 from safetensors import safe_open
 
+import factories
 from app.core.convert import GGUF_OUTPUT_TYPES, ConvertRequest, plan_conversion
 from app.core.convert.tensor_types import file_type_of
 from app.core.jobs import RecordingReporter, run_job

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import factories
 import pytest
 import torch
 
+import factories
 from app.core.convert import ConvertRequest
 from app.core.jobs import RecordingReporter
 

@@ -6,9 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
-import factories
 import pytest
 
+import factories
 from app.core.convert import (
     ConvertRequest,
     default_output_name,

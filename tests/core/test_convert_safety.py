@@ -9,9 +9,9 @@ import sys
 import threading
 from pathlib import Path
 
-import factories
 import pytest
 
+import factories
 from app.core.convert import ConvertRequest, plan_conversion, writing
 from app.core.convert.job import check_resources
 from app.core.errors import InsufficientResourcesError

@@ -32,7 +32,7 @@ def read_tokenizer_fields(path: Path) -> dict[str, Any]:
 
 def _added_tokens(tokens: list[str], types: list[int]) -> list[dict[str, Any]]:
     added = []
-    for index, (token, kind) in enumerate(zip(tokens, types)):
+    for index, (token, kind) in enumerate(zip(tokens, types, strict=False)):
         if kind in (TokenType.CONTROL, TokenType.USER_DEFINED):
             added.append({"id": index, "content": token, "single_word": False, "lstrip": False,
                           "rstrip": False, "normalized": False,
@@ -99,7 +99,7 @@ def spm_tokenizer_json(fields: dict[str, Any]) -> tuple[dict[str, Any], list[str
     types: list[int] = fields.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     scores: list[float] = fields.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
     vocab = {token: index for index, token in enumerate(tokens)}
-    normal = {t: s for t, s, k in zip(tokens, scores, types) if k == TokenType.NORMAL}
+    normal = {t: s for t, s, k in zip(tokens, scores, types, strict=False) if k == TokenType.NORMAL}
     merges = generate_merges(vocab, normal)
     unk_id = fields.get("tokenizer.ggml.unknown_token_id")
     unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < len(tokens) else None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.core.convert.execute import describe, run_plan
-from app.core.convert.metadata import add_entries, read_gguf_entries, replace_entry
+from app.core.convert.metadata import read_gguf_entries, replace_entry
 from app.core.convert.plan import ConversionPlan, Target
 from app.core.convert.planner import plan_conversion
 from app.core.convert.writing import GGUFSink, SafetensorsSink, disk_error

@@ -8,7 +8,7 @@ to 2 GB. Files are opened read-only and never written.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -70,7 +70,7 @@ class SourceReader:
         self.close()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _torch_dequantizes(type_name: str) -> bool:
     spec = get_type(type_name)
     try:
@@ -80,7 +80,7 @@ def _torch_dequantizes(type_name: str) -> bool:
     return True
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gguf_py_dequantizes(type_name: str) -> bool:
     from gguf import quants
 
