@@ -12,7 +12,7 @@ from app.core.convert.job import ConvertRequest, ConvertResult, check_resources,
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.naming import default_output_name, default_output_path
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
-from app.core.convert.planner import plan_conversion, resolve_device
+from app.core.convert.planner import plan_conversion, plan_for_type, resolve_device
 from app.core.convert.tensor_types import (
     GGUF_OUTPUT_TYPES,
     HF_OUTPUT_DTYPES,
@@ -22,6 +22,6 @@ from app.core.convert.tensor_types import (
 __all__ = [
     "GGUF_OUTPUT_TYPES", "HF_OUTPUT_DTYPES", "ConversionPlan", "ConvertRequest", "ConvertResult",
     "MetaEntry", "SourceSlice", "TensorPlan", "check_resources", "default_output_name",
-    "default_output_path", "execute_plan", "plan_conversion", "resolve_device",
+    "default_output_path", "execute_plan", "plan_conversion", "plan_for_type", "resolve_device",
     "writable_output_types",
 ]

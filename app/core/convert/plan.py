@@ -53,6 +53,7 @@ class TensorPlan:
     copy: bool = False  # bytes copied unchanged (same type, nothing to transform)
     note: str | None = None  # a decision worth logging (fallback, stacking, ...)
     fallback: str | None = None  # why `out_type` is not the requested type
+    fixed_type: bool = False  # the type does not follow the requested one (norms, --keep-type)
 
     @property
     def sources(self) -> tuple[str, ...]:

@@ -71,11 +71,12 @@ def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Dev
             if keep is not None and keep.fullmatch(entry.name):
                 kept += 1
                 tensors.append(TensorPlan(entry.name, entry.type_name, shape, entry.n_bytes,
-                                          (piece,), copy=True, note="--keep-type: bytes copied"))
+                                          (piece,), copy=True, note="--keep-type: bytes copied",
+                                          fixed_type=True))
                 continue
             if keeps_source_type(entry.name, len(shape)):
                 tensors.append(TensorPlan(entry.name, entry.type_name, shape, entry.n_bytes,
-                                          (piece,), copy=True))
+                                          (piece,), copy=True, fixed_type=True))
                 continue
             choice = choose_type(out_type, entry.shape[0])
             if choice.type_name == entry.type_name:

@@ -105,9 +105,15 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
         tensors.append(TensorPlan(
             "rope_freqs.weight", "F32", (len(factors),), 4 * len(factors),
             (SourceSlice(None, "rope_freqs (generated)", 0, 1, len(factors), 4 * len(factors),
-                         "F32", tuple(factors)),), note="generated from the llama3 rope "
-                                                         "scaling parameters"))
+                         "F32", tuple(factors)),), fixed_type=True,
+            note="generated from the llama3 rope scaling parameters"))
     tensors.sort(key=lambda t: _sort_key(t.name))
+    permuted = sum(1 for t in tensors if t.permute)
+    if permuted:
+        notes.append(f"Q/K rows of {permuted} tensors permuted for llama.cpp's rotary embedding")
+    if experts:
+        notes.append(f"{sum(len(m) for m in experts.values())} per-expert tensors stacked into "
+                     f"{len(experts)} blk.N.ffn_*_exps tensors")
     if not any(t.name == "output.weight" for t in tensors):
         notes.append("no lm_head: output tied to token_embd (llama.cpp reuses the embeddings)")
 
@@ -156,7 +162,8 @@ def _single(name: str, mapped: MappedName, entry: SafetensorsEntry, file: Path,
     copy = not permute and out_type == entry.dtype
     return TensorPlan(name, out_type, entry.shape, _bytes(entry.shape, out_type), (piece,),
                       permute="qk" if permute else "", n_head=n_head, copy=copy, note=note,
-                      fallback=fallback)
+                      fallback=fallback, fixed_type=keeps_f32(name, mapped.kind,
+                                                              len(entry.shape)))
 
 
 def _stacked(name: str, members: dict[int, tuple[MappedName, SafetensorsEntry, Path]],
@@ -180,7 +187,8 @@ def _stacked(name: str, members: dict[int, tuple[MappedName, SafetensorsEntry, P
     pieces = tuple(_slice(entry, file) for _, entry, file in ordered)
     return TensorPlan(name, out_type, shape, _bytes(shape, out_type), pieces,
                       copy=out_type == first.dtype,
-                      note=f"{hyper.n_expert} experts stacked", fallback=fallback)
+                      note=f"{hyper.n_expert} experts stacked", fallback=fallback,
+                      fixed_type=keeps_f32(name, ordered[0][0].kind, 3))
 
 
 def _bytes(shape: tuple[int, ...], type_name: str) -> int:

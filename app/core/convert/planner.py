@@ -109,3 +109,40 @@ def plan_conversion(source: str | Path | ModelInfo, target: str | Path | None = 
     from app.core.convert.plan_gguf_hf import plan_gguf_to_hf
 
     return plan_gguf_to_hf(model, path, out_type, dev, overwrite, require_tokenizer)
+
+
+def plan_for_type(plan: ConversionPlan, out_type: str) -> ConversionPlan:
+    """The same conversion to another type, without reading the source again: sizes, memory
+    and fallbacks for each type a GUI or the fit estimator offers."""
+    from dataclasses import replace
+
+    from gguf import GGUFValueType
+
+    from app.core.convert.metadata import MetaEntry, replace_entry
+    from app.core.convert.sizing import element_bytes
+    from app.core.convert.tensor_types import choose_type, file_type_of
+    from app.core.quant import get_type
+
+    out_type = parse_output_type(out_type, plan.to)
+    tensors = []
+    for tensor in plan.tensors:
+        if tensor.fixed_type:
+            tensors.append(tensor)
+            continue
+        if plan.to == "hf":
+            name, reason = out_type, None
+            n_bytes = int(tensor.n_elements * element_bytes(out_type))
+        else:
+            choice = choose_type(out_type, tensor.shape[-1])
+            name, reason = choice.type_name, choice.reason
+            n_bytes = tensor.n_elements // tensor.shape[-1] * get_type(name).row_bytes(
+                tensor.shape[-1])
+        copy = not tensor.permute and all(s.dtype == name for s in tensor.slices)
+        tensors.append(replace(tensor, out_type=name, n_bytes=n_bytes, copy=copy,
+                               fallback=reason))
+    metadata = plan.metadata
+    if plan.to == "gguf" and any(e.key == "general.file_type" for e in metadata):
+        metadata = replace_entry(metadata, MetaEntry("general.file_type",
+                                                     int(file_type_of(out_type)),
+                                                     GGUFValueType.UINT32))
+    return replace(plan, out_type=out_type, tensors=tuple(tensors), metadata=metadata)

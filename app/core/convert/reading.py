@@ -8,9 +8,9 @@ to 2 GB. Files are opened read-only and never written.
 from __future__ import annotations
 
 import os
+import threading
 from functools import cache
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -24,26 +24,33 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 
 
 class SourceReader:
-    """Opens each input file once, read-only; reads byte ranges into fresh CPU tensors."""
+    """Opens each input file once, read-only; reads byte ranges into fresh CPU tensors with
+    positional reads, so several threads can read at once."""
 
     def __init__(self) -> None:
-        self._files: dict[Path, BinaryIO] = {}
+        self._files: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, path: Path) -> int:
+        with self._lock:
+            fd = self._files.get(path)
+            if fd is None:
+                try:
+                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                except OSError as exc:
+                    raise FormatError(f"cannot open ({exc.strerror or exc})",
+                                      path=path) from None
+                self._files[path] = fd
+            return fd
 
     def read(self, path: Path, offset: int, n_bytes: int, tensor: str) -> torch.Tensor:
-        handle = self._files.get(path)
-        if handle is None:
-            try:
-                handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
-            except OSError as exc:
-                raise FormatError(f"cannot open ({exc.strerror or exc})", path=path) from None
-            self._files[path] = handle
+        fd = self._fd(path)
         buffer = torch.empty(n_bytes, dtype=torch.uint8)
         view = memoryview(buffer.numpy())
         done = 0
         try:
-            handle.seek(offset)
             while done < n_bytes:
-                got = handle.readinto(view[done:])
+                got = os.preadv(fd, [view[done:]], offset + done)
                 if not got:
                     break
                 done += got
@@ -53,15 +60,13 @@ class SourceReader:
         if done != n_bytes:
             raise FormatError(f"truncated: the data ends {n_bytes - done} bytes early",
                               path=path, tensor=tensor, hint="re-download the file")
-        if hasattr(os, "posix_fadvise"):
-            # The job reads each byte once: let the kernel drop it from the page cache.
-            os.posix_fadvise(handle.fileno(), offset, n_bytes, os.POSIX_FADV_DONTNEED)
         return buffer
 
     def close(self) -> None:
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
+        with self._lock:
+            for fd in self._files.values():
+                os.close(fd)
+            self._files.clear()
 
     def __enter__(self) -> SourceReader:
         return self

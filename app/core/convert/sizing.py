@@ -8,6 +8,7 @@ The constants are measured by tests/bench/convert_bench.py and tests/bench/conve
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,11 +18,11 @@ if TYPE_CHECKING:
     from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 
 MIB = 1024 * 1024
-# Elements per chunk. Float conversions: 4 Mi values (16 MiB as float32), little per-chunk
+# Elements per chunk. Float conversions: 2 Mi values (8 MiB as float32), little per-chunk
 # overhead. Block quants (either side): their temporaries take ~32 bytes per element, so 1 Mi
 # values; their speed per element is the same at 1 Mi as at 4 Mi (measured), and smaller
 # temporaries leave less for the allocator to fragment.
-CHUNK_ELEMENTS = 4 * MIB
+CHUNK_ELEMENTS = 2 * MIB
 BLOCK_CHUNK_ELEMENTS = 1 * MIB
 # RSS of the process before any tensor: Python, torch, gguf-py, numpy (measured: 221-240 MiB),
 # plus what streaming itself holds whatever the chunk (the read-ahead thread's malloc arena,
@@ -59,6 +60,16 @@ def row_alignment(tensor: TensorPlan, piece: SourceSlice) -> int:
     return 1
 
 
+# Threads that read and encode chunks in parallel (each with single-threaded torch ops).
+MAX_WORKERS = 4
+
+
+def compute_workers(plan: ConversionPlan) -> int:
+    if plan.device == "cuda":
+        return 1  # the GPU is the parallel part; one host thread feeds it
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
 def is_block_type(dtype: str) -> bool:
     if dtype in SAFETENSORS_BYTES:
         return False
@@ -83,7 +94,7 @@ def rows_per_chunk(piece: SourceSlice, align: int, elements: int = CHUNK_ELEMENT
 def _per_element(tensor: TensorPlan, piece: SourceSlice, to: str) -> float:
     source = element_bytes(piece.dtype)
     if tensor.copy:
-        return 2 * source  # the chunk and the one read ahead
+        return 2 * source  # the chunk and the one queued behind it
     out = element_bytes(tensor.out_type)
     temp = QUANT_TEMP_BYTES.get(tensor.out_type, DEFAULT_QUANT_TEMP) if to == "gguf" else out
     permute = 4.0 if tensor.permute else 0.0
@@ -120,6 +131,7 @@ def _fixed(plan: ConversionPlan) -> int:
 
 def estimate_peak(plan: ConversionPlan) -> Peak:
     compute, host = working_set(plan)
+    compute *= compute_workers(plan)
     fixed = _fixed(plan)
     if plan.device == "cuda":
         return Peak(fixed + CUDA_CONTEXT_RAM + host, CUDA_CONTEXT_VRAM + compute)

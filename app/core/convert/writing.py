@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,9 +24,33 @@ SHARD_BYTES = 5 * 1000**3
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
+# Start writing to disk every this many bytes, while the next chunks are computed: the final
+# fsync (atomic output) then has little left to wait for, and dirty pages never pile up.
+WRITEBACK_BYTES = 64 * 1024 * 1024
+
+
 def write_bytes(handle: BinaryIO, data: memoryview | bytes) -> None:
     """Every tensor byte goes through here (a test injects a full disk at this point)."""
     handle.write(data)
+
+
+class Writeback:
+    """Asks the kernel to write finished parts of a file to disk, asynchronously."""
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    def after_write(self, handle: BinaryIO) -> None:
+        if not hasattr(os, "posix_fadvise"):
+            return
+        position = handle.tell()
+        if position - self.started < WRITEBACK_BYTES:
+            return
+        handle.flush()
+        # On Linux, DONTNEED on dirty pages starts their writeback without waiting for it.
+        os.posix_fadvise(handle.fileno(), self.started, position - self.started,
+                         os.POSIX_FADV_DONTNEED)
+        self.started = position
 
 
 def disk_error(exc: OSError, path: Path) -> JobError:
@@ -54,6 +79,7 @@ class GGUFSink:
         self.alignment = self.writer.data_alignment
         self._handle: BinaryIO | None = None
         self._written = 0  # bytes of the current tensor
+        self._writeback = Writeback()
 
     def __enter__(self) -> GGUFSink:
         try:
@@ -83,6 +109,7 @@ class GGUFSink:
         data = _as_bytes(chunk)
         try:
             write_bytes(self._handle, data)
+            self._writeback.after_write(self._handle)
         except OSError as exc:
             raise disk_error(exc, self.path) from None
         self._written += data.nbytes
@@ -139,6 +166,7 @@ class SafetensorsSink:
         self._handle: BinaryIO | None = None
         self._open_index = -1
         self._written = 0
+        self._writeback = Writeback()
 
     def __enter__(self) -> SafetensorsSink:
         return self
@@ -163,6 +191,7 @@ class SafetensorsSink:
                     self._handle.close()
                 path = self.folder / self.names[index]
                 self._handle = open(path, "wb")  # noqa: SIM115 - closed on the next shard/exit
+                self._writeback = Writeback()
                 self._open_index = index
                 write_bytes(self._handle, self._header(self.shards[index]))
         except OSError as exc:
@@ -174,6 +203,7 @@ class SafetensorsSink:
         data = _as_bytes(chunk)
         try:
             write_bytes(self._handle, data)
+            self._writeback.after_write(self._handle)
         except OSError as exc:
             raise disk_error(exc, self.folder) from None
         self._written += data.nbytes
