@@ -86,7 +86,7 @@ def _common(**overrides: object) -> dict[str, object]:
 def make_hf_model(folder: Path, family: str = "llama", *, dtype: str = "float32",
                   with_tokenizer: bool = True, seed: int = 0, max_shard_size: str | None = None,
                   **overrides: object) -> Path:
-    """Save a tiny random model of `family` (llama, mistral, qwen2, mixtral) to `folder`."""
+    """Save a tiny random model of `family` (llama, mistral, qwen2, mixtral, qwen2_moe)."""
     import torch
     import transformers
 
@@ -97,6 +97,10 @@ def make_hf_model(folder: Path, family: str = "llama", *, dtype: str = "float32"
         "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
         "mixtral": ("MixtralConfig", "MixtralForCausalLM",
                     {"num_local_experts": 4, "num_experts_per_tok": 2}),
+        "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                      {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                       "shared_expert_intermediate_size": 96, "decoder_sparse_step": 1,
+                       "mlp_only_layers": []}),
     }
     config_name, model_name, extra = config_classes[family]
     config = getattr(transformers, config_name)(**_common(**{**extra, **overrides}))

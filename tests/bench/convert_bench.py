@@ -136,19 +136,23 @@ def quantizer_speeds(folder: Path, types: list[str]) -> None:
     with safe_open(folder / "model-00001-of-00002.safetensors", "pt") as handle:
         tensors = [handle.get_tensor(n).float() for n in names]
     elements = sum(t.numel() for t in tensors)
+    # One torch thread, as each of the job's chunk workers runs (see execute.py).
+    torch.set_num_threads(1)
     print(f"\nquantizers on {elements / 1e6:.1f} M values (layer 0 gate_proj + q_proj), "
-          f"MB/s of bf16 input, {torch.get_num_threads()} torch threads:")
+          "MB/s of bf16 input, one thread each:")
+    # Both in the job's chunks of 512 rows (1 Mi values), so temporaries stay in cache alike.
+    chunks = [c for t in tensors for c in t.split(512)]
     for out_type in types:
         qtype = gguf.GGMLQuantizationType[out_type]
         start = time.perf_counter()
-        for tensor in tensors:
-            gguf.quants.quantize(tensor.numpy().astype(np.float32), qtype)
+        for chunk in chunks:
+            gguf.quants.quantize(chunk.numpy().astype(np.float32), qtype)
         numpy_s = time.perf_counter() - start
         ours = "n/a"
         if can_quantize(out_type):
             start = time.perf_counter()
-            for tensor in tensors:
-                quantize(tensor, out_type)
+            for chunk in chunks:
+                quantize(chunk, out_type)
             ours = f"{2 * elements / (time.perf_counter() - start) / 1e6:8.0f}"
         print(f"  {out_type:<5} gguf-py numpy {2 * elements / numpy_s / 1e6:8.0f}   "
               f"Modelyard torch {ours}")

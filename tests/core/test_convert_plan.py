@@ -13,6 +13,7 @@ from app.core.convert import (
     ConvertRequest,
     default_output_name,
     plan_conversion,
+    plan_for_type,
 )
 from app.core.errors import BadInputError, FormatError, OptionError, UnsupportedError
 from app.core.formats.scan import inspect_path
@@ -180,3 +181,18 @@ def test_pickle_and_bnb_checkpoints_are_refused(tiny_models: dict[str, Path],
     (pickled / "pytorch_model.bin").write_bytes(b"not opened")
     with pytest.raises(UnsupportedError, match="pickle"):
         plan_conversion(pickled, tmp_path / "x.gguf")
+
+
+def test_plan_for_type_matches_a_fresh_plan(tmp_path: Path) -> None:
+    source = factories.make_hf_model(tmp_path / "odd", "llama", hidden_size=48,
+                                     intermediate_size=64, head_dim=12, with_tokenizer=False)
+    base = plan_conversion(source, tmp_path / "x.gguf", out_type="F16")
+    for out_type in ("Q8_0", "BF16", "F32"):
+        fresh = plan_conversion(source, tmp_path / "x.gguf", out_type=out_type)
+        derived = plan_for_type(base, out_type)
+        assert [(t.name, t.out_type, t.n_bytes, t.copy, t.fallback) for t in derived.tensors] == \
+            [(t.name, t.out_type, t.n_bytes, t.copy, t.fallback) for t in fresh.tensors]
+        assert derived.output_bytes == fresh.output_bytes
+        assert derived.estimated_peak_bytes == fresh.estimated_peak_bytes
+        file_type = {e.key: e.value for e in derived.metadata}["general.file_type"]
+        assert file_type == {e.key: e.value for e in fresh.metadata}["general.file_type"]

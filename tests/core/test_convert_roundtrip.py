@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import factories
 from app.core.convert import ConvertRequest, plan_conversion
 from app.core.jobs import RecordingReporter, run_job
 
@@ -63,11 +64,11 @@ def test_smollm2_hf_answers_paris(smollm2_hf: Path) -> None:
     assert "Paris" in tokenizer.decode(out[0][ids.shape[1]:])
 
 
-@pytest.mark.parametrize("family", ["llama", "mixtral"])
+@pytest.mark.parametrize("family", ["llama", "mixtral", "qwen2_moe"])
 def test_hf_to_gguf_to_hf_is_lossless_in_f32(family: str, tiny_models: dict[str, Path],
                                              tmp_path: Path) -> None:
     """Q/K permutation and expert stacking are undone exactly on the way back."""
-    source = tiny_models[family]
+    source = tiny_models.get(family) or factories.make_hf_model(tmp_path / family, family)
     convert(source, tmp_path / "m.gguf", "F32")
     back = tmp_path / "m-hf"
     convert(tmp_path / "m.gguf", back, "F32", to="hf")
@@ -126,3 +127,15 @@ def test_gguf_requantize_to_f16_then_back_is_exact(tiny_ggufs: dict[str, Path],
     for name, values in original.items():
         expected = values.astype(np.float16).astype(np.float32) if name in halved else values
         np.testing.assert_array_equal(expected, again[name], err_msg=name)
+
+
+def test_split_gguf_shards_are_joined(tmp_path: Path) -> None:
+    shards = factories.make_split_gguf(tmp_path, "split", n_shards=3)
+    target = tmp_path / "joined.gguf"
+    reporter = convert(shards[0], target, "F16")
+    reader = gguf.GGUFReader(target)
+    assert not any(key.startswith("split.") for key in reader.fields)
+    assert [t.name for t in reader.tensors] == [f"blk.{i}.part{p}.weight"
+                                                for i in range(3) for p in range(2)]
+    assert {t.tensor_type.name for t in reader.tensors} == {"F16"}
+    assert any("3 split shards joined" in line for line in reporter.messages("info"))

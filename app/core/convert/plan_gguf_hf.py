@@ -56,6 +56,12 @@ def hf_config(path: Path, has_experts: bool, header: GGUFHeader) -> tuple[Any, A
     parsed["model_type"] = spec.model_type
     if spec.moe and "num_local_experts" not in parsed and "num_experts" not in parsed:
         parsed["num_local_experts"] = header.arch_field("expert_count")
+    # Keys transformers' GGUF mapping leaves out for Qwen2-MoE (it would use its defaults).
+    for key, name in (("expert_feed_forward_length", "moe_intermediate_size"),
+                      ("expert_shared_feed_forward_length", "shared_expert_intermediate_size")):
+        value = header.arch_field(key)
+        if spec.model_type == "qwen2_moe" and isinstance(value, int):
+            parsed.setdefault(name, value)
     config = transformers.AutoConfig.for_model(**parsed)
     config.architectures = [type(config).__name__.replace("Config", "ForCausalLM")]
     return config, spec

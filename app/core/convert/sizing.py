@@ -31,14 +31,15 @@ BASELINE_RAM = 240 * MIB
 STREAMING_OVERHEAD = 30 * MIB
 # transformers, imported to write config.json and tokenizer.json (GGUF → HF) or to load the
 # HF tokenizer (HF → GGUF).
-TRANSFORMERS_RAM = 130 * MIB
+TRANSFORMERS_RAM = 100 * MIB
 # Host RSS a CUDA context adds (driver, cuBLAS handles), and the VRAM it takes.
 CUDA_CONTEXT_RAM = 400 * MIB
 CUDA_CONTEXT_VRAM = 500 * MIB
-# Temporaries of the quantizers per element, in bytes (measured peak minus the buffers below).
-QUANT_TEMP_BYTES: dict[str, float] = {"F32": 4.0, "F16": 6.0, "BF16": 6.0}
+# Temporaries per element while a chunk is encoded, in bytes, with what the allocator keeps
+# between chunks (measured peak minus the buffers below, two workers).
+QUANT_TEMP_BYTES: dict[str, float] = {"F32": 16.0, "F16": 20.0, "BF16": 20.0}
 # The block quants: abs, max, scaled and rounded values in float32, several alive at once.
-DEFAULT_QUANT_TEMP = 48.0
+DEFAULT_QUANT_TEMP = 36.0
 # Python objects for metadata (a 150k-token vocabulary as str objects and lists) per file byte.
 METADATA_OVERHEAD = 4
 
@@ -96,7 +97,7 @@ def _per_element(tensor: TensorPlan, piece: SourceSlice, to: str) -> float:
     if tensor.copy:
         return 2 * source  # the chunk and the one queued behind it
     out = element_bytes(tensor.out_type)
-    temp = QUANT_TEMP_BYTES.get(tensor.out_type, DEFAULT_QUANT_TEMP) if to == "gguf" else out
+    temp = QUANT_TEMP_BYTES.get(tensor.out_type, DEFAULT_QUANT_TEMP)
     permute = 4.0 if tensor.permute else 0.0
     return 2 * source + 4.0 + permute + temp + out
 
