@@ -11,11 +11,13 @@ from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.convert import (
     GGUF_OUTPUT_TYPES,
     HF_OUTPUT_DTYPES,
+    ConversionPlan,
     ConvertRequest,
     ConvertResult,
     execute_plan,
 )
 from app.core.formats.model_info import format_bytes
+from app.core.jobs import Reporter
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -80,11 +82,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 class _PlannedJob:
     """The request with its plan already made (the CLI plans first to fail fast)."""
 
-    def __init__(self, request: ConvertRequest, plan: object) -> None:
-        self.request = request
+    def __init__(self, request: ConvertRequest, plan: ConversionPlan) -> None:
         self.plan = plan
         self.title = request.title
         self.progress_unit = request.progress_unit
 
-    def run(self, reporter: object) -> ConvertResult:
-        return execute_plan(self.plan, reporter)  # type: ignore[arg-type]
+    def run(self, reporter: Reporter) -> ConvertResult:
+        return execute_plan(self.plan, reporter)

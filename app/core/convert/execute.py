@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -171,6 +170,3 @@ def describe(plan: ConversionPlan) -> list[str]:
                      f"{f' — {extra}' if extra else ''}")
     return lines
 
-
-def path_of(plan: ConversionPlan) -> Path:
-    return plan.target

@@ -16,7 +16,7 @@ from gguf import TokenType
 
 from app.core.convert import pretokenizers
 from app.core.errors import FormatError
-from app.core.formats.gguf_header import SkippedArray, read_gguf_header
+from app.core.formats.gguf_header import read_gguf_header
 
 ARRAYS = frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
                     "tokenizer.ggml.scores"})
@@ -25,7 +25,7 @@ ARRAYS = frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer
 def read_tokenizer_fields(path: Path) -> dict[str, Any]:
     fields = read_gguf_header(path, load_arrays=ARRAYS).fields
     tokens = fields.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or isinstance(tokens, SkippedArray):
+    if not isinstance(tokens, list):
         raise FormatError("the GGUF has no token list", path=path)
     return {k: v for k, v in fields.items() if k.startswith("tokenizer.")}
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.core.convert.execute import describe, run_plan
-from app.core.convert.metadata import read_gguf_entries, replace_entry
+from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entry
 from app.core.convert.plan import ConversionPlan, Target
 from app.core.convert.planner import plan_conversion
 from app.core.convert.writing import GGUFSink, SafetensorsSink, disk_error
@@ -67,7 +67,7 @@ def check_resources(plan: ConversionPlan) -> None:
             available_bytes=available, hint="close other programs and try again")
 
 
-def _gguf_entries(plan: ConversionPlan) -> tuple:  # type: ignore[type-arg]
+def _gguf_entries(plan: ConversionPlan) -> tuple[MetaEntry, ...]:
     if plan.copy_metadata_from is None:
         return plan.metadata
     entries = read_gguf_entries(plan.copy_metadata_from)
