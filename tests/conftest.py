@@ -68,3 +68,14 @@ def tiny_llama_ggufs(tiny_models: dict[str, Path],
     return {qtype: factories.make_gguf_from_hf(tiny_models["llama"], root / f"tiny-{qtype}.gguf",
                                                qtype)
             for qtype in ("F32", "F16", "Q8_0", "Q4_0")}
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 converted GGUF (Q4_1) → HF safetensors (F16) by Modelyard, once per session."""
+    from app.core.convert import ConvertRequest
+    from app.core.jobs import RecordingReporter
+
+    target = tmp_path_factory.mktemp("smollm2-hf") / "SmolLM2-135M-Instruct-hf"
+    ConvertRequest(smollm2_gguf, target, "F16", to="hf", device="cpu").run(RecordingReporter())
+    return target

@@ -89,7 +89,7 @@ def _common(**overrides: object) -> dict[str, object]:
 def make_hf_model(folder: Path, family: str = "llama", *, dtype: str = "float32",
                   with_tokenizer: bool = True, seed: int = 0, max_shard_size: str | None = None,
                   **overrides: object) -> Path:
-    """Save a tiny random model of `family` (llama, mistral, qwen2, mixtral) to `folder`."""
+    """Save a tiny random model of `family` (llama, mistral, qwen2, mixtral, qwen2_moe)."""
     import torch
     import transformers
 
@@ -100,6 +100,10 @@ def make_hf_model(folder: Path, family: str = "llama", *, dtype: str = "float32"
         "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
         "mixtral": ("MixtralConfig", "MixtralForCausalLM",
                     {"num_local_experts": 4, "num_experts_per_tok": 2}),
+        "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                      {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                       "shared_expert_intermediate_size": 96, "decoder_sparse_step": 1,
+                       "mlp_only_layers": []}),
     }
     config_name, model_name, extra = config_classes[family]
     config = getattr(transformers, config_name)(**_common(**{**extra, **overrides}))
@@ -369,3 +373,36 @@ class CancellingReporter(RecordingReporter):
             self.tokens_seen.append(done)
             if done >= self.after:
                 self.token.cancel()
+
+
+def save_spm_tokenizer(folder: Path, vocab_size: int = TINY_VOCAB) -> Path:
+    """A SentencePiece BPE `tokenizer.model` (byte fallback, Llama-style normalisation)."""
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TOKENIZER_TEXT * 20), model_writer=model, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, remove_extra_whitespaces=False,
+        minloglevel=2)
+    path = folder / "tokenizer.model"
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def tree_digest(*paths: Path) -> dict[str, str]:
+    """sha256 of every file under `paths` (files or folders), to prove inputs are unchanged."""
+    import hashlib
+
+    digests: dict[str, str] = {}
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for file in files:
+            digest = hashlib.sha256()
+            with open(file, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            digests[str(file)] = digest.hexdigest()
+    return digests

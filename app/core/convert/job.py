@@ -1,0 +1,159 @@
+"""The convert job: checks disk and memory against the plan, streams it into `NAME.part`, and
+renames it when complete. A failed or cancelled job leaves nothing; inputs are only read."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core.convert.execute import describe, run_plan
+from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entry
+from app.core.convert.plan import ConversionPlan, Target
+from app.core.convert.planner import plan_conversion
+from app.core.convert.writing import GGUFSink, SafetensorsSink, disk_error
+from app.core.errors import InsufficientResourcesError
+from app.core.formats.model_info import format_bytes
+from app.core.jobs import ProgressUnit, Reporter, atomic_output, check_cancel
+from app.core.resources import probe_disk
+
+# Room left on the disk beyond the output: file systems misbehave when completely full.
+DISK_MARGIN = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    output: Path
+    bytes_written: int
+    tensors_written: int
+    seconds: float
+    fallbacks: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {"output": str(self.output), "bytes_written": self.bytes_written,
+                "tensors_written": self.tensors_written, "seconds": round(self.seconds, 3),
+                "fallbacks": list(self.fallbacks), "warnings": list(self.warnings)}
+
+
+def check_resources(plan: ConversionPlan) -> None:
+    """Refuse to start when the output cannot fit on its disk or the job in memory."""
+    disk = probe_disk(plan.target.parent)
+    needed = plan.output_bytes + DISK_MARGIN
+    if disk.free_bytes < needed:
+        raise InsufficientResourcesError(
+            f"not enough disk space: the output needs {format_bytes(needed)}, "
+            f"{format_bytes(disk.free_bytes)} is free", needed_bytes=needed,
+            available_bytes=disk.free_bytes, path=plan.target.parent,
+            hint="free some space or choose another output folder")
+    if plan.device == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        needed = plan.estimated_peak_vram_bytes
+        if free < needed:
+            raise InsufficientResourcesError(
+                f"not enough free VRAM: the job needs about {format_bytes(needed)}, "
+                f"{format_bytes(free)} is free", needed_bytes=needed, available_bytes=free,
+                hint="close other GPU programs or use --device cpu")
+    import psutil
+
+    available = int(psutil.virtual_memory().available)
+    needed = plan.estimated_peak_ram_bytes
+    if available < needed:
+        raise InsufficientResourcesError(
+            f"not enough free RAM: the job needs about {format_bytes(needed)}, "
+            f"{format_bytes(available)} is available", needed_bytes=needed,
+            available_bytes=available, hint="close other programs and try again")
+
+
+def _gguf_entries(plan: ConversionPlan) -> tuple[MetaEntry, ...]:
+    if plan.copy_metadata_from is None:
+        return plan.metadata
+    entries = read_gguf_entries(plan.copy_metadata_from)
+    for override in plan.metadata:
+        entries = replace_entry(entries, override)
+    return entries
+
+
+def execute_plan(plan: ConversionPlan, reporter: Reporter) -> ConvertResult:
+    """Check resources, then write the plan's output atomically."""
+    start = time.monotonic()
+    check_resources(plan)
+    for note in plan.notes:
+        reporter.log("info", note)
+    for warning in plan.warnings:
+        reporter.log("warning", warning)
+    for fallback in plan.fallbacks:
+        reporter.log("warning", f"fallback: {fallback}")
+    for line in describe(plan):
+        reporter.log("debug", line)
+    reporter.log("info", f"writing {len(plan.tensors)} tensors, {format_bytes(plan.output_bytes)}"
+                         f" to {plan.target} on {plan.device}")
+    check_cancel(reporter)
+    with atomic_output(plan.target, overwrite=plan.overwrite) as part:
+        if plan.to == "gguf":
+            entries = _gguf_entries(plan)
+            check_cancel(reporter)
+            with GGUFSink(part, plan.architecture, entries, plan.tensors) as sink:
+                written = run_plan(plan, sink, reporter)
+        else:
+            part.mkdir()
+            with SafetensorsSink(part, plan.tensors) as sink:
+                written = run_plan(plan, sink, reporter)
+            try:
+                _write_hf_files(plan, part, reporter)
+            except OSError as exc:
+                raise disk_error(exc, plan.target) from None
+        check_cancel(reporter)
+    seconds = time.monotonic() - start
+    reporter.log("info", f"wrote {plan.target} ({format_bytes(written)} of tensors in "
+                         f"{seconds:.1f} s)")
+    return ConvertResult(plan.target, written, len(plan.tensors), seconds, plan.fallbacks,
+                         plan.warnings)
+
+
+def _write_hf_files(plan: ConversionPlan, folder: Path, reporter: Reporter) -> None:
+    import transformers
+
+    config = transformers.AutoConfig.for_model(**plan.context["config"])
+    config.save_pretrained(folder)
+    generation = transformers.GenerationConfig.from_model_config(config)
+    generation.save_pretrained(folder)
+    if plan.context.get("tokenizer"):
+        from app.core.convert.hf_tokenizer import save_tokenizer
+
+        for note in save_tokenizer(folder, Path(plan.context["gguf"])):
+            reporter.log("info", note)
+    reporter.log("info", f"wrote {', '.join(sorted(p.name for p in folder.iterdir()))}")
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    """Job: convert a model (HF folder or GGUF) to a GGUF of `out_type`, or to HF safetensors."""
+
+    source: Path
+    target: Path | None = None
+    out_type: str = "F16"
+    to: Target = "gguf"
+    device: str = "auto"
+    keep_type: str | None = None
+    overwrite: bool = False
+    require_tokenizer: bool = False
+    progress_unit: ProgressUnit = "bytes"
+
+    @property
+    def title(self) -> str:
+        what = "HF safetensors" if self.to == "hf" else f"GGUF {self.out_type.upper()}"
+        return f"Convert {Path(self.source).name} to {what}"
+
+    def plan(self) -> ConversionPlan:
+        return plan_conversion(self.source, self.target, out_type=self.out_type, to=self.to,
+                               device=self.device, keep_type=self.keep_type,
+                               overwrite=self.overwrite,
+                               require_tokenizer=self.require_tokenizer)
+
+    def run(self, reporter: Reporter) -> ConvertResult:
+        reporter.log("info", f"planning {self.title.lower()}")
+        plan = self.plan()
+        return execute_plan(plan, reporter)

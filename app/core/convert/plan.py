@@ -1,0 +1,148 @@
+"""The conversion plan: every output tensor, its source bytes, type and size, the metadata, and
+the memory and disk the job will need. Planning reads headers only and writes nothing; all that
+can be refused is refused here, before a byte is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from app.core.convert.metadata import MetaEntry
+from app.core.convert.sizing import estimate_naive_peak, estimate_peak
+
+Target = Literal["gguf", "hf"]
+Device = Literal["cpu", "cuda"]
+Permute = Literal["", "qk", "unqk"]
+
+
+@dataclass(frozen=True)
+class SourceSlice:
+    """Consecutive rows of one stored tensor (or generated values, for `rope_freqs`)."""
+
+    file: Path | None
+    tensor: str  # the source tensor's name, for messages
+    offset: int  # absolute byte offset of the first row in `file`
+    n_rows: int
+    row_length: int  # elements per row
+    row_bytes: int
+    dtype: str  # safetensors dtype (BF16, F16, F32) or GGML type name (Q4_1, F16, ...)
+    values: tuple[float, ...] | None = None
+
+    @property
+    def n_bytes(self) -> int:
+        return self.n_rows * self.row_bytes
+
+    @property
+    def n_elements(self) -> int:
+        return self.n_rows * self.row_length
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One output tensor: made of `slices` in order, each decoded, transformed and encoded."""
+
+    name: str
+    out_type: str  # GGML type name for GGUF output, F16/BF16/F32 for safetensors
+    shape: tuple[int, ...]  # row-major (PyTorch order): the last dimension is the row
+    n_bytes: int
+    slices: tuple[SourceSlice, ...]
+    permute: Permute = ""  # "qk": llama.cpp's Q/K row interleave; "unqk": its inverse
+    n_head: int = 0  # heads of the (un)permutation
+    copy: bool = False  # bytes copied unchanged (same type, nothing to transform)
+    note: str | None = None  # a decision worth logging (fallback, stacking, ...)
+    fallback: str | None = None  # why `out_type` is not the requested type
+    fixed_type: bool = False  # the type does not follow the requested one (norms, --keep-type)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for piece in self.slices:
+            if piece.tensor not in names:
+                names.append(piece.tensor)
+        return tuple(names)
+
+    @property
+    def n_elements(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.out_type, "shape": list(self.shape),
+                "n_bytes": self.n_bytes, "sources": list(self.sources), "copy": self.copy,
+                "permute": self.permute or None, "fallback": self.fallback, "note": self.note}
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    source: Path
+    source_format: Literal["hf", "gguf"]
+    target: Path
+    to: Target
+    out_type: str
+    architecture: str
+    tensors: tuple[TensorPlan, ...]
+    device: Device = "cpu"
+    overwrite: bool = False
+    metadata: tuple[MetaEntry, ...] = ()  # GGUF output: keys written (overriding copied ones)
+    copy_metadata_from: Path | None = None  # GGUF → GGUF: every other key comes from here
+    metadata_bytes: int = 0  # header size of the output, estimated
+    hf_files: tuple[str, ...] = ()  # HF output: files written beside the weights
+    input_files: tuple[Path, ...] = ()
+    input_bytes: int = 0
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    context: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
+
+    @property
+    def output_bytes(self) -> int:
+        """Bytes of the output on disk (tensor data, alignment and header)."""
+        return self.tensor_bytes + self.metadata_bytes + 32 * len(self.tensors)
+
+    @property
+    def estimated_peak_ram_bytes(self) -> int:
+        return estimate_peak(self).ram
+
+    @property
+    def estimated_peak_vram_bytes(self) -> int:
+        return estimate_peak(self).vram
+
+    @property
+    def estimated_peak_bytes(self) -> int:
+        """Peak memory of this streaming job: VRAM when it runs on CUDA, RAM otherwise."""
+        peak = estimate_peak(self)
+        return peak.vram if self.device == "cuda" else peak.ram
+
+    @property
+    def naive_peak_bytes(self) -> int:
+        """Peak RAM of loading everything first (what the streaming job saves), for contrast."""
+        return estimate_naive_peak(self)
+
+    @property
+    def fallbacks(self) -> tuple[str, ...]:
+        return tuple(f"{t.name}: {t.fallback}" for t in self.tensors if t.fallback)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": str(self.source), "source_format": self.source_format,
+            "target": str(self.target), "to": self.to, "type": self.out_type,
+            "architecture": self.architecture, "device": self.device,
+            "output_bytes": self.output_bytes,
+            "estimated_peak_bytes": self.estimated_peak_bytes,
+            "estimated_peak_ram_bytes": self.estimated_peak_ram_bytes,
+            "estimated_peak_vram_bytes": self.estimated_peak_vram_bytes,
+            "naive_peak_bytes": self.naive_peak_bytes,
+            "n_tensors": len(self.tensors),
+            "fallbacks": list(self.fallbacks),
+            "notes": list(self.notes), "warnings": list(self.warnings),
+            "metadata": {e.key: e.summary() for e in self.metadata},
+            "hf_files": list(self.hf_files),
+            "tensors": [t.to_json() for t in self.tensors],
+        }

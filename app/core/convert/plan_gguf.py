@@ -1,0 +1,109 @@
+"""Plan GGUF → GGUF requantization: every tensor keeps its name and shape; weights get the
+requested type (or their bytes unchanged with --keep-type); metadata is copied key by key."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+
+from gguf import GGML_QUANT_VERSION, GGUFValueType
+
+from app.core.convert.metadata import MetaEntry
+from app.core.convert.plan import ConversionPlan, Device, SourceSlice, TensorPlan
+from app.core.convert.reading import can_dequantize
+from app.core.convert.tensor_types import choose_type, file_type_of
+from app.core.errors import OptionError, UnsupportedError
+from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry, read_gguf_header
+from app.core.formats.model_info import ModelInfo
+from app.core.quant import get_type
+
+
+def read_headers(model: ModelInfo) -> list[GGUFHeader]:
+    return [read_gguf_header(path) for path in model.files]
+
+
+def main_header(headers: list[GGUFHeader]) -> GGUFHeader:
+    return next((h for h in headers if h.get("split.no", 0) == 0), headers[0])
+
+
+def gguf_slice(entry: GGUFTensorEntry, path: Path) -> SourceSlice:
+    length = entry.shape[0]
+    rows = entry.n_elements // max(length, 1)
+    row_bytes = entry.n_bytes // max(rows, 1)
+    return SourceSlice(path, entry.name, entry.offset, rows, length, row_bytes, entry.type_name)
+
+
+def torch_shape(entry: GGUFTensorEntry) -> tuple[int, ...]:
+    """GGUF lists ne[0] (the row) first; PyTorch lists it last."""
+    return tuple(reversed(entry.shape))
+
+
+def keeps_source_type(name: str, n_dims: int) -> bool:
+    """Tensors llama-quantize leaves as they are: 1-D tensors, norms, MoE routers."""
+    return (n_dims <= 1 or name.endswith("_norm.weight") or ".ffn_gate_inp" in name
+            or not name.endswith(".weight"))
+
+
+def keep_matcher(pattern: str | None) -> re.Pattern[str] | None:
+    """`--keep-type`: a glob (`*attn_v*`), or a regular expression when written `re:...`."""
+    if not pattern:
+        return None
+    text = pattern[3:] if pattern.startswith("re:") else fnmatch.translate(pattern)
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise OptionError(f"--keep-type {pattern!r} is not a valid regular expression ({exc})")\
+            from None
+
+
+def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Device,
+                      overwrite: bool, keep_type: str | None) -> ConversionPlan:
+    headers = read_headers(model)
+    main = main_header(headers)
+    keep = keep_matcher(keep_type)
+    tensors: list[TensorPlan] = []
+    kept = 0
+    for header in headers:
+        for entry in header.tensors:
+            shape = torch_shape(entry)
+            piece = gguf_slice(entry, header.path)
+            if keep is not None and keep.fullmatch(entry.name):
+                kept += 1
+                tensors.append(TensorPlan(entry.name, entry.type_name, shape, entry.n_bytes,
+                                          (piece,), copy=True, note="--keep-type: bytes copied",
+                                          fixed_type=True))
+                continue
+            if keeps_source_type(entry.name, len(shape)):
+                tensors.append(TensorPlan(entry.name, entry.type_name, shape, entry.n_bytes,
+                                          (piece,), copy=True, fixed_type=True))
+                continue
+            choice = choose_type(out_type, entry.shape[0])
+            if choice.type_name == entry.type_name:
+                tensors.append(TensorPlan(entry.name, entry.type_name, shape, entry.n_bytes,
+                                          (piece,), copy=True, fallback=choice.reason))
+                continue
+            if not can_dequantize(entry.type_name):
+                raise UnsupportedError(f"cannot read {entry.type_name} tensors", path=header.path,
+                                       tensor=entry.name,
+                                       hint="copy them unchanged with --keep-type")
+            n_bytes = piece.n_rows * get_type(choice.type_name).row_bytes(entry.shape[0])
+            tensors.append(TensorPlan(entry.name, choice.type_name, shape, n_bytes, (piece,),
+                                      fallback=choice.reason))
+    if keep is not None and kept == 0:
+        raise OptionError(f"--keep-type {keep_type!r} matches no tensor of the model",
+                          path=model.path)
+    notes = [f"--keep-type {keep_type!r}: {kept} tensor(s) copied unchanged"] if keep else []
+    if len(headers) > 1:
+        notes.append(f"{len(headers)} split shards joined into one file")
+    overrides = (
+        MetaEntry("general.file_type", int(file_type_of(out_type)), GGUFValueType.UINT32),
+        MetaEntry("general.quantization_version", GGML_QUANT_VERSION, GGUFValueType.UINT32),
+    )
+    return ConversionPlan(
+        source=model.path, source_format="gguf", target=target, to="gguf", out_type=out_type,
+        architecture=main.architecture or "?", tensors=tuple(tensors), device=device,
+        overwrite=overwrite, metadata=overrides, copy_metadata_from=main.path,
+        metadata_bytes=main.data_offset, input_files=model.files,
+        input_bytes=model.file_size, notes=tuple(notes),
+        context={"keys": list(main.fields)})

@@ -1,0 +1,148 @@
+"""`plan_conversion`: inspect the source, check the options and the output path, and dispatch to
+the planner of the source/target pair. Pure: reads headers, writes nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from app.core.convert.naming import default_output_name
+from app.core.convert.plan import ConversionPlan, Device, Target
+from app.core.convert.tensor_types import parse_output_type
+from app.core.errors import BadInputError, FormatError, OptionError, UnsupportedError
+from app.core.formats.model_info import ModelInfo
+from app.core.formats.scan import inspect_path
+
+
+def resolve_device(device: str) -> Device:
+    """`auto` is CUDA when torch sees a GPU; `cuda` without one is refused."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise OptionError(f"--device {device!r}: choose cpu, cuda or auto")
+    if device == "cpu":
+        return "cpu"
+    from app.core.resources import nvidia_driver_present
+
+    available = False
+    if nvidia_driver_present():
+        import torch
+
+        available = torch.cuda.is_available()
+    if device == "cuda" and not available:
+        raise OptionError("--device cuda: torch sees no CUDA GPU here",
+                          hint="use --device cpu or auto")
+    return "cuda" if available else "cpu"
+
+
+def load_source(source: str | Path | ModelInfo) -> ModelInfo:
+    model = source if isinstance(source, ModelInfo) else inspect_path(source)
+    fatal = model.fatal_problems
+    if fatal:
+        raise FormatError(fatal[0].text, path=model.path, hint="nothing was converted")
+    if model.format == "pickle":
+        raise UnsupportedError("weights are pickle files, which Modelyard does not open "
+                               "(unpickling can run code)", path=model.path,
+                               hint="use a safetensors version of the model")
+    return model
+
+
+def _inputs_under(folder: Path, inputs: tuple[Path, ...]) -> list[Path]:
+    folder = folder.resolve()
+    return [p for p in inputs if folder == p.resolve().parent or folder in p.resolve().parents]
+
+
+def resolve_target(model: ModelInfo, target: str | Path | None, out_type: str, to: Target,
+                   overwrite: bool) -> Path:
+    """The output path, refused when it exists (unless `overwrite`) or would replace an input."""
+    if target is None:
+        path = model.path.parent / default_output_name(model, out_type, to)
+    else:
+        path = Path(target).expanduser()
+        if to == "gguf" and path.is_dir():
+            path = path / default_output_name(model, out_type, to)
+    path = path.absolute()
+    inputs = tuple(model.files) + ((model.path,) if model.path.is_dir() else ())
+    resolved = path.resolve()
+    if any(resolved == p.resolve() for p in inputs):
+        raise BadInputError("the output would overwrite the model being converted", path=path,
+                            hint="choose another output name")
+    if to == "hf":
+        clobbered = _inputs_under(path, tuple(model.files))
+        if clobbered and (path.exists() or path.resolve() == model.path.resolve()):
+            raise BadInputError(f"the output folder holds the input {clobbered[0].name}, which "
+                                "writing it would replace", path=path,
+                                hint="choose a new folder")
+    if os.path.lexists(path) and not overwrite:
+        raise BadInputError("output already exists", path=path,
+                            hint="choose another name or pass --overwrite")
+    if not path.parent.is_dir():
+        raise BadInputError("output folder does not exist", path=path.parent)
+    return path
+
+
+def plan_conversion(source: str | Path | ModelInfo, target: str | Path | None = None, *,
+                    out_type: str = "F16", to: Target = "gguf", device: str = "cpu",
+                    keep_type: str | None = None, overwrite: bool = False,
+                    require_tokenizer: bool = False) -> ConversionPlan:
+    """Plan converting `source` (an HF folder or a GGUF) to `target`; refuse what cannot work.
+
+    `out_type` is a GGUF type (F16, Q8_0, ...) for `to="gguf"`, or F16/BF16/F32 for `to="hf"`.
+    `target=None` puts the output beside the source under `default_output_name`.
+    """
+    if to not in ("gguf", "hf"):
+        raise OptionError(f"--to {to!r}: choose gguf or hf")
+    out_type = parse_output_type(out_type, to)
+    model = load_source(source)
+    dev = resolve_device(device)
+    path = resolve_target(model, target, out_type, to, overwrite)
+    if keep_type and not (model.format == "gguf" and to == "gguf"):
+        raise OptionError("--keep-type applies to GGUF → GGUF requantization only")
+    if model.format == "hf":
+        if to == "hf":
+            raise OptionError("the source is already a Hugging Face model; convert it to gguf")
+        from app.core.convert.plan_hf import plan_hf_to_gguf
+
+        return plan_hf_to_gguf(model, path, out_type, dev, overwrite, require_tokenizer)
+    if to == "gguf":
+        from app.core.convert.plan_gguf import plan_gguf_to_gguf
+
+        return plan_gguf_to_gguf(model, path, out_type, dev, overwrite, keep_type)
+    from app.core.convert.plan_gguf_hf import plan_gguf_to_hf
+
+    return plan_gguf_to_hf(model, path, out_type, dev, overwrite, require_tokenizer)
+
+
+def plan_for_type(plan: ConversionPlan, out_type: str) -> ConversionPlan:
+    """The same conversion to another type, without reading the source again: sizes, memory
+    and fallbacks for each type a GUI or the fit estimator offers."""
+    from dataclasses import replace
+
+    from gguf import GGUFValueType
+
+    from app.core.convert.metadata import MetaEntry, replace_entry
+    from app.core.convert.sizing import element_bytes
+    from app.core.convert.tensor_types import choose_type, file_type_of
+    from app.core.quant import get_type
+
+    out_type = parse_output_type(out_type, plan.to)
+    tensors = []
+    for tensor in plan.tensors:
+        if tensor.fixed_type:
+            tensors.append(tensor)
+            continue
+        if plan.to == "hf":
+            name, reason = out_type, None
+            n_bytes = int(tensor.n_elements * element_bytes(out_type))
+        else:
+            choice = choose_type(out_type, tensor.shape[-1])
+            name, reason = choice.type_name, choice.reason
+            n_bytes = tensor.n_elements // tensor.shape[-1] * get_type(name).row_bytes(
+                tensor.shape[-1])
+        copy = not tensor.permute and all(s.dtype == name for s in tensor.slices)
+        tensors.append(replace(tensor, out_type=name, n_bytes=n_bytes, copy=copy,
+                               fallback=reason))
+    metadata = plan.metadata
+    if plan.to == "gguf" and any(e.key == "general.file_type" for e in metadata):
+        metadata = replace_entry(metadata, MetaEntry("general.file_type",
+                                                     int(file_type_of(out_type)),
+                                                     GGUFValueType.UINT32))
+    return replace(plan, out_type=out_type, tensors=tuple(tensors), metadata=metadata)

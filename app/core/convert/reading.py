@@ -1,0 +1,126 @@
+"""Reading input tensors in row chunks with explicit reads, and decoding them to float32.
+
+Explicit reads (not mmap) keep the peak RSS at the chunk: every page of a memory-mapped file
+that is touched counts in RSS, so mapping a 2 GB shard and reading it through would grow RSS
+to 2 GB. Files are opened read-only and never written.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.core.errors import FormatError, UnsupportedError
+from app.core.quant import dequantize, get_type
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+}
+
+
+class SourceReader:
+    """Opens each input file once, read-only; reads byte ranges into fresh CPU tensors with
+    positional reads, so several threads can read at once."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, path: Path) -> int:
+        with self._lock:
+            fd = self._files.get(path)
+            if fd is None:
+                try:
+                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                except OSError as exc:
+                    raise FormatError(f"cannot open ({exc.strerror or exc})",
+                                      path=path) from None
+                self._files[path] = fd
+            return fd
+
+    def read(self, path: Path, offset: int, n_bytes: int, tensor: str) -> torch.Tensor:
+        fd = self._fd(path)
+        buffer = torch.empty(n_bytes, dtype=torch.uint8)
+        view = memoryview(buffer.numpy())
+        done = 0
+        try:
+            while done < n_bytes:
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if not got:
+                    break
+                done += got
+        except OSError as exc:
+            raise FormatError(f"cannot read ({exc.strerror or exc})", path=path,
+                              tensor=tensor) from None
+        if done != n_bytes:
+            raise FormatError(f"truncated: the data ends {n_bytes - done} bytes early",
+                              path=path, tensor=tensor, hint="re-download the file")
+        return buffer
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._files.values():
+                os.close(fd)
+            self._files.clear()
+
+    def __enter__(self) -> SourceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@cache
+def _torch_dequantizes(type_name: str) -> bool:
+    spec = get_type(type_name)
+    try:
+        dequantize(torch.zeros((1, spec.type_size), dtype=torch.uint8), spec)
+    except UnsupportedError:
+        return False
+    return True
+
+
+@cache
+def _gguf_py_dequantizes(type_name: str) -> bool:
+    from gguf import quants
+
+    spec = get_type(type_name)
+    try:
+        quants.dequantize(np.zeros((1, spec.type_size), dtype=np.uint8), spec.ggml_type)
+    except (NotImplementedError, ValueError, KeyError):
+        return False
+    return True
+
+
+def can_dequantize(type_name: str) -> bool:
+    return _torch_dequantizes(type_name) or _gguf_py_dequantizes(type_name)
+
+
+def dequantize_with_gguf_py(raw: torch.Tensor, type_name: str) -> torch.Tensor:
+    """Fallback for GGML types app.core.quant cannot dequantize yet: gguf-py's numpy code on the
+    CPU, the result moved back to the input's device. (Goes once the torch dequantizers for
+    every type are merged.)"""
+    from gguf import quants
+
+    values = quants.dequantize(raw.cpu().numpy(), get_type(type_name).ggml_type)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(raw.device)
+
+
+def decode_rows(raw: torch.Tensor, dtype: str, n_rows: int, row_length: int) -> torch.Tensor:
+    """Raw bytes of `n_rows` rows → float32 [n_rows, row_length] on `raw`'s device."""
+    torch_dtype = TORCH_DTYPES.get(dtype)
+    if torch_dtype is not None:
+        return raw.view(torch_dtype).to(torch.float32).reshape(n_rows, row_length)
+    rows = raw.reshape(n_rows, -1)
+    if _torch_dequantizes(dtype):
+        values = dequantize(rows, dtype)
+    elif _gguf_py_dequantizes(dtype):
+        values = dequantize_with_gguf_py(rows, dtype)
+    else:
+        raise UnsupportedError(f"cannot read {dtype} tensors")
+    return values.reshape(n_rows, row_length)
