@@ -15,6 +15,7 @@ from app.core.convert import (
     ConvertRequest,
     ConvertResult,
     execute_plan,
+    writable_output_types,
 )
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter
@@ -33,8 +34,13 @@ def register(commands: argparse._SubParsersAction) -> None:
                               "Name-TYPE.gguf or Name-hf); an existing folder for a GGUF means "
                               "inside it")
     convert.add_argument("--type", "-t", default=None, metavar="T",
-                         help=f"GGUF type: {', '.join(GGUF_OUTPUT_TYPES)} (default F16); with "
-                              f"--to hf the dtype: {', '.join(HF_OUTPUT_DTYPES)}")
+                         help=f"GGUF type: {', '.join(GGUF_OUTPUT_TYPES)} (default F16; "
+                              f"writable today: {', '.join(writable_output_types())}); each "
+                              "tensor gets the type llama-quantize gives it for T; with --to hf "
+                              f"the dtype: {', '.join(HF_OUTPUT_DTYPES)}")
+    convert.add_argument("--pure", action="store_true",
+                         help="every weight in T itself (llama-quantize --pure): no Q6_K "
+                              "output tensor, no per-layer bumps")
     convert.add_argument("--to", choices=("gguf", "hf"), default="gguf",
                          help="output format (default gguf)")
     convert.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
@@ -56,7 +62,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def cmd_convert(args: argparse.Namespace) -> int:
     request = ConvertRequest(args.source, args.output, args.type or "F16", to=args.to,
                              device=args.device, keep_type=args.keep_type,
-                             overwrite=args.overwrite, require_tokenizer=args.require_tokenizer)
+                             overwrite=args.overwrite, require_tokenizer=args.require_tokenizer,
+                             pure=args.pure)
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
     if args.dry_run:
         json.dump(plan.to_json(), sys.stdout, indent=2)

@@ -147,8 +147,8 @@ def test_missing_tokenizer_warns_or_stops(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "error", "text"), [
-    ({"out_type": "Q9_9"}, OptionError, "unknown tensor type"),
-    ({"out_type": "IQ2_XXS"}, OptionError, "cannot convert to IQ2_XXS"),
+    ({"out_type": "Q9_9"}, OptionError, "unknown target type 'Q9_9'"),
+    ({"out_type": "IQ2_XXS"}, OptionError, "unknown target type 'IQ2_XXS'.*Q4_K_M"),
     ({"out_type": "Q8_0", "to": "hf"}, OptionError, "--to hf writes"),
     ({"device": "tpu"}, OptionError, "--device"),
     ({"keep_type": "*norm*"}, OptionError, "GGUF → GGUF"),

@@ -140,6 +140,7 @@ class ConvertRequest:
     keep_type: str | None = None
     overwrite: bool = False
     require_tokenizer: bool = False
+    pure: bool = False  # every weight the target's one type, not llama-quantize's mix
     progress_unit: ProgressUnit = "bytes"
 
     @property
@@ -151,7 +152,7 @@ class ConvertRequest:
         return plan_conversion(self.source, self.target, out_type=self.out_type, to=self.to,
                                device=self.device, keep_type=self.keep_type,
                                overwrite=self.overwrite,
-                               require_tokenizer=self.require_tokenizer)
+                               require_tokenizer=self.require_tokenizer, pure=self.pure)
 
     def run(self, reporter: Reporter) -> ConvertResult:
         reporter.log("info", f"planning {self.title.lower()}")

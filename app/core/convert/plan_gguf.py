@@ -11,12 +11,11 @@ from gguf import GGML_QUANT_VERSION, GGUFValueType
 
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.plan import ConversionPlan, Device, SourceSlice, TensorPlan
-from app.core.convert.reading import can_dequantize
-from app.core.convert.tensor_types import choose_type, file_type_of
+from app.core.convert.tensor_types import assign_types, file_type_of
 from app.core.errors import OptionError, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry, read_gguf_header
 from app.core.formats.model_info import ModelInfo
-from app.core.quant import get_type
+from app.core.quant import can_dequantize, gguf_hparams
 
 
 def read_headers(model: ModelInfo) -> list[GGUFHeader]:
@@ -39,12 +38,6 @@ def torch_shape(entry: GGUFTensorEntry) -> tuple[int, ...]:
     return tuple(reversed(entry.shape))
 
 
-def keeps_source_type(name: str, n_dims: int) -> bool:
-    """Tensors llama-quantize leaves as they are: 1-D tensors, norms, MoE routers."""
-    return (n_dims <= 1 or name.endswith("_norm.weight") or ".ffn_gate_inp" in name
-            or not name.endswith(".weight"))
-
-
 def keep_matcher(pattern: str | None) -> re.Pattern[str] | None:
     """`--keep-type`: a glob (`*attn_v*`), or a regular expression when written `re:...`."""
     if not pattern:
@@ -58,7 +51,8 @@ def keep_matcher(pattern: str | None) -> re.Pattern[str] | None:
 
 
 def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Device,
-                      overwrite: bool, keep_type: str | None) -> ConversionPlan:
+                      overwrite: bool, keep_type: str | None, pure: bool = False
+                      ) -> ConversionPlan:
     headers = read_headers(model)
     main = main_header(headers)
     keep = keep_matcher(keep_type)
@@ -66,30 +60,19 @@ def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Dev
     kept = 0
     for header in headers:
         for entry in header.tensors:
-            shape = torch_shape(entry)
             piece = gguf_slice(entry, header.path)
-            if keep is not None and keep.fullmatch(entry.name):
-                kept += 1
-                tensors.append(TensorPlan(entry.name, entry.type_name, shape, entry.n_bytes,
-                                          (piece,), copy=True, note="--keep-type: bytes copied",
-                                          fixed_type=True))
-                continue
-            if keeps_source_type(entry.name, len(shape)):
-                tensors.append(TensorPlan(entry.name, entry.type_name, shape, entry.n_bytes,
-                                          (piece,), copy=True, fixed_type=True))
-                continue
-            choice = choose_type(out_type, entry.shape[0])
-            if choice.type_name == entry.type_name:
-                tensors.append(TensorPlan(entry.name, entry.type_name, shape, entry.n_bytes,
-                                          (piece,), copy=True, fallback=choice.reason))
-                continue
-            if not can_dequantize(entry.type_name):
-                raise UnsupportedError(f"cannot read {entry.type_name} tensors", path=header.path,
-                                       tensor=entry.name,
-                                       hint="copy them unchanged with --keep-type")
-            n_bytes = piece.n_rows * get_type(choice.type_name).row_bytes(entry.shape[0])
-            tensors.append(TensorPlan(entry.name, choice.type_name, shape, n_bytes, (piece,),
-                                      fallback=choice.reason))
+            matched = keep is not None and bool(keep.fullmatch(entry.name))
+            kept += matched
+            tensors.append(TensorPlan(entry.name, entry.type_name, torch_shape(entry),
+                                      entry.n_bytes, (piece,), copy=True, fixed_type=matched,
+                                      note="--keep-type: bytes copied" if matched else None))
+    hparams = gguf_hparams(main)
+    typed = assign_types(tensors, out_type, hparams, pure=pure, keep_source="source")
+    for tensor in typed:
+        if not tensor.copy and not can_dequantize(tensor.slices[0].dtype):
+            raise UnsupportedError(f"cannot read {tensor.slices[0].dtype} tensors",
+                                   path=tensor.slices[0].file, tensor=tensor.name,
+                                   hint="copy them unchanged with --keep-type")
     if keep is not None and kept == 0:
         raise OptionError(f"--keep-type {keep_type!r} matches no tensor of the model",
                           path=model.path)
@@ -102,8 +85,9 @@ def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Dev
     )
     return ConversionPlan(
         source=model.path, source_format="gguf", target=target, to="gguf", out_type=out_type,
-        architecture=main.architecture or "?", tensors=tuple(tensors), device=device,
+        architecture=main.architecture or "?", tensors=typed, device=device,
         overwrite=overwrite, metadata=overrides, copy_metadata_from=main.path,
         metadata_bytes=main.data_offset, input_files=model.files,
         input_bytes=model.file_size, notes=tuple(notes),
-        context={"keys": list(main.fields)})
+        context={"keys": list(main.fields), "type_hparams": hparams, "pure": pure,
+                 "keep_source": "source"})

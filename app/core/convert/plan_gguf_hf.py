@@ -16,11 +16,10 @@ from app.core.convert.hf_arch import ARCHITECTURES, ArchSpec
 from app.core.convert.hf_names import EXPERT_KINDS
 from app.core.convert.plan import ConversionPlan, Device, SourceSlice, TensorPlan
 from app.core.convert.plan_gguf import gguf_slice, main_header, read_headers, torch_shape
-from app.core.convert.reading import can_dequantize
 from app.core.errors import BadInputError, FormatError, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry
 from app.core.formats.model_info import ModelInfo
-from app.core.quant import get_type
+from app.core.quant import can_dequantize, get_type
 
 # Tensors llama.cpp's converter generates from the config; transformers recomputes them.
 GENERATED = frozenset({"rope_freqs.weight"})

@@ -18,12 +18,12 @@ from app.core.convert.hf_names import (
 )
 from app.core.convert.metadata import entries_of, recording_writer
 from app.core.convert.plan import ConversionPlan, Device, SourceSlice, TensorPlan
-from app.core.convert.tensor_types import choose_type, file_type_of, keeps_f32
+from app.core.convert.tensor_types import assign_types, file_type_of
 from app.core.errors import FormatError, UnsupportedError
 from app.core.formats.hf_config import model_type
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.safetensors_header import SafetensorsEntry, read_safetensors_header
-from app.core.quant import get_type
+from app.core.quant import ModelHparams
 
 READABLE_DTYPES = ("F32", "F16", "BF16")
 
@@ -49,7 +49,8 @@ def _sort_key(name: str) -> tuple[int, int, str]:
 
 
 def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Device,
-                    overwrite: bool, require_tokenizer: bool) -> ConversionPlan:
+                    overwrite: bool, require_tokenizer: bool, pure: bool = False
+                    ) -> ConversionPlan:
     config = model.metadata
     spec = hf_arch.arch_spec(model_type(config))
     if model.quantization and model.quantization not in READABLE_DTYPES:
@@ -97,9 +98,9 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
 
     tensors: list[TensorPlan] = []
     for gguf_name, (mapped, entry, file) in singles.items():
-        tensors.append(_single(gguf_name, mapped, entry, file, spec, hyper, out_type))
+        tensors.append(_single(gguf_name, mapped, entry, file, spec, hyper))
     for gguf_name, members in experts.items():
-        tensors.append(_stacked(gguf_name, members, hyper, out_type))
+        tensors.append(_stacked(gguf_name, members, hyper))
     factors = hf_arch.llama3_rope_factors(config, hyper)
     if factors is not None:
         tensors.append(TensorPlan(
@@ -108,6 +109,9 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
                          "F32", tuple(factors)),), fixed_type=True,
             note="generated from the llama3 rope scaling parameters"))
     tensors.sort(key=lambda t: _sort_key(t.name))
+    hparams = ModelHparams(hyper.n_layer, hyper.n_head, hyper.n_head_kv, hyper.n_expert,
+                           spec.gguf_name)
+    typed = assign_types(tensors, out_type, hparams, pure=pure, keep_source="F32")
     permuted = sum(1 for t in tensors if t.permute)
     if permuted:
         notes.append(f"Q/K rows of {permuted} tensors permuted for llama.cpp's rotary embedding")
@@ -133,41 +137,30 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
 
     return ConversionPlan(
         source=model.path, source_format="hf", target=target, to="gguf", out_type=out_type,
-        architecture=spec.gguf_name, tensors=tuple(tensors), device=device,
+        architecture=spec.gguf_name, tensors=typed, device=device,
         overwrite=overwrite, metadata=entries, metadata_bytes=_metadata_bytes(writer),
         input_files=model.files, input_bytes=model.file_size, notes=tuple(notes),
         warnings=tuple(vocab.warnings),
-        context={"model_type": spec.model_type, "tokenizer": vocab.kind})
-
-
-def _out_type(name: str, kind: MODEL_TENSOR, n_dims: int, row_length: int,
-              requested: str) -> tuple[str, str | None]:
-    if keeps_f32(name, kind, n_dims):
-        return "F32", None
-    choice = choose_type(requested, row_length)
-    return choice.type_name, choice.reason
+        context={"model_type": spec.model_type, "tokenizer": vocab.kind,
+                 "type_hparams": hparams, "pure": pure, "keep_source": "F32"})
 
 
 def _single(name: str, mapped: MappedName, entry: SafetensorsEntry, file: Path,
-            spec: hf_arch.ArchSpec, hyper: hf_arch.Hyper, requested: str) -> TensorPlan:
+            spec: hf_arch.ArchSpec, hyper: hf_arch.Hyper) -> TensorPlan:
+    """The tensor with its sources and transform; `assign_types` gives it its type."""
     permute = spec.permute_qk and mapped.kind in QK_KINDS
     n_head = 0
     if permute:
         n_head = hyper.n_head if mapped.kind == MODEL_TENSOR.ATTN_Q else hyper.n_head_kv
     piece = _slice(entry, file, as_column=permute and len(entry.shape) == 1)
-    out_type, fallback = _out_type(name, mapped.kind, len(entry.shape), entry.shape[-1],
-                                   requested)
     note = f"Q/K rows permuted for llama.cpp's rotary embedding ({n_head} heads)" \
         if permute else None
-    copy = not permute and out_type == entry.dtype
-    return TensorPlan(name, out_type, entry.shape, _bytes(entry.shape, out_type), (piece,),
-                      permute="qk" if permute else "", n_head=n_head, copy=copy, note=note,
-                      fallback=fallback, fixed_type=keeps_f32(name, mapped.kind,
-                                                              len(entry.shape)))
+    return TensorPlan(name, "F32", entry.shape, 4 * entry.n_elements, (piece,),
+                      permute="qk" if permute else "", n_head=n_head, note=note)
 
 
 def _stacked(name: str, members: dict[int, tuple[MappedName, SafetensorsEntry, Path]],
-             hyper: hf_arch.Hyper, requested: str) -> TensorPlan:
+             hyper: hf_arch.Hyper) -> TensorPlan:
     wanted = set(range(hyper.n_expert))
     if set(members) != wanted:
         missing = sorted(wanted - set(members))
@@ -183,20 +176,9 @@ def _stacked(name: str, members: dict[int, tuple[MappedName, SafetensorsEntry, P
     if len(dtypes) != 1:
         raise FormatError(f"experts stored in mixed dtypes {sorted(dtypes)}", tensor=first.name)
     shape = (hyper.n_expert, *first.shape)
-    out_type, fallback = _out_type(name, ordered[0][0].kind, 3, first.shape[-1], requested)
     pieces = tuple(_slice(entry, file) for _, entry, file in ordered)
-    return TensorPlan(name, out_type, shape, _bytes(shape, out_type), pieces,
-                      copy=out_type == first.dtype,
-                      note=f"{hyper.n_expert} experts stacked", fallback=fallback,
-                      fixed_type=keeps_f32(name, ordered[0][0].kind, 3))
-
-
-def _bytes(shape: tuple[int, ...], type_name: str) -> int:
-    spec = get_type(type_name)
-    rows = 1
-    for dim in shape[:-1]:
-        rows *= dim
-    return rows * spec.row_bytes(shape[-1])
+    return TensorPlan(name, "F32", shape, 4 * hyper.n_expert * first.n_elements, pieces,
+                      note=f"{hyper.n_expert} experts stacked")
 
 
 def _metadata_bytes(writer: gguf.GGUFWriter) -> int:

@@ -82,11 +82,12 @@ def resolve_target(model: ModelInfo, target: str | Path | None, out_type: str, t
 def plan_conversion(source: str | Path | ModelInfo, target: str | Path | None = None, *,
                     out_type: str = "F16", to: Target = "gguf", device: str = "cpu",
                     keep_type: str | None = None, overwrite: bool = False,
-                    require_tokenizer: bool = False) -> ConversionPlan:
+                    require_tokenizer: bool = False, pure: bool = False) -> ConversionPlan:
     """Plan converting `source` (an HF folder or a GGUF) to `target`; refuse what cannot work.
 
-    `out_type` is a GGUF type (F16, Q8_0, ...) for `to="gguf"`, or F16/BF16/F32 for `to="hf"`.
-    `target=None` puts the output beside the source under `default_output_name`.
+    `out_type` is a GGUF target (F16, Q8_0, Q4_K_M, ...) for `to="gguf"` — each tensor gets the
+    type llama-quantize would give it, or the target's one type with `pure` — or F16/BF16/F32
+    for `to="hf"`. `target=None` puts the output beside the source (`default_output_name`).
     """
     if to not in ("gguf", "hf"):
         raise OptionError(f"--to {to!r}: choose gguf or hf")
@@ -101,11 +102,11 @@ def plan_conversion(source: str | Path | ModelInfo, target: str | Path | None = 
             raise OptionError("the source is already a Hugging Face model; convert it to gguf")
         from app.core.convert.plan_hf import plan_hf_to_gguf
 
-        return plan_hf_to_gguf(model, path, out_type, dev, overwrite, require_tokenizer)
+        return plan_hf_to_gguf(model, path, out_type, dev, overwrite, require_tokenizer, pure)
     if to == "gguf":
         from app.core.convert.plan_gguf import plan_gguf_to_gguf
 
-        return plan_gguf_to_gguf(model, path, out_type, dev, overwrite, keep_type)
+        return plan_gguf_to_gguf(model, path, out_type, dev, overwrite, keep_type, pure)
     from app.core.convert.plan_gguf_hf import plan_gguf_to_hf
 
     return plan_gguf_to_hf(model, path, out_type, dev, overwrite, require_tokenizer)
@@ -120,29 +121,21 @@ def plan_for_type(plan: ConversionPlan, out_type: str) -> ConversionPlan:
 
     from app.core.convert.metadata import MetaEntry, replace_entry
     from app.core.convert.sizing import element_bytes
-    from app.core.convert.tensor_types import choose_type, file_type_of
-    from app.core.quant import get_type
+    from app.core.convert.tensor_types import assign_types, file_type_of
 
     out_type = parse_output_type(out_type, plan.to)
-    tensors = []
-    for tensor in plan.tensors:
-        if tensor.fixed_type:
-            tensors.append(tensor)
-            continue
-        if plan.to == "hf":
-            name, reason = out_type, None
-            n_bytes = int(tensor.n_elements * element_bytes(out_type))
-        else:
-            choice = choose_type(out_type, tensor.shape[-1])
-            name, reason = choice.type_name, choice.reason
-            n_bytes = tensor.n_elements // tensor.shape[-1] * get_type(name).row_bytes(
-                tensor.shape[-1])
-        copy = not tensor.permute and all(s.dtype == name for s in tensor.slices)
-        tensors.append(replace(tensor, out_type=name, n_bytes=n_bytes, copy=copy,
-                               fallback=reason))
+    if plan.to == "hf":
+        tensors = tuple(
+            tensor if tensor.fixed_type else replace(
+                tensor, out_type=out_type, n_bytes=int(tensor.n_elements * element_bytes(out_type)),
+                copy=not tensor.permute and all(s.dtype == out_type for s in tensor.slices))
+            for tensor in plan.tensors)
+        return replace(plan, out_type=out_type, tensors=tensors)
+    tensors = assign_types(plan.tensors, out_type, plan.context["type_hparams"],
+                           pure=plan.context["pure"], keep_source=plan.context["keep_source"])
     metadata = plan.metadata
-    if plan.to == "gguf" and any(e.key == "general.file_type" for e in metadata):
+    if any(e.key == "general.file_type" for e in metadata):
         metadata = replace_entry(metadata, MetaEntry("general.file_type",
                                                      int(file_type_of(out_type)),
                                                      GGUFValueType.UINT32))
-    return replace(plan, out_type=out_type, tensors=tuple(tensors), metadata=metadata)
+    return replace(plan, out_type=out_type, tensors=tensors, metadata=metadata)

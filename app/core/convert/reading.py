@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import threading
-from functools import cache
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from app.core.errors import FormatError, UnsupportedError
-from app.core.quant import dequantize, get_type
+from app.core.quant import can_dequantize, dequantize
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
@@ -46,7 +44,7 @@ class SourceReader:
     def read(self, path: Path, offset: int, n_bytes: int, tensor: str) -> torch.Tensor:
         fd = self._fd(path)
         buffer = torch.empty(n_bytes, dtype=torch.uint8)
-        view = memoryview(buffer.numpy())
+        view = buffer.numpy().data
         done = 0
         try:
             while done < n_bytes:
@@ -75,52 +73,11 @@ class SourceReader:
         self.close()
 
 
-@cache
-def _torch_dequantizes(type_name: str) -> bool:
-    spec = get_type(type_name)
-    try:
-        dequantize(torch.zeros((1, spec.type_size), dtype=torch.uint8), spec)
-    except UnsupportedError:
-        return False
-    return True
-
-
-@cache
-def _gguf_py_dequantizes(type_name: str) -> bool:
-    from gguf import quants
-
-    spec = get_type(type_name)
-    try:
-        quants.dequantize(np.zeros((1, spec.type_size), dtype=np.uint8), spec.ggml_type)
-    except (NotImplementedError, ValueError, KeyError):
-        return False
-    return True
-
-
-def can_dequantize(type_name: str) -> bool:
-    return _torch_dequantizes(type_name) or _gguf_py_dequantizes(type_name)
-
-
-def dequantize_with_gguf_py(raw: torch.Tensor, type_name: str) -> torch.Tensor:
-    """Fallback for GGML types app.core.quant cannot dequantize yet: gguf-py's numpy code on the
-    CPU, the result moved back to the input's device. (Goes once the torch dequantizers for
-    every type are merged.)"""
-    from gguf import quants
-
-    values = quants.dequantize(raw.cpu().numpy(), get_type(type_name).ggml_type)
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(raw.device)
-
-
 def decode_rows(raw: torch.Tensor, dtype: str, n_rows: int, row_length: int) -> torch.Tensor:
     """Raw bytes of `n_rows` rows → float32 [n_rows, row_length] on `raw`'s device."""
     torch_dtype = TORCH_DTYPES.get(dtype)
     if torch_dtype is not None:
         return raw.view(torch_dtype).to(torch.float32).reshape(n_rows, row_length)
-    rows = raw.reshape(n_rows, -1)
-    if _torch_dequantizes(dtype):
-        values = dequantize(rows, dtype)
-    elif _gguf_py_dequantizes(dtype):
-        values = dequantize_with_gguf_py(rows, dtype)
-    else:
+    if not can_dequantize(dtype):
         raise UnsupportedError(f"cannot read {dtype} tensors")
-    return values.reshape(n_rows, row_length)
+    return dequantize(raw.reshape(n_rows, -1), dtype).reshape(n_rows, row_length)

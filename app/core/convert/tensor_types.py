@@ -1,98 +1,91 @@
-"""Which GGML type each output tensor gets: the requested one, F32 where llama.cpp wants it,
-or a fallback when a row does not divide the type's block size.
+"""Which GGML type each output tensor gets: what llama-quantize would give it for the target
+(app.core.quant's planner: norms and routers keep F32, the output tensor of a Q4_0 file gets
+Q6_K, rows that do not fit a block fall back), or every weight the same type with `pure`.
 
-The chain of fallbacks is a table, so the K-quants (block 256) slot in beside the legacy types
-(block 32) with no change to the code that uses it.
+One planner for the converter and the fit estimates, so the sizes Modelyard predicts are the
+sizes it writes, and the K-quant mixes become writable here as soon as their quantizers exist.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Literal
 
-from gguf import MODEL_TENSOR, LlamaFileType
+from gguf import LlamaFileType
 
+from app.core.convert.plan import TensorPlan
 from app.core.errors import OptionError, UnsupportedError
-from app.core.quant import can_quantize, get_type
+from app.core.quant import (
+    TARGETS,
+    ModelHparams,
+    TensorSpec,
+    can_quantize,
+    get_target,
+    get_type,
+    plan_tensor_types,
+)
 
-# The GGUF types `modelyard convert --type` offers; those app.core.quant cannot write yet are
-# refused with a clear message (see `writable_output_types`).
-GGUF_OUTPUT_TYPES: tuple[str, ...] = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 HF_OUTPUT_DTYPES: tuple[str, ...] = ("F16", "BF16", "F32")
-
-# When a row does not divide a type's block size: the type llama.cpp's llama-quant.cpp falls
-# back to (K-quants to legacy types of similar size), and legacy types to F16 as its converter does.
-FALLBACK: dict[str, str] = {
-    "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
-    "Q4_0": "F16", "Q4_1": "F16", "Q5_0": "F16", "Q5_1": "F16", "Q8_0": "F16",
-}
-
-# Tensors llama.cpp keeps in F32 whatever the file type (convert_hf_to_gguf.py, llama-quant.cpp):
-# 1-D tensors, norms, and the MoE routers.
-F32_TENSORS: frozenset[MODEL_TENSOR] = frozenset({
-    MODEL_TENSOR.FFN_GATE_INP, MODEL_TENSOR.FFN_GATE_INP_SHEXP, MODEL_TENSOR.POS_EMBD,
-    MODEL_TENSOR.TOKEN_TYPES,
-})
-
-
-@dataclass(frozen=True)
-class TypeChoice:
-    type_name: str
-    reason: str | None = None  # why it is not the requested type; None when it is
+# Every target a GGUF can be written as, best first; `writable_output_types` says which of them
+# Modelyard can write today.
+GGUF_OUTPUT_TYPES: tuple[str, ...] = tuple(TARGETS)
 
 
 def writable_output_types() -> tuple[str, ...]:
-    return tuple(t for t in GGUF_OUTPUT_TYPES if can_quantize(t))
+    return tuple(name for name, target in TARGETS.items() if target.writable)
 
 
 def parse_output_type(name: str, to: str = "gguf") -> str:
-    """Normalise a `--type` value; refuse unknown names and types Modelyard cannot write."""
+    """Normalise a `--type` value; refuse unknown names (whether the chosen types can be
+    written depends on the model's shapes, so that is checked when its plan is made)."""
     upper = str(name).strip().upper()
     if to == "hf":
         if upper not in HF_OUTPUT_DTYPES:
             raise OptionError(f"--to hf writes safetensors as {', '.join(HF_OUTPUT_DTYPES)}, "
                               f"not {name!r}")
         return upper
-    spec = get_type(upper)  # raises OptionError with the known names
-    if spec.name not in GGUF_OUTPUT_TYPES and spec.name not in FALLBACK:
-        raise OptionError(f"cannot convert to {spec.name}",
-                          hint=f"choose one of {', '.join(GGUF_OUTPUT_TYPES)}")
-    if not can_quantize(spec.name):
-        raise UnsupportedError(f"Modelyard cannot write {spec.name} tensors yet",
-                               hint=f"writable now: {', '.join(writable_output_types())}")
-    return spec.name
+    return get_target(upper).name  # raises OptionError listing the valid names
 
 
-def file_type_of(type_name: str) -> LlamaFileType:
-    """The `general.file_type` a file whose weights are mostly `type_name` declares."""
-    if type_name == "F32":
-        return LlamaFileType.ALL_F32
-    return LlamaFileType[f"MOSTLY_{type_name}"]
+def file_type_of(target: str) -> LlamaFileType:
+    """The `general.file_type` a file written for `target` declares."""
+    return get_target(target).file_type
 
 
-def keeps_f32(gguf_name: str, kind: MODEL_TENSOR | None, n_dims: int) -> bool:
-    """Whether llama.cpp expects this tensor in F32 whatever the requested type."""
-    if n_dims <= 1 or gguf_name.endswith("_norm.weight"):
-        return True
-    if kind in F32_TENSORS:
-        return True
-    return not gguf_name.endswith(".weight")
+def _spec(tensor: TensorPlan, kept_type: str) -> TensorSpec:
+    # The planner thinks in GGUF order (row length first); plans are row-major.
+    return TensorSpec(tensor.name, tuple(reversed(tensor.shape)), kept_type)
 
 
-def choose_type(requested: str, row_length: int) -> TypeChoice:
-    """`requested`, or the first type down the fallback chain whose block divides the row."""
-    current = requested
-    reasons: list[str] = []
-    while True:
-        spec = get_type(current)
-        if spec.fits_row(row_length) and can_quantize(current):
-            reason = None if current == requested else "; ".join(reasons) + f", so {current}"
-            return TypeChoice(current, reason)
-        if not spec.fits_row(row_length):
-            reasons.append(f"row length {row_length} is not a multiple of the {current} block "
-                           f"size {spec.block_size}")
-        else:
-            reasons.append(f"Modelyard cannot write {current}")
-        nxt = FALLBACK.get(current)
-        if nxt is None:
-            return TypeChoice("F32", "; ".join(reasons) + ", so F32")
-        current = nxt
+def assign_types(tensors: Sequence[TensorPlan], target: str, hparams: ModelHparams, *,
+                 pure: bool, keep_source: Literal["F32", "source"]) -> tuple[TensorPlan, ...]:
+    """Give every tensor that is not `fixed_type` the type the planner chooses for `target`.
+
+    Tensors the planner does not quantize keep F32 (`keep_source="F32"`: what the HF converter
+    writes for norms, biases and routers) or their source type (`"source"`: requantization).
+    """
+    kept = {t.name: "F32" if keep_source == "F32" else t.slices[0].dtype for t in tensors}
+    plan = plan_tensor_types(target, [_spec(t, kept[t.name]) for t in tensors], hparams,
+                             pure=pure)
+    unwritable: list[str] = []
+    typed = []
+    for tensor, planned in zip(tensors, plan.tensors, strict=True):
+        if tensor.fixed_type:
+            typed.append(tensor)
+            continue
+        name = planned.type.name
+        if planned.quantized and not can_quantize(name):
+            unwritable.append(f"{tensor.name} ({name})")
+        row = tensor.shape[-1]
+        n_bytes = tensor.n_elements // max(row, 1) * get_type(name).row_bytes(row)
+        typed.append(replace(
+            tensor, out_type=name, n_bytes=n_bytes, fallback=planned.note,
+            fixed_type=not planned.quantized,
+            copy=not tensor.permute and all(s.dtype == name for s in tensor.slices)))
+    if unwritable:
+        raise UnsupportedError(
+            f"{target} gives {len(unwritable)} tensor(s) a type Modelyard cannot write yet, "
+            f"e.g. {unwritable[0]}",
+            hint=f"choose one of {', '.join(writable_output_types())}")
+    return tuple(typed)

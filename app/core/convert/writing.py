@@ -62,7 +62,7 @@ def disk_error(exc: OSError, path: Path) -> JobError:
 
 def _as_bytes(chunk: torch.Tensor) -> memoryview:
     array = chunk.contiguous().cpu().numpy()
-    return memoryview(np.ascontiguousarray(array)).cast("B")
+    return np.ascontiguousarray(array).data.cast("B")
 
 
 class GGUFSink:

@@ -1,0 +1,62 @@
+"""Requantization against llama-quantize's own files (../shared/reference/kquants)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from app.core.convert import ConvertRequest
+from app.core.jobs import RecordingReporter, run_job
+
+
+def tensors_of(path: Path) -> dict[str, tuple[str, bytes]]:
+    return {t.name: (t.tensor_type.name, np.asarray(t.data).tobytes())
+            for t in gguf.GGUFReader(path).tensors}
+
+
+def requantize(source: Path, target: Path, out_type: str, pure: bool) -> dict[str, tuple[str,
+                                                                                         bytes]]:
+    result = run_job(ConvertRequest(source, target, out_type, device="cpu", pure=pure),
+                     RecordingReporter())
+    assert result.status == "done", result.error
+    return tensors_of(target)
+
+
+@pytest.mark.parametrize("out_type", ["Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_1", "Q4_0"])
+def test_pure_requantization_equals_llama_quantize(kquants_reference: Path, tmp_path: Path,
+                                                   out_type: str) -> None:
+    ours = requantize(kquants_reference / "tiny-llama-F32.gguf", tmp_path / "out.gguf",
+                      out_type, pure=True)
+    assert ours == tensors_of(kquants_reference / f"tiny-llama-pure-{out_type}.gguf")
+
+
+def test_q6_k_mix_equals_llama_quantize(kquants_reference: Path, tmp_path: Path) -> None:
+    ours = requantize(kquants_reference / "tiny-llama-F32.gguf", tmp_path / "out.gguf", "Q6_K",
+                      pure=False)
+    assert ours == tensors_of(kquants_reference / "tiny-llama-Q6_K.gguf")
+
+
+def test_legacy_target_gives_the_output_tensor_q6_k(kquants_reference: Path,
+                                                    tmp_path: Path) -> None:
+    """llama-quantize's Q4_0 keeps the output tensor at Q6_K; everything else is Q4_0."""
+    ours = requantize(kquants_reference / "tiny-llama-F32.gguf", tmp_path / "out.gguf", "Q4_0",
+                      pure=False)
+    pure_q4 = tensors_of(kquants_reference / "tiny-llama-pure-Q4_0.gguf")
+    pure_q6 = tensors_of(kquants_reference / "tiny-llama-pure-Q6_K.gguf")
+    assert ours["output.weight"] == pure_q6["output.weight"]
+    assert {n: v for n, v in ours.items() if n != "output.weight"} == {
+        n: v for n, v in pure_q4.items() if n != "output.weight"}
+
+
+def test_k_quant_mixes_are_refused_until_writable(kquants_reference: Path,
+                                                  tmp_path: Path) -> None:
+    from app.core.convert import plan_conversion
+    from app.core.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match="Q4_K_M gives .* a type Modelyard cannot write"):
+        plan_conversion(kquants_reference / "tiny-llama-F32.gguf", tmp_path / "k.gguf",
+                        out_type="Q4_K_M")
+    assert list(tmp_path.iterdir()) == []
