@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from app.cli.table import render_table
 from app.core.errors import OptionError
 from app.core.estimate.candidates import conversion_candidates
-from app.core.estimate.report import FitReport, fit_report
+from app.core.estimate.report import FitReport, convert_estimate, fit_report
 from app.core.estimate.verdict import DEFAULT_CONTEXT, Target
 from app.core.formats.gguf_model import quant_family
 from app.core.formats.model_info import ModelInfo, format_bytes
@@ -76,6 +77,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     report = fit_report(model, target, args.ctx, args.gpu_layers, siblings,
                         conversions=conversion_candidates(model),
                         cache_type=args.cache_type, flash_attention=args.flash_attn)
+    recommended = report.recommended
+    if recommended is not None and not recommended.candidate.existing:
+        job, note = convert_estimate(model, recommended.candidate.quant)
+        report = replace(report, convert=job, notes=report.notes + ((note,) if note else ()))
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -121,7 +126,10 @@ def print_report(report: FitReport) -> None:
         print(f"longest context at which {report.max_context_of} fully fits: "
               f"{report.max_context} tokens")
     if report.convert is not None:
-        print(f"conversion peak: {_gib(report.convert.peak_bytes)} "
-              f"(loading everything would need {_gib(report.convert.naive_peak_bytes)})")
+        memory = "VRAM" if report.convert.device == "cuda" else "RAM"
+        print(f"converting to {recommended.candidate.quant if recommended else '?'}: peak "
+              f"{_gib(report.convert.peak_bytes)} {memory} (loading everything would need "
+              f"{_gib(report.convert.naive_peak_bytes)}), output "
+              f"{_gib(report.convert.output_bytes)}")
     for note in report.notes:
         print(f"note: {note}")

@@ -66,6 +66,8 @@ def test_fit_cli_json(tmp_path: Path, smollm2_gguf: Path) -> None:
     assert data["verdict"] == "gpu" and data["kv_cache_bytes"] == 180 * 1024**2
     assert data["total_vram_bytes"] > data["weights_bytes"] > 90 * 1024**2
     assert data["recommended_type"] == "Q4_0"  # the best writable below the source's Q4_1
+    # requantizing streams: far below loading the whole model (and its float copy)
+    assert 0 < data["convert_peak_bytes"] < data["convert_naive_peak_bytes"]
     text = run_fit(str(tmp_path / smollm2_gguf.name), "--ram", "16", "--cpu-only")
     assert "fits in RAM only" in text.stdout and "KV cache" in text.stdout
 

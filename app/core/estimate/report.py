@@ -109,6 +109,22 @@ def fit_report(model: ModelInfo, target: Target, context: int = DEFAULT_CONTEXT,
                      tuple(notes))
 
 
+def convert_estimate(model: ModelInfo, out_type: str | None) -> tuple[JobEstimate | None,
+                                                                      str | None]:
+    """Peak memory and output size of Modelyard converting `model` to `out_type` (HF → GGUF or
+    GGUF → GGUF), from the converter's own plan; or why there is none."""
+    if model.format not in ("hf", "gguf") or model.fatal_problems:
+        return None, None
+    from app.core.convert import plan_conversion
+
+    try:
+        plan = plan_conversion(model, out_type=out_type or "F16", overwrite=True, device="auto")
+    except ModelyardError as exc:
+        return None, f"no conversion estimate: {exc.message}"
+    return JobEstimate(plan.estimated_peak_bytes, plan.naive_peak_bytes, plan.output_bytes,
+                       plan.device), None
+
+
 def verdicts_for(models: Sequence[ModelInfo], target: Target,
                  context: int = DEFAULT_CONTEXT) -> dict[str, Verdict]:
     """A verdict per model path, for a table; a model that cannot be judged says why."""
