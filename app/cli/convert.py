@@ -52,6 +52,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     convert.add_argument("--require-tokenizer", action="store_true",
                          help="fail instead of converting without a tokenizer")
+    convert.add_argument("--ignore-memory-check", action="store_true",
+                         help="start even when the estimated peak memory exceeds what is free "
+                              "(the disk-space check still applies)")
     convert.add_argument("--dry-run", action="store_true",
                          help="print the plan (tensors, types, sizes, memory) and write nothing")
     convert.add_argument("--json-progress", action="store_true",
@@ -63,7 +66,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     request = ConvertRequest(args.source, args.output, args.type or "F16", to=args.to,
                              device=args.device, keep_type=args.keep_type,
                              overwrite=args.overwrite, require_tokenizer=args.require_tokenizer,
-                             pure=args.pure)
+                             pure=args.pure, check_memory=not args.ignore_memory_check)
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
     if args.dry_run:
         json.dump(plan.to_json(), sys.stdout, indent=2)
@@ -91,8 +94,9 @@ class _PlannedJob:
 
     def __init__(self, request: ConvertRequest, plan: ConversionPlan) -> None:
         self.plan = plan
+        self.check_memory = request.check_memory
         self.title = request.title
         self.progress_unit = request.progress_unit
 
     def run(self, reporter: Reporter) -> ConvertResult:
-        return execute_plan(self.plan, reporter)
+        return execute_plan(self.plan, reporter, self.check_memory)

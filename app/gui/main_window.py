@@ -21,12 +21,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.convert import ConvertResult
 from app.core.estimate.candidates import conversion_candidates
 from app.core.formats.model_info import ModelInfo
-from app.core.formats.scan import ScanRequest, ScanResult
+from app.core.formats.scan import ScanRequest, ScanResult, describe_path
 from app.core.generate.doctor import DoctorReport, diagnose
 from app.core.jobs import JobResult
 from app.gui.background import Background
+from app.gui.convert_controller import ConvertController
 from app.gui.details import DetailsPane
 from app.gui.fit_badge import FitBadgeDelegate
 from app.gui.fit_controller import FitController
@@ -60,6 +62,10 @@ class MainWindow(QMainWindow):
                                   self.settings, conversions=conversion_candidates, parent=self)
         self.details.fit.select_requested.connect(lambda path: self.select_model_path(Path(path)))
         self.details.problems.doctor_requested.connect(self.run_doctor)
+        self.converts = ConvertController(self.queue, self.background, self.fits, self, self)
+        self.converts.converted.connect(self._converted)
+        self.details.fit.convert_requested.connect(self._convert_selected_to)
+        self._select_after_scan: Path | None = None
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.sources)
         splitter.addWidget(self.table)
@@ -128,12 +134,19 @@ class MainWindow(QMainWindow):
                                      "Rescan", self)
         self.rescan_action.setShortcut(QKeySequence.StandardKey.Refresh)
         self.rescan_action.triggered.connect(self.rescan_all)
+        self.convert_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_ArrowRight),
+                                      "Convert…", self)
+        self.convert_action.setShortcut(QKeySequence("Ctrl+Shift+C"))
+        self.convert_action.setToolTip("Convert the selected model (Ctrl+Shift+C)")
+        self.convert_action.triggered.connect(self.convert_selected)
+        self.convert_action.setEnabled(False)
         find = QAction(self)
         find.setShortcut(QKeySequence.StandardKey.Find)
         find.triggered.connect(lambda: self.search.setFocus())
         self.addAction(find)
         bar.addAction(self.open_action)
         bar.addAction(self.rescan_action)
+        bar.addAction(self.convert_action)
         spacer = QWidget()
         spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         bar.addWidget(spacer)
@@ -205,6 +218,10 @@ class MainWindow(QMainWindow):
             self.sources.set_count(key, len(found.models))
             self.fits.refresh_table()
             self.details.test.compare.set_references(self.table_model.models())
+            if self._select_after_scan is not None and self.select_model_path(
+                    self._select_after_scan):
+                self._select_after_scan = None
+                self.details.setCurrentWidget(self.details.test)
             if found.problems:
                 self.statusBar().showMessage(
                     f"{len(found.problems)} path(s) could not be scanned; see the job log", 8000)
@@ -223,6 +240,8 @@ class MainWindow(QMainWindow):
         model = self.selected_model()
         self.details.show_model(model)
         self.fits.show_model(model)
+        self.convert_action.setEnabled(model is not None and model.format in ("hf", "gguf")
+                                       and not model.fatal_problems)
 
     def run_doctor(self) -> None:
         model = self.selected_model()
@@ -259,10 +278,45 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
+        """A dropped folder of models is added as a source; a dropped model is listed and
+        its convert sheet opens."""
         paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
-        for path in paths:
-            self.add_folder(path if path.is_dir() else path.parent)
         event.acceptProposedAction()
+        for path in paths:
+            model = describe_path(path)
+            if model is None:
+                self.add_folder(path if path.is_dir() else path.parent)
+                continue
+            self.add_folder(model.path.parent)
+            self._select_after_scan = None
+            if model.format in ("hf", "gguf") and not model.fatal_problems:
+                self.converts.open_sheet(model)
+
+    # ---- conversions ---------------------------------------------------------------------
+    def convert_selected(self) -> None:
+        model = self.selected_model()
+        if model is not None:
+            self.converts.open_sheet(model)
+
+    def _convert_selected_to(self, quant: str) -> None:
+        model = self.selected_model()
+        if model is not None:
+            self.converts.convert_now(model, quant)
+
+    def _converted(self, result: ConvertResult, source: Path) -> None:
+        """The new model joins the table, gets selected, and its Test tab is offered with the
+        source as the reference to compare against."""
+        output = Path(result.output)
+        folder = output if output.is_dir() else output.parent
+        known = [f for f in self.settings.folders() if f == folder or f in folder.parents]
+        self._select_after_scan = output
+        self.details.test.compare.remember_source(output, source)
+        self.statusBar().showMessage(f"Converted: {output.name}. Test it in the Test tab.",
+                                     10000)
+        if known:
+            self.scan_source(folder_key(known[0]))
+        else:
+            self.add_folder(folder)
 
     # ---- closing -------------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -191,6 +191,8 @@ class ComparePanel(QWidget):
         self.model: ModelInfo | None = None
         self.job_id: int | None = None
         self.text_file: Path | None = None
+        self.models: list[ModelInfo] = []
+        self.sources: dict[str, str] = {}  # conversion output → its source
         self.reference = QComboBox()
         self.reference.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -233,10 +235,21 @@ class ComparePanel(QWidget):
         self.stop_button.clicked.connect(lambda: self.job_id and self.queue.cancel(self.job_id))
         queue.job_finished.connect(self._finished)
 
-    def set_references(self, models: list[ModelInfo], preferred: Path | None = None) -> None:
-        current = str(preferred) if preferred is not None else self.reference.currentData()
+    def set_references(self, models: list[ModelInfo]) -> None:
+        """The models a comparison can use as its reference (the table's, this one aside)."""
+        self.models = models
+        self._fill_references()
+
+    def remember_source(self, candidate: Path, source: Path) -> None:
+        """A conversion's output is compared with what it came from unless the user picks."""
+        self.sources[str(candidate)] = str(source)
+
+    def _fill_references(self) -> None:
+        current = self.reference.currentData()
+        if self.model is not None:
+            current = self.sources.get(str(self.model.path), current)
         self.reference.clear()
-        for model in models:
+        for model in self.models:
             if self.model is not None and model.path == self.model.path:
                 continue
             if model.format in ("hf", "gguf") and not model.fatal_problems:
@@ -249,6 +262,7 @@ class ComparePanel(QWidget):
     def show_model(self, model: ModelInfo | None) -> None:
         self.model = model
         self.run_button.setEnabled(model is not None and self.job_id is None)
+        self._fill_references()
 
     def _choose_text(self) -> None:
         name, _ = QFileDialog.getOpenFileName(self, "Text to compare on", str(Path.home()),

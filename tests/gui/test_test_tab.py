@@ -71,7 +71,8 @@ def test_compare_a_quantized_gguf_with_its_source(qtbot, window: MainWindow) -> 
     folder = window.settings.folders()[0]
     assert window.select_model_path(folder / "tiny-llama-Q4_0.gguf")
     panel = window.details.test.compare
-    panel.set_references(window.table_model.models(), preferred=folder / "tiny-llama")
+    panel.remember_source(folder / "tiny-llama-Q4_0.gguf", folder / "tiny-llama")
+    panel.show_model(window.selected_model())
     assert panel.reference.currentData() == str(folder / "tiny-llama")
     panel.run_button.click()
     settle(qtbot, window, timeout=120000)

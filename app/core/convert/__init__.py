@@ -8,7 +8,14 @@ Planning reads headers only and refuses everything that cannot work before a byt
 the job streams one chunk of rows at a time into `NAME.part` and renames it when complete.
 """
 
-from app.core.convert.job import ConvertRequest, ConvertResult, check_resources, execute_plan
+from app.core.convert.job import (
+    ConvertRequest,
+    ConvertResult,
+    check_disk,
+    check_memory,
+    check_resources,
+    execute_plan,
+)
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.naming import default_output_name, default_output_path
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
@@ -21,7 +28,8 @@ from app.core.convert.tensor_types import (
 
 __all__ = [
     "GGUF_OUTPUT_TYPES", "HF_OUTPUT_DTYPES", "ConversionPlan", "ConvertRequest", "ConvertResult",
-    "MetaEntry", "SourceSlice", "TensorPlan", "check_resources", "default_output_name",
+    "MetaEntry", "SourceSlice", "TensorPlan", "check_disk", "check_memory", "check_resources",
+    "default_output_name",
     "default_output_path", "execute_plan", "plan_conversion", "plan_for_type", "resolve_device",
     "writable_output_types",
 ]

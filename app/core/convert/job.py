@@ -7,11 +7,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.convert.execute import describe, run_plan
 from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entry
 from app.core.convert.plan import ConversionPlan, Target
 from app.core.convert.planner import plan_conversion
-from app.core.convert.writing import GGUFSink, SafetensorsSink, disk_error
 from app.core.errors import InsufficientResourcesError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import ProgressUnit, Reporter, atomic_output, check_cancel
@@ -36,8 +34,15 @@ class ConvertResult:
                 "fallbacks": list(self.fallbacks), "warnings": list(self.warnings)}
 
 
-def check_resources(plan: ConversionPlan) -> None:
-    """Refuse to start when the output cannot fit on its disk or the job in memory."""
+def check_resources(plan: ConversionPlan, *, memory: bool = True) -> None:
+    """Refuse to start when the output cannot fit on its disk or (unless the user chose to try
+    anyway) the job in memory."""
+    check_disk(plan)
+    if memory:
+        check_memory(plan)
+
+
+def check_disk(plan: ConversionPlan) -> None:
     disk = probe_disk(plan.target.parent)
     needed = plan.output_bytes + DISK_MARGIN
     if disk.free_bytes < needed:
@@ -46,6 +51,9 @@ def check_resources(plan: ConversionPlan) -> None:
             f"{format_bytes(disk.free_bytes)} is free", needed_bytes=needed,
             available_bytes=disk.free_bytes, path=plan.target.parent,
             hint="free some space or choose another output folder")
+
+
+def check_memory(plan: ConversionPlan) -> None:
     if plan.device == "cuda":
         import torch
 
@@ -76,10 +84,17 @@ def _gguf_entries(plan: ConversionPlan) -> tuple[MetaEntry, ...]:
     return entries
 
 
-def execute_plan(plan: ConversionPlan, reporter: Reporter) -> ConvertResult:
+def execute_plan(plan: ConversionPlan, reporter: Reporter,
+                 check_memory: bool = True) -> ConvertResult:
     """Check resources, then write the plan's output atomically."""
+    # torch comes in with the writers: planning and checking stay light for the window.
+    from app.core.convert.execute import describe, run_plan
+    from app.core.convert.writing import GGUFSink, SafetensorsSink, disk_error
+
     start = time.monotonic()
-    check_resources(plan)
+    check_resources(plan, memory=check_memory)
+    if not check_memory:
+        reporter.log("warning", "memory check skipped at the user's request")
     for note in plan.notes:
         reporter.log("info", note)
     for warning in plan.warnings:
@@ -141,6 +156,7 @@ class ConvertRequest:
     overwrite: bool = False
     require_tokenizer: bool = False
     pure: bool = False  # every weight the target's one type, not llama-quantize's mix
+    check_memory: bool = True  # False: the user chose to try although the estimate says no
     progress_unit: ProgressUnit = "bytes"
 
     @property
@@ -157,4 +173,4 @@ class ConvertRequest:
     def run(self, reporter: Reporter) -> ConvertResult:
         reporter.log("info", f"planning {self.title.lower()}")
         plan = self.plan()
-        return execute_plan(plan, reporter)
+        return execute_plan(plan, reporter, self.check_memory)

@@ -1,0 +1,102 @@
+"""Converting from the window: the sheet, the one-click quant, drag and drop, the result."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QApplication
+
+from app.gui.convert_dialog import ConvertDialog
+from app.gui.main_window import MainWindow
+from app.gui.settings import AppSettings
+
+
+@pytest.fixture()
+def window(qtbot, settings: AppSettings, tmp_path: Path,  # type: ignore[no-untyped-def]
+           tiny_models: dict[str, Path]) -> MainWindow:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copytree(tiny_models["llama"], folder / "tiny-llama")
+    win = MainWindow(settings)
+    qtbot.addWidget(win)
+    win.show()
+    win.add_folder(folder)
+    settle(qtbot, win)
+    return win
+
+
+def settle(qtbot, win: MainWindow, timeout: int = 60000) -> None:  # type: ignore[no-untyped-def]
+    qtbot.waitUntil(lambda: not win.queue.active() and not win.background.busy(),
+                    timeout=timeout)
+
+
+def open_dialog() -> ConvertDialog | None:
+    return next((w for w in QApplication.topLevelWidgets()
+                 if isinstance(w, ConvertDialog) and w.isVisible()), None)
+
+
+def test_sheet_converts_and_the_result_is_offered_for_testing(qtbot, window: MainWindow) -> None:
+    folder = window.settings.folders()[0]
+    assert window.select_model_path(folder / "tiny-llama")
+    assert window.convert_action.isEnabled()
+    window.convert_action.trigger()
+    dialog = open_dialog()
+    assert dialog is not None
+    settle(qtbot, window)
+    labels = [b.text() for b in dialog.types.buttons()]
+    assert any(label.startswith("★") for label in labels)  # the recommended quant is marked
+    q8 = next(b for b in dialog.types.buttons() if b.property("quant") == "Q8_0")
+    q8.click()
+    settle(qtbot, window)
+    assert dialog.output.text() == str(folder / "tiny-llama-Q8_0.gguf")
+    assert "Writes" in dialog.summary.text() and "peak" in dialog.summary.text()
+    assert dialog.start.isEnabled()
+    dialog.start.click()
+    settle(qtbot, window)
+    settle(qtbot, window)  # the conversion, then the rescan that lists its output
+    assert (folder / "tiny-llama-Q8_0.gguf").is_file()
+    selected = window.selected_model()
+    assert selected is not None and selected.name == "tiny-llama-Q8_0"
+    assert window.details.currentWidget() is window.details.test
+    assert window.details.test.compare.reference.currentData() == str(folder / "tiny-llama")
+
+
+def test_one_click_from_the_fit_tab(qtbot, window: MainWindow) -> None:
+    folder = window.settings.folders()[0]
+    assert window.select_model_path(folder / "tiny-llama")
+    settle(qtbot, window)
+    tab = window.details.fit
+    item = next(tab.quants.topLevelItem(i) for i in range(tab.quants.topLevelItemCount())
+                if tab.quants.topLevelItem(i).text(1) == "Q4_0 (convert)")
+    tab.quants.setCurrentItem(item)
+    assert tab.action.text() == "Convert to Q4_0" and tab.action.isEnabled()
+    tab.action.click()
+    settle(qtbot, window)
+    settle(qtbot, window)
+    assert (folder / "tiny-llama-Q4_0.gguf").is_file()
+    assert window.selected_model().name == "tiny-llama-Q4_0"
+
+
+def test_dropping_a_model_opens_the_sheet(qtbot, window: MainWindow, tmp_path: Path,
+                                          tiny_ggufs: dict[str, Path]) -> None:
+    elsewhere = tmp_path / "downloads"
+    elsewhere.mkdir()
+    dropped = shutil.copy(tiny_ggufs["dense"], elsewhere / "dense.gguf")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(dropped))])
+    window.dropEvent(QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime,
+                                Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
+    settle(qtbot, window)
+    dialog = open_dialog()
+    assert dialog is not None and dialog.model.path == Path(dropped)
+    assert elsewhere in window.settings.folders()
+    assert dialog.to_hf.isEnabled()  # a GGUF can also go back to safetensors
+    dialog.to_hf.setChecked(True)
+    settle(qtbot, window)
+    assert [b.property("quant") for b in dialog.types.buttons()] == ["BF16", "F16", "F32"]
+    assert dialog.output.text().endswith("-hf")
+    dialog.reject()
