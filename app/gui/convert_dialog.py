@@ -49,6 +49,7 @@ class ConvertDialog(QDialog):
         self.setWindowTitle(f"Convert {model.name}")
         self.setWindowModality(Qt.WindowModality.WindowModal)
         self._path_edited = False
+        self._estimates: list[CandidateFit] = []
         self.to_gguf = QRadioButton("GGUF (llama.cpp, Ollama, LM Studio)")
         self.to_hf = QRadioButton("Hugging Face safetensors (transformers)")
         self.to_gguf.setChecked(True)
@@ -77,8 +78,7 @@ class ConvertDialog(QDialog):
         self.types.buttonToggled.connect(self._type_changed)
         self.output.textEdited.connect(lambda _text: setattr(self, "_path_edited", True))
         browse.clicked.connect(self._browse)
-        for widget in (self.device, ):
-            widget.currentIndexChanged.connect(self._request_plan)
+        self.device.currentIndexChanged.connect(self._request_plan)
         for box in (self.pure, self.overwrite, self.require_tokenizer):
             box.toggled.connect(self._request_plan)
         self.keep_type.editingFinished.connect(self._request_plan)
@@ -105,7 +105,9 @@ class ConvertDialog(QDialog):
         advanced_form.addRow("", self.overwrite)
         advanced_form.addRow("", self.require_tokenizer)
         advanced.setVisible(False)
-        fold = QToolButton(text="Advanced options", checkable=True)
+        fold = QToolButton()
+        fold.setText("Advanced options")
+        fold.setCheckable(True)
         fold.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         fold.setArrowType(Qt.ArrowType.RightArrow)
         fold.toggled.connect(advanced.setVisible)
@@ -128,6 +130,7 @@ class ConvertDialog(QDialog):
         for button in self.types.buttons():
             self.types.removeButton(button)
             button.deleteLater()
+        options: list[tuple[str, str, str, bool, CandidateFit | None]]
         if self.to_hf.isChecked():
             options = [(name, name, "", True, None) for name in HF_DTYPES]
         else:
@@ -176,7 +179,7 @@ class ConvertDialog(QDialog):
     def _format_changed(self) -> None:
         self.preselect = None
         self._path_edited = False
-        self._fill_types(getattr(self, "_estimates", []) if self.to_gguf.isChecked() else [])
+        self._fill_types(self._estimates if self.to_gguf.isChecked() else [])
         self._type_changed()
 
     def _type_changed(self, *_: object) -> None:

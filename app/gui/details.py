@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 
 from app.core.formats.model_info import ModelInfo, TensorInfo, format_bytes, format_count
 from app.gui.fit_tab import FitTab
-from app.gui.test_tab import TestTab
+from app.gui.test_tab import Gate, TestTab, no_gate
 from app.gui.worker import JobQueue
 
 AnyIndex = QModelIndex | QPersistentModelIndex
@@ -235,13 +235,14 @@ class ProblemsTab(QWidget):
 
 
 class DetailsPane(QTabWidget):
-    def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
+    def __init__(self, queue: JobQueue, gate: Gate = no_gate,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.overview = OverviewTab()
         self.tensors = TensorsTab()
         self.fit = FitTab()
         self.problems = ProblemsTab()
-        self.test = TestTab(queue)
+        self.test = TestTab(queue, gate)
         self.addTab(self.overview, "Overview")
         self.addTab(self.tensors, "Tensors")
         self.addTab(self.fit, "Fit")

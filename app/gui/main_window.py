@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QItemSelection, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
@@ -13,6 +15,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLineEdit,
     QMainWindow,
+    QMessageBox,
     QSizePolicy,
     QSplitter,
     QStyle,
@@ -23,6 +26,8 @@ from PySide6.QtWidgets import (
 
 from app.core.convert import ConvertResult
 from app.core.estimate.candidates import conversion_candidates
+from app.core.estimate.shape import model_shape
+from app.core.estimate.verdict import Verdict, judge
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.scan import ScanRequest, ScanResult, describe_path
 from app.core.generate.doctor import DoctorReport, diagnose
@@ -31,7 +36,7 @@ from app.gui.background import Background
 from app.gui.convert_controller import ConvertController
 from app.gui.details import DetailsPane
 from app.gui.fit_badge import FitBadgeDelegate
-from app.gui.fit_controller import FitController
+from app.gui.fit_controller import FitController, make_target
 from app.gui.jobs_panel import JobsPanel
 from app.gui.models_table import COLUMN_INDEX, MODEL_ROLE, ModelFilterProxy, ModelTableModel
 from app.gui.settings import AppSettings
@@ -56,7 +61,7 @@ class MainWindow(QMainWindow):
         self.proxy = ModelFilterProxy(self)
         self.proxy.setSourceModel(self.table_model)
         self.table = self._make_table()
-        self.details = DetailsPane(self.queue)
+        self.details = DetailsPane(self.queue, self.confirm_fit)
         self.background = Background(self)
         self.fits = FitController(self.table_model, self.details.fit, self.background,
                                   self.settings, conversions=conversion_candidates, parent=self)
@@ -242,6 +247,32 @@ class MainWindow(QMainWindow):
         self.fits.show_model(model)
         self.convert_action.setEnabled(model is not None and model.format in ("hf", "gguf")
                                        and not model.fatal_problems)
+
+    def confirm_fit(self, request: Any, models: list[ModelInfo],
+                    proceed: Callable[[Any], None]) -> None:
+        """Before a test job: judge its models on this machine; ask if one does not fit."""
+        spec = self.fits.spec
+
+        def judge_all() -> list[tuple[ModelInfo, Verdict]]:
+            target = make_target(spec)
+            return [(m, judge(m, target, min(model_shape(m).n_ctx_train or 4096, 4096)))
+                    for m in models]
+
+        def decide(verdicts: list[tuple[ModelInfo, Verdict]]) -> None:
+            short = [(m, v) for m, v in verdicts if v.kind == "none"]
+            if short:
+                model, verdict = short[0]
+                answer = QMessageBox.question(
+                    self, "It may not fit",
+                    f"{model.name}: {verdict.text}.\n\nStart anyway? Loading may swap heavily "
+                    "or be stopped by the system.")
+                if answer != QMessageBox.StandardButton.Yes:
+                    proceed(None)
+                    return
+            proceed(request)
+
+        self.background.submit("confirm-fit", judge_all, decide,
+                               lambda error: proceed(request))
 
     def run_doctor(self) -> None:
         model = self.selected_model()

@@ -6,7 +6,9 @@ Both run as jobs on the worker; generated text arrives through a signal relay (t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QObject, QPointF, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QPainterPath, QPaintEvent, QTextCursor
@@ -31,10 +33,13 @@ from PySide6.QtWidgets import (
 from app.core.formats.model_info import ModelInfo, format_bytes
 from app.core.generate.compare import CompareRequest, CompareResult
 from app.core.generate.request import GenerateRequest, GenerateResult
-from app.core.jobs import JobResult
+from app.core.jobs import JobRequest, JobResult
 from app.gui.worker import JobQueue
 
 DEFAULT_PROMPT = "What is the capital of France?"
+# Before a job starts its models are checked against this machine: the gate calls `proceed`
+# with the request to start, or None when the user decides not to.
+Gate = Callable[[Any, list[ModelInfo], Callable[[Any], None]], None]
 
 
 class TextRelay(QObject):
@@ -86,10 +91,17 @@ class KLPlot(QWidget):
                          f"token 1 … {len(self.values)}   max KL {top:.3g}")
 
 
+def no_gate(request: JobRequest, models: list[ModelInfo],
+            proceed: Callable[[JobRequest | None], None]) -> None:
+    proceed(request)
+
+
 class GeneratePanel(QWidget):
-    def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
+    def __init__(self, queue: JobQueue, gate: Gate = no_gate,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.queue = queue
+        self.gate = gate
         self.model: ModelInfo | None = None
         self.job_id: int | None = None
         self.relay = TextRelay(self)
@@ -144,9 +156,17 @@ class GeneratePanel(QWidget):
             max_tokens=self.max_tokens.value(), system=self.system.text().strip() or None,
             backend=self.backend.currentData(), on_text=self.relay.emit_text)
         self.output.clear()
-        self.stats.setText(f"loading {self.model.name}…")
-        self.job_id = self.queue.submit(request)
+        self.stats.setText(f"checking that {self.model.name} fits…")
         self.run_button.setEnabled(False)
+        self.gate(request, [self.model], self._submit)
+
+    def _submit(self, request: GenerateRequest | None) -> None:
+        if request is None:
+            self.stats.setText("not started")
+            self.show_model(self.model)
+            return
+        self.job_id = self.queue.submit(request)
+        self.stats.setText("loading…")
         self.stop_button.setEnabled(True)
 
     def stop(self) -> None:
@@ -185,9 +205,11 @@ class GeneratePanel(QWidget):
 
 
 class ComparePanel(QWidget):
-    def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
+    def __init__(self, queue: JobQueue, gate: Gate = no_gate,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.queue = queue
+        self.gate = gate
         self.model: ModelInfo | None = None
         self.job_id: int | None = None
         self.text_file: Path | None = None
@@ -282,9 +304,16 @@ class ComparePanel(QWidget):
             text = text_from_file(self.text_file)
         request = CompareRequest(Path(reference), Path(self.model.path), text=text,
                                  text_source=str(self.text_file) if self.text_file else None)
+        self.run_button.setEnabled(False)
+        models = [m for m in self.models if str(m.path) == reference] + [self.model]
+        self.gate(request, models, self._submit)
+
+    def _submit(self, request: CompareRequest | None) -> None:
+        if request is None:
+            self.show_model(self.model)
+            return
         self.verdict.setText("comparing… (the reference runs first, then this model)")
         self.job_id = self.queue.submit(request)
-        self.run_button.setEnabled(False)
         self.stop_button.setEnabled(True)
 
     def _finished(self, job_id: int, result: JobResult) -> None:
@@ -308,10 +337,11 @@ class ComparePanel(QWidget):
 
 
 class TestTab(QTabWidget):
-    def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
+    def __init__(self, queue: JobQueue, gate: Gate = no_gate,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.generate = GeneratePanel(queue)
-        self.compare = ComparePanel(queue)
+        self.generate = GeneratePanel(queue, gate)
+        self.compare = ComparePanel(queue, gate)
         self.addTab(self.generate, "Generate")
         self.addTab(self.compare, "Compare")
 

@@ -47,8 +47,9 @@ def test_generation_streams_into_the_tab(qtbot, window: MainWindow) -> None:
     pieces: list[str] = []
     panel.relay.text.connect(pieces.append)
     panel.run_button.click()
-    assert panel.stop_button.isEnabled()
-    settle(qtbot, window)
+    settle(qtbot, window)  # the fit check, then the job
+    assert [r.state for r in window.queue.jobs.values()
+            if r.title.startswith("Test generation")] == ["done"]
     assert pieces and panel.output.toPlainText() == "".join(pieces)
     assert "transformers on cpu" in panel.stats.text() and "tok/s" in panel.stats.text()
     assert panel.run_button.isEnabled() and not panel.stop_button.isEnabled()
