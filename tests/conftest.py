@@ -63,11 +63,18 @@ def tiny_reference_f32(kquants_reference: Path) -> dict:
 @pytest.fixture(scope="session")
 def tiny_llama_ggufs(tiny_models: dict[str, Path],
                      tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny HF llama written as GGUF by gguf-py: F32, F16, Q8_0 and Q4_0."""
+    """The tiny HF llama converted by Modelyard to GGUF F32, F16, Q8_0 and Q4_0 (every weight
+    in that type, so comparisons measure the type itself)."""
+    from app.core.convert import ConvertRequest
+    from app.core.jobs import RecordingReporter
+
     root = tmp_path_factory.mktemp("tiny-llama-gguf")
-    return {qtype: factories.make_gguf_from_hf(tiny_models["llama"], root / f"tiny-{qtype}.gguf",
-                                               qtype)
-            for qtype in ("F32", "F16", "Q8_0", "Q4_0")}
+    paths = {}
+    for qtype in ("F32", "F16", "Q8_0", "Q4_0"):
+        paths[qtype] = root / f"tiny-{qtype}.gguf"
+        ConvertRequest(tiny_models["llama"], paths[qtype], qtype, device="cpu",
+                       pure=True).run(RecordingReporter())
+    return paths
 
 
 @pytest.fixture(scope="session")

@@ -125,6 +125,10 @@ def test_q4_0_loses_more_than_q8_0_which_loses_more_than_f16(
         kl[qtype] = value.kl_mean
         print(f"{qtype}: kl_mean {value.kl_mean:.3e} kl_p99 {value.kl_p99:.3e} "
               f"top1 {value.top1_agreement:.4f} ppl {value.ppl_candidate:.3f}")
+        if qtype == "F16":
+            # KL ≈ 0; a random tiny model has near-tied logits, so F16 rounding may flip one
+            # top-1 choice in a thousand (F32 agrees on every token, see above)
+            assert value.kl_mean < 1e-6 and value.top1_agreement > 0.99
     assert kl["F16"] < kl["Q8_0"] < kl["Q4_0"]
 
 
