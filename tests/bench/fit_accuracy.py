@@ -9,9 +9,8 @@
    the process's peak RSS (VmHWM: ru_maxrss would include the parent's RSS at fork) minus its
    RSS before importing llama_cpp.
 2. transformers: peak RSS of loading a generated Llama and generating from a full context.
-3. Modelyard's own jobs (conversion, requantization): measured peak RSS of the job in a fresh
-   process against the plan's estimate, when the converter is installed.
-Goal: within 10 % for llama.cpp loads and for Modelyard's own jobs.
+Modelyard's own jobs (conversion, requantization) are measured against their plans' estimates by
+tests/bench/convert_peak.py. Goal: within 10 % for llama.cpp loads and for Modelyard's own jobs.
 """
 
 from __future__ import annotations
