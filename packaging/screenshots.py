@@ -1,5 +1,5 @@
 """Render the README screenshots headless:
-`python packaging/screenshots.py [--select MODEL] FOLDER...`.
+`python packaging/screenshots.py [--select MODEL] [--target VRAM_GIB,RAM_GIB,CTX] FOLDER...`.
 
 Opens the main window offscreen with the given model folders (settings in a temp file, so the
 user's own are untouched), selects the first model and saves resources/screenshots/*.png.
@@ -18,7 +18,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 OUT = Path(__file__).resolve().parents[1] / "resources" / "screenshots"
 
 
-def main(folders: list[str], select: str | None = None) -> None:
+def main(folders: list[str], select: str | None = None,
+         target: tuple[float, float, int] | None = None) -> None:
     from app.gui.application import create_application
     from app.gui.settings import AppSettings
 
@@ -30,6 +31,8 @@ def main(folders: list[str], select: str | None = None) -> None:
         settings.set_folders([Path(f).absolute() for f in folders])
         settings.set_show_hf_cache(False)
         settings.set_log_dir(Path(tmp) / "logs")
+        if target is not None:  # a GPU/RAM to judge for, so the badges show every colour
+            settings.set_fit_parameters("custom", target[0], target[1], target[2])
         window = MainWindow(settings)
         window.resize(1360, 820)
         window.show()
@@ -60,7 +63,12 @@ def main(folders: list[str], select: str | None = None) -> None:
 
 if __name__ == "__main__":
     arguments = sys.argv[1:]
-    chosen = None
-    if arguments[:1] == ["--select"]:
-        chosen, arguments = arguments[1], arguments[2:]
-    main(arguments, chosen)
+    chosen, custom = None, None
+    while arguments[:1] in (["--select"], ["--target"]):
+        if arguments[0] == "--select":
+            chosen = arguments[1]
+        else:
+            vram, ram, ctx = arguments[1].split(",")
+            custom = (float(vram), float(ram), int(ctx))
+        arguments = arguments[2:]
+    main(arguments, chosen, custom)

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 from app.core.formats.model_info import ModelInfo, format_bytes
 from app.core.generate.compare import CompareRequest, CompareResult
 from app.core.generate.request import GenerateRequest, GenerateResult
-from app.core.jobs import JobRequest, JobResult
+from app.core.jobs import JobResult
 from app.gui.worker import JobQueue
 
 DEFAULT_PROMPT = "What is the capital of France?"
@@ -91,19 +91,73 @@ class KLPlot(QWidget):
                          f"token 1 … {len(self.values)}   max KL {top:.3g}")
 
 
-def no_gate(request: JobRequest, models: list[ModelInfo],
-            proceed: Callable[[JobRequest | None], None]) -> None:
+def no_gate(request: Any, models: list[ModelInfo], proceed: Callable[[Any], None]) -> None:
     proceed(request)
 
 
-class GeneratePanel(QWidget):
-    def __init__(self, queue: JobQueue, gate: Gate = no_gate,
+class _JobPanel(QWidget):
+    """A panel that runs one job at a time: gate it, submit it, stop it, show how it ended."""
+
+    def __init__(self, queue: JobQueue, gate: Gate, run_label: str,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.queue = queue
         self.gate = gate
         self.model: ModelInfo | None = None
         self.job_id: int | None = None
+        self.run_button = QPushButton(run_label)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        queue.job_finished.connect(self._finished)
+
+    def show_model(self, model: ModelInfo | None) -> None:
+        self.model = model
+        self.run_button.setEnabled(model is not None and not model.fatal_problems
+                                   and self.job_id is None)
+
+    def launch(self, request: Any, models: list[ModelInfo]) -> None:
+        self.run_button.setEnabled(False)
+        self.gate(request, models, self._submit)
+
+    def _submit(self, request: Any) -> None:
+        if request is None:
+            self.show_status("not started")
+            self.show_model(self.model)
+            return
+        self.job_id = self.queue.submit(request)
+        self.stop_button.setEnabled(True)
+        self.started()
+
+    def stop(self) -> None:
+        if self.job_id is not None:
+            self.queue.cancel(self.job_id)
+
+    def _finished(self, job_id: int, result: JobResult) -> None:
+        if job_id != self.job_id:
+            return
+        self.job_id = None
+        self.stop_button.setEnabled(False)
+        self.show_model(self.model)
+        if result.status != "done":
+            self.show_status(f"<b style='color:#d64541'>{result.status}</b>: {result.error}")
+            return
+        self.show_result(result.value)
+
+    def started(self) -> None:
+        """The job is on its way."""
+
+    def show_status(self, text: str) -> None:
+        raise NotImplementedError
+
+    def show_result(self, value: Any) -> None:
+        raise NotImplementedError
+
+
+class GeneratePanel(_JobPanel):
+    def __init__(self, queue: JobQueue, gate: Gate = no_gate,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(queue, gate, "Generate", parent)
         self.relay = TextRelay(self)
         self.prompt = QPlainTextEdit(DEFAULT_PROMPT)
         self.prompt.setMaximumHeight(70)
@@ -113,9 +167,6 @@ class GeneratePanel(QWidget):
         for label, value in (("Automatic", "auto"), ("llama.cpp", "llama.cpp"),
                              ("transformers", "transformers")):
             self.backend.addItem(label, value)
-        self.run_button = QPushButton("Generate")
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
         self.output = QPlainTextEdit(readOnly=True)
         self.output.setPlaceholderText("The reply streams here.")
         self.stats = QLabel()
@@ -139,14 +190,7 @@ class GeneratePanel(QWidget):
 
         self.relay.text.connect(self._append)
         self.run_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop)
-        queue.job_finished.connect(self._finished)
         queue.job_changed.connect(self._changed)
-
-    def show_model(self, model: ModelInfo | None) -> None:
-        self.model = model
-        self.run_button.setEnabled(model is not None and not model.fatal_problems
-                                   and self.job_id is None)
 
     def start(self) -> None:
         if self.model is None or self.job_id is not None:
@@ -157,21 +201,13 @@ class GeneratePanel(QWidget):
             backend=self.backend.currentData(), on_text=self.relay.emit_text)
         self.output.clear()
         self.stats.setText(f"checking that {self.model.name} fits…")
-        self.run_button.setEnabled(False)
-        self.gate(request, [self.model], self._submit)
+        self.launch(request, [self.model])
 
-    def _submit(self, request: GenerateRequest | None) -> None:
-        if request is None:
-            self.stats.setText("not started")
-            self.show_model(self.model)
-            return
-        self.job_id = self.queue.submit(request)
+    def started(self) -> None:
         self.stats.setText("loading…")
-        self.stop_button.setEnabled(True)
 
-    def stop(self) -> None:
-        if self.job_id is not None:
-            self.queue.cancel(self.job_id)
+    def show_status(self, text: str) -> None:
+        self.stats.setText(text)
 
     def _append(self, piece: str) -> None:
         self.output.moveCursor(QTextCursor.MoveOperation.End)
@@ -185,16 +221,7 @@ class GeneratePanel(QWidget):
             elif record.text:
                 self.stats.setText(record.text)
 
-    def _finished(self, job_id: int, result: JobResult) -> None:
-        if job_id != self.job_id:
-            return
-        self.job_id = None
-        self.stop_button.setEnabled(False)
-        self.show_model(self.model)
-        if result.status != "done":
-            self.stats.setText(f"<b style='color:#d64541'>{result.status}</b>: {result.error}")
-            return
-        value: GenerateResult = result.value
+    def show_result(self, value: GenerateResult) -> None:
         self.stats.setText(
             f"{value.backend} on {value.device} · loaded in {value.load_s:.1f} s · "
             f"prompt {value.prompt_tokens_per_s:.1f} tok/s · "
@@ -204,14 +231,10 @@ class GeneratePanel(QWidget):
             + f" · {value.prompt_format} · stopped by {value.stop_reason.replace('_', ' ')}")
 
 
-class ComparePanel(QWidget):
+class ComparePanel(_JobPanel):
     def __init__(self, queue: JobQueue, gate: Gate = no_gate,
                  parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.queue = queue
-        self.gate = gate
-        self.model: ModelInfo | None = None
-        self.job_id: int | None = None
+        super().__init__(queue, gate, "Compare", parent)
         self.text_file: Path | None = None
         self.models: list[ModelInfo] = []
         self.sources: dict[str, str] = {}  # conversion output → its source
@@ -219,9 +242,6 @@ class ComparePanel(QWidget):
         self.reference.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.text_button = QPushButton("Bundled sample text")
-        self.run_button = QPushButton("Compare")
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
         self.verdict = QLabel("Pick the reference this model came from, then Compare.")
         self.verdict.setWordWrap(True)
         self.numbers: dict[str, QLabel] = {}
@@ -254,8 +274,6 @@ class ComparePanel(QWidget):
         layout.addWidget(results, 1)
         self.text_button.clicked.connect(self._choose_text)
         self.run_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(lambda: self.job_id and self.queue.cancel(self.job_id))
-        queue.job_finished.connect(self._finished)
 
     def set_references(self, models: list[ModelInfo]) -> None:
         """The models a comparison can use as its reference (the table's, this one aside)."""
@@ -282,8 +300,7 @@ class ComparePanel(QWidget):
             self.reference.setCurrentIndex(index)
 
     def show_model(self, model: ModelInfo | None) -> None:
-        self.model = model
-        self.run_button.setEnabled(model is not None and self.job_id is None)
+        super().show_model(model)
         self._fill_references()
 
     def _choose_text(self) -> None:
@@ -304,28 +321,14 @@ class ComparePanel(QWidget):
             text = text_from_file(self.text_file)
         request = CompareRequest(Path(reference), Path(self.model.path), text=text,
                                  text_source=str(self.text_file) if self.text_file else None)
-        self.run_button.setEnabled(False)
         models = [m for m in self.models if str(m.path) == reference] + [self.model]
-        self.gate(request, models, self._submit)
+        self.launch(request, models)
 
-    def _submit(self, request: CompareRequest | None) -> None:
-        if request is None:
-            self.show_model(self.model)
-            return
+    def started(self) -> None:
         self.verdict.setText("comparing… (the reference runs first, then this model)")
-        self.job_id = self.queue.submit(request)
-        self.stop_button.setEnabled(True)
 
-    def _finished(self, job_id: int, result: JobResult) -> None:
-        if job_id != self.job_id:
-            return
-        self.job_id = None
-        self.stop_button.setEnabled(False)
-        self.show_model(self.model)
-        if result.status != "done":
-            self.verdict.setText(f"<b style='color:#d64541'>{result.status}</b>: {result.error}")
-            return
-        self.show_result(result.value)
+    def show_status(self, text: str) -> None:
+        self.verdict.setText(text)
 
     def show_result(self, value: CompareResult) -> None:
         self.verdict.setText(value.verdict)

@@ -65,12 +65,37 @@ def _as_bytes(chunk: torch.Tensor) -> memoryview:
     return np.ascontiguousarray(array).data.cast("B")
 
 
-class GGUFSink:
+class _StreamSink:
+    """Streams each tensor's chunks into the open file and checks the planned byte count."""
+
+    where: Path  # named in disk errors
+    _handle: BinaryIO | None
+    _written: int
+    _writeback: Writeback
+
+    def write(self, chunk: torch.Tensor) -> int:
+        assert self._handle is not None
+        data = _as_bytes(chunk)
+        try:
+            write_bytes(self._handle, data)
+            self._writeback.after_write(self._handle)
+        except OSError as exc:
+            raise disk_error(exc, self.where) from None
+        self._written += data.nbytes
+        return data.nbytes
+
+    def check_written(self, tensor: TensorPlan) -> None:
+        if self._written != tensor.n_bytes:
+            raise JobError(f"wrote {self._written} bytes for {tensor.name}, planned "
+                           f"{tensor.n_bytes}", path=self.where)
+
+
+class GGUFSink(_StreamSink):
     """Write a GGUF: all tensor infos declared up front, then data in declaration order."""
 
     def __init__(self, path: Path, arch: str, entries: Iterable[MetaEntry],
                  tensors: Sequence[TensorPlan]) -> None:
-        self.path = path
+        self.path = self.where = path
         self.writer = GGUFWriter(path, arch)
         add_entries(self.writer, entries)
         for tensor in tensors:
@@ -104,21 +129,8 @@ class GGUFSink:
     def begin_tensor(self, tensor: TensorPlan) -> None:
         self._written = 0
 
-    def write(self, chunk: torch.Tensor) -> int:
-        assert self._handle is not None
-        data = _as_bytes(chunk)
-        try:
-            write_bytes(self._handle, data)
-            self._writeback.after_write(self._handle)
-        except OSError as exc:
-            raise disk_error(exc, self.path) from None
-        self._written += data.nbytes
-        return data.nbytes
-
     def end_tensor(self, tensor: TensorPlan) -> None:
-        if self._written != tensor.n_bytes:
-            raise JobError(f"wrote {self._written} bytes for {tensor.name}, planned "
-                           f"{tensor.n_bytes}", path=self.path)
+        self.check_written(tensor)
         try:
             self._pad()
         except OSError as exc:
@@ -154,12 +166,12 @@ def shard_names(count: int) -> list[str]:
     return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
 
 
-class SafetensorsSink:
+class SafetensorsSink(_StreamSink):
     """Write safetensors shards into a folder, the index when there is more than one."""
 
     def __init__(self, folder: Path, tensors: Sequence[TensorPlan],
                  shard_bytes: int = SHARD_BYTES) -> None:
-        self.folder = folder
+        self.folder = self.where = folder
         self.shards = assign_shards(tensors, shard_bytes)
         self.names = shard_names(len(self.shards))
         self._shard_of = {t.name: i for i, shard in enumerate(self.shards) for t in shard}
@@ -198,21 +210,8 @@ class SafetensorsSink:
             raise disk_error(exc, self.folder) from None
         self._written = 0
 
-    def write(self, chunk: torch.Tensor) -> int:
-        assert self._handle is not None
-        data = _as_bytes(chunk)
-        try:
-            write_bytes(self._handle, data)
-            self._writeback.after_write(self._handle)
-        except OSError as exc:
-            raise disk_error(exc, self.folder) from None
-        self._written += data.nbytes
-        return data.nbytes
-
     def end_tensor(self, tensor: TensorPlan) -> None:
-        if self._written != tensor.n_bytes:
-            raise JobError(f"wrote {self._written} bytes for {tensor.name}, planned "
-                           f"{tensor.n_bytes}", path=self.folder)
+        self.check_written(tensor)
 
     def __exit__(self, *exc: object) -> None:
         if self._handle is not None:
