@@ -5,6 +5,7 @@ can be refused is refused here, before a byte is written.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,10 +66,7 @@ class TensorPlan:
 
     @property
     def n_elements(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
+        return math.prod(self.shape)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.out_type, "shape": list(self.shape),

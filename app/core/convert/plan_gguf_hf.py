@@ -7,6 +7,7 @@ The HF config comes from transformers' own GGUF metadata mapping (`load_gguf_che
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +167,7 @@ def _tokenizer_problem(main: GGUFHeader, tokenizer_model: object) -> str | None:
 
 
 def _hf_bytes(shape: tuple[int, ...], out_type: str) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
+    count = math.prod(shape)
     return count * get_type(out_type).type_size
 
 

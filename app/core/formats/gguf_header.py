@@ -10,6 +10,7 @@ touched. Type tables (value types, quant block sizes) are gguf-py's own.
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -61,10 +62,7 @@ class GGUFTensorEntry:
 
     @property
     def n_elements(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
+        return math.prod(self.shape)
 
     @property
     def type_name(self) -> str:
@@ -225,9 +223,7 @@ def tensor_n_bytes(ggml_type: GGMLQuantizationType, shape: tuple[int, ...],
         raise FormatError(
             f"row length {shape[0]} is not a multiple of the {ggml_type.name} block size "
             f"{block_size}", path=path, tensor=name)
-    count = 1
-    for dim in shape:
-        count *= dim
+    count = math.prod(shape)
     return count // block_size * type_size
 
 

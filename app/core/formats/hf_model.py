@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -139,9 +140,7 @@ def _tensor_infos(headers: Sequence[SafetensorsHeader], quant: dict[str, Any],
                 except FormatError as exc:
                     problems.append(Problem(exc.message, fatal=True))
                     shape = (entry.n_elements * 2,)
-                count = 1
-                for dim in shape:
-                    count *= dim
+                count = math.prod(shape)
                 infos.append(TensorInfo(name, kind, shape, entry.n_bytes, count, header.path))
             elif ".quant_state." in name or name.endswith(AUX_SUFFIXES):
                 infos.append(TensorInfo(name, entry.dtype, entry.shape, entry.n_bytes, 0,

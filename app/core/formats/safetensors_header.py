@@ -8,6 +8,7 @@ that points past the end of the file instead of a generic exception.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,7 @@ class SafetensorsEntry:
 
     @property
     def n_elements(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
+        return math.prod(self.shape)
 
     @property
     def n_bytes(self) -> int:
@@ -74,9 +72,7 @@ def _entry(name: str, raw: Any, data_start: int, path: Path) -> SafetensorsEntry
     if (not isinstance(offsets, list) or len(offsets) != 2 or
             not all(isinstance(o, int) and o >= 0 for o in offsets) or offsets[1] < offsets[0]):
         raise FormatError(f"invalid data_offsets {offsets!r}", path=path, tensor=name)
-    count = 1
-    for dim in shape:
-        count *= dim
+    count = math.prod(shape)
     expected = (count * DTYPE_BITS[dtype] + 7) // 8
     if offsets[1] - offsets[0] != expected:
         raise FormatError(

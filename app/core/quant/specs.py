@@ -3,6 +3,7 @@ the few hyperparameters llama.cpp's type rules look at."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,10 +26,7 @@ class TensorSpec:
 
     @property
     def n_elements(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
+        return math.prod(self.shape)
 
     @property
     def n_dims(self) -> int:
