@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from gui_helpers import settle
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QApplication
@@ -28,10 +29,6 @@ def window(qtbot, settings: AppSettings, tmp_path: Path,  # type: ignore[no-unty
     settle(qtbot, win)
     return win
 
-
-def settle(qtbot, win: MainWindow, timeout: int = 60000) -> None:  # type: ignore[no-untyped-def]
-    qtbot.waitUntil(lambda: not win.queue.active() and not win.background.busy(),
-                    timeout=timeout)
 
 
 def open_dialog() -> ConvertDialog | None:

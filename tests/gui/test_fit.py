@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from gui_helpers import settle
 from PySide6.QtCore import Qt
 
 from app.gui.fit_tab import CONTEXT_STEPS
@@ -42,9 +43,6 @@ def window(qtbot, settings: AppSettings, quants: Path) -> MainWindow:  # type: i
     settle(qtbot, win)
     return win
 
-
-def settle(qtbot, win: MainWindow) -> None:  # type: ignore[no-untyped-def]
-    qtbot.waitUntil(lambda: not win.queue.active() and not win.background.busy(), timeout=30000)
 
 
 def fit_texts(win: MainWindow) -> dict[str, str]:

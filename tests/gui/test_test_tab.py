@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from gui_helpers import settle
 
 from app.gui.main_window import MainWindow
 from app.gui.settings import AppSettings
@@ -33,10 +34,6 @@ def window(qtbot, settings: AppSettings, tmp_path: Path, tiny_models: dict[str, 
     settle(qtbot, win)
     return win
 
-
-def settle(qtbot, win: MainWindow, timeout: int = 60000) -> None:  # type: ignore[no-untyped-def]
-    qtbot.waitUntil(lambda: not win.queue.active() and not win.background.busy(),
-                    timeout=timeout)
 
 
 def test_generation_streams_into_the_tab(qtbot, window: MainWindow) -> None:
