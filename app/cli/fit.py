@@ -13,7 +13,7 @@ from app.core.errors import OptionError
 from app.core.estimate.candidates import conversion_candidates
 from app.core.estimate.report import FitReport, convert_estimate, fit_report
 from app.core.estimate.verdict import DEFAULT_CONTEXT, Target
-from app.core.formats.gguf_model import quant_family
+from app.core.formats.gguf_model import quant_siblings
 from app.core.formats.model_info import ModelInfo, format_bytes
 from app.core.formats.scan import inspect_path, scan_paths
 from app.core.resources import probe_resources
@@ -61,12 +61,8 @@ def _primary_and_siblings(path: Path) -> tuple[ModelInfo, list[ModelInfo]]:
             return inspect_path(path), []  # raises the clear "not a model" error
         return ggufs[0], ggufs
     model = inspect_path(path)
-    if model.format != "gguf":
-        return model, []
-    family = quant_family(model.name)
-    neighbours = [m for m in scan_paths([path.parent]).models
-                  if m.format == "gguf" and quant_family(m.name) == family]
-    return model, neighbours if len(neighbours) > 1 else []
+    neighbours = scan_paths([path.parent]).models if model.format == "gguf" else ()
+    return model, quant_siblings(model, neighbours)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.formats.model_info import format_bytes
-from app.core.generate.compare import CompareRequest, CompareResult, text_from_file
+from app.core.generate.compare import CompareRequest, CompareResult
 from app.core.generate.compare_metrics import percent_floor
 from app.core.generate.doctor import DoctorReport, DoctorRequest
 from app.core.generate.request import GenerateRequest, GenerateResult
@@ -188,10 +188,8 @@ def print_compare_result(value: CompareResult) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    text = text_from_file(args.text) if args.text is not None else None
     request = CompareRequest(
-        reference=args.reference, candidate=args.candidate, text=text,
-        text_source=str(args.text) if args.text is not None else None,
+        reference=args.reference, candidate=args.candidate, text_file=args.text,
         window_tokens=args.window, ref_backend=args.ref_backend,
         candidate_backend=args.candidate_backend, dtype=args.dtype,
         trust_remote_code=args.trust_remote_code, use_gpu=not args.cpu)

@@ -45,14 +45,6 @@ class Resources:
     gpu_note: str | None = None  # why no GPU is listed, when that is not simply "none"
     disk: DiskInfo | None = None
 
-    @property
-    def vram_total(self) -> int:
-        return sum(g.total_bytes for g in self.gpus)
-
-    @property
-    def vram_free(self) -> int:
-        return sum(g.free_bytes for g in self.gpus)
-
     def to_json(self) -> dict[str, Any]:
         return {
             "ram_total_bytes": self.ram_total,

@@ -9,7 +9,7 @@ from PySide6.QtCore import QObject
 
 from app.core.estimate.report import FitReport, fit_report, verdicts_for
 from app.core.estimate.verdict import Candidate, Target
-from app.core.formats.gguf_model import quant_family
+from app.core.formats.gguf_model import quant_siblings
 from app.core.formats.model_info import ModelInfo
 from app.core.resources import probe_resources
 from app.gui.background import Background
@@ -25,16 +25,6 @@ def make_target(spec: TargetSpec) -> Target:
     if spec.kind == "custom":
         return Target.custom(spec.vram_gib, spec.ram_gib)
     return Target.from_resources(probe_resources(), cpu_only=spec.kind == "cpu")
-
-
-def quant_siblings(model: ModelInfo, models: Sequence[ModelInfo]) -> list[ModelInfo]:
-    """Other GGUF files of the same model next to it (a folder or repo of quants)."""
-    if model.format != "gguf":
-        return []
-    family = quant_family(model.name)
-    same = [m for m in models if m.format == "gguf" and m.path.parent == model.path.parent
-            and quant_family(m.name) == family]
-    return same if len(same) > 1 else []
 
 
 class FitController(QObject):

@@ -185,3 +185,4 @@ class JobsPanel(QWidget):
             self._bars.pop(job_id, None)
             if item is not None:
                 self.tree.takeTopLevelItem(self.tree.indexOfTopLevelItem(item))
+            self.queue.forget(job_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -314,14 +315,21 @@ class MainWindow(QMainWindow):
         paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
         event.acceptProposedAction()
         for path in paths:
-            model = describe_path(path)
-            if model is None:
-                self.add_folder(path if path.is_dir() else path.parent)
-                continue
-            self.add_folder(model.path.parent)
-            self._select_after_scan = None
-            if model.format in ("hf", "gguf") and not model.fatal_problems:
-                self.converts.open_sheet(model)
+            self._describe_dropped(path)
+
+    def _describe_dropped(self, path: Path) -> None:
+        # Reading the headers is file I/O (a network drive may be slow): off the UI thread.
+        self.background.submit(f"drop:{path}", partial(describe_path, path),
+                               partial(self._dropped, path),
+                               lambda _error: self._dropped(path, None))
+
+    def _dropped(self, path: Path, model: ModelInfo | None) -> None:
+        if model is None:
+            self.add_folder(path if path.is_dir() else path.parent)
+            return
+        self.add_folder(model.path.parent)
+        if model.format in ("hf", "gguf") and not model.fatal_problems:
+            self.converts.open_sheet(model)
 
     # ---- conversions ---------------------------------------------------------------------
     def convert_selected(self) -> None:

@@ -132,13 +132,6 @@ class ModelTableModel(QAbstractTableModel):
         if self._rows:
             self.dataChanged.emit(self.index(0, column), self.index(len(self._rows) - 1, column))
 
-    def clear_fits(self) -> None:
-        self._fits.clear()
-        self.set_fits({}, self.fit_context)
-
-    def fit_of(self, model: ModelInfo) -> Verdict | None:
-        return self._fits.get(str(model.path))
-
     def set_source_models(self, source: str, models: Sequence[ModelInfo]) -> None:
         """Replace the rows a source found with a new scan's models."""
         self.beginResetModel()
@@ -152,11 +145,6 @@ class ModelTableModel(QAbstractTableModel):
     def models(self) -> list[ModelInfo]:
         return [r.model for r in self._rows]
 
-    def row_of_path(self, path: str) -> int | None:
-        for number, row in enumerate(self._rows):
-            if str(row.model.path) == path:
-                return number
-        return None
 
 
 class ModelFilterProxy(QSortFilterProxyModel):

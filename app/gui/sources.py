@@ -96,11 +96,6 @@ class SourcesPanel(QTreeWidget):
         if key in self._items:
             self.setCurrentItem(self._items[key])
 
-    def current_key(self) -> str | None:
-        item = self.currentItem()
-        key = item.data(0, KEY_ROLE) if item else None
-        return None if key in (None, ALL) else str(key)
-
     def _changed(self, current: QTreeWidgetItem | None, _previous: object) -> None:
         key = current.data(0, KEY_ROLE) if current else None
         self.source_selected.emit(None if key in (None, ALL) else key)

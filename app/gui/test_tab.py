@@ -314,13 +314,8 @@ class ComparePanel(_JobPanel):
         reference = self.reference.currentData()
         if self.model is None or reference is None or self.job_id is not None:
             return
-        text = None
-        if self.text_file is not None:
-            from app.core.generate.compare import text_from_file
-
-            text = text_from_file(self.text_file)
-        request = CompareRequest(Path(reference), Path(self.model.path), text=text,
-                                 text_source=str(self.text_file) if self.text_file else None)
+        request = CompareRequest(Path(reference), Path(self.model.path),
+                                 text_file=self.text_file)
         models = [m for m in self.models if str(m.path) == reference] + [self.model]
         self.launch(request, models)
 

@@ -177,6 +177,12 @@ class JobQueue(QObject):
         for job_id in list(self.jobs):
             self.cancel(job_id)
 
+    def forget(self, job_id: int) -> None:
+        """Drop a finished job's record (its log stays on disk)."""
+        record = self.jobs.get(job_id)
+        if record is not None and record.finished:
+            del self.jobs[job_id]
+
     def active(self) -> list[JobRecord]:
         return [r for r in self.jobs.values() if not r.finished]
 

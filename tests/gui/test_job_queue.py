@@ -71,5 +71,7 @@ def test_cancel_running_and_queued_jobs(qtbot) -> None:  # type: ignore[no-untyp
         assert queue.jobs[id1].state == "cancelled"
         assert queue.jobs[id2].state == "cancelled" and queued.ran_on == []
         assert panel._items[id1].text(4).startswith("cancelled")
+        panel.clear_finished()
+        assert panel.tree.topLevelItemCount() == 0 and queue.jobs == {}
     finally:
         queue.shutdown()

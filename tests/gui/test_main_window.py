@@ -15,6 +15,7 @@ from app.gui.main_window import MainWindow
 from app.gui.models_table import COLUMN_INDEX
 from app.gui.settings import AppSettings
 from app.gui.sources import folder_key
+from gui_helpers import settle
 from factories import make_split_gguf
 
 
@@ -40,7 +41,7 @@ def window(qtbot, settings: AppSettings) -> MainWindow:  # type: ignore[no-untyp
 
 
 def wait_scans(qtbot, win: MainWindow) -> None:  # type: ignore[no-untyped-def]
-    qtbot.waitUntil(lambda: not win.queue.active(), timeout=20000)
+    settle(qtbot, win, timeout=20000)
 
 
 def test_adding_a_folder_fills_the_table(qtbot, window: MainWindow, folder: Path) -> None:
@@ -142,6 +143,19 @@ def test_dropping_a_folder_adds_it(qtbot, window: MainWindow, folder: Path) -> N
     wait_scans(qtbot, window)
     assert window.settings.folders() == [folder]
     assert window.proxy.rowCount() == 4
+
+
+def test_status_bar_shows_live_resources(qtbot, window: MainWindow, folder: Path) -> None:
+    window.add_folder(folder)
+    wait_scans(qtbot, window)
+    def shows_folder() -> bool:  # the selected source's disk, probed off the UI thread
+        res = window.status.resources
+        return res is not None and res.disk is not None and res.disk.path == folder
+
+    qtbot.waitUntil(shows_folder, timeout=10000)
+    assert window.status.ram_label.text().startswith("RAM ")
+    assert "models: " in window.status.disk_label.text()
+    assert window.status.disk_label.text().endswith(" free")
 
 
 def test_window_starts_without_importing_torch(tmp_path: Path) -> None:

@@ -42,6 +42,17 @@ def quant_family(name: str) -> str:
     return QUANT_TAG.sub("", name).lower()
 
 
+def quant_siblings(model: ModelInfo, models: Sequence[ModelInfo]) -> list[ModelInfo]:
+    """The GGUF files of the same model beside it (a folder or repo of quants), itself
+    included; empty when it stands alone."""
+    if model.format != "gguf":
+        return []
+    family = quant_family(model.name)
+    same = [m for m in models if m.format == "gguf" and m.path.parent == model.path.parent
+            and quant_family(m.name) == family]
+    return same if len(same) > 1 else []
+
+
 def expert_layout(names: Sequence[str]) -> ExpertLayout | None:
     stacked = any(STACKED_EXPERTS.match(n) for n in names)
     split = any(SPLIT_EXPERTS.match(n) for n in names)

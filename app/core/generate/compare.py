@@ -90,8 +90,9 @@ class CompareRequest:
 
     reference: Path
     candidate: Path
-    text: str | None = None  # None: the bundled public-domain sample
+    text: str | None = None  # None: `text_file`, or else the bundled public-domain sample
     text_source: str | None = None  # where the text came from, for the report
+    text_file: Path | None = None  # read when the job runs (on the worker, not the caller)
     window_tokens: int = DEFAULT_WINDOW
     ref_backend: BackendChoiceName = "auto"
     candidate_backend: BackendChoiceName = "auto"
@@ -124,7 +125,12 @@ class _Comparison:
 
     def run(self) -> CompareResult:
         req, reporter = self.request, self.reporter
-        text = sample_text() if req.text is None else req.text
+        if req.text is not None:
+            text = req.text
+        elif req.text_file is not None:
+            text = text_from_file(req.text_file)
+        else:
+            text = sample_text()
         if not text.strip():
             raise OptionError("the comparison text is empty")
         if req.window_tokens < 16:
@@ -157,7 +163,8 @@ class _Comparison:
             verdict=verdict(label, kl_mean, top1_agreement), reference=str(req.reference),
             candidate=str(req.candidate), ref_backend=ref.backend,
             candidate_backend=cand.backend,
-            text_source=req.text_source or (SAMPLE_SOURCE if req.text is None else "text"),
+            text_source=req.text_source or (str(req.text_file) if req.text_file else
+                                            SAMPLE_SOURCE if req.text is None else "text"),
             window_tokens=window, n_windows=len(windows), peak_bytes=memory.peak_rss,
             notes=tuple(self.notes))
         reporter.log("info", result.verdict)

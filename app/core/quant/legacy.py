@@ -26,11 +26,6 @@ def _away_from_zero(values: torch.Tensor) -> torch.Tensor:
     return offset.view(torch.float32).add_(values)
 
 
-def round_away(values: torch.Tensor) -> torch.Tensor:
-    """roundf(): halves away from zero, bit for bit like gguf-py's np_roundf for |x| < 200."""
-    return _away_from_zero(values).trunc_()
-
-
 def f16_bytes(values: torch.Tensor) -> torch.Tensor:
     """float32 [n, 1] → the little-endian bytes of its float16 rounding, [n, 2]."""
     return values.to(torch.float16).contiguous().view(torch.uint8).reshape(values.shape[0], 2)
