@@ -9,6 +9,8 @@
    the process's peak RSS (VmHWM: ru_maxrss would include the parent's RSS at fork) minus its
    RSS before importing llama_cpp.
 2. transformers: peak RSS of loading a generated Llama and generating from a full context.
+3. llama.cpp's compute buffers: the size llama.cpp reports reserving ("CPU compute buffer
+   size") for several model shapes and context lengths, against the estimate's worst case.
 Modelyard's own jobs (conversion, requantization) are measured against their plans' estimates by
 tests/bench/convert_peak.py. Goal: within 10 % for llama.cpp loads and for Modelyard's own jobs.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -135,6 +138,50 @@ def write_shape(path: Path, n_embd: int, n_head: int, n_head_kv: int, n_ff: int,
     return path
 
 
+BUFFER_CHILD = r"""
+import sys
+from llama_cpp import Llama
+Llama(sys.argv[1], n_ctx=int(sys.argv[2]), n_gpu_layers=0, n_threads=2, verbose=True)
+"""
+BUFFER_LINE = re.compile(r"sched_reserve:\s+CPU compute buffer size =\s+([\d.]+) MiB")
+
+
+def reported_compute_buffer(path: Path, ctx: int) -> int:
+    result = subprocess.run([sys.executable, "-c", BUFFER_CHILD, str(path), str(ctx)],
+                            capture_output=True, text=True, timeout=600)
+    match = BUFFER_LINE.search(result.stderr)
+    if match is None:
+        raise RuntimeError(result.stderr[-2000:])
+    return int(float(match.group(1)) * MIB)
+
+
+def bench_compute_buffers(tmp: Path, quick: bool) -> list[float]:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return []
+    from app.core.estimate.llama_cpp import compute_buffers
+    from app.core.estimate.shape import model_shape
+    from app.core.formats.scan import inspect_path
+    from factories import smollm2_gguf
+
+    shapes = [(256, 4, 2, 512, 512), (1024, 8, 8, 4096, 8000), (2048, 16, 8, 5632, 32000),
+              (512, 8, 1, 1024, 128000)]
+    models = [smollm2_gguf()] + [
+        write_shape(tmp / f"buffers-{'-'.join(map(str, s))}.gguf", *s, n_layers=2)
+        for s in shapes[: 1 if quick else None]]
+    print("llama.cpp compute buffer reserved (CPU), reported vs estimated:")
+    errors = []
+    for path in models:
+        shape = model_shape(inspect_path(path))
+        for ctx in (512, 4096) if quick else (256, 512, 1024, 4096, 16384):
+            buffers = compute_buffers(shape, ctx, flash_attention=False)
+            estimate = max(buffers.layer_gpu, buffers.logits)
+            errors.append(row(f"{path.name[:34]} ctx {ctx}", estimate,
+                              reported_compute_buffer(path, ctx)))
+    return errors
+
+
 def row(label: str, estimate: int, measured: int) -> float:
     error = (estimate - measured) / measured * 100
     print(f"  {label:<46} estimate {estimate / MIB:8.1f} MiB  measured {measured / MIB:8.1f} MiB"
@@ -194,8 +241,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         llama = [] if args.skip_llama else bench_llama_cpp(Path(tmp), args.quick)
+        buffers = [] if args.skip_llama else bench_compute_buffers(Path(tmp), args.quick)
         hf = bench_transformers(Path(tmp), args.quick)
-    for label, errors in (("llama.cpp", llama), ("transformers", hf)):
+    for label, errors in (("llama.cpp", llama), ("compute buffers", buffers),
+                          ("transformers", hf)):
         if errors:
             worst = max(errors, key=abs)
             print(f"{label}: mean |error| {sum(map(abs, errors)) / len(errors):.1f} %, "

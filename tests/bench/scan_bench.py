@@ -2,7 +2,9 @@
 
     python tests/bench/scan_bench.py [--files 1000]
 
-Prints files per second for a cold Python process's first scan and a repeat scan.
+Prints files per second for a cold Python process's first scan and a repeat scan, and the time
+to read one real header (SmolLM2, 100k vocabulary strings) with Modelyard's reader and with
+gguf-py's GGUFReader, which materialises every metadata value.
 """
 
 from __future__ import annotations
@@ -16,8 +18,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.core.formats.gguf_header import read_gguf_header  # noqa: E402
 from app.core.formats.scan import scan_paths  # noqa: E402
-from factories import make_gguf  # noqa: E402
+from factories import make_gguf, smollm2_gguf  # noqa: E402
+
+
+def time_header_readers() -> None:
+    import gguf
+
+    path = smollm2_gguf()
+    for label, read in (("Modelyard read_gguf_header", read_gguf_header),
+                        ("gguf-py GGUFReader", gguf.GGUFReader)):
+        start = time.perf_counter()
+        read(path)
+        print(f"{label:<28} {path.name}: {(time.perf_counter() - start) * 1000:8.1f} ms")
 
 
 def main() -> None:
@@ -42,6 +56,7 @@ def main() -> None:
             print(f"{label}: {args.files} files in {seconds:.3f} s = "
                   f"{args.files / seconds:,.0f} files/s "
                   f"({sum(m.n_tensors for m in result.models):,} tensors described)")
+    time_header_readers()
 
 
 if __name__ == "__main__":

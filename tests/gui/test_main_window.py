@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from gui_helpers import settle
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
@@ -15,7 +16,6 @@ from app.gui.main_window import MainWindow
 from app.gui.models_table import COLUMN_INDEX
 from app.gui.settings import AppSettings
 from app.gui.sources import folder_key
-from gui_helpers import settle
 from factories import make_split_gguf
 
 
