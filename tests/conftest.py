@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import factories  # noqa: E402
+
+# A test stuck in C code holding the GIL (a native deadlock) never lets pytest-timeout's handler
+# run. faulthandler's watchdog is a C thread: it prints every thread's stack and ends the run,
+# so CI fails in minutes with the evidence instead of at its 90-minute limit.
+HANG_SECONDS = 300
+_real_stderr_fd: int | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _real_stderr_fd
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.suspend_global_capture()  # fd 2 is pytest's capture file while tests run
+    try:
+        _real_stderr_fd = os.dup(2)
+    finally:
+        if capture is not None:
+            capture.resume_global_capture()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    if _real_stderr_fd is not None:
+        faulthandler.dump_traceback_later(HANG_SECONDS, exit=True, file=_real_stderr_fd)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Interpreter shutdown (thread joins, Qt teardown) gets the same guard; it is never cancelled
+    # and dies with the process when the exit is clean.
+    if _real_stderr_fd is not None:
+        faulthandler.dump_traceback_later(HANG_SECONDS, exit=True, file=_real_stderr_fd)
 
 
 @pytest.fixture(scope="session")
