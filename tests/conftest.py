@@ -23,15 +23,9 @@ _real_stderr_fd: int | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Capture is suspended while plugins configure; during a test fd 2 is pytest's capture file.
     global _real_stderr_fd
-    capture = config.pluginmanager.getplugin("capturemanager")
-    if capture is not None:
-        capture.suspend_global_capture()  # fd 2 is pytest's capture file while tests run
-    try:
-        _real_stderr_fd = os.dup(2)
-    finally:
-        if capture is not None:
-            capture.resume_global_capture()
+    _real_stderr_fd = os.dup(2)
 
 
 @pytest.hookimpl(hookwrapper=True)

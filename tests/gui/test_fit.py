@@ -13,23 +13,16 @@ from app.gui.fit_tab import CONTEXT_STEPS
 from app.gui.main_window import MainWindow
 from app.gui.models_table import COLUMN_INDEX
 from app.gui.settings import AppSettings
-from factories import make_gguf
-
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "kquants"
 
 
 @pytest.fixture()
-def quants(tmp_path: Path, smollm2_gguf: Path) -> Path:
+def quants(tmp_path: Path, smollm2_gguf: Path, kquants_reference: Path) -> Path:
     """A folder of one model in several quants (the reference tiny llama), plus SmolLM2."""
     folder = tmp_path / "quants"
     folder.mkdir()
-    if REFERENCE.is_dir():
-        for name in ("F32", "Q4_K_M"):
-            shutil.copy(REFERENCE / f"tiny-llama-{name}.gguf", folder)
-        shutil.copy(REFERENCE / "tiny-llama-pure-Q8_0.gguf", folder / "tiny-llama-Q8_0.gguf")
-    else:  # the same shape of test, with generated files
-        for name in ("F32", "Q4_K_M", "Q8_0"):
-            make_gguf(folder / f"tiny-llama-{name}.gguf")
+    for name in ("F32", "Q4_K_M"):
+        shutil.copy(kquants_reference / f"tiny-llama-{name}.gguf", folder)
+    shutil.copy(kquants_reference / "tiny-llama-pure-Q8_0.gguf", folder / "tiny-llama-Q8_0.gguf")
     (folder / smollm2_gguf.name).symlink_to(smollm2_gguf)
     return folder
 
