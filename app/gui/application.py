@@ -27,6 +27,12 @@ def create_application(argv: list[str] | None = None) -> QApplication:
 
 
 def run_gui() -> int:
+    from app.gui.qt_check import qt_binding_problem
+
+    problem = qt_binding_problem()
+    if problem is not None:
+        print(f"modelyard: {problem}", file=sys.stderr)
+        return 2
     app = create_application()
     from app.gui.main_window import MainWindow
 
