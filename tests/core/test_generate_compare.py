@@ -73,8 +73,10 @@ def test_the_bundled_sample_is_a_few_hundred_words_of_austen() -> None:
 
 def test_a_model_against_itself_has_no_divergence(tiny_models: dict[str, Path]) -> None:
     value = compare(tiny_models["llama"], tiny_models["llama"])
-    assert value.kl_mean == 0.0 and value.kl_p99 == 0.0 and value.top1_agreement == 1.0
-    assert value.ppl_ref == value.ppl_candidate
+    # Two loads of one model usually give bit-identical logits, but CPU GEMM kernels may pick
+    # another path for differently aligned buffers (seen: KL 4e-10 in about 1 run of 12).
+    assert value.kl_mean < 1e-8 and value.kl_p99 < 1e-7 and value.top1_agreement == 1.0
+    assert value.ppl_ref == pytest.approx(value.ppl_candidate, rel=1e-9)
     assert value.n_windows > 1  # the sample is longer than the tiny model's 256-token context
     assert len(value.per_token_kl) == value.n_tokens
     assert "100 % top-1" in value.verdict

@@ -7,7 +7,6 @@ it is freed and the candidate runs, so peak memory is one model, not two.
 
 from __future__ import annotations
 
-import gc
 import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -251,8 +250,6 @@ class _Comparison:
             return _Scores(nll, n_vocab, model.backend)
         finally:
             model.close()
-            del model
-            gc.collect()
 
     def _run_candidate(self, info: ModelInfo, choice: BackendChoice, ids: list[int],
                        windows: list[Window], window: int, store: Path,
@@ -290,8 +287,6 @@ class _Comparison:
             return _Scores(nll, model.n_vocab, model.backend), kl, top1
         finally:
             model.close()
-            del model
-            gc.collect()
 
 
 def ids_at(ids: list[int], positions: np.ndarray) -> np.ndarray:

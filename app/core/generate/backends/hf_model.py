@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -102,11 +103,15 @@ class TransformersModel(TokenizerOnly):
                              if p.device.type == "cuda"}))
 
     def close(self) -> None:
+        """Free the weights now: their storage is released even if something still refers to
+        the module, so no garbage collection is needed (a collection on a worker thread could
+        also finalize the GUI's Qt objects, which must die on the GUI thread)."""
         self._past = None
+        if self.model is not None:
+            with self._torch.no_grad():
+                for tensor in itertools.chain(self.model.parameters(), self.model.buffers()):
+                    tensor.data = self._torch.empty(0, dtype=tensor.dtype, device=tensor.device)
         self.model = None
-        import gc
-
-        gc.collect()
         if self._torch.cuda.is_available():
             self._torch.cuda.empty_cache()
 
