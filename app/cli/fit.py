@@ -12,7 +12,7 @@ from app.cli.table import render_table
 from app.core.errors import OptionError
 from app.core.estimate.candidates import conversion_candidates
 from app.core.estimate.report import FitReport, convert_estimate, fit_report
-from app.core.estimate.verdict import DEFAULT_CONTEXT, Target
+from app.core.estimate.verdict import DEFAULT_CONTEXT, Machine
 from app.core.formats.gguf_model import quant_siblings
 from app.core.formats.model_info import ModelInfo, format_bytes
 from app.core.formats.scan import inspect_path, scan_paths
@@ -39,14 +39,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit.set_defaults(handler=cmd_fit)
 
 
-def _target(args: argparse.Namespace) -> Target:
+def _target(args: argparse.Namespace) -> Machine:
     resources = probe_resources(args.path if args.path.exists() else None)
     if args.vram is not None or args.ram is not None:
         if args.cpu_only and args.vram is not None:
             raise OptionError("--cpu-only and --vram contradict each other")
-        custom = Target.custom(args.vram, args.ram, resources)
-        return Target(custom.name, custom.ram_bytes, () if args.cpu_only else custom.gpu_free)
-    return Target.from_resources(resources, cpu_only=args.cpu_only)
+        custom = Machine.custom(args.vram, args.ram, resources)
+        return Machine(custom.name, custom.ram_bytes, () if args.cpu_only else custom.gpu_free)
+    return Machine.from_resources(resources, cpu_only=args.cpu_only)
 
 
 def _primary_and_siblings(path: Path) -> tuple[ModelInfo, list[ModelInfo]]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from PySide6.QtCore import QObject
 
 from app.core.estimate.report import FitReport, fit_report, verdicts_for
-from app.core.estimate.verdict import Candidate, Target
+from app.core.estimate.verdict import Candidate, Machine
 from app.core.formats.gguf_model import quant_siblings
 from app.core.formats.model_info import ModelInfo
 from app.core.resources import probe_resources
@@ -21,10 +21,10 @@ from app.gui.settings import AppSettings
 ConversionCandidates = Callable[[ModelInfo], Sequence[Candidate]]
 
 
-def make_target(spec: TargetSpec) -> Target:
+def make_target(spec: TargetSpec) -> Machine:
     if spec.kind == "custom":
-        return Target.custom(spec.vram_gib, spec.ram_gib)
-    return Target.from_resources(probe_resources(), cpu_only=spec.kind == "cpu")
+        return Machine.custom(spec.vram_gib, spec.ram_gib)
+    return Machine.from_resources(probe_resources(), cpu_only=spec.kind == "cpu")
 
 
 class FitController(QObject):

@@ -40,7 +40,7 @@ SEGMENTS = (("weights", "#3a7bd5"), ("KV cache", "#8e5cc7"), ("compute", "#d98e0
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """What the user picked; turned into a core Target with this machine's numbers later."""
+    """What the user picked; turned into a core Machine with this machine's numbers later."""
 
     kind: Literal["machine", "cpu", "custom"] = "machine"
     vram_gib: float = 24.0

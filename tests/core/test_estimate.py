@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.core.errors import OptionError
-from app.core.estimate import Target, estimate_gguf_run, estimate_hf_load, judge, max_context
+from app.core.estimate import Machine, estimate_gguf_run, estimate_hf_load, judge, max_context
 from app.core.estimate.breakdown import GIB, MIB
 from app.core.estimate.llama_cpp import (
     VOCAB_BYTES_PER_TOKEN,
@@ -151,8 +151,8 @@ def test_unknown_metadata_gives_an_approximate_estimate(tmp_path: Path) -> None:
 @pytest.mark.parametrize("call", [
     lambda m: estimate_gguf_run(m, -1),
     lambda m: estimate_gguf_run(m, 0),
-    lambda m: judge(m, Target.custom(0, 8)),
-    lambda m: judge(m, Target.custom(4, -2)),
+    lambda m: judge(m, Machine.custom(0, 8)),
+    lambda m: judge(m, Machine.custom(4, -2)),
     lambda m: estimate_gguf_run(m, 512, gpu_layers=-3, gpu_free=[GIB]),
     lambda m: estimate_hf_load(m, 512, dtype="float8"),
     lambda m: estimate_gguf_run(m, 512, cache_type="Q9_9"),
@@ -164,27 +164,27 @@ def test_nonsense_values_are_rejected(smollm2_gguf: Path, call) -> None:  # type
 
 def test_verdicts_on_custom_targets(smollm2_gguf: Path) -> None:
     model = inspect_path(smollm2_gguf)
-    assert judge(model, Target.custom(None, 16), 4096).kind == "ram"
-    assert judge(model, Target.custom(24, 16), 4096).kind == "gpu"
-    assert judge(model, Target.custom(None, 0.3), 8192).kind == "none"
+    assert judge(model, Machine.custom(None, 16), 4096).kind == "ram"
+    assert judge(model, Machine.custom(24, 16), 4096).kind == "gpu"
+    assert judge(model, Machine.custom(None, 0.3), 8192).kind == "none"
     # 1 GiB leaves ~717 MiB usable: CUDA overhead, the output layer, one compute buffer
     # and most (not all) of the 6 MiB-per-layer blocks with their KV cache
-    partial = judge(model, Target.custom(1.0, 16), 8192)
+    partial = judge(model, Machine.custom(1.0, 16), 8192)
     assert partial.kind == "partial"
     assert partial.estimate is not None and 0 < partial.estimate.gpu_layers < 31
     assert partial.text.startswith(f"fits with {partial.estimate.gpu_layers} of 31 layers")
-    more = judge(model, Target.custom(1.0, 16), 8192, gpu_layers=partial.estimate.gpu_layers + 1)
+    more = judge(model, Machine.custom(1.0, 16), 8192, gpu_layers=partial.estimate.gpu_layers + 1)
     assert more.kind == "none"  # one layer more no longer fits: the search found the maximum
 
 
 def test_max_context_is_the_largest_that_fits(smollm2_gguf: Path) -> None:
     model = inspect_path(smollm2_gguf)
-    target = Target.custom(None, 0.75)
+    target = Machine.custom(None, 0.75)
     best = max_context(model, target)
     assert best is not None and 256 <= best < 8192
     assert judge(model, target, best).kind == "ram"
     assert judge(model, target, best + 256).kind == "none"
-    assert max_context(model, Target.custom(None, 64)) == 8192  # capped at the trained context
+    assert max_context(model, Machine.custom(None, 64)) == 8192  # capped at the trained context
 
 
 def test_vocabulary_overhead_scales_with_vocab(smollm2_gguf: Path) -> None:

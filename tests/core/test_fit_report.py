@@ -11,7 +11,7 @@ from pathlib import Path
 
 from app.core.estimate.candidates import conversion_candidates
 from app.core.estimate.report import fit_report
-from app.core.estimate.verdict import Target
+from app.core.estimate.verdict import Machine
 from app.core.formats.scan import inspect_path
 
 JSON_KEYS = {"weights_bytes", "kv_cache_bytes", "compute_bytes", "overhead_bytes",
@@ -41,10 +41,10 @@ def test_gguf_candidates_only_go_down(smollm2_gguf: Path) -> None:
 
 def test_recommendation_is_the_best_writable_that_fits(tiny_models: dict[str, Path]) -> None:
     model = inspect_path(tiny_models["llama"])
-    big = fit_report(model, Target.custom(None, 64), conversions=conversion_candidates(model))
+    big = fit_report(model, Machine.custom(None, 64), conversions=conversion_candidates(model))
     assert big.recommended is not None and big.recommended.candidate.quant == "F32"
     assert big.max_context == 256  # the tiny model's trained context
-    report = fit_report(model, Target.custom(None, 0.33), 256,
+    report = fit_report(model, Machine.custom(None, 0.33), 256,
                         conversions=conversion_candidates(model))
     # 0.33 GiB leaves ~65 MiB: the llama.cpp runtime fits, transformers (torch) does not
     assert report.verdict.kind == "none"

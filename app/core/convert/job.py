@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entry
-from app.core.convert.plan import ConversionPlan, Target
+from app.core.convert.plan import ConversionPlan, OutputFormat
 from app.core.convert.planner import plan_conversion
 from app.core.errors import InsufficientResourcesError
 from app.core.formats.model_info import format_bytes
@@ -150,7 +150,7 @@ class ConvertRequest:
     source: Path
     target: Path | None = None
     out_type: str = "F16"
-    to: Target = "gguf"
+    to: OutputFormat = "gguf"
     device: str = "auto"
     keep_type: str | None = None
     overwrite: bool = False

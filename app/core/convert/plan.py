@@ -13,7 +13,7 @@ from typing import Any, Literal
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.sizing import estimate_naive_peak, estimate_peak
 
-Target = Literal["gguf", "hf"]
+OutputFormat = Literal["gguf", "hf"]
 Device = Literal["cpu", "cuda"]
 Permute = Literal["", "qk", "unqk"]
 
@@ -79,7 +79,7 @@ class ConversionPlan:
     source: Path
     source_format: Literal["hf", "gguf"]
     target: Path
-    to: Target
+    to: OutputFormat
     out_type: str
     architecture: str
     tensors: tuple[TensorPlan, ...]

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from app.core.convert.naming import default_output_name
-from app.core.convert.plan import ConversionPlan, Device, Target
+from app.core.convert.plan import ConversionPlan, Device, OutputFormat
 from app.core.convert.tensor_types import parse_output_type
 from app.core.errors import BadInputError, FormatError, OptionError, UnsupportedError
 from app.core.formats.model_info import ModelInfo
@@ -50,7 +50,7 @@ def _inputs_under(folder: Path, inputs: tuple[Path, ...]) -> list[Path]:
     return [p for p in inputs if folder == p.resolve().parent or folder in p.resolve().parents]
 
 
-def resolve_target(model: ModelInfo, target: str | Path | None, out_type: str, to: Target,
+def resolve_target(model: ModelInfo, target: str | Path | None, out_type: str, to: OutputFormat,
                    overwrite: bool) -> Path:
     """The output path, refused when it exists (unless `overwrite`) or would replace an input."""
     if target is None:
@@ -80,7 +80,7 @@ def resolve_target(model: ModelInfo, target: str | Path | None, out_type: str, t
 
 
 def plan_conversion(source: str | Path | ModelInfo, target: str | Path | None = None, *,
-                    out_type: str = "F16", to: Target = "gguf", device: str = "cpu",
+                    out_type: str = "F16", to: OutputFormat = "gguf", device: str = "cpu",
                     keep_type: str | None = None, overwrite: bool = False,
                     require_tokenizer: bool = False, pure: bool = False) -> ConversionPlan:
     """Plan converting `source` (an HF folder or a GGUF) to `target`; refuse what cannot work.

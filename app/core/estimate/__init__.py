@@ -1,6 +1,6 @@
 """Memory and disk estimates, fit verdicts and quant recommendations (no Qt, no torch).
 
-    judge(model, Target.from_resources(probe_resources()), context=4096) → Verdict
+    judge(model, Machine.from_resources(probe_resources()), context=4096) → Verdict
     estimate_gguf_run(model, context, gpu_layers, gpu_free) → RunEstimate (llama.cpp)
     estimate_hf_load(model, context, dtype, gpu_free) → RunEstimate (transformers)
 """
@@ -12,7 +12,7 @@ from app.core.estimate.transformers_load import estimate_hf_load
 from app.core.estimate.verdict import (
     Candidate,
     CandidateFit,
-    Target,
+    Machine,
     Verdict,
     judge,
     max_context,
@@ -20,5 +20,5 @@ from app.core.estimate.verdict import (
 )
 
 __all__ = ["Candidate", "CandidateFit", "MemoryBreakdown", "ModelShape", "RunEstimate",
-           "Target", "Verdict", "estimate_gguf_run", "estimate_hf_load", "judge",
+           "Machine", "Verdict", "estimate_gguf_run", "estimate_hf_load", "judge",
            "max_context", "model_shape", "recommend"]

@@ -12,7 +12,7 @@ from app.core.estimate.verdict import (
     DEFAULT_CONTEXT,
     Candidate,
     CandidateFit,
-    Target,
+    Machine,
     Verdict,
     fully_fits,
     judge,
@@ -35,7 +35,7 @@ class JobEstimate:
 @dataclass(frozen=True)
 class FitReport:
     model: ModelInfo
-    target: Target
+    target: Machine
     context: int
     verdict: Verdict
     candidates: tuple[CandidateFit, ...] = ()
@@ -86,7 +86,7 @@ def existing_candidates(models: Sequence[ModelInfo]) -> list[Candidate]:
             for m in models if m.format == "gguf" and not m.fatal_problems]
 
 
-def fit_report(model: ModelInfo, target: Target, context: int = DEFAULT_CONTEXT,
+def fit_report(model: ModelInfo, target: Machine, context: int = DEFAULT_CONTEXT,
                gpu_layers: int | None = None, siblings: Sequence[ModelInfo] = (),
                conversions: Sequence[Candidate] = (), convert: JobEstimate | None = None,
                **options: Any) -> FitReport:
@@ -125,7 +125,7 @@ def convert_estimate(model: ModelInfo, out_type: str | None) -> tuple[JobEstimat
                        plan.device), None
 
 
-def verdicts_for(models: Sequence[ModelInfo], target: Target,
+def verdicts_for(models: Sequence[ModelInfo], target: Machine,
                  context: int = DEFAULT_CONTEXT) -> dict[str, Verdict]:
     """A verdict per model path, for a table; a model that cannot be judged says why."""
     verdicts: dict[str, Verdict] = {}

@@ -32,20 +32,20 @@ def usable(capacity: int) -> int:
 
 
 @dataclass(frozen=True)
-class Target:
+class Machine:
     name: str
     ram_bytes: int  # RAM available to the model
     gpu_free: tuple[int, ...] = ()  # VRAM free on each GPU
 
     @classmethod
-    def from_resources(cls, resources: Resources, cpu_only: bool = False) -> Target:
+    def from_resources(cls, resources: Resources, cpu_only: bool = False) -> Machine:
         gpus = () if cpu_only else tuple(g.free_bytes for g in resources.gpus)
         name = "CPU only" if cpu_only or not gpus else "this machine"
         return cls(name, resources.ram_available, gpus)
 
     @classmethod
     def custom(cls, vram_gib: float | None, ram_gib: float | None,
-               resources: Resources | None = None) -> Target:
+               resources: Resources | None = None) -> Machine:
         """A machine the user describes; what is not given comes from this machine."""
         for label, value in (("--vram", vram_gib), ("--ram", ram_gib)):
             if value is not None and value <= 0:
@@ -79,14 +79,14 @@ class Verdict:
         return data
 
 
-def _fits(estimate: RunEstimate, target: Target) -> tuple[bool, bool]:
+def _fits(estimate: RunEstimate, target: Machine) -> tuple[bool, bool]:
     ram_ok = estimate.ram.total <= target.usable_ram
     vram_ok = all(part.total <= free
                   for part, free in zip(estimate.vram, target.usable_vram, strict=False))
     return ram_ok, vram_ok
 
 
-def _describe(estimate: RunEstimate, target: Target) -> Verdict:
+def _describe(estimate: RunEstimate, target: Machine) -> Verdict:
     ram_ok, vram_ok = _fits(estimate, target)
     need = f"needs {format_bytes(estimate.ram.total)} RAM"
     if estimate.vram_total:
@@ -104,7 +104,7 @@ def _describe(estimate: RunEstimate, target: Target) -> Verdict:
     return Verdict("ram", f"fits in RAM only: {need}", estimate)
 
 
-def _run(model: ModelInfo, context: int, gpu_layers: int, target: Target,
+def _run(model: ModelInfo, context: int, gpu_layers: int, target: Machine,
          cache_type: str, flash_attention: bool) -> RunEstimate:
     if model.format == "gguf":
         return estimate_gguf_run(model, context, gpu_layers, target.gpu_free, cache_type,
@@ -113,7 +113,7 @@ def _run(model: ModelInfo, context: int, gpu_layers: int, target: Target,
                             gpu_layers=gpu_layers)
 
 
-def judge(model: ModelInfo, target: Target, context: int = DEFAULT_CONTEXT,
+def judge(model: ModelInfo, target: Machine, context: int = DEFAULT_CONTEXT,
           gpu_layers: int | None = None, cache_type: str = "F16",
           flash_attention: bool = False) -> Verdict:
     """Where `model` can run on `target` at `context` tokens; the most GPU layers that fit
@@ -143,12 +143,12 @@ def judge(model: ModelInfo, target: Target, context: int = DEFAULT_CONTEXT,
     return _describe(_run(model, context, low, target, cache_type, flash_attention), target)
 
 
-def fully_fits(verdict: Verdict, target: Target) -> bool:
+def fully_fits(verdict: Verdict, target: Machine) -> bool:
     """On a GPU target, the whole model on the GPU; on a CPU target, in RAM."""
     return verdict.kind == "gpu" if target.gpu_free else verdict.kind == "ram"
 
 
-def max_context(model: ModelInfo, target: Target, limit: int | None = None,
+def max_context(model: ModelInfo, target: Machine, limit: int | None = None,
                 **options: Any) -> int | None:
     """The longest context (a multiple of 256) at which the model still fully fits."""
     ceiling = limit or model_shape(model).n_ctx_train or 131072
@@ -183,7 +183,7 @@ class CandidateFit:
     recommended: bool = False
 
 
-def recommend(candidates: Sequence[Candidate], target: Target,
+def recommend(candidates: Sequence[Candidate], target: Machine,
               context: int = DEFAULT_CONTEXT, **options: Any) -> list[CandidateFit]:
     """A verdict for every candidate (best quality first); the best writable one that fully
     fits the target is marked recommended (failing that, the best one that runs at all)."""
