@@ -9,6 +9,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from app import __version__
+from app.gui.gc_guard import GuiThreadGarbageCollector
 
 ICON = Path(__file__).resolve().parent.parent / "resources" / "modelyard.svg"
 
@@ -23,6 +24,8 @@ def create_application(argv: list[str] | None = None) -> QApplication:
     app.setDesktopFileName("modelyard")
     if ICON.exists():
         app.setWindowIcon(QIcon(str(ICON)))
+    if app.findChild(GuiThreadGarbageCollector) is None:
+        GuiThreadGarbageCollector(parent=app)
     return app
 
 
