@@ -376,7 +376,8 @@ class CancellingReporter(RecordingReporter):
 
 
 def save_spm_tokenizer(folder: Path, vocab_size: int = TINY_VOCAB) -> Path:
-    """A SentencePiece BPE `tokenizer.model` (byte fallback, Llama-style normalisation)."""
+    """A SentencePiece BPE `tokenizer.model` like Llama's: byte fallback, identity normalisation
+    (tabs and newlines stay themselves), a dummy prefix, spaces kept."""
     import io
 
     import sentencepiece
@@ -386,6 +387,7 @@ def save_spm_tokenizer(folder: Path, vocab_size: int = TINY_VOCAB) -> Path:
         sentence_iterator=iter(TOKENIZER_TEXT * 20), model_writer=model, vocab_size=vocab_size,
         model_type="bpe", byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
         minloglevel=2)
     path = folder / "tokenizer.model"
     path.write_bytes(model.getvalue())

@@ -85,6 +85,6 @@ def test_sentencepiece_tokenizer_matches(tmp_path: Path) -> None:
     llm = load(to_gguf(source, tmp_path / "spm.gguf"), vocab_only=True)
     processor = sentencepiece.SentencePieceProcessor(model_file=str(model))
     for text in ("Hello world 123", "The quick brown fox jumps over the lazy dog. 0123456789",
-                 "  leading spaces and ünï"):
+                 "  leading spaces and ünï", "tabs\tand\nnew lines"):
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == \
             processor.encode(text)

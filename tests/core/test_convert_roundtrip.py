@@ -139,3 +139,25 @@ def test_split_gguf_shards_are_joined(tmp_path: Path) -> None:
                                                 for i in range(3) for p in range(2)]
     assert {t.tensor_type.name for t in reader.tensors} == {"F16"}
     assert any("3 split shards joined" in line for line in reporter.messages("info"))
+
+
+def test_sentencepiece_gguf_to_hf_tokenizes_like_sentencepiece(tmp_path: Path) -> None:
+    """A llama (SentencePiece) GGUF vocabulary becomes a tokenizer.json transformers loads
+    and that splits text as the original SentencePiece model does."""
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    source = factories.make_hf_model(tmp_path / "spm", "llama", with_tokenizer=False)
+    model_file = factories.save_spm_tokenizer(source)
+    convert(source, tmp_path / "spm.gguf", "F32")
+    back = tmp_path / "back"
+    reporter = convert(tmp_path / "spm.gguf", back, "F32", to="hf")
+    assert any("SentencePiece" in message for message in reporter.messages())
+    tokenizer = AutoTokenizer.from_pretrained(back)
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    for text in ("Hello world 123", "The quick brown fox jumps over the lazy dog. 0123456789",
+                 "  leading spaces and ünï 🦙", "tabs\tand\nnew lines"):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert ids == processor.encode(text), text
+        assert tokenizer.decode(ids) == processor.decode(ids)
+    assert tokenizer("Hi")["input_ids"][0] == processor.bos_id()  # BOS added, as llama does
