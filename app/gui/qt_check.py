@@ -42,7 +42,7 @@ def qt_binding_problem() -> str | None:
     import PySide6
 
     return (f"PySide6 {PySide6.__version__} loses a reference to None on every Qt call on "
-            f"Python {sys.version_info.major}.{sys.version_info.minor} ({lost} in "
+            f"Python {sys.version_info[0]}.{sys.version_info[1]} ({lost} in "
             f"{PROBE_CALLS} calls); the window would crash within minutes. "
             "Install a sound version: pip install 'PySide6-Essentials>=6.9,<6.12' "
             "(or use Python 3.12 or later)")

@@ -170,7 +170,9 @@ from app.gui.main_window import MainWindow
 window = MainWindow(AppSettings(Path({str(tmp_path / 's.ini')!r})))
 window.show()
 app.processEvents()
-print(round(time.monotonic() - start, 2), 'torch' in sys.modules, 'transformers' in sys.modules)
+import gc
+print(round(time.monotonic() - start, 2), 'torch' in sys.modules, 'transformers' in sys.modules,
+      gc.isenabled())
 window.close()
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -178,6 +180,7 @@ window.close()
                                               "QT_QPA_PLATFORM": "offscreen",
                                               "HF_HUB_CACHE": str(tmp_path / "hub")})
     assert result.returncode == 0, result.stderr
-    seconds, torch_loaded, transformers_loaded = result.stdout.split()
+    seconds, torch_loaded, transformers_loaded, automatic_gc = result.stdout.split()
     assert (torch_loaded, transformers_loaded) == ("False", "False")
+    assert automatic_gc == "False"  # the GUI thread collects garbage (app/gui/gc_guard.py)
     print(f"window on screen after {seconds} s")

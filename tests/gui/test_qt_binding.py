@@ -17,3 +17,13 @@ def test_qt_calls_do_not_drain_none(qapp) -> None:  # type: ignore[no-untyped-de
     assert before - sys.getrefcount(None) < 100
     assert none_refcount_drain() < PROBE_CALLS // 2
     assert qt_binding_problem() is None
+
+
+def test_the_window_refuses_a_faulty_binding(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from app.gui import application, qt_check
+
+    monkeypatch.setattr(sys, "version_info", (3, 11, 7, "final", 0))
+    monkeypatch.setattr(qt_check, "none_refcount_drain", lambda: PROBE_CALLS)
+    assert application.run_gui() == 2
+    error = capsys.readouterr().err
+    assert error.startswith("modelyard: PySide6 ") and "PySide6-Essentials>=6.9,<6.12" in error
