@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -135,24 +136,35 @@ def make_bnb_model(source: Path, folder: Path, *, bits: int = 4) -> Path:
     return folder
 
 
+def finish_gguf(writer: Any) -> None:
+    """Write a gguf-py GGUFWriter's header, metadata and tensors, and close the file."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def make_gguf(path: Path, *, arch: str = "llama", n_layers: int = 2, n_embd: int = 64,
               n_ff: int = 128, n_vocab: int = 64, n_experts: int = 0,
               expert_layout: str = "stacked", with_tokenizer: bool = True,
               extra_tensors: Sequence[tuple[str, np.ndarray]] = (), seed: int = 0,
               tied_embeddings: bool = False, n_head: int = 4, n_head_kv: int = 2,
-              extra_kv: dict[str, int | float | str] | None = None) -> Path:
-    """Write a small GGUF with gguf-py: F32 tensors, real hyperparameters, optional experts."""
+              extra_kv: dict[str, int | float | str] | None = None, f16: bool = False,
+              context_length: int = 512) -> Path:
+    """Write a small GGUF with gguf-py: F32 (or, with `f16`, F16 weights and F32 norms),
+    real hyperparameters, optional experts."""
     import gguf
 
     rng = np.random.default_rng(seed)
+    dtype = np.float16 if f16 else np.float32
 
     def weights(*shape: int) -> np.ndarray:
-        return rng.standard_normal(shape).astype(np.float32) * 0.02
+        return (rng.standard_normal(shape).astype(np.float32) * 0.02).astype(dtype, copy=False)
 
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(path.stem)
     writer.add_block_count(n_layers)
-    writer.add_context_length(512)
+    writer.add_context_length(context_length)
     writer.add_embedding_length(n_embd)
     writer.add_feed_forward_length(n_ff)
     writer.add_head_count(n_head)
@@ -167,7 +179,7 @@ def make_gguf(path: Path, *, arch: str = "llama", n_layers: int = 2, n_embd: int
             writer.add_float32(key, value)
         else:
             writer.add_string(key, value)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
     if n_experts:
         writer.add_expert_count(n_experts)
         writer.add_expert_used_count(2)
@@ -206,10 +218,7 @@ def make_gguf(path: Path, *, arch: str = "llama", n_layers: int = 2, n_embd: int
         writer.add_tensor("output.weight", weights(n_vocab, n_embd))
     for name, array in extra_tensors:
         writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     return path
 
 
@@ -233,10 +242,7 @@ def make_split_gguf(folder: Path, base: str, n_shards: int = 3) -> list[Path]:
         for part in range(2):
             writer.add_tensor(f"blk.{index}.part{part}.weight",
                               rng.standard_normal((8, 32)).astype(np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        finish_gguf(writer)
         paths.append(path)
     return paths
 
@@ -341,10 +347,7 @@ def make_gguf_from_hf(source: Path, path: Path, qtype: str = "F32",
             writer.add_tensor(target, data.astype(np.float16))
         else:
             writer.add_tensor(target, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     return path
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.convert import (
     GGUF_OUTPUT_TYPES,
@@ -69,8 +70,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                              pure=args.pure, check_memory=not args.ignore_memory_check)
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
     if args.dry_run:
-        json.dump(plan.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(plan.to_json())
         return 0
     reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
     if not args.json_progress:

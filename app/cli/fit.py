@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-from app.cli.table import render_table
+from app.cli.output import print_json, render_table
 from app.core.errors import OptionError
 from app.core.estimate.candidates import conversion_candidates
 from app.core.estimate.report import FitReport, convert_estimate, fit_report
@@ -78,8 +76,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         job, note = convert_estimate(model, recommended.candidate.quant)
         report = replace(report, convert=job, notes=report.notes + ((note,) if note else ()))
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(report.to_json())
     else:
         print_report(report)
     return 0

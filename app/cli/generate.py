@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.formats.model_info import format_bytes
 from app.core.generate.compare import CompareRequest, CompareResult
@@ -78,11 +79,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     compare.set_defaults(handler=cmd_compare)
 
 
-def _print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-
-
 class StreamingReporter(ConsoleReporter):
     """A console reporter that ends the streamed reply's line before printing a log line."""
 
@@ -127,18 +123,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     reporter.end_text()
     if result.status != "done":
         return result.exit_code
-    value: GenerateResult = result.value
-    if args.json:
-        _print_json(value.to_json())
-    elif not args.json_progress:
-        vram = (f", VRAM {format_bytes(value.peak_vram_bytes)}"
-                if value.peak_vram_bytes is not None else "")
-        sys.stderr.write(
-            f"{value.backend} on {value.device} · {value.prompt_format} · "
-            f"{value.n_generated} tokens at {value.tokens_per_s:.1f} tokens/s (prompt "
-            f"{value.n_prompt_tokens} at {value.prompt_tokens_per_s:.1f} tokens/s) · load "
-            f"{value.load_s:.1f} s · peak RAM {format_bytes(value.peak_bytes)}{vram}\n")
+    _show(result.value, args, print_generate_summary)
     return 0
+
+
+def _show(value: Any, args: argparse.Namespace, print_text: Callable[[Any], None]) -> None:
+    """`--json`: the result as one document; `--json-progress`: nothing more; else text."""
+    if args.json:
+        print_json(value.to_json())
+    elif not args.json_progress:
+        print_text(value)
+
+
+def print_generate_summary(value: GenerateResult) -> None:
+    vram = (f", VRAM {format_bytes(value.peak_vram_bytes)}"
+            if value.peak_vram_bytes is not None else "")
+    sys.stderr.write(
+        f"{value.backend} on {value.device} · {value.prompt_format} · "
+        f"{value.n_generated} tokens at {value.tokens_per_s:.1f} tokens/s (prompt "
+        f"{value.n_prompt_tokens} at {value.prompt_tokens_per_s:.1f} tokens/s) · load "
+        f"{value.load_s:.1f} s · peak RAM {format_bytes(value.peak_bytes)}{vram}\n")
 
 
 def print_doctor_report(report: DoctorReport) -> None:
@@ -163,7 +167,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return result.exit_code
     report: DoctorReport = result.value
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
     else:
         print_doctor_report(report)
     return 0 if report.ok else 2
@@ -198,9 +202,5 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = run_in_console(request, reporter)
     if result.status != "done":
         return result.exit_code
-    value: CompareResult = result.value
-    if args.json:
-        _print_json(value.to_json())
-    elif not args.json_progress:
-        print_compare_result(value)
+    _show(result.value, args, print_compare_result)
     return 0

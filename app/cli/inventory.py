@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
-from typing import Any
 
+from app.cli.output import print_json, render_table
 from app.cli.progress import ConsoleReporter, run_in_console
-from app.cli.table import render_table
 from app.core.errors import FormatError
 from app.core.formats.model_info import ModelInfo, format_bytes, format_count
 from app.core.formats.scan import ScanRequest, ScanResult, inspect_path
@@ -38,11 +35,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     resources.set_defaults(handler=cmd_resources)
 
 
-def _print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-
-
 def cmd_scan(args: argparse.Namespace) -> int:
     request = ScanRequest(tuple(args.paths), include_hf_cache=not args.no_hf_cache)
     reporter = ConsoleReporter(verbose=args.verbose, unit="folders")
@@ -51,7 +43,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return result.exit_code
     found: ScanResult = result.value
     if args.json:
-        _print_json({"models": [m.to_json() for m in found.models],
+        print_json({"models": [m.to_json() for m in found.models],
                      "problems": [{"path": str(p.path), "text": p.text} for p in found.problems]})
         return 0
     rows = [(m.name, m.format.upper(), m.architecture or "?", format_count(m.parameters),
@@ -97,7 +89,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if fatal:
         raise FormatError(fatal[0].text, path=args.path)
     if args.json:
-        _print_json(model.to_json(with_tensors=args.tensors))
+        print_json(model.to_json(with_tensors=args.tensors))
         return 0
     print(model.name)
     for key, value in describe_text(model):
@@ -116,7 +108,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_resources(args: argparse.Namespace) -> int:
     res = probe_resources(args.path)
     if args.json:
-        _print_json(res.to_json())
+        print_json(res.to_json())
         return 0
     print(f"RAM   {format_bytes(res.ram_available)} available of {format_bytes(res.ram_total)}")
     print(f"swap  {format_bytes(res.swap_free)} free of {format_bytes(res.swap_total)}")

@@ -17,7 +17,6 @@ from PySide6.QtCore import QObject, QTimer
 class GuiThreadGarbageCollector(QObject):
     def __init__(self, interval_ms: int = 500, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._thresholds = gc.get_threshold()
         self._was_enabled = gc.isenabled()
         gc.disable()
         self._timer = QTimer(self)
@@ -32,11 +31,12 @@ class GuiThreadGarbageCollector(QObject):
         cycle the interpreter would have collected at the peak.
         """
         young, middle, old = gc.get_count()
-        if young == 0 and middle <= self._thresholds[1]:
+        _, middle_limit, old_limit = gc.get_threshold()
+        if young == 0 and middle <= middle_limit:
             return None
         generation = 0
-        if middle > self._thresholds[1]:
-            generation = 2 if old > self._thresholds[2] else 1
+        if middle > middle_limit:
+            generation = 2 if old > old_limit else 1
         gc.collect(generation)
         return generation
 

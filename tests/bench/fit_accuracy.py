@@ -94,48 +94,11 @@ def measure(code: str, *args: str) -> int:
 
 def write_shape(path: Path, n_embd: int, n_head: int, n_head_kv: int, n_ff: int,
                 n_vocab: int, n_layers: int = 4) -> Path:
-    import gguf
-    import numpy as np
+    """A llama of this shape with F16 weights, trained for 32k tokens."""
+    from factories import make_gguf
 
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(n_layers)
-    writer.add_context_length(32768)
-    writer.add_embedding_length(n_embd)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list([f"<{i}>" for i in range(n_vocab)])
-    writer.add_token_types([1] * n_vocab)
-    writer.add_token_merges(["<0> <1>"])
-    rng = np.random.default_rng(0)
-
-    def weights(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.02).astype(np.float16)
-
-    kv = n_embd // n_head * n_head_kv
-    writer.add_tensor("token_embd.weight", weights(n_vocab, n_embd))
-    for layer in range(n_layers):
-        prefix = f"blk.{layer}"
-        writer.add_tensor(f"{prefix}.attn_norm.weight", np.ones(n_embd, np.float32))
-        writer.add_tensor(f"{prefix}.attn_q.weight", weights(n_embd, n_embd))
-        writer.add_tensor(f"{prefix}.attn_k.weight", weights(kv, n_embd))
-        writer.add_tensor(f"{prefix}.attn_v.weight", weights(kv, n_embd))
-        writer.add_tensor(f"{prefix}.attn_output.weight", weights(n_embd, n_embd))
-        writer.add_tensor(f"{prefix}.ffn_norm.weight", np.ones(n_embd, np.float32))
-        writer.add_tensor(f"{prefix}.ffn_gate.weight", weights(n_ff, n_embd))
-        writer.add_tensor(f"{prefix}.ffn_up.weight", weights(n_ff, n_embd))
-        writer.add_tensor(f"{prefix}.ffn_down.weight", weights(n_embd, n_ff))
-    writer.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
-    writer.add_tensor("output.weight", weights(n_vocab, n_embd))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return make_gguf(path, n_layers=n_layers, n_embd=n_embd, n_ff=n_ff, n_vocab=n_vocab,
+                     n_head=n_head, n_head_kv=n_head_kv, f16=True, context_length=32768)
 
 
 BUFFER_CHILD = r"""

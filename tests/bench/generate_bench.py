@@ -15,6 +15,7 @@ import importlib.util
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,14 +28,21 @@ from factories import make_gguf_from_hf, make_hf_model, smollm2_gguf  # noqa: E4
 PROMPT = "Write a short story about a lighthouse keeper."
 
 
+def finished(request: Any, label: str, width: int) -> Any:
+    """The job's result, or None after printing why it failed."""
+    result = run_job(request, NullReporter())
+    if result.status != "done":
+        print(f"{label:<{width}} failed: {result.error}")
+        return None
+    return result.value
+
+
 def generation(path: Path, backend: str, tokens: int) -> None:
     request = GenerateRequest(path, PROMPT, max_tokens=tokens, backend=backend,  # type: ignore[arg-type]
                               use_gpu=True)
-    result = run_job(request, NullReporter())
-    if result.status != "done":
-        print(f"{backend:<22} failed: {result.error}")
+    value = finished(request, backend, 22)
+    if value is None:
         return
-    value = result.value
     print(f"{value.backend:<22} load {value.load_s:6.2f} s  prompt {value.n_prompt_tokens:3d} "
           f"tokens at {value.prompt_tokens_per_s:7.1f} tokens/s  generated "
           f"{value.n_generated:3d} at {value.tokens_per_s:6.1f} tokens/s  peak RSS "
@@ -42,11 +50,9 @@ def generation(path: Path, backend: str, tokens: int) -> None:
 
 
 def comparison(reference: Path, candidate: Path, label: str, **kwargs: object) -> None:
-    result = run_job(CompareRequest(reference, candidate, **kwargs), NullReporter())
-    if result.status != "done":
-        print(f"{label:<28} failed: {result.error}")
+    v = finished(CompareRequest(reference, candidate, **kwargs), label, 28)  # type: ignore[arg-type]
+    if v is None:
         return
-    v = result.value
     print(f"{label:<28} KL mean {v.kl_mean:.3e}  p99 {v.kl_p99:.3e}  top-1 "
           f"{v.top1_agreement * 100:6.2f} %  ppl {v.ppl_ref:8.3f} -> {v.ppl_candidate:8.3f}  "
           f"{v.n_tokens} tokens  peak RSS {format_bytes(v.peak_bytes)}")

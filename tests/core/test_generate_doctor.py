@@ -251,5 +251,6 @@ def test_built_in_architectures_accept_both_keywords_that_break_old_model_code(
     for name in ("llama", "mixtral"):
         model = AutoModelForCausalLM.from_pretrained(tiny_models[name])
         with torch.inference_mode():
-            model(ids, output_router_logits=True)
-            model(ids, cache_position=torch.arange(4))
+            for keyword in ({"output_router_logits": True}, {"cache_position": torch.arange(4)}):
+                logits = model(ids, **keyword).logits  # a TypeError here fails the test
+                assert logits.shape == (1, 4, model.config.vocab_size)

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from gui_helpers import settle
+from gui_helpers import open_window, settle
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QApplication
@@ -22,12 +22,7 @@ def window(qtbot, settings: AppSettings, tmp_path: Path,  # type: ignore[no-unty
     folder = tmp_path / "models"
     folder.mkdir()
     shutil.copytree(tiny_models["llama"], folder / "tiny-llama")
-    win = MainWindow(settings)
-    qtbot.addWidget(win)
-    win.show()
-    win.add_folder(folder)
-    settle(qtbot, win)
-    return win
+    return open_window(qtbot, settings, folder)
 
 
 

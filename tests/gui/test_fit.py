@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from gui_helpers import settle
+from gui_helpers import open_window, settle
 from PySide6.QtCore import Qt
 
 from app.gui.fit_tab import CONTEXT_STEPS
@@ -29,12 +29,7 @@ def quants(tmp_path: Path, smollm2_gguf: Path, kquants_reference: Path) -> Path:
 
 @pytest.fixture()
 def window(qtbot, settings: AppSettings, quants: Path) -> MainWindow:  # type: ignore[no-untyped-def]
-    win = MainWindow(settings)
-    qtbot.addWidget(win)
-    win.show()
-    win.add_folder(quants)
-    settle(qtbot, win)
-    return win
+    return open_window(qtbot, settings, quants)
 
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from gui_helpers import settle
+from gui_helpers import open_window, settle
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
@@ -33,11 +33,7 @@ def folder(tmp_path: Path, smollm2_gguf: Path, tiny_models: dict[str, Path],
 
 @pytest.fixture()
 def window(qtbot, settings: AppSettings) -> MainWindow:  # type: ignore[no-untyped-def]
-    win = MainWindow(settings)
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitUntil(lambda: not win.queue.active(), timeout=10000)
-    return win
+    return open_window(qtbot, settings)
 
 
 def wait_scans(qtbot, win: MainWindow) -> None:  # type: ignore[no-untyped-def]

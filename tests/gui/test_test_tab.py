@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from gui_helpers import settle
+from gui_helpers import open_window, settle
 
 from app.gui.main_window import MainWindow
 from app.gui.settings import AppSettings
@@ -27,12 +27,7 @@ def window(qtbot, settings: AppSettings, tmp_path: Path, tiny_models: dict[str, 
     broken = shutil.copytree(tiny_models["llama"], folder / "tiny-llama-merged-badly")
     drop_tensors(broken / "model.safetensors", ["model.layers.1.input_layernorm.weight",
                                                 "model.layers.1.self_attn.q_proj.weight"])
-    win = MainWindow(settings)
-    qtbot.addWidget(win)
-    win.show()
-    win.add_folder(folder)
-    settle(qtbot, win)
-    return win
+    return open_window(qtbot, settings, folder)
 
 
 

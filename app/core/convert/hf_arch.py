@@ -65,7 +65,6 @@ class Hyper:
     n_expert_used: int = 0
     n_ff_expert: int | None = None
     n_ff_shared: int | None = None
-    tie_embeddings: bool = False
 
 
 def _int(config: dict[str, Any], key: str, required: bool = True) -> int | None:
@@ -98,7 +97,6 @@ def read_hyper(config: dict[str, Any], spec: ArchSpec) -> Hyper:
         n_expert_used=(_int(config, "num_experts_per_tok", False) or 0) if spec.moe else 0,
         n_ff_expert=_int(config, "moe_intermediate_size", False),
         n_ff_shared=_int(config, "shared_expert_intermediate_size", False),
-        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
     )
 
 

@@ -89,7 +89,6 @@ class ConversionPlan:
     copy_metadata_from: Path | None = None  # GGUF → GGUF: every other key comes from here
     metadata_bytes: int = 0  # header size of the output, estimated
     hf_files: tuple[str, ...] = ()  # HF output: files written beside the weights
-    input_files: tuple[Path, ...] = ()
     input_bytes: int = 0
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()

@@ -87,7 +87,7 @@ def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Dev
         source=model.path, source_format="gguf", target=target, to="gguf", out_type=out_type,
         architecture=main.architecture or "?", tensors=typed, device=device,
         overwrite=overwrite, metadata=overrides, copy_metadata_from=main.path,
-        metadata_bytes=main.data_offset, input_files=model.files,
+        metadata_bytes=main.data_offset,
         input_bytes=model.file_size, notes=tuple(notes),
         context={"keys": list(main.fields), "type_hparams": hparams, "pure": pure,
                  "keep_source": "source"})

@@ -144,7 +144,7 @@ def plan_gguf_to_hf(model: ModelInfo, target: Path, out_type: str, device: Devic
     return ConversionPlan(
         source=model.path, source_format="gguf", target=target, to="hf", out_type=out_type,
         architecture=spec.model_type, tensors=tuple(tensors), device=device,
-        overwrite=overwrite, hf_files=tuple(hf_files), input_files=model.files,
+        overwrite=overwrite, hf_files=tuple(hf_files),
         input_bytes=model.file_size, notes=tuple(notes), warnings=tuple(warnings),
         metadata_bytes=64 * len(tensors),
         context={"config": config.to_dict(), "gguf": str(main.path),

@@ -139,7 +139,7 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
         source=model.path, source_format="hf", target=target, to="gguf", out_type=out_type,
         architecture=spec.gguf_name, tensors=typed, device=device,
         overwrite=overwrite, metadata=entries, metadata_bytes=_metadata_bytes(writer),
-        input_files=model.files, input_bytes=model.file_size, notes=tuple(notes),
+        input_bytes=model.file_size, notes=tuple(notes),
         warnings=tuple(vocab.warnings),
         context={"model_type": spec.model_type, "tokenizer": vocab.kind,
                  "type_hparams": hparams, "pure": pure, "keep_source": "F32"})

@@ -12,8 +12,6 @@ import torch
 
 from app.core.quant.legacy import f16_field, first_absmax
 
-QK_K = 256
-
 
 def _shifts(values: list[int], device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.uint8, device=device).reshape(shape)
@@ -75,22 +73,25 @@ def dequantize_q3_k(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.mul(dl, (ql - qh).to(torch.float32), out=out.view(n, 16, 16))
 
 
-def dequantize_q4_k(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _sub_block_scales(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K header: each of the 8 sub-blocks' scale and min, as (n, 8, 1) floats."""
     n = raw.shape[0]
     d, dmin = f16_field(raw, 0), f16_field(raw, 2)
     scales, mins = scale_min_k4(raw[:, 4:16])
-    dl = (d * scales.to(torch.float32)).reshape(n, 8, 1)
-    ml = (dmin * mins.to(torch.float32)).reshape(n, 8, 1)
+    return ((d * scales.to(torch.float32)).reshape(n, 8, 1),
+            (dmin * mins.to(torch.float32)).reshape(n, 8, 1))
+
+
+def dequantize_q4_k(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    n = raw.shape[0]
+    dl, ml = _sub_block_scales(raw)
     q = _nibbles(raw[:, 16:], 32).reshape(n, 8, 32).to(torch.float32)
     return torch.sub(dl * q, ml, out=out.view(n, 8, 32))
 
 
 def dequantize_q5_k(raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     n = raw.shape[0]
-    d, dmin = f16_field(raw, 0), f16_field(raw, 2)
-    scales, mins = scale_min_k4(raw[:, 4:16])
-    dl = (d * scales.to(torch.float32)).reshape(n, 8, 1)
-    ml = (dmin * mins.to(torch.float32)).reshape(n, 8, 1)
+    dl, ml = _sub_block_scales(raw)
     low = _nibbles(raw[:, 48:], 32).reshape(n, 8, 32)
     high = _bits(raw[:, 16:48]).reshape(n, 8, 32)
     q = (low | (high << 4)).to(torch.float32)

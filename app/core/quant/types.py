@@ -25,10 +25,6 @@ class QuantType:
     type_size: int  # bytes per block
 
     @property
-    def bits_per_weight(self) -> float:
-        return self.type_size * 8 / self.block_size
-
-    @property
     def is_quantized(self) -> bool:
         """A block type, as ggml_is_quantized() says (F32/F16/BF16 and integers are not)."""
         return self.name not in _PLAIN_TYPES

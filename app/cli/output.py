@@ -1,8 +1,11 @@
-"""Plain-text tables for the terminal."""
+"""What commands print: plain-text tables and JSON documents."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
@@ -17,3 +20,9 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def print_json(data: Any) -> None:
+    """One indented JSON document on stdout (what `--json` prints)."""
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
