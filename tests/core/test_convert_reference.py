@@ -1,4 +1,4 @@
-"""Requantization against llama-quantize's own files (../shared/reference/kquants)."""
+"""Requantization against llama.cpp's own quantizations of generated models."""
 
 from __future__ import annotations
 
