@@ -10,7 +10,7 @@ import torch
 from gguf import quants as gguf_quants
 
 from app.core.errors import FormatError, UnsupportedError
-from app.core.quant import floats, kquants, legacy
+from app.core.quant import floats, kquant_writers, kquants, legacy
 from app.core.quant.types import QuantType, can_quantize, get_type
 
 __all__ = ["can_dequantize", "can_quantize", "dequantize", "has_fast_dequantizer", "quantize"]
@@ -34,6 +34,10 @@ QUANTIZERS: dict[str, Quantizer] = {
     "Q4_1": legacy.quantize_q4_1,
     "Q5_0": legacy.quantize_q5_0,
     "Q5_1": legacy.quantize_q5_1,
+    "Q2_K": kquant_writers.quantize_q2_k,
+    "Q3_K": kquant_writers.quantize_q3_k,
+    "Q4_K": kquant_writers.quantize_q4_k,
+    "Q5_K": kquant_writers.quantize_q5_k,
     "Q6_K": kquants.quantize_q6_k,
 }
 DEQUANTIZERS: dict[str, Dequantizer] = {
