@@ -42,11 +42,12 @@ def divide(numerator: float, denominator: torch.Tensor) -> torch.Tensor:
     return torch.div(top, denominator)
 
 
-def sequential_sum(terms: torch.Tensor) -> torch.Tensor:
-    """Sum over dim 0 one element after another, like a C loop (torch.sum would pair them)."""
-    total = terms[0].clone()
-    for i in range(1, terms.shape[0]):
-        total.add_(terms[i])
+def sequential_sum(terms: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Sum over `dim` one element after another, like a C loop (torch.sum would pair them).
+    Several sums stacked along another dimension advance together, one add per position."""
+    total = terms.select(dim, 0).clone()
+    for i in range(1, terms.shape[dim]):
+        total.add_(terms.select(dim, i))
     return total
 
 
@@ -60,7 +61,6 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
     """
     xt = x.t().contiguous()  # [size, n]: each position is a contiguous vector over sub-blocks
     wt = weights.t().contiguous()
-    size = xt.shape[0]
     minimum = xt.amin(dim=0).clamp_(max=0.0)  # `if (min > 0) min = 0`
     high = xt.amax(dim=0)
     flat = high == minimum
@@ -77,14 +77,10 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
         numerator = _f32(rmin) + _f32(rdelta) * _f32(step) + _f32(nmax)
         iscale = divide(float(numerator), torch.where(flat, 1.0, high - minimum))
         aux = torch.round(iscale * (xt - minimum)).clamp_(0, nmax)
-        sum_l = torch.zeros_like(sum_w)
-        sum_l2 = torch.zeros_like(sum_w)
-        sum_xl = torch.zeros_like(sum_w)
-        for i in range(size):
-            wl = wt[i] * aux[i]
-            sum_l.add_(wl)
-            sum_l2.add_(wl * aux[i])
-            sum_xl.add_(wl * xt[i])
+        # The products of every position at once (elementwise, so exact); only the sums
+        # need the reference's order.
+        wl = wt * aux
+        sum_l, sum_l2, sum_xl = sequential_sum(torch.stack([wl, wl * aux, wl * xt]), dim=1)
         det = sum_w * sum_l2 - sum_l * sum_l
         try_scale = (sum_w * sum_xl - sum_x * sum_l) / det
         try_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
@@ -104,15 +100,11 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
 
 def _error(scale: torch.Tensor, codes: torch.Tensor, minimum: torch.Tensor, xt: torch.Tensor,
            wt: torch.Tensor, use_mad: bool) -> torch.Tensor:
-    """sum of w * |scale*L + min - x| (or its square), accumulated position by position.
-    `codes` is [..., size, n]; scale and minimum broadcast over [..., n]."""
-    total = torch.zeros(codes.shape[:-2] + codes.shape[-1:], dtype=torch.float32,
-                        device=codes.device)
-    for i in range(xt.shape[0]):
-        diff = scale * codes[..., i, :] + minimum - xt[i]
-        diff = diff.abs() if use_mad else diff * diff
-        total.add_(wt[i] * diff)
-    return total
+    """sum of w * |scale*L + min - x| (or its square) over positions, in order. codes, xt and
+    wt are [size, n]; scale and minimum [n]."""
+    diff = (scale * codes).add_(minimum).sub_(xt)
+    diff = diff.abs_() if use_mad else diff.mul_(diff)
+    return sequential_sum(diff.mul_(wt))
 
 
 def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -99,7 +99,9 @@ def _k4_search(blocks: torch.Tensor, nmax: int, rmin: float, nstep: int,
     n = blocks.shape[0]
     x = blocks.reshape(n * 8, 32)
     sum_x2 = sequential_sum((x * x).t())
-    av_x = torch.sqrt(sum_x2 / 32).unsqueeze(1)
+    # sqrtf(): torch's float32 sqrt is off by one ulp now and then on the CPU; the float64
+    # root rounded to float32 is the correctly rounded one, as the C computes it.
+    av_x = torch.sqrt((sum_x2 / 32).double()).float().unsqueeze(1)
     weights = av_x + x.abs()
     scales, mins, codes = make_qkx2_quants(x, weights, nmax, rmin, 0.1, nstep, use_mad=False)
     return scales.reshape(n, 8), mins.reshape(n, 8), codes.reshape(n, 8, 32)
