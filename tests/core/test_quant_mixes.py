@@ -130,6 +130,27 @@ def test_gqa_and_70b_rules() -> None:
     assert attn_v("Q5_K_S", 80, 64, 8) == "Q5_K"
 
 
+@pytest.mark.parametrize("arch,n_layer", [("qwen2", 80), ("deci", 80), ("olmo", 80),
+                                           ("jais2", 68), ("llama", 80)])
+def test_70b_rule_for_every_architecture_llama_cpp_applies_it_to(arch: str,
+                                                                 n_layer: int) -> None:
+    """llama.cpp's loaders for these architectures call the model 70B, and attn_v then gets
+    Q5_K where the mix gives Q3_K or Q4_K."""
+    specs = llama_tensor_specs(n_layer=n_layer, n_embd=8192, n_ff=29568, n_head=64,
+                               n_head_kv=8, n_vocab=152064, attention_bias=True)
+    plan = plan_tensor_types("Q4_K_M", specs, ModelHparams(n_layer, 64, 8, arch=arch))
+    # Layer 11 is not one of use_more_bits' layers (which get Q6_K), so Q4_K → Q5_K.
+    assert plan.type_of("blk.11.attn_v.weight").name == "Q5_K"
+    assert plan.type_of("blk.0.attn_v.weight").name == "Q6_K"
+    assert plan.type_of("blk.11.attn_q.weight").name == "Q4_K"
+    other = plan_tensor_types("Q4_K_M", specs, ModelHparams(n_layer, 64, 8, arch="gemma2"))
+    assert other.type_of("blk.11.attn_v.weight").name == "Q4_K"
+    fewer = llama_tensor_specs(n_layer=n_layer - 4, n_embd=8192, n_ff=29568, n_head=64,
+                               n_head_kv=8, n_vocab=152064)
+    plan = plan_tensor_types("Q4_K_M", fewer, ModelHparams(n_layer - 4, 64, 8, arch=arch))
+    assert plan.type_of("blk.12.attn_v.weight").name == "Q4_K"  # not a more-bits layer
+
+
 @pytest.mark.parametrize("layout", ["stacked", "split"])
 def test_eight_expert_rules(layout: str) -> None:
     n_layer = 32

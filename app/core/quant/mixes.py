@@ -60,6 +60,8 @@ _NEVER_QUANTIZED = (
 )
 # Architectures for which llama.cpp has rules of its own that are not modelled here.
 _SPECIAL_ARCHS = {"falcon", "glm5-next", "bailingmoe3"}
+# The architectures whose loaders call a model of this many layers LLM_TYPE_70B (src/models/).
+_70B_LAYERS = {"llama": 80, "qwen2": 80, "deci": 80, "olmo": 80, "jais2": 68}
 _LAYER = re.compile(r"blk\.\s*([+-]?\d+)")
 
 
@@ -179,8 +181,12 @@ class _Walk:
 
     @property
     def is_70b(self) -> bool:
+        """llama.cpp's LLM_TYPE_70B, which each architecture's loader decides from its layer
+        count (a llama with as many KV heads as heads is the 65B; 8 experts are 8x7B/8x22B)."""
         hp = self.hp
-        return hp.arch == "llama" and hp.n_layer == 80 and hp.n_head != hp.n_head_kv
+        if _70B_LAYERS.get(hp.arch) != hp.n_layer:
+            return False
+        return hp.arch != "llama" or (hp.n_head != hp.n_head_kv and hp.n_expert != 8)
 
     def choose(self, spec: TensorSpec, category: Category, qtype: QuantType) -> QuantType:
         """llama_tensor_get_type_impl() for the targets of targets.TARGETS."""
