@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import factories  # noqa: E402
+from reference_models import ReferenceFiles, f32_tensors  # noqa: E402
 
 # A test stuck in C code holding the GIL (a native deadlock) never lets pytest-timeout's handler
 # run. faulthandler's watchdog is a C thread: it prints every thread's stack and ends the run,
@@ -74,21 +75,23 @@ def tiny_ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def kquants_reference() -> Path:
-    """GGUFs llama-quantize wrote from a tiny F32 llama (see ../shared/reference/README.md)."""
-    folder = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "kquants"
-    assert (folder / "tiny-llama-F32.gguf").is_file(), f"reference data missing: {folder}"
-    return folder
+def reference_files(tmp_path_factory: pytest.TempPathFactory) -> ReferenceFiles:
+    """Generated real-valued F32 models and llama.cpp's own quantizations of them, made on
+    first use (see reference_models.py)."""
+    return ReferenceFiles(tmp_path_factory.mktemp("kquants-reference"))
+
+
+@pytest.fixture(scope="session")
+def kquants_reference(reference_files: ReferenceFiles) -> Path:
+    """A folder holding tiny-llama-F32.gguf and what llama.cpp's quantizer wrote from it: every
+    pure type (tiny-llama-pure-TYPE.gguf) and every mix (tiny-llama-MIX.gguf)."""
+    return reference_files.standard_folder("tiny-llama")
 
 
 @pytest.fixture(scope="session")
 def tiny_reference_f32(kquants_reference: Path) -> dict:
     """The F32 tensors of the reference tiny llama, by GGUF name (numpy, row-major)."""
-    import gguf
-    import numpy as np
-
-    reader = gguf.GGUFReader(kquants_reference / "tiny-llama-F32.gguf")
-    return {t.name: np.array(t.data) for t in reader.tensors}
+    return f32_tensors(kquants_reference / "tiny-llama-F32.gguf")
 
 
 @pytest.fixture(scope="session")

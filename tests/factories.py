@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,15 +150,20 @@ def make_gguf(path: Path, *, arch: str = "llama", n_layers: int = 2, n_embd: int
               extra_tensors: Sequence[tuple[str, np.ndarray]] = (), seed: int = 0,
               tied_embeddings: bool = False, n_head: int = 4, n_head_kv: int = 2,
               extra_kv: dict[str, int | float | str] | None = None, f16: bool = False,
-              context_length: int = 512) -> Path:
+              context_length: int = 512,
+              weight_maker: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
+              | None = None) -> Path:
     """Write a small GGUF with gguf-py: F32 (or, with `f16`, F16 weights and F32 norms),
-    real hyperparameters, optional experts."""
+    real hyperparameters, optional experts. `weight_maker(rng, shape)` replaces the normal
+    weights (scale 0.02) with values of its own."""
     import gguf
 
     rng = np.random.default_rng(seed)
     dtype = np.float16 if f16 else np.float32
 
     def weights(*shape: int) -> np.ndarray:
+        if weight_maker is not None:
+            return weight_maker(rng, shape).astype(dtype, copy=False)
         return (rng.standard_normal(shape).astype(np.float32) * 0.02).astype(dtype, copy=False)
 
     writer = gguf.GGUFWriter(str(path), arch)

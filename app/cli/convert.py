@@ -20,6 +20,7 @@ from app.core.convert import (
 )
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter
+from app.core.quant.overrides import TypeOverrides
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -42,6 +43,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("--pure", action="store_true",
                          help="every weight in T itself (llama-quantize --pure): no Q6_K "
                               "output tensor, no per-layer bumps")
+    convert.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
+                         help="give tensors whose GGUF name contains a match of the regular "
+                              "expression PATTERN the type TYPE (repeatable; the first matching "
+                              "pattern wins; as llama-quantize --tensor-type)")
+    convert.add_argument("--output-tensor-type", metavar="TYPE",
+                         help="type of output.weight (as llama-quantize)")
+    convert.add_argument("--token-embedding-type", metavar="TYPE",
+                         help="type of token_embd.weight (as llama-quantize)")
     convert.add_argument("--to", choices=("gguf", "hf"), default="gguf",
                          help="output format (default gguf)")
     convert.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
@@ -64,10 +73,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    overrides = TypeOverrides.parse(args.tensor_type, args.output_tensor_type,
+                                    args.token_embedding_type)  # bad values: exit 2
     request = ConvertRequest(args.source, args.output, args.type or "F16", to=args.to,
                              device=args.device, keep_type=args.keep_type,
                              overwrite=args.overwrite, require_tokenizer=args.require_tokenizer,
-                             pure=args.pure, check_memory=not args.ignore_memory_check)
+                             pure=args.pure, check_memory=not args.ignore_memory_check,
+                             type_overrides=overrides or None)
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
     if args.dry_run:
         print_json(plan.to_json())

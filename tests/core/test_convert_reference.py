@@ -1,4 +1,4 @@
-"""Requantization against llama-quantize's own files (../shared/reference/kquants)."""
+"""Requantization against llama.cpp's own quantizations of generated models."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from app.core.convert import ConvertRequest
 from app.core.jobs import RecordingReporter, run_job
+from reference_models import ReferenceFiles
 
 
 def tensors_of(path: Path) -> dict[str, tuple[str, bytes]]:
@@ -51,12 +52,31 @@ def test_legacy_target_gives_the_output_tensor_q6_k(kquants_reference: Path,
         n: v for n, v in pure_q4.items() if n != "output.weight"}
 
 
-def test_k_quant_mixes_are_refused_until_writable(kquants_reference: Path,
-                                                  tmp_path: Path) -> None:
-    from app.core.convert import plan_conversion
-    from app.core.errors import UnsupportedError
+MIXES = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
 
-    with pytest.raises(UnsupportedError, match="Q4_K_M gives .* a type Modelyard cannot write"):
-        plan_conversion(kquants_reference / "tiny-llama-F32.gguf", tmp_path / "k.gguf",
-                        out_type="Q4_K_M")
-    assert list(tmp_path.iterdir()) == []
+
+@pytest.mark.parametrize("mix", MIXES)
+def test_k_mixes_equal_llama_quantize(mix: str, reference_files: ReferenceFiles,
+                                      tmp_path: Path) -> None:
+    """Types and bytes of every tensor, on 352-element rows that fall back (tiny-llama)."""
+    ours = requantize(reference_files.source("tiny-llama"), tmp_path / "out.gguf", mix,
+                      pure=False)
+    assert_same_tensors(ours, tensors_of(reference_files.mix("tiny-llama", mix)))
+
+
+@pytest.mark.parametrize("model,mix", [("tiny-gqa", "Q2_K"), ("tiny-gqa", "Q3_K_M"),
+                                       ("tiny-gqa", "Q4_K_M"), ("tiny-gqa", "Q4_K_S"),
+                                       ("tiny-moe", "Q4_K_M"), ("tiny-moe", "Q3_K_S")])
+def test_k_mixes_of_other_shapes_equal_llama_quantize(model: str, mix: str,
+                                                      reference_files: ReferenceFiles,
+                                                      tmp_path: Path) -> None:
+    """16 layers with GQA 4 and tied embeddings; 8 experts: other rules pick other types."""
+    ours = requantize(reference_files.source(model), tmp_path / "out.gguf", mix, pure=False)
+    assert_same_tensors(ours, tensors_of(reference_files.mix(model, mix)))
+
+
+def assert_same_tensors(ours: dict[str, tuple[str, bytes]],
+                        theirs: dict[str, tuple[str, bytes]]) -> None:
+    assert {n: t for n, (t, _) in ours.items()} == {n: t for n, (t, _) in theirs.items()}
+    differing = [name for name in theirs if ours[name][1] != theirs[name][1]]
+    assert differing == []

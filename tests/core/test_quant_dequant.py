@@ -27,7 +27,8 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 def test_reference_files_dequantize_like_gguf_py(qtype: str, kquants_reference: Path) -> None:
     reader = gguf.GGUFReader(kquants_reference / f"tiny-llama-pure-{qtype}.gguf")
     tensors = [t for t in reader.tensors if t.tensor_type.name == qtype]
-    assert len(tensors) == 30
+    # Every 2-D weight; on tiny-llama, ffn_down (352-element rows) falls back from K-quants.
+    assert len(tensors) == (26 if qtype in KQUANTS else 30)
     for tensor in tensors:
         raw = np.array(tensor.data)
         expected = quants.dequantize(raw, tensor.tensor_type)

@@ -129,7 +129,7 @@ def test_q6_k_reproduces_llama_quantize(kquants_reference: Path,
         got = quantize(torch.from_numpy(tiny_reference_f32[tensor.name]), "Q6_K")
         assert np.array_equal(got.numpy(), np.asarray(tensor.data)), tensor.name
         checked += 1
-    assert checked == 30
+    assert checked == 26  # 4 layers × 6 + token_embd + output; ffn_down (352) falls back
 
 
 def test_q6_k_round_trip() -> None:

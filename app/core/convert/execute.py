@@ -66,10 +66,11 @@ def permute_rows(values: torch.Tensor, n_heads: int, inverse: bool) -> torch.Ten
     return shaped.swapaxes(1, 2).reshape(rows, cols)
 
 
-def encode(values: torch.Tensor, out_type: str, to: str) -> torch.Tensor:
+def encode(values: torch.Tensor, out_type: str, to: str,
+           tensor: str | None = None) -> torch.Tensor:
     if to == "hf":
         return values.to(TORCH_DTYPES[out_type]).contiguous().view(torch.uint8)
-    return quantize(values, out_type)
+    return quantize(values, out_type, tensor=tensor)
 
 
 def _source(reader: SourceReader, chunk: Chunk) -> torch.Tensor:
@@ -90,7 +91,7 @@ def _process(raw: torch.Tensor, chunk: Chunk, tensor: TensorPlan, plan: Conversi
     if tensor.permute:
         heads = chunk.n_rows // row_alignment(tensor, piece)
         values = permute_rows(values, heads, inverse=tensor.permute == "unqk")
-    return encode(values, tensor.out_type, plan.to).cpu()
+    return encode(values, tensor.out_type, plan.to, tensor.name).cpu()
 
 
 def _produce(reader: SourceReader, tensor: TensorPlan, chunk: Chunk, plan: ConversionPlan,

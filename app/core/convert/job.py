@@ -13,6 +13,7 @@ from app.core.convert.planner import plan_conversion
 from app.core.errors import InsufficientResourcesError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import ProgressUnit, Reporter, atomic_output, check_cancel
+from app.core.quant.overrides import TypeOverrides
 from app.core.resources import probe_disk
 
 # Room left on the disk beyond the output: file systems misbehave when completely full.
@@ -156,6 +157,7 @@ class ConvertRequest:
     overwrite: bool = False
     require_tokenizer: bool = False
     pure: bool = False  # every weight the target's one type, not llama-quantize's mix
+    type_overrides: TypeOverrides | None = None  # --tensor-type and the output/embedding types
     check_memory: bool = True  # False: the user chose to try although the estimate says no
     progress_unit: ProgressUnit = "bytes"
 
@@ -168,7 +170,8 @@ class ConvertRequest:
         return plan_conversion(self.source, self.target, out_type=self.out_type, to=self.to,
                                device=self.device, keep_type=self.keep_type,
                                overwrite=self.overwrite,
-                               require_tokenizer=self.require_tokenizer, pure=self.pure)
+                               require_tokenizer=self.require_tokenizer, pure=self.pure,
+                               type_overrides=self.type_overrides)
 
     def run(self, reporter: Reporter) -> ConvertResult:
         reporter.log("info", f"planning {self.title.lower()}")

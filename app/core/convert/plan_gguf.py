@@ -16,6 +16,7 @@ from app.core.errors import OptionError, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry, read_gguf_header
 from app.core.formats.model_info import ModelInfo
 from app.core.quant import can_dequantize, gguf_hparams
+from app.core.quant.overrides import TypeOverrides
 
 
 def read_headers(model: ModelInfo) -> list[GGUFHeader]:
@@ -51,8 +52,8 @@ def keep_matcher(pattern: str | None) -> re.Pattern[str] | None:
 
 
 def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Device,
-                      overwrite: bool, keep_type: str | None, pure: bool = False
-                      ) -> ConversionPlan:
+                      overwrite: bool, keep_type: str | None, pure: bool = False,
+                      type_overrides: TypeOverrides | None = None) -> ConversionPlan:
     headers = read_headers(model)
     main = main_header(headers)
     keep = keep_matcher(keep_type)
@@ -67,7 +68,8 @@ def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Dev
                                       entry.n_bytes, (piece,), copy=True, fixed_type=matched,
                                       note="--keep-type: bytes copied" if matched else None))
     hparams = gguf_hparams(main)
-    typed = assign_types(tensors, out_type, hparams, pure=pure, keep_source="source")
+    typed = assign_types(tensors, out_type, hparams, pure=pure, keep_source="source",
+                         overrides=type_overrides)
     for tensor in typed:
         if not tensor.copy and not can_dequantize(tensor.slices[0].dtype):
             raise UnsupportedError(f"cannot read {tensor.slices[0].dtype} tensors",
@@ -90,4 +92,4 @@ def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Dev
         metadata_bytes=main.data_offset,
         input_bytes=model.file_size, notes=tuple(notes),
         context={"keys": list(main.fields), "type_hparams": hparams, "pure": pure,
-                 "keep_source": "source"})
+                 "keep_source": "source", "type_overrides": type_overrides})

@@ -24,6 +24,7 @@ from app.core.formats.hf_config import model_type
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.safetensors_header import SafetensorsEntry, read_safetensors_header
 from app.core.quant import ModelHparams
+from app.core.quant.overrides import TypeOverrides
 
 READABLE_DTYPES = ("F32", "F16", "BF16")
 
@@ -49,8 +50,8 @@ def _sort_key(name: str) -> tuple[int, int, str]:
 
 
 def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Device,
-                    overwrite: bool, require_tokenizer: bool, pure: bool = False
-                    ) -> ConversionPlan:
+                    overwrite: bool, require_tokenizer: bool, pure: bool = False,
+                    type_overrides: TypeOverrides | None = None) -> ConversionPlan:
     config = model.metadata
     spec = hf_arch.arch_spec(model_type(config))
     if model.quantization and model.quantization not in READABLE_DTYPES:
@@ -111,7 +112,8 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
     tensors.sort(key=lambda t: _sort_key(t.name))
     hparams = ModelHparams(hyper.n_layer, hyper.n_head, hyper.n_head_kv, hyper.n_expert,
                            spec.gguf_name)
-    typed = assign_types(tensors, out_type, hparams, pure=pure, keep_source="F32")
+    typed = assign_types(tensors, out_type, hparams, pure=pure, keep_source="F32",
+                         overrides=type_overrides)
     permuted = sum(1 for t in tensors if t.permute)
     if permuted:
         notes.append(f"Q/K rows of {permuted} tensors permuted for llama.cpp's rotary embedding")
@@ -142,7 +144,8 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
         input_bytes=model.file_size, notes=tuple(notes),
         warnings=tuple(vocab.warnings),
         context={"model_type": spec.model_type, "tokenizer": vocab.kind,
-                 "type_hparams": hparams, "pure": pure, "keep_source": "F32"})
+                 "type_hparams": hparams, "pure": pure, "keep_source": "F32",
+                 "type_overrides": type_overrides})
 
 
 def _single(name: str, mapped: MappedName, entry: SafetensorsEntry, file: Path,

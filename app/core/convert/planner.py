@@ -12,6 +12,7 @@ from app.core.convert.tensor_types import parse_output_type
 from app.core.errors import BadInputError, FormatError, OptionError, UnsupportedError
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.scan import inspect_path
+from app.core.quant.overrides import TypeOverrides
 
 
 def resolve_device(device: str) -> Device:
@@ -82,12 +83,14 @@ def resolve_target(model: ModelInfo, target: str | Path | None, out_type: str, t
 def plan_conversion(source: str | Path | ModelInfo, target: str | Path | None = None, *,
                     out_type: str = "F16", to: OutputFormat = "gguf", device: str = "cpu",
                     keep_type: str | None = None, overwrite: bool = False,
-                    require_tokenizer: bool = False, pure: bool = False) -> ConversionPlan:
+                    require_tokenizer: bool = False, pure: bool = False,
+                    type_overrides: TypeOverrides | None = None) -> ConversionPlan:
     """Plan converting `source` (an HF folder or a GGUF) to `target`; refuse what cannot work.
 
     `out_type` is a GGUF target (F16, Q8_0, Q4_K_M, ...) for `to="gguf"` — each tensor gets the
     type llama-quantize would give it, or the target's one type with `pure` — or F16/BF16/F32
-    for `to="hf"`. `target=None` puts the output beside the source (`default_output_name`).
+    for `to="hf"`. `type_overrides` are llama-quantize's per-tensor type options (GGUF output
+    only). `target=None` puts the output beside the source (`default_output_name`).
     """
     if to not in ("gguf", "hf"):
         raise OptionError(f"--to {to!r}: choose gguf or hf")
@@ -102,11 +105,15 @@ def plan_conversion(source: str | Path | ModelInfo, target: str | Path | None = 
             raise OptionError("the source is already a Hugging Face model; convert it to gguf")
         from app.core.convert.plan_hf import plan_hf_to_gguf
 
-        return plan_hf_to_gguf(model, path, out_type, dev, overwrite, require_tokenizer, pure)
+        return plan_hf_to_gguf(model, path, out_type, dev, overwrite, require_tokenizer, pure,
+                               type_overrides)
     if to == "gguf":
         from app.core.convert.plan_gguf import plan_gguf_to_gguf
 
-        return plan_gguf_to_gguf(model, path, out_type, dev, overwrite, keep_type, pure)
+        return plan_gguf_to_gguf(model, path, out_type, dev, overwrite, keep_type, pure,
+                                 type_overrides)
+    if type_overrides:
+        raise OptionError("per-tensor types apply to GGUF output only, not --to hf")
     from app.core.convert.plan_gguf_hf import plan_gguf_to_hf
 
     return plan_gguf_to_hf(model, path, out_type, dev, overwrite, require_tokenizer)
@@ -132,7 +139,8 @@ def plan_for_type(plan: ConversionPlan, out_type: str) -> ConversionPlan:
             for tensor in plan.tensors)
         return replace(plan, out_type=out_type, tensors=tensors)
     tensors = assign_types(plan.tensors, out_type, plan.context["type_hparams"],
-                           pure=plan.context["pure"], keep_source=plan.context["keep_source"])
+                           pure=plan.context["pure"], keep_source=plan.context["keep_source"],
+                           overrides=plan.context.get("type_overrides"))
     metadata = plan.metadata
     if any(e.key == "general.file_type" for e in metadata):
         metadata = replace_entry(metadata, MetaEntry("general.file_type",

@@ -25,6 +25,7 @@ from app.core.quant import (
     get_type,
     plan_tensor_types,
 )
+from app.core.quant.overrides import TypeOverrides
 
 HF_OUTPUT_DTYPES: tuple[str, ...] = ("F16", "BF16", "F32")
 # Every target a GGUF can be written as, best first; `writable_output_types` says which of them
@@ -59,7 +60,8 @@ def _spec(tensor: TensorPlan, kept_type: str) -> TensorSpec:
 
 
 def assign_types(tensors: Sequence[TensorPlan], target: str, hparams: ModelHparams, *,
-                 pure: bool, keep_source: Literal["F32", "source"]) -> tuple[TensorPlan, ...]:
+                 pure: bool, keep_source: Literal["F32", "source"],
+                 overrides: TypeOverrides | None = None) -> tuple[TensorPlan, ...]:
     """Give every tensor that is not `fixed_type` the type the planner chooses for `target`.
 
     Tensors the planner does not quantize keep F32 (`keep_source="F32"`: what the HF converter
@@ -67,7 +69,7 @@ def assign_types(tensors: Sequence[TensorPlan], target: str, hparams: ModelHpara
     """
     kept = {t.name: "F32" if keep_source == "F32" else t.slices[0].dtype for t in tensors}
     plan = plan_tensor_types(target, [_spec(t, kept[t.name]) for t in tensors], hparams,
-                             pure=pure)
+                             pure=pure, overrides=overrides)
     unwritable: list[str] = []
     typed = []
     for tensor, planned in zip(tensors, plan.tensors, strict=True):

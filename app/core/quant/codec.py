@@ -10,7 +10,7 @@ import torch
 from gguf import quants as gguf_quants
 
 from app.core.errors import FormatError, UnsupportedError
-from app.core.quant import floats, kquants, legacy
+from app.core.quant import floats, kquant_writers, kquants, legacy
 from app.core.quant.types import QuantType, can_quantize, get_type
 
 __all__ = ["can_dequantize", "can_quantize", "dequantize", "has_fast_dequantizer", "quantize"]
@@ -22,8 +22,9 @@ Dequantizer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Work on this many elements at a time: bounds the float32 temporaries of a large tensor to a
 # few times 16 MiB instead of a few times the tensor, and keeps the working set in cache.
 CHUNK_ELEMENTS = 1 << 22
-# Q6_K's search makes temporaries 19 times its input: give it smaller chunks.
-_CHUNK_DIVISOR = {"Q6_K": 16}
+# The K-quant searches make temporaries many times their input (Q6_K's 19 tries at once, the
+# others a few [positions, sub-blocks] planes per try): give them smaller chunks.
+_CHUNK_DIVISOR = {"Q6_K": 16, "Q2_K": 16, "Q3_K": 16, "Q4_K": 16, "Q5_K": 16}
 
 QUANTIZERS: dict[str, Quantizer] = {
     "F32": floats.quantize_f32,
@@ -34,6 +35,10 @@ QUANTIZERS: dict[str, Quantizer] = {
     "Q4_1": legacy.quantize_q4_1,
     "Q5_0": legacy.quantize_q5_0,
     "Q5_1": legacy.quantize_q5_1,
+    "Q2_K": kquant_writers.quantize_q2_k,
+    "Q3_K": kquant_writers.quantize_q3_k,
+    "Q4_K": kquant_writers.quantize_q4_k,
+    "Q5_K": kquant_writers.quantize_q5_k,
     "Q6_K": kquants.quantize_q6_k,
 }
 DEQUANTIZERS: dict[str, Dequantizer] = {
@@ -65,30 +70,51 @@ def has_fast_dequantizer(qtype: str | QuantType) -> bool:
     return get_type(qtype).name in DEQUANTIZERS
 
 
-def quantize(weights: torch.Tensor, qtype: str | QuantType, *,
-             tensor: str | None = None) -> torch.Tensor:
+def quantize(weights: torch.Tensor, qtype: str | QuantType, *, tensor: str | None = None,
+             importance: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize the last dimension of `weights` into GGML blocks; uint8 result, same device.
 
     Raises BlockSizeError (an UnsupportedError) when the last dimension does not divide the
-    type's block size; `fitting_type` says which type llama.cpp would use instead.
+    type's block size; `fitting_type` says which type llama.cpp would use instead. NaN or
+    infinite weights raise FormatError naming `tensor` (llama.cpp refuses such rows too).
+    A tensor on the meta device gives an empty uint8 tensor of the right shape (it has no
+    values to quantize). `importance` (per-column weights from an importance matrix) is for
+    the weighted quantizers; None quantizes as llama-quantize does without a matrix.
     """
     spec = get_type(qtype)
     quantizer = QUANTIZERS.get(spec.name)
     if quantizer is None:
         raise UnsupportedError(f"Modelyard cannot write {spec.name} tensors yet", tensor=tensor,
                                hint=f"writable types: {', '.join(QUANTIZERS)}")
+    if importance is not None:
+        raise UnsupportedError(f"importance-weighted {spec.name} quantization is not "
+                               "available", tensor=tensor)
     if not weights.is_floating_point():
         raise UnsupportedError(f"cannot quantize a {weights.dtype} tensor", tensor=tensor)
     n_per_row = weights.shape[-1] if weights.dim() else 1
     row_bytes = spec.row_bytes(n_per_row, tensor=tensor)
+    if weights.device.type == "meta":
+        return torch.empty((*weights.shape[:-1], row_bytes), dtype=torch.uint8, device="meta")
     blocks = weights.reshape(-1, spec.block_size)
     out = torch.empty((blocks.shape[0], spec.type_size), dtype=torch.uint8,
                       device=weights.device)
     step = max(1, CHUNK_ELEMENTS // (spec.block_size * _CHUNK_DIVISOR.get(spec.name, 1)))
     for start in range(0, blocks.shape[0], step):
         chunk = blocks[start:start + step].to(torch.float32)
+        if spec.is_quantized and not bool(torch.isfinite(chunk).all()):
+            _refuse_non_finite(chunk, start, spec, tensor)
         out[start:start + step] = quantizer(chunk)
     return out.reshape(*weights.shape[:-1], row_bytes)
+
+
+def _refuse_non_finite(chunk: torch.Tensor, start: int, spec: QuantType,
+                       tensor: str | None) -> None:
+    bad = (~torch.isfinite(chunk)).nonzero()[0]
+    index = (start + int(bad[0])) * spec.block_size + int(bad[1])
+    value = float(chunk[int(bad[0]), int(bad[1])])
+    raise FormatError(f"the weights hold {value} at element {index}; a {spec.name} tensor "
+                      "cannot store NaN or infinite values", tensor=tensor,
+                      hint="the source model is damaged; re-download or re-export it")
 
 
 def dequantize(raw: torch.Tensor, qtype: str | QuantType, shape: Sequence[int] | None = None,

@@ -4,7 +4,7 @@
 llama.cpp walks the tensors in its loader's order (by layer, then by name) and counts attn_v
 and ffn_down tensors as it goes; some rules depend on those counts, so `plan_tensor_types`
 does the same walk. Only the rules for the targets in `targets.TARGETS` are modelled (no
-imatrix, no IQ mixes, no per-tensor overrides).
+imatrix, no IQ mixes); per-tensor overrides are applied where llama.cpp applies them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from app.core.errors import UnsupportedError
+from app.core.quant.overrides import TypeOverrides
 from app.core.quant.specs import ModelHparams, TensorLike, TensorSpec, as_tensor_spec
 from app.core.quant.targets import Target, get_target
 from app.core.quant.types import TYPES, QuantType, can_quantize, fitting_type, get_type
@@ -60,6 +61,8 @@ _NEVER_QUANTIZED = (
 )
 # Architectures for which llama.cpp has rules of its own that are not modelled here.
 _SPECIAL_ARCHS = {"falcon", "glm5-next", "bailingmoe3"}
+# The architectures whose loaders call a model of this many layers LLM_TYPE_70B (src/models/).
+_70B_LAYERS = {"llama": 80, "qwen2": 80, "deci": 80, "olmo": 80, "jais2": 68}
 _LAYER = re.compile(r"blk\.\s*([+-]?\d+)")
 
 
@@ -162,6 +165,7 @@ class _Walk:
     hp: ModelHparams
     tied: bool
     n_attention_wv: int
+    output_type: QuantType | None = None  # --output-tensor-type
     i_attention_wv: int = 0
     counters: dict[Category, int] = field(default_factory=Counter)
 
@@ -179,13 +183,19 @@ class _Walk:
 
     @property
     def is_70b(self) -> bool:
+        """llama.cpp's LLM_TYPE_70B, which each architecture's loader decides from its layer
+        count (a llama with as many KV heads as heads is the 65B; 8 experts are 8x7B/8x22B)."""
         hp = self.hp
-        return hp.arch == "llama" and hp.n_layer == 80 and hp.n_head != hp.n_head_kv
+        if _70B_LAYERS.get(hp.arch) != hp.n_layer:
+            return False
+        return hp.arch != "llama" or (hp.n_head != hp.n_head_kv and hp.n_expert != 8)
 
     def choose(self, spec: TensorSpec, category: Category, qtype: QuantType) -> QuantType:
         """llama_tensor_get_type_impl() for the targets of targets.TARGETS."""
         mix, hp = self.target.name, self.hp
         if category is Category.OUTPUT or (self.tied and category is Category.TOKEN_EMBD):
+            if self.output_type is not None:
+                return self.output_type
             if spec.n_per_row % qtype.block_size:
                 return T["Q8_0"]
             return qtype if qtype == T["Q8_0"] else T["Q6_K"]
@@ -254,28 +264,41 @@ def _loader_order(spec: TensorSpec) -> tuple[int, bytes]:
 
 
 def plan_tensor_types(target: str | Target, tensors: Iterable[TensorLike],
-                      hparams: ModelHparams, *, pure: bool = False) -> ModelPlan:
+                      hparams: ModelHparams, *, pure: bool = False,
+                      overrides: TypeOverrides | None = None) -> ModelPlan:
     """The GGML type llama-quantize gives each tensor for `target` (no imatrix).
 
     `tensors` are GGUF names with shapes in GGUF order (TensorSpec, (name, shape) pairs, or
     the entries of a GGUF header). `pure` is llama-quantize's --pure: every quantizable tensor
     gets the target's default type (still falling back when its rows do not fit).
+    `overrides` are its --tensor-type, --output-tensor-type and --token-embedding-type.
     """
     target = get_target(target)
+    overrides = overrides or TypeOverrides()
     specs = [as_tensor_spec(t) for t in tensors]
     categories = [category_of(s.name) for s in specs]
     walk = _Walk(target, hparams,
                  tied=Category.OUTPUT not in categories,
-                 n_attention_wv=sum(c in _ATTN_V_LIKE for c in categories))
+                 n_attention_wv=sum(c in _ATTN_V_LIKE for c in categories),
+                 output_type=overrides.output)
     plans: dict[int, TensorPlan] = {}
     for index in sorted(range(len(specs)), key=lambda i: _loader_order(specs[i])):
         spec, category = specs[index], categories[index]
         if not allows_quantization(spec):
             plans[index] = TensorPlan(spec.name, spec.shape, get_type(spec.type), False)
             continue
+        direct = overrides.direct_type(spec.name, category is Category.TOKEN_EMBD,
+                                       category is Category.OUTPUT)
+        if direct is not None:
+            plans[index] = TensorPlan(spec.name, spec.shape, direct, True)
+            continue
         qtype, note = target.default_type, None
         if qtype.is_quantized:
-            if not pure:
+            rule = overrides.matching_rule(spec.name)
+            if rule is not None:
+                # A manual type skips the mix rules, and with them their counters.
+                qtype = rule.type
+            elif not pure:
                 qtype = walk.choose(spec, category, qtype)
             choice = fitting_type(qtype, spec.n_per_row, spec.name)
             qtype, note = choice.chosen, choice.reason

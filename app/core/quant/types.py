@@ -14,7 +14,7 @@ _PLAIN_TYPES = frozenset({"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"
 # The types codec.QUANTIZERS writes (a test keeps the two equal). Kept here so that the target
 # table and the planner answer "can Modelyard write this?" without importing torch.
 WRITABLE_TYPES = frozenset({"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-                            "Q6_K"})
+                            "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"})
 
 
 @dataclass(frozen=True)
