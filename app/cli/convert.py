@@ -42,6 +42,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("--pure", action="store_true",
                          help="every weight in T itself (llama-quantize --pure): no Q6_K "
                               "output tensor, no per-layer bumps")
+    convert.add_argument("--imatrix", type=Path, metavar="FILE",
+                         help="importance matrix (llama.cpp's imatrix .gguf or .dat) weighting "
+                              "the quantizers as llama-quantize --imatrix does; tensors it does "
+                              "not cover are quantized without it")
     convert.add_argument("--to", choices=("gguf", "hf"), default="gguf",
                          help="output format (default gguf)")
     convert.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
@@ -67,7 +71,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     request = ConvertRequest(args.source, args.output, args.type or "F16", to=args.to,
                              device=args.device, keep_type=args.keep_type,
                              overwrite=args.overwrite, require_tokenizer=args.require_tokenizer,
-                             pure=args.pure, check_memory=not args.ignore_memory_check)
+                             pure=args.pure, check_memory=not args.ignore_memory_check,
+                             imatrix=args.imatrix)
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
     if args.dry_run:
         print_json(plan.to_json())

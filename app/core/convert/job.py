@@ -156,6 +156,7 @@ class ConvertRequest:
     overwrite: bool = False
     require_tokenizer: bool = False
     pure: bool = False  # every weight the target's one type, not llama-quantize's mix
+    imatrix: Path | None = None  # importance matrix weighting the quantizers
     check_memory: bool = True  # False: the user chose to try although the estimate says no
     progress_unit: ProgressUnit = "bytes"
 
@@ -168,7 +169,8 @@ class ConvertRequest:
         return plan_conversion(self.source, self.target, out_type=self.out_type, to=self.to,
                                device=self.device, keep_type=self.keep_type,
                                overwrite=self.overwrite,
-                               require_tokenizer=self.require_tokenizer, pure=self.pure)
+                               require_tokenizer=self.require_tokenizer, pure=self.pure,
+                               imatrix=self.imatrix)
 
     def run(self, reporter: Reporter) -> ConvertResult:
         reporter.log("info", f"planning {self.title.lower()}")
