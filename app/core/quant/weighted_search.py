@@ -85,33 +85,46 @@ def _running_min(x: torch.Tensor) -> torch.Tensor:
     return low
 
 
+def _column_sum(values: torch.Tensor) -> torch.Tensor:
+    """ordered_sum for values already laid out [n, N] (element i of every group in row i)."""
+    total = torch.zeros_like(values[0])
+    for row in values:
+        total.add_(row)
+    return total
+
+
 def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: float,
                      rdelta: float, nstep: int) -> tuple[torch.Tensor, torch.Tensor,
                                                          torch.Tensor]:
     """make_qkx3_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep,
-    use_mad=false) → (scale [N], the_min [N], L [N, n] as float codes 0..nmax)."""
+    use_mad=false) → (scale [N], the_min [N], L [N, n] as float codes 0..nmax).
+
+    Works on the groups transposed ([n, N]: element i of every group contiguous), so the
+    element-by-element sums need no copies; the levels are only ever finite and below 2**22
+    here, where torch.round is nearest_int().
+    """
     device = x.device
     low = _running_min(x)
     high = x.amax(dim=1)
     low = torch.where(low > 0, 0.0, low)
     flat = high <= low  # L = 0, the_min = -min, scale 0
-    span = torch.where(flat, 1.0, high - low)
     xt, wt = x.t().contiguous(), weights.t().contiguous()  # [n, N]
-    sum_w = ordered_sum(weights)
+    sum_w = _column_sum(wt)
     # sum_x starts as weights[0] * x[0]: the same as adding that product to 0.
-    sum_x = ordered_sum(weights * x)
+    sum_x = _column_sum(wt * xt)
     f32 = torch.float32
     nmax_f = torch.tensor(float(nmax), dtype=f32, device=device)
 
     def levels_for(iscale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
-        return nearest_int(iscale.unsqueeze(1) * (x - minimum.unsqueeze(1))).clamp_(0, nmax)
+        levels = torch.sub(xt, minimum).mul_(iscale)
+        return levels.round_().clamp_(0, nmax)
 
     def weighted_error(scale: torch.Tensor, minimum: torch.Tensor,
                        levels: torch.Tensor) -> torch.Tensor:
-        diff = scale.unsqueeze(1) * levels + minimum.unsqueeze(1) - x
-        return ordered_sum(weights * (diff * diff))
+        diff = torch.mul(levels, scale).add_(minimum).sub_(xt)  # scale * L + min - x
+        return _column_sum(diff.mul_(diff).mul_(wt))  # w * (diff * diff)
 
-    iscale = nmax_f / span
+    iscale = nmax_f / torch.where(flat, 1.0, high - low)
     scale = 1 / iscale
     codes = levels_for(iscale, low)
     best = weighted_error(scale, low, codes)
@@ -123,10 +136,10 @@ def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
         # Each try divides by max - min with the minimum the last winning try left.
         iscale = tries[k] / torch.where(flat, 1.0, high - minimum)
         trial = levels_for(iscale, minimum)
-        wl = weights * trial
-        sum_l = ordered_sum(wl)
-        sum_l2 = ordered_sum(wl * trial)
-        sum_xl = ordered_sum(wl * x)
+        wl = wt * trial
+        sum_l = _column_sum(wl)
+        sum_xl = _column_sum(torch.mul(wl, xt))
+        sum_l2 = _column_sum(wl.mul_(trial))
         det = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
@@ -138,11 +151,10 @@ def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
         best = torch.where(better, error, best)
         scale = torch.where(better, this_scale, scale)
         minimum = torch.where(better, this_min, minimum)
-        codes = torch.where(better.unsqueeze(1), trial, codes)
-    del xt, wt
+        codes = torch.where(better, trial, codes)
     scale = torch.where(flat, 0.0, scale)
-    codes = torch.where(flat.unsqueeze(1), 0.0, codes)
-    return scale, -minimum, codes
+    codes = torch.where(flat, 0.0, codes)
+    return scale, -minimum, codes.t()
 
 
 def _wrap_u8(values: torch.Tensor) -> torch.Tensor:
