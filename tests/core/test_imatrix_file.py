@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from app.core.errors import FormatError, UnsupportedError
-from app.core.quant.imatrix_file import check_against_model, read_imatrix, write_imatrix
+from app.core.quant.imatrix_file import (
+    check_against_model,
+    read_imatrix,
+    resolve_weights,
+    write_imatrix,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "imatrix"
 MODEL = {"token_embd.weight": (256, 1), "blk.0.attn_k.weight": (256, 1),
@@ -112,3 +117,20 @@ def test_matrix_for_another_model_is_refused_with_the_names() -> None:
     wider = {**MODEL, "blk.0.attn_v.weight": (512, 1)}
     with pytest.raises(UnsupportedError, match="sizes differ.*blk.0.attn_v.weight: 256 values"):
         check_against_model(matrix, wider)
+
+
+def test_per_expert_entries_fit_a_stacked_tensor_and_back(tmp_path: Path) -> None:
+    rows = np.arange(8, dtype=np.float32).reshape(2, 4) + 1
+    write_imatrix(tmp_path / "split.gguf", {f"blk.0.ffn_up.{e}.weight": rows[e:e + 1]
+                                            for e in range(2)},
+                  {f"blk.0.ffn_up.{e}.weight": [2] for e in range(2)}, datasets=[],
+                  chunk_count=1, chunk_size=1)
+    stacked_model = {"blk.0.ffn_up_exps.weight": (4, 2)}
+    resolved = resolve_weights(read_imatrix(tmp_path / "split.gguf"), stacked_model)
+    assert np.array_equal(resolved["blk.0.ffn_up_exps.weight"], rows / 2)
+    write_imatrix(tmp_path / "stacked.gguf", {"blk.0.ffn_up_exps.weight": rows},
+                  {"blk.0.ffn_up_exps.weight": [2, 4]}, datasets=[], chunk_count=1,
+                  chunk_size=1)
+    split_model = {f"blk.0.ffn_up.{e}.weight": (4, 1) for e in range(2)}
+    resolved = resolve_weights(read_imatrix(tmp_path / "stacked.gguf"), split_model)
+    assert resolved["blk.0.ffn_up.1.weight"].tolist() == [[5 / 4, 6 / 4, 7 / 4, 8 / 4]]

@@ -4,6 +4,7 @@ output's metadata, all as llama-quantize --imatrix does."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +16,7 @@ from app.core.convert.metadata import MetaEntry, replace_entry
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 from app.core.errors import OptionError
 from app.core.quant import get_type
-from app.core.quant.imatrix_file import ImportanceMatrix, check_against_model, read_imatrix
+from app.core.quant.imatrix_file import ImportanceMatrix, read_imatrix, resolve_weights
 from app.core.quant.mixes import Category, category_of, layer_of
 
 if TYPE_CHECKING:
@@ -27,19 +28,19 @@ _MAX_STRING = 127
 
 @dataclass(frozen=True, eq=False)
 class ImportancePlan:
-    """The matrix a plan quantizes with, and which of its tensors it covers."""
+    """The matrix a plan quantizes with, and the weights of each tensor it covers."""
 
     matrix: ImportanceMatrix
-    covered: tuple[str, ...]
+    weights: Mapping[str, np.ndarray]  # [n_mat, n] float32 by output tensor name
     uncovered: tuple[str, ...]
+
+    @property
+    def covered(self) -> tuple[str, ...]:
+        return tuple(self.weights)
 
     def weights_for(self, tensor: TensorPlan) -> np.ndarray | None:
         """[n_mat, n] float32 for a covered tensor (n_mat: experts of a stacked tensor)."""
-        if tensor.name not in self.covered:
-            return None
-        weights = self.matrix.weights(tensor.name)
-        assert weights is not None
-        return weights.reshape(-1, tensor.shape[-1])
+        return self.weights.get(tensor.name)
 
 
 def _quantized(plan: ConversionPlan) -> list[TensorPlan]:
@@ -63,9 +64,10 @@ def attach_importance(plan: ConversionPlan, imatrix: str | Path) -> ConversionPl
     plan = _imatrix_mix_rules(plan)
     quantized = _quantized(plan)
     shapes = {t.name: _matrix_shape(t) for t in plan.tensors if len(t.shape) >= 2}
-    check_against_model(matrix, shapes)
-    covered = [t.name for t in quantized if _usable(matrix, t)]
-    uncovered = [t.name for t in quantized if t.name not in covered]
+    resolved = resolve_weights(matrix, shapes)
+    weights = {t.name: w for t in quantized if (w := resolved.get(t.name)) is not None}
+    covered = list(weights)
+    uncovered = [t.name for t in quantized if t.name not in weights]
     notes = [f"importance matrix {Path(imatrix).name}: {len(matrix.entries)} entries, "
              f"weights {len(covered)} of {len(quantized)} quantized tensors"]
     notes += [f"{name}: not in the importance matrix, quantized without it"
@@ -73,15 +75,8 @@ def attach_importance(plan: ConversionPlan, imatrix: str | Path) -> ConversionPl
     metadata = plan.metadata
     for entry in _metadata(matrix, Path(imatrix)):
         metadata = replace_entry(metadata, entry)
-    return replace(plan, importance=ImportancePlan(matrix, tuple(covered), tuple(uncovered)),
+    return replace(plan, importance=ImportancePlan(matrix, weights, tuple(uncovered)),
                    metadata=metadata, notes=plan.notes + tuple(notes))
-
-
-def _usable(matrix: ImportanceMatrix, tensor: TensorPlan) -> bool:
-    entry = matrix.entries.get(tensor.name)
-    ne0, n_mat = _matrix_shape(tensor)
-    # A token_embd entry of another size is ignored, as llama-quantize does.
-    return entry is not None and entry.sums.size == ne0 * n_mat
 
 
 def _metadata(matrix: ImportanceMatrix, path: Path) -> list[MetaEntry]:

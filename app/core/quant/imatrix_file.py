@@ -18,7 +18,7 @@ FormatError naming it, never a crash or a huge allocation.
 
 from __future__ import annotations
 
-import math
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -242,45 +242,86 @@ def write_imatrix(path: str | Path, sums: Mapping[str, np.ndarray],
     writer.close()
 
 
-def check_against_model(matrix: ImportanceMatrix, tensors: Mapping[str, tuple[int, int]],
-                        ) -> tuple[list[str], list[str]]:
-    """Check a matrix against the tensors it will weight: `tensors[name] = (ne0, n_mat)` for
-    every tensor to be quantized (GGUF names, n_mat the experts of a stacked tensor, else 1).
+# One expert of a stacked tensor stored as a tensor of its own (the split layout).
+_SPLIT_EXPERT = re.compile(r"^(blk\.\d+\.ffn_(?:gate|up|down))\.(\d+)\.weight$")
 
-    Raises UnsupportedError, naming them, when the matrix has entries for tensors the model
-    does not have or sizes that differ (it was made for another model); token_embd is spared
-    the size check, as in llama-quantize. Returns (covered, not covered) tensor names.
+
+def _stacked_name(split_name: str) -> tuple[str, int] | None:
+    match = _SPLIT_EXPERT.match(split_name)
+    return (f"{match.group(1)}_exps.weight", int(match.group(2))) if match else None
+
+
+def resolve_weights(matrix: ImportanceMatrix, tensors: Mapping[str, tuple[int, int]],
+                    ) -> dict[str, np.ndarray | None]:
+    """The weights ([n_mat, ne0] float32) for each tensor to be quantized, None where the
+    matrix has none: `tensors[name] = (ne0, n_mat)` (GGUF names; n_mat the experts of a
+    stacked tensor, else 1).
+
+    An expert stored on its own (`blk.N.ffn_up.E.weight`) takes row E of a stacked entry
+    (`blk.N.ffn_up_exps.weight`), and a stacked tensor takes the rows of per-expert entries,
+    so a matrix fits a model in either expert layout. Raises UnsupportedError, naming them,
+    when the matrix has entries for tensors the model does not have or sizes that differ (it
+    was made for another model); token_embd is spared the size check, as in llama-quantize.
     """
-    foreign = sorted(set(matrix.entries) - set(tensors))
+    split_of: dict[str, list[tuple[int, str]]] = {}
+    for name in tensors:
+        stacked = _stacked_name(name)
+        if stacked is not None:
+            split_of.setdefault(stacked[0], []).append((stacked[1], name))
+    # Entries of per-expert tensors fit a stacked tensor of the model.
+    known = set(tensors) | set(split_of) | {
+        n for n in matrix.entries if (_stacked_name(n) or ("", 0))[0] in tensors}
+    foreign = sorted(n for n in matrix.entries if n not in known)
     if foreign:
         raise UnsupportedError(
             f"the importance matrix was made for another model: it has entries for "
             f"{len(foreign)} tensors this model lacks ({_some(foreign)})", path=matrix.path,
             hint="use an importance matrix computed for this model")
+    resolved: dict[str, np.ndarray | None] = {}
     wrong = []
     for name, (ne0, n_mat) in tensors.items():
-        entry = matrix.entries.get(name)
-        if entry is None or name == "token_embd.weight":
-            continue
-        if entry.sums.size != ne0 * n_mat:
-            wrong.append(f"{name}: {entry.sums.size} values for {ne0} x {n_mat}")
+        weights, found = _direct_or_stacked(matrix, name, ne0, n_mat, split_of)
+        if found is not None and weights is None and name != "token_embd.weight":
+            wrong.append(f"{name}: {found} values for {ne0} x {n_mat}")
+        resolved[name] = weights
     if wrong:
         raise UnsupportedError(
             f"the importance matrix was made for another model: sizes differ for "
             f"{len(wrong)} tensors ({_some(wrong)})", path=matrix.path,
             hint="use an importance matrix computed for this model")
-    covered = [n for n in tensors if usable_weights(matrix, n, tensors[n]) is not None]
-    return covered, [n for n in tensors if n not in covered]
+    return resolved
 
 
-def usable_weights(matrix: ImportanceMatrix, name: str,
-                   shape: tuple[int, int]) -> np.ndarray | None:
-    """The weights for tensor `name` ([n_mat, ne0] float32), or None where llama-quantize
-    quantizes it without: no entry, or (token_embd only) an entry of another size."""
+def _direct_or_stacked(matrix: ImportanceMatrix, name: str, ne0: int, n_mat: int,
+                       split_of: Mapping[str, list[tuple[int, str]]],
+                       ) -> tuple[np.ndarray | None, int | None]:
+    """(weights or None, the number of values found when they do not fit, else None)."""
     entry = matrix.entries.get(name)
-    if entry is None or entry.sums.size != math.prod(shape):
-        return None
-    return entry.weights().reshape(shape[1], shape[0])
+    if entry is not None:
+        if entry.sums.size != ne0 * n_mat:
+            return None, entry.sums.size
+        return entry.weights().reshape(n_mat, ne0), None
+    stacked = _stacked_name(name)
+    if stacked is not None and stacked[0] in matrix.entries:
+        entry = matrix.entries[stacked[0]]
+        if entry.n_columns != ne0 or stacked[1] >= entry.n_mat:
+            return None, entry.sums.size
+        return entry.weights()[stacked[1]:stacked[1] + 1], None
+    members = split_of.get(name)
+    if members is None and name.endswith("_exps.weight"):
+        base = name[:-len("_exps.weight")]
+        rows = [matrix.entries.get(f"{base}.{e}.weight") for e in range(n_mat)]
+        if any(rows) and all(r is not None and r.sums.size == ne0 for r in rows):
+            return np.concatenate([r.weights() for r in rows if r is not None]), None
+    return None, None
+
+
+def check_against_model(matrix: ImportanceMatrix, tensors: Mapping[str, tuple[int, int]],
+                        ) -> tuple[list[str], list[str]]:
+    """resolve_weights' checks; returns (covered, not covered) tensor names."""
+    resolved = resolve_weights(matrix, tensors)
+    covered = [n for n, w in resolved.items() if w is not None]
+    return covered, [n for n in resolved if resolved[n] is None]
 
 
 def _some(names: list[str], limit: int = 4) -> str:
