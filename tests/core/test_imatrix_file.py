@@ -18,7 +18,8 @@ from app.core.quant.imatrix_file import (
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "imatrix"
 MODEL = {"token_embd.weight": (256, 1), "blk.0.attn_k.weight": (256, 1),
-         "blk.0.attn_v.weight": (256, 1), "blk.1.ffn_down.weight": (512, 1),
+         "blk.0.attn_v.weight": (256, 1), "blk.0.ffn_down.weight": (512, 1),
+         "blk.1.attn_v.weight": (256, 1), "blk.1.ffn_down.weight": (512, 1),
          "output.weight": (256, 1)}
 
 
@@ -106,7 +107,7 @@ def test_a_missing_file_is_a_format_error(tmp_path: Path) -> None:
 def test_matrix_for_this_model_reports_what_it_covers() -> None:
     covered, uncovered = check_against_model(read_imatrix(DATA / "imatrix.gguf"), MODEL)
     assert uncovered == ["token_embd.weight"]
-    assert len(covered) == 4
+    assert len(covered) == 6
 
 
 def test_matrix_for_another_model_is_refused_with_the_names() -> None:
