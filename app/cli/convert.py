@@ -51,6 +51,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="type of output.weight (as llama-quantize)")
     convert.add_argument("--token-embedding-type", metavar="TYPE",
                          help="type of token_embd.weight (as llama-quantize)")
+    convert.add_argument("--imatrix", type=Path, metavar="FILE",
+                         help="importance matrix (llama.cpp's imatrix .gguf or .dat) weighting "
+                              "the quantizers as llama-quantize --imatrix does; tensors it does "
+                              "not cover are quantized without it")
     convert.add_argument("--to", choices=("gguf", "hf"), default="gguf",
                          help="output format (default gguf)")
     convert.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
@@ -79,7 +83,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                              device=args.device, keep_type=args.keep_type,
                              overwrite=args.overwrite, require_tokenizer=args.require_tokenizer,
                              pure=args.pure, check_memory=not args.ignore_memory_check,
-                             type_overrides=overrides or None)
+                             type_overrides=overrides or None, imatrix=args.imatrix)
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
     if args.dry_run:
         print_json(plan.to_json())

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from app.core.convert.importance import quantize_with_importance
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 from app.core.convert.reading import TORCH_DTYPES, SourceReader, decode_rows
 from app.core.convert.sizing import (
@@ -91,6 +92,9 @@ def _process(raw: torch.Tensor, chunk: Chunk, tensor: TensorPlan, plan: Conversi
     if tensor.permute:
         heads = chunk.n_rows // row_alignment(tensor, piece)
         values = permute_rows(values, heads, inverse=tensor.permute == "unqk")
+    weights = plan.importance.weights_for(tensor) if plan.importance is not None else None
+    if weights is not None:
+        return quantize_with_importance(values, tensor, piece, chunk.first_row, weights).cpu()
     return encode(values, tensor.out_type, plan.to, tensor.name).cpu()
 
 

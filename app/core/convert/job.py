@@ -158,6 +158,7 @@ class ConvertRequest:
     require_tokenizer: bool = False
     pure: bool = False  # every weight the target's one type, not llama-quantize's mix
     type_overrides: TypeOverrides | None = None  # --tensor-type and the output/embedding types
+    imatrix: Path | None = None  # importance matrix weighting the quantizers
     check_memory: bool = True  # False: the user chose to try although the estimate says no
     progress_unit: ProgressUnit = "bytes"
 
@@ -171,7 +172,7 @@ class ConvertRequest:
                                device=self.device, keep_type=self.keep_type,
                                overwrite=self.overwrite,
                                require_tokenizer=self.require_tokenizer, pure=self.pure,
-                               type_overrides=self.type_overrides)
+                               type_overrides=self.type_overrides, imatrix=self.imatrix)
 
     def run(self, reporter: Reporter) -> ConvertResult:
         reporter.log("info", f"planning {self.title.lower()}")

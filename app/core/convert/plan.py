@@ -8,10 +8,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.sizing import estimate_naive_peak, estimate_peak
+
+if TYPE_CHECKING:
+    from app.core.convert.importance import ImportancePlan
 
 OutputFormat = Literal["gguf", "hf"]
 Device = Literal["cpu", "cuda"]
@@ -93,6 +96,8 @@ class ConversionPlan:
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     context: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # An importance matrix weighting the quantizers (attach_importance), or None.
+    importance: ImportancePlan | None = field(default=None, compare=False, hash=False)
 
     @property
     def tensor_bytes(self) -> int:
@@ -141,5 +146,9 @@ class ConversionPlan:
             "notes": list(self.notes), "warnings": list(self.warnings),
             "metadata": {e.key: e.summary() for e in self.metadata},
             "hf_files": list(self.hf_files),
+            "importance_matrix": None if self.importance is None else {
+                "path": str(self.importance.matrix.path),
+                "covered": list(self.importance.covered),
+                "uncovered": list(self.importance.uncovered)},
             "tensors": [t.to_json() for t in self.tensors],
         }

@@ -84,14 +84,32 @@ def plan_conversion(source: str | Path | ModelInfo, target: str | Path | None = 
                     out_type: str = "F16", to: OutputFormat = "gguf", device: str = "cpu",
                     keep_type: str | None = None, overwrite: bool = False,
                     require_tokenizer: bool = False, pure: bool = False,
-                    type_overrides: TypeOverrides | None = None) -> ConversionPlan:
+                    type_overrides: TypeOverrides | None = None,
+                    imatrix: str | Path | None = None) -> ConversionPlan:
     """Plan converting `source` (an HF folder or a GGUF) to `target`; refuse what cannot work.
 
     `out_type` is a GGUF target (F16, Q8_0, Q4_K_M, ...) for `to="gguf"` — each tensor gets the
     type llama-quantize would give it, or the target's one type with `pure` — or F16/BF16/F32
     for `to="hf"`. `type_overrides` are llama-quantize's per-tensor type options (GGUF output
     only). `target=None` puts the output beside the source (`default_output_name`).
+    `imatrix` (a llama.cpp importance matrix file) weights the quantizers as llama-quantize
+    --imatrix does.
     """
+    plan = _plan_conversion(source, target, out_type=out_type, to=to, device=device,
+                            keep_type=keep_type, overwrite=overwrite,
+                            require_tokenizer=require_tokenizer, pure=pure,
+                            type_overrides=type_overrides)
+    if imatrix is None:
+        return plan
+    from app.core.convert.importance import attach_importance
+
+    return attach_importance(plan, imatrix)
+
+
+def _plan_conversion(source: str | Path | ModelInfo, target: str | Path | None, *,
+                     out_type: str, to: OutputFormat, device: str, keep_type: str | None,
+                     overwrite: bool, require_tokenizer: bool, pure: bool,
+                     type_overrides: TypeOverrides | None) -> ConversionPlan:
     if to not in ("gguf", "hf"):
         raise OptionError(f"--to {to!r}: choose gguf or hf")
     out_type = parse_output_type(out_type, to)

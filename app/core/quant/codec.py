@@ -10,7 +10,7 @@ import torch
 from gguf import quants as gguf_quants
 
 from app.core.errors import FormatError, UnsupportedError
-from app.core.quant import floats, kquant_writers, kquants, legacy
+from app.core.quant import floats, kquant_writers, kquants, legacy, weighted
 from app.core.quant.types import QuantType, can_quantize, get_type
 
 __all__ = ["can_dequantize", "can_quantize", "dequantize", "has_fast_dequantizer", "quantize"]
@@ -74,27 +74,36 @@ def quantize(weights: torch.Tensor, qtype: str | QuantType, *, tensor: str | Non
              importance: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize the last dimension of `weights` into GGML blocks; uint8 result, same device.
 
+    `importance` (per-column weights from an importance matrix: [n] for a matrix, [n_mat, n]
+    for a stacked expert tensor [n_mat, rows, n]) weights the searches of the types ggml has a
+    weighted path for, as llama-quantize does; the other types ignore it.
+
     Raises BlockSizeError (an UnsupportedError) when the last dimension does not divide the
     type's block size; `fitting_type` says which type llama.cpp would use instead. NaN or
     infinite weights raise FormatError naming `tensor` (llama.cpp refuses such rows too).
     A tensor on the meta device gives an empty uint8 tensor of the right shape (it has no
-    values to quantize). `importance` (per-column weights from an importance matrix) is for
-    the weighted quantizers; None quantizes as llama-quantize does without a matrix.
+    values to quantize).
     """
     spec = get_type(qtype)
+    use_importance = importance is not None and spec.name in weighted.WEIGHTED_QUANTIZERS
     quantizer = QUANTIZERS.get(spec.name)
-    if quantizer is None:
+    if quantizer is None and not use_importance:
         raise UnsupportedError(f"Modelyard cannot write {spec.name} tensors yet", tensor=tensor,
                                hint=f"writable types: {', '.join(QUANTIZERS)}")
-    if importance is not None:
-        raise UnsupportedError(f"importance-weighted {spec.name} quantization is not "
-                               "available", tensor=tensor)
     if not weights.is_floating_point():
         raise UnsupportedError(f"cannot quantize a {weights.dtype} tensor", tensor=tensor)
     n_per_row = weights.shape[-1] if weights.dim() else 1
     row_bytes = spec.row_bytes(n_per_row, tensor=tensor)
     if weights.device.type == "meta":
         return torch.empty((*weights.shape[:-1], row_bytes), dtype=torch.uint8, device="meta")
+    if use_importance:
+        assert importance is not None
+        blocks = weights.reshape(-1, spec.block_size)
+        if not bool(torch.isfinite(blocks).all()):
+            _refuse_non_finite(blocks.to(torch.float32), 0, spec, tensor)
+        return weighted.quantize_weighted(weights, spec.name, importance, row_bytes,
+                                          tensor=tensor)
+    assert quantizer is not None
     blocks = weights.reshape(-1, spec.block_size)
     out = torch.empty((blocks.shape[0], spec.type_size), dtype=torch.uint8,
                       device=weights.device)
