@@ -1,0 +1,82 @@
+"""`relayout`: a MoE GGUF with its experts stacked (current llama.cpp) or split (one tensor per
+expert), by moving quantized bytes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from app.cli.output import print_json
+from app.cli.progress import ConsoleReporter, run_in_console
+from app.core.convert.job import ConvertResult
+from app.core.convert.relayout import (
+    LAYOUT_RUNTIMES,
+    LAYOUTS,
+    RelayoutPlan,
+    RelayoutRequest,
+    execute_relayout,
+)
+from app.core.formats.model_info import format_bytes
+from app.core.jobs import Reporter
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    relayout = commands.add_parser(
+        "relayout", help="MoE GGUF: experts stacked (current llama.cpp) or one tensor each",
+        description="Rewrite a mixture-of-experts GGUF with its experts in the other layout by "
+                    "moving their quantized bytes: nothing is dequantized, every other tensor "
+                    "and every metadata key is copied unchanged. "
+                    f"stacked: {LAYOUT_RUNTIMES['stacked']}. split: {LAYOUT_RUNTIMES['split']}.")
+    relayout.add_argument("source", type=Path, metavar="SRC",
+                          help=".gguf file (first shard of a split model)")
+    relayout.add_argument("-o", "--output", type=Path, metavar="OUT",
+                          help="output .gguf file (default: beside SRC, named "
+                               "Name-stacked-experts.gguf or Name-split-experts.gguf)")
+    relayout.add_argument("--experts", choices=LAYOUTS, required=True,
+                          help="the layout to write")
+    relayout.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    relayout.add_argument("--ignore-memory-check", action="store_true",
+                          help="start even when the estimated peak memory exceeds what is free")
+    relayout.add_argument("--dry-run", action="store_true",
+                          help="print the plan as JSON and write nothing")
+    relayout.add_argument("--json-progress", action="store_true",
+                          help="JSON lines on stdout: progress, log and a final result event")
+    relayout.set_defaults(handler=cmd_relayout)
+
+
+def cmd_relayout(args: argparse.Namespace) -> int:
+    request = RelayoutRequest(args.source, args.output, args.experts, overwrite=args.overwrite,
+                              check_memory=not args.ignore_memory_check)
+    planned = request.plan()  # bad input raises here: exit 2 with one line, nothing written
+    if args.dry_run:
+        print_json(planned.to_json())
+        return 0
+    reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
+    if not args.json_progress:
+        sys.stderr.write(f"{request.title}: {len(planned.plan.tensors)} tensors, "
+                         f"{format_bytes(planned.output_bytes)}\n")
+    result = run_in_console(_PlannedRelayout(request, planned), reporter)
+    if result.status != "done":
+        return result.exit_code
+    value: ConvertResult = result.value
+    if args.json_progress:
+        sys.stdout.write(json.dumps({"event": "result", **value.to_json()}) + "\n")
+    else:
+        print(f"{value.output}  {format_bytes(value.bytes_written)}, {value.tensors_written} "
+              f"tensors, {value.seconds:.1f} s")
+    return 0
+
+
+class _PlannedRelayout:
+    """The request with its plan already made (planned first to fail fast)."""
+
+    def __init__(self, request: RelayoutRequest, planned: RelayoutPlan) -> None:
+        self.planned = planned
+        self.check_memory = request.check_memory
+        self.title = request.title
+        self.progress_unit = request.progress_unit
+
+    def run(self, reporter: Reporter) -> ConvertResult:
+        return execute_relayout(self.planned, reporter, self.check_memory)
