@@ -12,12 +12,12 @@ from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.convert.job import ConvertResult
 from app.core.convert.relayout import (
-    LAYOUT_RUNTIMES,
     LAYOUTS,
     RelayoutPlan,
     RelayoutRequest,
     execute_relayout,
 )
+from app.core.formats.gguf_model import GGUF_EXPERT_LAYOUTS
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter
 
@@ -28,7 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Rewrite a mixture-of-experts GGUF with its experts in the other layout by "
                     "moving their quantized bytes: nothing is dequantized, every other tensor "
                     "and every metadata key is copied unchanged. "
-                    f"stacked: {LAYOUT_RUNTIMES['stacked']}. split: {LAYOUT_RUNTIMES['split']}.")
+                    f"stacked: {GGUF_EXPERT_LAYOUTS['stacked']}. "
+                    f"split: {GGUF_EXPERT_LAYOUTS['split']}.")
     relayout.add_argument("source", type=Path, metavar="SRC",
                           help=".gguf file (first shard of a split model)")
     relayout.add_argument("-o", "--output", type=Path, metavar="OUT",

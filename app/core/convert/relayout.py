@@ -26,7 +26,11 @@ from app.core.convert.planner import load_source, resolve_target
 from app.core.convert.sizing import element_bytes
 from app.core.errors import FormatError, OptionError, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry, read_gguf_header
-from app.core.formats.gguf_model import expert_layout, split_shard_info
+from app.core.formats.gguf_model import (
+    GGUF_EXPERT_LAYOUTS,
+    expert_layout,
+    split_shard_info,
+)
 from app.core.formats.model_info import ModelInfo, format_bytes
 from app.core.jobs import ProgressUnit, Reporter, part_path
 from app.core.quant import can_quantize
@@ -38,16 +42,6 @@ STACKED_NAME = re.compile(r"^blk\.(?P<layer>\d+)\.ffn_(?P<kind>gate|up|down)_exp
 SPLIT_NAME = re.compile(
     r"^blk\.(?P<layer>\d+)\.ffn_(?P<kind>gate|up|down)\.(?P<expert>\d+)\.weight$")
 ANY_STACKED = re.compile(r"^blk\.\d+\.ffn_[a-z_]+_exps\.[a-z]+$")
-
-# What each layout is for, in words both front ends show.
-LAYOUT_RUNTIMES: dict[str, str] = {
-    "stacked": "one tensor per weight holding every expert (blk.N.ffn_*_exps); current "
-               "llama.cpp and the runtimes built on it (Ollama, LM Studio, llama-cpp-python) "
-               "load only this layout",
-    "split": "one tensor per expert (blk.N.ffn_*.E.weight); older llama.cpp builds and some "
-             "other runtimes and tools load only this layout",
-}
-
 
 def split_name(layer: int, kind: str, expert: int) -> str:
     return f"blk.{layer}.ffn_{kind}.{expert}.weight"
@@ -273,7 +267,7 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
                                "blk.N.ffn_*.E.weight): it is not a mixture of experts, there is "
                                "no expert layout to change", path=model.path)
     if found == layout:
-        raise OptionError(f"the experts are already {layout} ({LAYOUT_RUNTIMES[layout]})",
+        raise OptionError(f"the experts are already {layout}: {GGUF_EXPERT_LAYOUTS[layout]}",
                           path=model.path)
     n_expert = expert_count(main)
     path = Path(target) if target is not None else default_relayout_path(model, layout)
