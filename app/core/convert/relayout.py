@@ -13,6 +13,7 @@ temporary file beside the output, and the stacked tensor takes its slices from t
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -21,10 +22,9 @@ from typing import Literal
 
 from app.core.convert.job import ConvertResult, check_disk, execute_plan
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
-from app.core.convert.plan_gguf import gguf_slice, main_header, read_headers, torch_shape
 from app.core.convert.planner import load_source, resolve_target
 from app.core.convert.sizing import element_bytes
-from app.core.errors import FormatError, OptionError, UnsupportedError
+from app.core.errors import BadInputError, FormatError, OptionError, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry, read_gguf_header
 from app.core.formats.gguf_model import (
     GGUF_EXPERT_LAYOUTS,
@@ -35,6 +35,8 @@ from app.core.formats.model_info import ModelInfo, format_bytes
 from app.core.jobs import ProgressUnit, Reporter, part_path
 from app.core.quant import can_quantize
 
+# plan_gguf's helpers are imported where they are used: that module loads the codec (torch),
+# and the window imports this one when it starts.
 ExpertsLayout = Literal["stacked", "split"]
 LAYOUTS: tuple[ExpertsLayout, ...] = ("stacked", "split")
 # The expert weights GGUF has a per-expert name for (llama.cpp's LLM_TENSOR_FFN_*_EXP).
@@ -134,6 +136,8 @@ def _split_tensors(header: GGUFHeader, entry: GGUFTensorEntry, n_expert: int,
 
 
 def _stack_group(group: ExpertGroup) -> TensorPlan:
+    from app.core.convert.plan_gguf import gguf_slice
+
     first = group.entries[0][0]
     shapes = {e.shape for e, _ in group.entries}
     if len(shapes) > 1:
@@ -194,6 +198,8 @@ def _check_requantizable(group: ExpertGroup) -> None:
 def _plan_tensors(headers: list[GGUFHeader], experts: ExpertsLayout, n_expert: int
                   ) -> tuple[list[TensorPlan], list[ExpertGroup]]:
     """Output tensors in input order, an expert weight where its first tensor was."""
+    from app.core.convert.plan_gguf import gguf_slice, torch_shape
+
     groups = _expert_groups(headers, n_expert) if experts == "stacked" else {}
     tensors: list[TensorPlan] = []
     mixed: list[ExpertGroup] = []
@@ -225,6 +231,8 @@ def _plan_tensors(headers: list[GGUFHeader], experts: ExpertsLayout, n_expert: i
 def _requantize_plan(model: ModelInfo, main: GGUFHeader, target: Path,
                      groups: list[ExpertGroup], overwrite: bool) -> ConversionPlan:
     """The odd experts, requantized to their weight's common type, as a temporary GGUF."""
+    from app.core.convert.plan_gguf import gguf_slice, torch_shape
+
     tensors = []
     for group in groups:
         common = group.common_type
@@ -251,6 +259,8 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
                   experts: str = "stacked", overwrite: bool = False) -> RelayoutPlan:
     """Plan rewriting a MoE GGUF (one file or split shards) with its experts `stacked` or
     `split`; refuse dense models, a layout the file already has, and inconsistent experts."""
+    from app.core.convert.plan_gguf import main_header, read_headers
+
     if experts not in LAYOUTS:
         raise OptionError(f"--experts {experts!r}: choose stacked or split")
     layout: ExpertsLayout = "stacked" if experts == "stacked" else "split"
@@ -273,7 +283,10 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
     path = Path(target) if target is not None else default_relayout_path(model, layout)
     if path.is_dir():
         path = path / default_relayout_path(model, layout).name
-    path = resolve_target(model, path, "F16", "gguf", overwrite)
+    path = resolve_target(model, path, "F16", "gguf", overwrite=True)  # refuses inputs
+    if os.path.lexists(path) and not overwrite:
+        raise BadInputError("output already exists", path=path,
+                            hint="choose another name or allow overwriting")
     tensors, mixed = _plan_tensors(headers, layout, n_expert)
     moved = sum(1 for t in tensors if t.note)
     notes = [f"experts {found} → {layout}: {moved} tensor(s) made of moved expert bytes, "
@@ -299,6 +312,8 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
 
 def _restack_from(plan: ConversionPlan, requantized: Path) -> ConversionPlan:
     """`plan` with each odd expert's slice taken from the requantized temporary file."""
+    from app.core.convert.plan_gguf import gguf_slice
+
     header = read_gguf_header(requantized)
     done = {e.name: gguf_slice(e, requantized) for e in header.tensors}
     tensors = tuple(
