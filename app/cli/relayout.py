@@ -10,6 +10,7 @@ from pathlib import Path
 
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
+from app.core.convert.gguf_shards import parse_split_size
 from app.core.convert.job import ConvertResult
 from app.core.convert.relayout import (
     LAYOUTS,
@@ -37,6 +38,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                                "Name-stacked-experts.gguf or Name-split-experts.gguf)")
     relayout.add_argument("--experts", choices=LAYOUTS, required=True,
                           help="the layout to write")
+    relayout.add_argument("--split-max-size", metavar="SIZE",
+                          help="write shards of at most SIZE (e.g. 500M, 4G) named "
+                               "OUT-00001-of-0000N.gguf, as gguf-split does; by default a split "
+                               "input keeps its number of shards and one file stays one file")
     relayout.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     relayout.add_argument("--ignore-memory-check", action="store_true",
                           help="start even when the estimated peak memory exceeds what is free")
@@ -48,7 +53,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_relayout(args: argparse.Namespace) -> int:
+    split_max = parse_split_size(args.split_max_size) if args.split_max_size else None
     request = RelayoutRequest(args.source, args.output, args.experts, overwrite=args.overwrite,
+                              split_max_bytes=split_max,
                               check_memory=not args.ignore_memory_check)
     planned = request.plan()  # bad input raises here: exit 2 with one line, nothing written
     if args.dry_run:
@@ -56,7 +63,8 @@ def cmd_relayout(args: argparse.Namespace) -> int:
         return 0
     reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
     if not args.json_progress:
-        sys.stderr.write(f"{request.title}: {len(planned.plan.tensors)} tensors, "
+        shards = f" in {len(planned.plans)} shards" if len(planned.plans) > 1 else ""
+        sys.stderr.write(f"{request.title}: {planned.n_tensors} tensors{shards}, "
                          f"{format_bytes(planned.output_bytes)}\n")
     result = run_in_console(_PlannedRelayout(request, planned), reporter)
     if result.status != "done":
@@ -65,8 +73,9 @@ def cmd_relayout(args: argparse.Namespace) -> int:
     if args.json_progress:
         sys.stdout.write(json.dumps({"event": "result", **value.to_json()}) + "\n")
     else:
-        print(f"{value.output}  {format_bytes(value.bytes_written)}, {value.tensors_written} "
-              f"tensors, {value.seconds:.1f} s")
+        shards = f" (first of {len(planned.plans)} shards)" if len(planned.plans) > 1 else ""
+        print(f"{value.output}{shards}  {format_bytes(value.bytes_written)}, "
+              f"{value.tensors_written} tensors, {value.seconds:.1f} s")
     return 0
 
 

@@ -102,7 +102,7 @@ class CheckedRelayout:
 def plan_and_check(request: RelayoutRequest) -> CheckedRelayout:
     """Plan (reads headers) and check the disk: refused input never reaches the queue."""
     try:
-        check_disk(request.plan().plan)
+        check_disk(request.plan().disk_check_plan())
     except ModelyardError as exc:
         return CheckedRelayout(request, exc.message)
     return CheckedRelayout(request, None)

@@ -26,9 +26,11 @@ from app.core.errors import FormatError, OptionError, UnsupportedError
 from app.core.jobs import RecordingReporter, run_job
 
 
-def relayout(source: Path, target: Path, experts: str) -> RecordingReporter:
+def relayout(source: Path, target: Path, experts: str,
+             split_max_bytes: int | None = None) -> RecordingReporter:
     reporter = RecordingReporter()
-    result = run_job(RelayoutRequest(source, target, experts), reporter)
+    result = run_job(RelayoutRequest(source, target, experts, split_max_bytes=split_max_bytes),
+                     reporter)
     assert result.status == "done", result.error
     return reporter
 
@@ -214,6 +216,12 @@ def test_nonsense_layout_is_refused(tiny_ggufs: dict[str, Path], tmp_path: Path)
     with pytest.raises(UnsupportedError, match="relayout applies to GGUF"):
         plan_relayout(factories.make_hf_model(tmp_path / "hf", with_tokenizer=False),
                       tmp_path / "x.gguf", experts="split")
+    from app.core.convert.gguf_shards import parse_split_size
+
+    assert (parse_split_size("500M"), parse_split_size("4G"), parse_split_size("123")) == (
+        500 * 1000**2, 4 * 1000**3, 123)
+    with pytest.raises(OptionError, match="--split-max-size 'lots'"):
+        parse_split_size("lots")
     with pytest.raises(FormatError, match="expert_count"):
         plan_relayout(moe_gguf(tmp_path / "m.gguf", layout="stacked", expert_count=3),
                       tmp_path / "y.gguf", experts="split")
@@ -244,8 +252,9 @@ def test_experts_of_different_types_are_requantized_to_the_common_one(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.gguf", "stacked.gguf"]
 
 
-def test_split_shards_are_read_and_joined(tmp_path: Path) -> None:
-    """A stacked model in two gguf-split shards becomes one split-layout file with every key."""
+def test_split_shards_are_read_kept_or_joined(tmp_path: Path) -> None:
+    """A stacked model in two gguf-split shards: by default two split-layout shards, each
+    tensor in the shard its bytes come from; with a large enough maximum, one file."""
     whole = moe_gguf(tmp_path / "whole.gguf", layout="stacked")
     reader = gguf.GGUFReader(whole)
     tensors = list(reader.tensors)
@@ -266,8 +275,16 @@ def test_split_shards_are_read_and_joined(tmp_path: Path) -> None:
                               raw_dtype=tensor.tensor_type if data.dtype == np.uint8 else None)
         factories.finish_gguf(writer)
         shards.append(path)
+    kept = relayout(shards[0], tmp_path / "kept.gguf", "split")
+    assert any("written as 2 shards" in m for m in kept.messages("info"))
+    first, second = (gguf.GGUFReader(tmp_path / f"kept-0000{i}-of-00002.gguf") for i in (1, 2))
+    assert len(first.tensors) == 2 + 4 and len(second.tensors) == 2 * 4 + 1
+    assert [f.fields["split.no"].contents() for f in (first, second)] == [0, 1]
+    assert second.fields["split.tensors.count"].contents() == 3 + 3 * 4
+    assert first.fields["llama.expert_count"].contents() == 4
+    assert "llama.expert_count" not in second.fields
     out = tmp_path / "joined.gguf"
-    reporter = relayout(shards[0], out, "split")
+    reporter = relayout(shards[0], out, "split", split_max_bytes=10**9)
     assert any("2 split shards joined" in m for m in reporter.messages("info"))
     joined = gguf.GGUFReader(out)
     assert len(joined.tensors) == 3 + 3 * 4
@@ -281,4 +298,46 @@ def test_cancel_leaves_nothing(tiny_ggufs: dict[str, Path], tmp_path: Path) -> N
     result = run_job(RelayoutRequest(tiny_ggufs["moe-stacked"], tmp_path / "o.gguf", "split"),
                      reporter)
     assert result.status == "cancelled"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_split_max_size_shards_round_trip(tiny_ggufs: dict[str, Path], tmp_path: Path) -> None:
+    """Stacked → split in shards of at most 300 kB → stacked (same shards) → one file: the
+    source again, byte for byte."""
+    from app.core.formats.scan import inspect_path
+
+    source = tiny_ggufs["moe-stacked"]
+    relayout(source, tmp_path / "split.gguf", "split", split_max_bytes=300_000)
+    shards = sorted(tmp_path.glob("split-*-of-*.gguf"))
+    assert len(shards) > 2
+    assert all(p.stat().st_size < 300_000 + 64 * 1024 for p in shards)  # data plus header
+    model = inspect_path(shards[0])
+    assert model.moe is not None and model.moe.layout == "split"
+    assert [p.kind for p in model.problems] == ["expert-layout"]  # the shards are one model
+    relayout(shards[0], tmp_path / "back.gguf", "stacked")
+    assert len(list(tmp_path.glob("back-*-of-*.gguf"))) == len(shards)
+    first_back = sorted(tmp_path.glob("back-*-of-*.gguf"))[0]
+    relayout(first_back, tmp_path / "one.gguf", "split", split_max_bytes=10**9)
+    relayout(tmp_path / "one.gguf", tmp_path / "final.gguf", "stacked")
+    assert (tmp_path / "final.gguf").read_bytes() == source.read_bytes()
+
+
+def test_a_failing_shard_removes_the_ones_written(tiny_ggufs: dict[str, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.core.convert import relayout as module
+    from app.core.errors import JobError
+
+    real = module.execute_plan
+    calls = []
+
+    def fail_third(plan, reporter, check_memory=True):  # type: ignore[no-untyped-def]
+        calls.append(plan.target)
+        if len(calls) == 3:
+            raise JobError("the disk is full; nothing was kept", path=plan.target)
+        return real(plan, reporter, check_memory)
+
+    monkeypatch.setattr(module, "execute_plan", fail_third)
+    result = run_job(RelayoutRequest(tiny_ggufs["moe-stacked"], tmp_path / "s.gguf", "split",
+                                     split_max_bytes=300_000), RecordingReporter())
+    assert result.status == "failed" and len(calls) == 3
     assert list(tmp_path.iterdir()) == []

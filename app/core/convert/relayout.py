@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from app.core.convert.gguf_shards import assign_by_size, shard_plans
 from app.core.convert.job import ConvertResult, check_disk, execute_plan
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 from app.core.convert.planner import load_source, resolve_target
@@ -95,24 +97,43 @@ class ExpertGroup:
 
 @dataclass(frozen=True)
 class RelayoutPlan:
-    """The byte-copy plan of the output, and (only for experts of mixed types) the plan that
-    requantizes the odd experts into a temporary file first."""
+    """The byte-copy plan of each output file (one, or one per shard), and (only for experts of
+    mixed types) the plan that requantizes the odd experts into a temporary file first."""
 
-    plan: ConversionPlan
+    plans: tuple[ConversionPlan, ...]
     experts: ExpertsLayout
     requantize: ConversionPlan | None = None
 
     @property
+    def plan(self) -> ConversionPlan:
+        """The first (or only) output file's plan: it holds the metadata."""
+        return self.plans[0]
+
+    @property
+    def targets(self) -> tuple[Path, ...]:
+        return tuple(p.target for p in self.plans)
+
+    @property
+    def n_tensors(self) -> int:
+        return sum(len(p.tensors) for p in self.plans)
+
+    @property
     def output_bytes(self) -> int:
+        """Disk the job needs at its peak: every output file and the temporary one."""
         extra = self.requantize.output_bytes if self.requantize else 0
-        return self.plan.output_bytes + extra
+        return sum(p.output_bytes for p in self.plans) + extra
+
+    def disk_check_plan(self) -> ConversionPlan:
+        """The first plan sized as the whole job's disk need, for `check_disk`."""
+        return replace(self.plan, metadata_bytes=self.plan.metadata_bytes
+                       + self.output_bytes - self.plan.output_bytes)
 
     def to_json(self) -> dict[str, object]:
-        data = self.plan.to_json()
-        data["experts"] = self.experts
-        data["requantized"] = ([t.name for t in self.requantize.tensors]
-                               if self.requantize else [])
-        return data
+        return {"experts": self.experts, "outputs": [str(t) for t in self.targets],
+                "output_bytes": self.output_bytes, "n_tensors": self.n_tensors,
+                "requantized": ([t.name for t in self.requantize.tensors]
+                                if self.requantize else []),
+                "plans": [p.to_json() for p in self.plans]}
 
 
 def _split_tensors(header: GGUFHeader, entry: GGUFTensorEntry, n_expert: int,
@@ -255,10 +276,23 @@ def requantized_path(target: Path) -> Path:
     return target.with_name(target.name + ".experts")
 
 
+def _check_outputs(model: ModelInfo, paths: list[Path], overwrite: bool) -> None:
+    for path in paths:
+        resolve_target(model, path, "F16", "gguf", overwrite=True)  # refuses the inputs
+        if os.path.lexists(path) and not overwrite:
+            raise BadInputError("output already exists", path=path,
+                                hint="choose another name or allow overwriting")
+
+
 def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = None, *,
-                  experts: str = "stacked", overwrite: bool = False) -> RelayoutPlan:
+                  experts: str = "stacked", overwrite: bool = False,
+                  split_max_bytes: int | None = None) -> RelayoutPlan:
     """Plan rewriting a MoE GGUF (one file or split shards) with its experts `stacked` or
-    `split`; refuse dense models, a layout the file already has, and inconsistent experts."""
+    `split`; refuse dense models, a layout the file already has, and inconsistent experts.
+
+    The output is one file, shards of at most `split_max_bytes`, or, for a split input without
+    that option, as many shards as the input with each tensor in the shard its bytes come from.
+    """
     from app.core.convert.plan_gguf import main_header, read_headers
 
     if experts not in LAYOUTS:
@@ -283,10 +317,7 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
     path = Path(target) if target is not None else default_relayout_path(model, layout)
     if path.is_dir():
         path = path / default_relayout_path(model, layout).name
-    path = resolve_target(model, path, "F16", "gguf", overwrite=True)  # refuses inputs
-    if os.path.lexists(path) and not overwrite:
-        raise BadInputError("output already exists", path=path,
-                            hint="choose another name or allow overwriting")
+    path = path.absolute()
     tensors, mixed = _plan_tensors(headers, layout, n_expert)
     moved = sum(1 for t in tensors if t.note)
     notes = [f"experts {found} → {layout}: {moved} tensor(s) made of moved expert bytes, "
@@ -297,7 +328,15 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
         warnings.append(f"the experts of {group.name} have different types: {odd} requantized "
                         f"to {group.common_type} (dequantize → quantize), every other expert's "
                         "bytes moved unchanged")
-    if len(headers) > 1:
+    files = [h.path for h in headers]
+    if split_max_bytes is not None:
+        shard_of = assign_by_size(tensors, split_max_bytes)
+    else:
+        shard_of = [files.index(t.slices[0].file) for t in tensors]  # type: ignore[arg-type]
+    count = max(shard_of) + 1
+    if count > 1:
+        notes.append(f"written as {count} shards (split.no/split.count as gguf-split writes)")
+    elif len(headers) > 1:
         notes.append(f"{len(headers)} split shards joined into one file")
     extra_infos = 64 * max(0, len(tensors) - sum(len(h.tensors) for h in headers))
     plan = ConversionPlan(
@@ -306,8 +345,11 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
         tensors=tuple(tensors), overwrite=overwrite, copy_metadata_from=main.path,
         metadata_bytes=main.data_offset + extra_infos, input_bytes=model.file_size,
         notes=tuple(notes), warnings=tuple(warnings))
-    requantize = _requantize_plan(model, main, path, mixed, overwrite) if mixed else None
-    return RelayoutPlan(plan, layout, requantize)
+    plans = shard_plans(plan, shard_of)
+    _check_outputs(model, [p.target for p in plans], overwrite)
+    requantize = _requantize_plan(model, main, plans[0].target, mixed, overwrite) \
+        if mixed else None
+    return RelayoutPlan(plans, layout, requantize)
 
 
 def _restack_from(plan: ConversionPlan, requantized: Path) -> ConversionPlan:
@@ -325,21 +367,31 @@ def _restack_from(plan: ConversionPlan, requantized: Path) -> ConversionPlan:
 
 def execute_relayout(planned: RelayoutPlan, reporter: Reporter,
                      check_memory: bool = True) -> ConvertResult:
-    plan = planned.plan
-    if planned.requantize is None:
-        return execute_plan(plan, reporter, check_memory)
-    extra = planned.requantize
-    # Both files are on the disk at once until the temporary one is removed.
-    check_disk(replace(plan, metadata_bytes=plan.metadata_bytes + extra.output_bytes))
-    reporter.log("warning", f"requantizing {len(extra.tensors)} expert(s) whose type differs "
-                            f"from the other experts of their weight "
-                            f"({format_bytes(extra.tensor_bytes)})")
+    """Write every output file; a failure or cancel removes the files already written."""
+    start = time.monotonic()
+    check_disk(planned.disk_check_plan())  # all outputs (and the temporary file) at once
+    plans, extra = list(planned.plans), planned.requantize
+    written: list[ConvertResult] = []
     try:
-        execute_plan(extra, reporter, check_memory)
-        return execute_plan(_restack_from(plan, extra.target), reporter, check_memory)
+        if extra is not None:
+            reporter.log("warning", f"requantizing {len(extra.tensors)} expert(s) whose type "
+                                    "differs from the other experts of their weight "
+                                    f"({format_bytes(extra.tensor_bytes)})")
+            execute_plan(extra, reporter, check_memory)
+            plans = [_restack_from(plan, extra.target) for plan in plans]
+        for plan in plans:
+            written.append(execute_plan(plan, reporter, check_memory))
+    except BaseException:
+        for result in written:
+            result.output.unlink(missing_ok=True)
+        raise
     finally:
-        extra.target.unlink(missing_ok=True)
-        part_path(extra.target).unlink(missing_ok=True)
+        if extra is not None:
+            extra.target.unlink(missing_ok=True)
+            part_path(extra.target).unlink(missing_ok=True)
+    return ConvertResult(written[0].output, sum(r.bytes_written for r in written),
+                         sum(r.tensors_written for r in written), time.monotonic() - start,
+                         warnings=planned.plan.warnings)
 
 
 @dataclass(frozen=True)
@@ -350,6 +402,7 @@ class RelayoutRequest:
     target: Path | None = None
     experts: str = "stacked"
     overwrite: bool = False
+    split_max_bytes: int | None = None  # shards of at most this size (None: as the input)
     check_memory: bool = True
     progress_unit: ProgressUnit = "bytes"
 
@@ -359,7 +412,7 @@ class RelayoutRequest:
 
     def plan(self) -> RelayoutPlan:
         return plan_relayout(self.source, self.target, experts=self.experts,
-                             overwrite=self.overwrite)
+                             overwrite=self.overwrite, split_max_bytes=self.split_max_bytes)
 
     def run(self, reporter: Reporter) -> ConvertResult:
         reporter.log("info", f"planning {self.title.lower()}")
