@@ -12,15 +12,9 @@ from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.convert.gguf_shards import parse_split_size
 from app.core.convert.job import ConvertResult
-from app.core.convert.relayout import (
-    LAYOUTS,
-    RelayoutPlan,
-    RelayoutRequest,
-    execute_relayout,
-)
+from app.core.convert.relayout import LAYOUTS, PlannedRelayout, RelayoutRequest
 from app.core.formats.gguf_model import GGUF_EXPERT_LAYOUTS
 from app.core.formats.model_info import format_bytes
-from app.core.jobs import Reporter
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -66,7 +60,7 @@ def cmd_relayout(args: argparse.Namespace) -> int:
         shards = f" in {len(planned.plans)} shards" if len(planned.plans) > 1 else ""
         sys.stderr.write(f"{request.title}: {planned.n_tensors} tensors{shards}, "
                          f"{format_bytes(planned.output_bytes)}\n")
-    result = run_in_console(_PlannedRelayout(request, planned), reporter)
+    result = run_in_console(PlannedRelayout.of(request, planned), reporter)
     if result.status != "done":
         return result.exit_code
     value: ConvertResult = result.value
@@ -77,16 +71,3 @@ def cmd_relayout(args: argparse.Namespace) -> int:
         print(f"{value.output}{shards}  {format_bytes(value.bytes_written)}, "
               f"{value.tensors_written} tensors, {value.seconds:.1f} s")
     return 0
-
-
-class _PlannedRelayout:
-    """The request with its plan already made (planned first to fail fast)."""
-
-    def __init__(self, request: RelayoutRequest, planned: RelayoutPlan) -> None:
-        self.planned = planned
-        self.check_memory = request.check_memory
-        self.title = request.title
-        self.progress_unit = request.progress_unit
-
-    def run(self, reporter: Reporter) -> ConvertResult:
-        return execute_relayout(self.planned, reporter, self.check_memory)

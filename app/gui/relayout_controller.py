@@ -25,7 +25,12 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.convert.job import ConvertResult, check_disk
-from app.core.convert.relayout import LAYOUTS, RelayoutRequest, default_relayout_path
+from app.core.convert.relayout import (
+    LAYOUTS,
+    PlannedRelayout,
+    RelayoutRequest,
+    default_relayout_path,
+)
 from app.core.errors import ModelyardError
 from app.core.formats.gguf_model import GGUF_EXPERT_LAYOUTS
 from app.core.formats.model_info import ModelInfo
@@ -96,16 +101,19 @@ class RelayoutDialog(QDialog):
 @dataclass(frozen=True)
 class CheckedRelayout:
     request: RelayoutRequest
+    job: PlannedRelayout | None
     error: str | None
 
 
 def plan_and_check(request: RelayoutRequest) -> CheckedRelayout:
-    """Plan (reads headers) and check the disk: refused input never reaches the queue."""
+    """Plan (reads headers) and check the disk: refused input never reaches the queue, and
+    the job runs the plan made here."""
     try:
-        check_disk(request.plan().disk_check_plan())
+        planned = request.plan()
+        check_disk(planned.disk_check_plan())
     except ModelyardError as exc:
-        return CheckedRelayout(request, exc.message)
-    return CheckedRelayout(request, None)
+        return CheckedRelayout(request, None, exc.message)
+    return CheckedRelayout(request, PlannedRelayout.of(request, planned), None)
 
 
 class RelayoutController(QObject):
@@ -143,10 +151,11 @@ class RelayoutController(QObject):
         self.background.submit("relayout-check", lambda: plan_and_check(request), self._decide)
 
     def _decide(self, checked: CheckedRelayout) -> None:
-        if checked.error is not None:
-            QMessageBox.warning(self.window, "Cannot fix the expert layout", checked.error)
+        if checked.job is None:
+            QMessageBox.warning(self.window, "Cannot fix the expert layout",
+                                checked.error or "the relayout could not be planned")
             return
-        job_id = self.queue.submit(checked.request)
+        job_id = self.queue.submit(checked.job)
         self._jobs[job_id] = Path(checked.request.source)
 
     def _finished(self, job_id: int, result: JobResult) -> None:

@@ -341,3 +341,19 @@ def test_a_failing_shard_removes_the_ones_written(tiny_ggufs: dict[str, Path], t
                                      split_max_bytes=300_000), RecordingReporter())
     assert result.status == "failed" and len(calls) == 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny_ggufs: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "o.gguf"
+    done = cli(str(tiny_ggufs["moe-split"]), "-o", str(out), "--experts", "stacked",
+               "--dry-run")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["experts"] == "stacked" and plan["outputs"] == [str(out)]
+    stacked = [t for t in plan["plans"][0]["tensors"] if t["name"].endswith("_exps.weight")]
+    assert len(stacked) == 2 * 3 and all(t["copy"] for t in stacked)
+    assert stacked[0]["sources"] == [f"blk.0.ffn_gate.{e}.weight" for e in range(4)]
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,9 @@ byte copies run by `execute_plan`: one chunk in memory at a time, nothing dequan
 Only when the experts of one weight have different types (hand-made files) can their bytes not
 be stacked as they are: those experts are first requantized to the most common type into a
 temporary file beside the output, and the stacked tensor takes its slices from there.
+
+Split GGUF shards are read as one model; the output is one file, shards of a maximum size, or
+as many shards as the input (see gguf_shards.py).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ STACKED_NAME = re.compile(r"^blk\.(?P<layer>\d+)\.ffn_(?P<kind>gate|up|down)_exp
 SPLIT_NAME = re.compile(
     r"^blk\.(?P<layer>\d+)\.ffn_(?P<kind>gate|up|down)\.(?P<expert>\d+)\.weight$")
 ANY_STACKED = re.compile(r"^blk\.\d+\.ffn_[a-z_]+_exps\.[a-z]+$")
+
 
 def split_name(layer: int, kind: str, expert: int) -> str:
     return f"blk.{layer}.ffn_{kind}.{expert}.weight"
@@ -250,7 +254,7 @@ def _plan_tensors(headers: list[GGUFHeader], experts: ExpertsLayout, n_expert: i
 
 
 def _requantize_plan(model: ModelInfo, main: GGUFHeader, target: Path,
-                     groups: list[ExpertGroup], overwrite: bool) -> ConversionPlan:
+                     groups: list[ExpertGroup]) -> ConversionPlan:
     """The odd experts, requantized to their weight's common type, as a temporary GGUF."""
     from app.core.convert.plan_gguf import gguf_slice, torch_shape
 
@@ -347,7 +351,7 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
         notes=tuple(notes), warnings=tuple(warnings))
     plans = shard_plans(plan, shard_of)
     _check_outputs(model, [p.target for p in plans], overwrite)
-    requantize = _requantize_plan(model, main, plans[0].target, mixed, overwrite) \
+    requantize = _requantize_plan(model, main, plans[0].target, mixed) \
         if mixed else None
     return RelayoutPlan(plans, layout, requantize)
 
@@ -417,3 +421,21 @@ class RelayoutRequest:
     def run(self, reporter: Reporter) -> ConvertResult:
         reporter.log("info", f"planning {self.title.lower()}")
         return execute_relayout(self.plan(), reporter, self.check_memory)
+
+
+@dataclass(frozen=True)
+class PlannedRelayout:
+    """Job: a relayout already planned and checked (the CLI and the window plan first, to
+    refuse bad input before anything is queued); runs that plan without planning again."""
+
+    planned: RelayoutPlan
+    title: str
+    check_memory: bool = True
+    progress_unit: ProgressUnit = "bytes"
+
+    @classmethod
+    def of(cls, request: RelayoutRequest, planned: RelayoutPlan) -> PlannedRelayout:
+        return cls(planned, request.title, request.check_memory, request.progress_unit)
+
+    def run(self, reporter: Reporter) -> ConvertResult:
+        return execute_relayout(self.planned, reporter, self.check_memory)
