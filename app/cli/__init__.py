@@ -2,35 +2,77 @@
 
 Exit codes: 0 success, 1 a job failed or was cancelled, 2 bad input (path, file, option).
 `--json` prints one JSON document on stdout; errors always go to stderr as one line.
+
+Each command's module is imported only when that command runs or its help is asked for, so
+`modelyard --help` lists the commands without loading gguf, numpy or torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from app import __version__
-from app.cli import convert, fit, generate, imatrix, inventory
 from app.core.errors import ModelyardError
 
-COMMAND_MODULES = (inventory, fit, convert, generate, imatrix)
+# Command → (module under app.cli that registers it, the one line `modelyard --help` shows).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "scan": ("inventory", "list models found under paths and in the HF cache"),
+    "inspect": ("inventory", "describe one model"),
+    "resources": ("inventory", "RAM, swap, GPUs and free disk"),
+    "fit": ("fit", "will it fit: memory needed per device, verdict, best quant"),
+    "convert": ("convert", "convert a model: HF/GGUF → GGUF of a type, or GGUF → HF "
+                           "safetensors"),
+    "relayout": ("relayout", "MoE GGUF: experts stacked (current llama.cpp) or one tensor "
+                             "each"),
+    "imatrix": ("imatrix", "importance matrix of a model over a calibration text, in "
+                           "llama.cpp's format"),
+    "generate": ("generate", "test generation: load a model and stream its reply to a prompt"),
+    "doctor": ("generate", "why a model will not load here, and what to do (exit 2 on errors)"),
+    "compare": ("generate", "perplexity, KL divergence and top-1 agreement of a candidate "
+                            "against its reference"),
+}
+# Modules registered up front, whatever the command (none need to be).
+COMMAND_MODULES: tuple[ModuleType, ...] = ()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_module(name: str) -> ModuleType:
+    return importlib.import_module(f"app.cli.{COMMANDS[name][0]}")
+
+
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The command named on the command line: the first argument that is not an option."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with `command`'s module registered in full (every module for "all"), and a
+    one-line entry for each other command."""
     parser = argparse.ArgumentParser(
         prog="modelyard",
         description="Workbench for local LLM weights. Without a command, opens the window.")
     parser.add_argument("--version", action="version", version=f"modelyard {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug log lines")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMAND_MODULES:
+    modules = list(COMMAND_MODULES)
+    if command == "all":
+        modules += [command_module(name) for name in COMMANDS]
+    elif command in COMMANDS:
+        modules.append(command_module(command))
+    for module in dict.fromkeys(modules):
         module.register(commands)
+    for name, (_module, help_line) in COMMANDS.items():
+        if name not in commands.choices:
+            commands.add_parser(name, help=help_line)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(requested_command(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

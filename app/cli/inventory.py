@@ -79,6 +79,8 @@ def describe_text(model: ModelInfo) -> list[tuple[str, str]]:
         ("context", str(model.context_length or "unknown")),
         ("layers", str(model.n_layers or "unknown")),
         ("MoE", _moe_text(model)),
+        *([("expert layout", model.moe.explanation)] if model.moe and model.moe.explanation
+          else []),
         ("tokenizer", "yes" if model.has_tokenizer else "no"),
     ]
 
@@ -97,6 +99,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  {'problems':<13} {'none' if not model.problems else ''}")
     for problem in model.problems:
         print(f"    - {problem.text}")
+        if problem.kind == "expert-layout":
+            print(f"      fix: modelyard relayout {model.path} --experts stacked -o OUT.gguf")
     if args.tensors:
         rows = [(t.name, t.type, "×".join(map(str, t.shape)), f"{t.n_bytes:,}")
                 for t in model.tensors]

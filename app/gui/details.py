@@ -121,6 +121,8 @@ def overview_rows(model: ModelInfo) -> list[tuple[str, str]]:
         ("Context length", str(model.context_length or "unknown")),
         ("Layers", str(model.n_layers or "unknown")),
         ("Mixture of experts", moe),
+        *([("Expert layout", model.moe.explanation)] if model.moe and model.moe.explanation
+          else []),
         ("Tokenizer", "included" if model.has_tokenizer else "missing"),
     ]
     if model.repo_id:
@@ -168,6 +170,13 @@ class TensorsTab(QWidget):
         self.count.setText(f"{self.proxy.rowCount()} of {self.model.rowCount()} tensors")
 
 
+# What the window offers for a problem the scan found, by its kind.
+PROBLEM_ACTIONS = {
+    "expert-layout": "Fix expert layout… (right-click the model in the table) writes a copy "
+                     "with stacked experts",
+}
+
+
 class ProblemsTab(QWidget):
     """What the inventory found, and on request what the compatibility doctor finds."""
 
@@ -213,7 +222,8 @@ class ProblemsTab(QWidget):
         if not model.problems:
             self._add("info", "No problems found in the files.")
         for problem in model.problems:
-            self._add("error" if problem.fatal else "warning", problem.text)
+            self._add("error" if problem.fatal else "warning", problem.text,
+                      PROBLEM_ACTIONS.get(problem.kind or ""))
 
     def _doctor_clicked(self) -> None:
         self.doctor_button.setEnabled(False)

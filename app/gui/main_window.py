@@ -40,6 +40,7 @@ from app.gui.fit_badge import FitBadgeDelegate
 from app.gui.fit_controller import FitController, make_target
 from app.gui.jobs_panel import JobsPanel
 from app.gui.models_table import COLUMN_INDEX, MODEL_ROLE, ModelFilterProxy, ModelTableModel
+from app.gui.relayout_controller import RelayoutController
 from app.gui.settings import AppSettings
 from app.gui.sources import HF_CACHE, SourcesPanel, folder_key, key_folder
 from app.gui.status_bar import ResourceStatusBar
@@ -71,6 +72,8 @@ class MainWindow(QMainWindow):
         self.converts = ConvertController(self.queue, self.background, self.fits, self, self)
         self.converts.converted.connect(self._converted)
         self.details.fit.convert_requested.connect(self._convert_selected_to)
+        self.relayouts = RelayoutController(self.queue, self.background, self, self)
+        self.relayouts.relayouted.connect(self._converted)
         self._select_after_scan: Path | None = None
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.sources)
@@ -96,6 +99,8 @@ class MainWindow(QMainWindow):
         self.search.setClearButtonEnabled(True)
         self.search.setMaximumWidth(320)
         self._make_toolbar()
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        self.table.addActions([self.convert_action, self.relayouts.action])
 
         self.search.textChanged.connect(self.proxy.set_text)
         self.sources.source_selected.connect(self._source_selected)
@@ -246,6 +251,7 @@ class MainWindow(QMainWindow):
         model = self.selected_model()
         self.details.show_model(model)
         self.fits.show_model(model)
+        self.relayouts.set_model(model)
         self.convert_action.setEnabled(model is not None and model.format in ("hf", "gguf")
                                        and not model.fatal_problems)
 

@@ -1,12 +1,19 @@
-"""Convert a generated ~1B-parameter Llama (bf16, two shards) to F16 and Q8_0; print wall time,
-MB/s and peak RSS of each conversion, and gguf-py's numpy quantizer speed beside Modelyard's.
+"""Whole `modelyard convert` processes, as a user runs them, side by side with llama.cpp's
+convert_hf_to_gguf.py on the same generated Llama (bf16, two shards): median wall time of
+several runs, MB/s of input, peak RSS; plus `modelyard --help` and planning times, and gguf-py's
+numpy quantizer speed beside Modelyard's.
 
-    .venv/bin/python tests/bench/convert_bench.py [--keep DIR] [--types F16 Q8_0]
+    .venv/bin/python tests/bench/convert_bench.py [--size 1b|small] [--runs 3]
+        [--types F16 Q8_0] [--llama-cpp DIR] [--keep DIR]
 
-The model (hidden 2048, 16 layers, FFN 5632, vocab 49152, 32 heads / 4 KV heads, untied
-embeddings; ~0.9 B parameters, 1.8 GB) is written tensor by tensor in row chunks, so generating
-it needs little RAM. For scale: llama.cpp's convert_hf_to_gguf.py took 16.4 s and 1,012 MB peak
-RSS for this model to Q8_0 on a 2-core machine.
+DIR (or MODELYARD_LLAMA_CPP_SOURCE) is a llama.cpp source tree holding convert_hf_to_gguf.py,
+e.g. llama-cpp-python's sdist under vendor/llama.cpp; without one, llama.cpp's column is
+skipped. `1b` is hidden 2048, 16 layers, FFN 5632, vocab 49152, 32 heads / 4 KV heads, untied
+embeddings (~0.9 B parameters, 1.8 GB); `small` proves the script in seconds. The model is
+written tensor by tensor in row chunks, so generating it needs little RAM. Its tokenizer is a
+SentencePiece tokenizer.model (llama.cpp's converter reads it without transformers) with the
+tokenizer.json transformers derives from it, declared generic as Llama 3 checkpoints declare
+theirs.
 """
 
 from __future__ import annotations
@@ -14,56 +21,86 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-HIDDEN, LAYERS, FFN, VOCAB, HEADS, KV_HEADS = 2048, 16, 5632, 49152, 32, 4
-HEAD_DIM = HIDDEN // HEADS
 
-CHILD = """
+@dataclass(frozen=True)
+class Dims:
+    hidden: int
+    layers: int
+    ffn: int
+    vocab: int
+    heads: int
+    kv_heads: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+SIZES = {"1b": Dims(2048, 16, 5632, 49152, 32, 4), "small": Dims(512, 2, 1024, 4096, 8, 2)}
+DIMS = SIZES["1b"]
+
+# Runs a command as __main__ in this process and reports its peak RSS on exit: VmHWM, not
+# getrusage, because ru_maxrss survives exec and a child would report the benchmark's peak.
+PEAK_WRAPPER = """
+import atexit, runpy, sys
+def report():
+    hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+               if line.startswith("VmHWM:"))
+    sys.stderr.write(f"\\nBENCH_PEAK_RSS {hwm}\\n")
+atexit.register(report)
+kind, target = sys.argv[1], sys.argv[2]
+sys.argv = sys.argv[2:]
+if kind == "module":
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:  # a script: its folder first on the path, as `python script.py` has it
+    sys.path.insert(0, target.rsplit("/", 1)[0])
+    runpy.run_path(target, run_name="__main__")
+"""
+
+PLAN_CHILD = """
 import json, sys, time
 from pathlib import Path
-from app.core.convert import ConvertRequest
-from app.core.jobs import NullReporter
-source, target, out_type = sys.argv[1:4]
-request = ConvertRequest(Path(source), Path(target), out_type, device="cpu", overwrite=True)
-start = time.monotonic()
-plan = request.plan()
-result = request.run(NullReporter())
-seconds = time.monotonic() - start
-# VmHWM, not getrusage: ru_maxrss survives exec, so a child would report its parent's peak.
-hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
-           if line.startswith("VmHWM:"))
-print(json.dumps({"seconds": seconds, "peak": hwm, "estimate": plan.estimated_peak_bytes,
-                  "naive": plan.naive_peak_bytes, "input": plan.input_bytes,
-                  "output": result.bytes_written}))
+from app.core.convert import plan_conversion
+start = time.perf_counter()
+plan = plan_conversion(Path(sys.argv[1]), Path(sys.argv[2]), out_type=sys.argv[3],
+                       device="cpu", overwrite=True)
+print(json.dumps({"seconds": time.perf_counter() - start, "input": plan.input_bytes,
+                  "estimate": plan.estimated_peak_bytes,
+                  "transformers": "transformers" in sys.modules}))
 """
 
 
 def tensor_shapes() -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
-    for layer in range(LAYERS):
+    d = DIMS
+    hidden, kv_width = d.hidden, d.kv_heads * d.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (d.vocab, hidden)}
+    for layer in range(d.layers):
         p = f"model.layers.{layer}"
         shapes.update({
-            f"{p}.input_layernorm.weight": (HIDDEN,),
-            f"{p}.self_attn.q_proj.weight": (HIDDEN, HIDDEN),
-            f"{p}.self_attn.k_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
-            f"{p}.self_attn.v_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
-            f"{p}.self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-            f"{p}.post_attention_layernorm.weight": (HIDDEN,),
-            f"{p}.mlp.gate_proj.weight": (FFN, HIDDEN),
-            f"{p}.mlp.up_proj.weight": (FFN, HIDDEN),
-            f"{p}.mlp.down_proj.weight": (HIDDEN, FFN),
+            f"{p}.input_layernorm.weight": (hidden,),
+            f"{p}.self_attn.q_proj.weight": (hidden, hidden),
+            f"{p}.self_attn.k_proj.weight": (kv_width, hidden),
+            f"{p}.self_attn.v_proj.weight": (kv_width, hidden),
+            f"{p}.self_attn.o_proj.weight": (hidden, hidden),
+            f"{p}.post_attention_layernorm.weight": (hidden,),
+            f"{p}.mlp.gate_proj.weight": (d.ffn, hidden),
+            f"{p}.mlp.up_proj.weight": (d.ffn, hidden),
+            f"{p}.mlp.down_proj.weight": (hidden, d.ffn),
         })
-    shapes["model.norm.weight"] = (HIDDEN,)
-    shapes["lm_head.weight"] = (VOCAB, HIDDEN)
+    shapes["model.norm.weight"] = (hidden,)
+    shapes["lm_head.weight"] = (d.vocab, hidden)
     return shapes
 
 
@@ -113,14 +150,30 @@ def make_model(folder: Path) -> Path:
         write_shard(folder / shard, {n: shapes[n] for n in members})
     index = {"metadata": {}, "weight_map": {n: s for s, ms in shards.items() for n in ms}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    d = DIMS
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-              "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
-              "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-              "vocab_size": VOCAB, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+              "hidden_size": d.hidden, "intermediate_size": d.ffn, "num_hidden_layers": d.layers,
+              "num_attention_heads": d.heads, "num_key_value_heads": d.kv_heads,
+              "vocab_size": d.vocab, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
               "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
               "bos_token_id": 1, "eos_token_id": 2}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_tokenizer(folder)
     return folder
+
+
+def save_tokenizer(folder: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from transformers import LlamaTokenizer
+
+    import factories
+
+    factories.save_spm_tokenizer(folder)
+    LlamaTokenizer(vocab_file=str(folder / "tokenizer.model")).save_pretrained(folder)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2))
 
 
 def quantizer_speeds(folder: Path, types: list[str]) -> None:
@@ -158,32 +211,92 @@ def quantizer_speeds(folder: Path, types: list[str]) -> None:
               f"Modelyard torch {ours}")
 
 
+def timed(command: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS of one whole process."""
+    start = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.monotonic() - start
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command[:6])} ... failed:\n{done.stderr[-2000:]}")
+    peak = next((int(line.split()[1]) for line in done.stderr.splitlines()
+                 if line.startswith("BENCH_PEAK_RSS ")), 0)
+    return seconds, peak
+
+
+def converter_commands(model: Path, target: Path, out_type: str,
+                       llama_cpp: Path | None) -> dict[str, list[str]]:
+    wrap = [sys.executable, "-c", PEAK_WRAPPER]
+    commands = {"modelyard": wrap + ["module", "app", "convert", str(model), "-o", str(target),
+                                     "--type", out_type, "--device", "cpu", "--overwrite"]}
+    if llama_cpp is not None:
+        commands["llama.cpp"] = wrap + ["path", str(llama_cpp / "convert_hf_to_gguf.py"),
+                                        str(model), "--outfile", str(target), "--outtype",
+                                        out_type.lower()]
+    return commands
+
+
+def median_of(command: list[str], runs: int, target: Path) -> tuple[float, float, int]:
+    """(median wall s, fastest wall s, median peak RSS) over `runs` runs."""
+    results = []
+    for _ in range(runs):
+        results.append(timed(command))
+        target.unlink(missing_ok=True)
+    seconds = [r[0] for r in results]
+    return statistics.median(seconds), min(seconds), int(statistics.median(r[1] for r in results))
+
+
+def startup_times(model: Path, work: Path, runs: int) -> None:
+    helps = [timed([sys.executable, "-m", "app", "--help"])[0] for _ in range(runs)]
+    plans = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", PLAN_CHILD, str(model),
+                              str(work / "plan.gguf"), "Q8_0"],
+                             capture_output=True, text=True, cwd=ROOT, check=True)
+        plans.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"modelyard --help: median {statistics.median(helps):.2f} s (whole process); "
+          f"planning Q8_0: median {statistics.median(p['seconds'] for p in plans):.2f} s "
+          f"(transformers loaded: {plans[-1]['transformers']})")
+
+
 def main() -> None:
+    global DIMS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", type=Path, help="generate the model here and keep it")
     parser.add_argument("--types", nargs="+", default=["F16", "Q8_0"])
+    parser.add_argument("--size", choices=sorted(SIZES), default="1b")
+    parser.add_argument("--runs", type=int, default=3, help="runs per converter and type")
+    parser.add_argument("--llama-cpp", type=Path,
+                        default=os.environ.get("MODELYARD_LLAMA_CPP_SOURCE") or None,
+                        help="llama.cpp source tree with convert_hf_to_gguf.py")
     args = parser.parse_args()
+    DIMS = SIZES[args.size]
+    llama_cpp = args.llama_cpp
+    if llama_cpp is not None and not (llama_cpp / "convert_hf_to_gguf.py").is_file():
+        print(f"no convert_hf_to_gguf.py in {llama_cpp}: llama.cpp's converter skipped")
+        llama_cpp = None
     work = args.keep or Path(tempfile.mkdtemp(prefix="convert-bench-"))
     start = time.monotonic()
-    model = make_model(work / "llama-1b-bf16")
+    model = make_model(work / f"llama-{args.size}-bf16")
     size = sum(p.stat().st_size for p in model.glob("*.safetensors"))
     print(f"model: {model} ({size / 1e9:.2f} GB bf16, generated in "
           f"{time.monotonic() - start:.0f} s); {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}")
-    print(f"{'type':<6} {'wall s':>7} {'MB/s in':>8} {'peak RSS MB':>12} {'estimate MB':>12} "
-          f"{'naive MB':>9} {'output MB':>10}")
+          f"{os.getloadavg()[0]:.1f}; {args.runs} run(s) each, warm page cache")
+    startup_times(model, work, args.runs)
+    print(f"{'type':<6} {'converter':<10} {'median s':>9} {'best s':>7} {'MB/s in':>8} "
+          f"{'peak RSS MiB':>13}")
     for out_type in args.types:
-        target = work / f"llama-1b-{out_type}.gguf"
-        out = subprocess.run([sys.executable, "-c", CHILD, str(model), str(target), out_type],
-                             capture_output=True, text=True, cwd=ROOT)
-        if out.returncode:
-            print(f"{out_type}: failed\n{out.stderr[-2000:]}")
-            continue
-        m = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{out_type:<6} {m['seconds']:7.1f} {m['input'] / m['seconds'] / 1e6:8.0f} "
-              f"{m['peak'] / 2**20:12.0f} {m['estimate'] / 2**20:12.0f} "
-              f"{m['naive'] / 2**20:9.0f} {m['output'] / 2**20:10.0f}")
-        target.unlink(missing_ok=True)
+        target = work / f"llama-{args.size}-{out_type}.gguf"
+        medians = {}
+        for name, command in converter_commands(model, target, out_type, llama_cpp).items():
+            timed(command)  # warms the page cache and the imports
+            target.unlink(missing_ok=True)
+            median, best, peak = median_of(command, args.runs, target)
+            medians[name] = median
+            print(f"{out_type:<6} {name:<10} {median:9.1f} {best:7.1f} {size / median / 1e6:8.0f} "
+                  f"{peak / 2**20:13.0f}")
+        if len(medians) == 2:
+            print(f"{out_type:<6} llama.cpp / modelyard: "
+                  f"{medians['llama.cpp'] / medians['modelyard']:.2f}x")
     quantizer_speeds(model, args.types)
 
 

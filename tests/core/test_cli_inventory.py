@@ -48,7 +48,20 @@ def test_inspect_tensors_lists_every_tensor(smollm2_gguf: Path) -> None:
 def test_inspect_moe_json(tmp_path: Path) -> None:
     path = make_gguf(tmp_path / "moe.gguf", n_experts=4, expert_layout="split")
     data = json.loads(run_cli("inspect", str(path), "--json").stdout)
+    explanation = data["moe"].pop("explanation")
     assert data["moe"] == {"n_experts": 4, "n_experts_used": 2, "layout": "split"}
+    assert explanation.startswith("split: one tensor per expert (blk.N.ffn_*.E.weight)")
+    assert "llama.cpp" in explanation and "load only stacked" in explanation
+
+
+@pytest.mark.parametrize("layout", ["stacked", "split"])
+def test_inspect_explains_the_expert_layout(tmp_path: Path, layout: str) -> None:
+    path = make_gguf(tmp_path / "moe.gguf", n_experts=4, expert_layout=layout)
+    text = run_cli("inspect", str(path)).stdout
+    line = next(line for line in text.splitlines() if "expert layout" in line)
+    assert f"expert layout {layout}: " in line and "split ones" in line
+    fix = f"fix: modelyard relayout {path} --experts stacked"
+    assert (fix in text) == (layout == "split")
 
 
 @pytest.mark.parametrize("content,expected", [

@@ -81,7 +81,9 @@ def test_problems_tab_lists_the_relayout_hint(qtbot, window: MainWindow, folder:
     assert window.select_model_path(folder / "moe-split.gguf")
     problems = window.details.problems.list
     texts = [problems.item(i).text() for i in range(problems.count())]
-    assert any("relayout" in t for t in texts)
+    layout = next(t for t in texts if "relayout" in t)
+    assert "→ Fix expert layout…" in layout  # the window's own remedy, no command line
+    assert "--experts" not in layout and "modelyard" not in layout
     pane = window.details
     assert pane.tabText(pane.indexOf(pane.problems)).startswith("Problems (")
 

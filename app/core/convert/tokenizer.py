@@ -121,7 +121,61 @@ def _add_bpe(writer: GGUFWriter, folder: Path, data: dict[str, Any] | None,
     return result
 
 
+# tokenizer_config.json classes that use tokenizer.json exactly as it is written.
+GENERIC_TOKENIZER_CLASSES = frozenset({"PreTrainedTokenizerFast", "TokenizersBackend"})
+# Model types whose transformers tokenizer class replaces a generic declaration with its own
+# (transformers 5's MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS among the architectures the
+# converter supports); Qwen2Tokenizer installs Qwen2's split regex whatever the file says.
+OWN_TOKENIZER_TYPES = frozenset({"qwen2"})
+
+
+class FileTokenizer:
+    """tokenizer.json read by the `tokenizers` library, with the few attributes of a
+    transformers tokenizer that the conversion asks for; loads in milliseconds where importing
+    transformers takes seconds."""
+
+    def __init__(self, folder: Path, config: dict[str, Any]) -> None:
+        from tokenizers import Tokenizer
+
+        self.backend_tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        special_map = folder / "special_tokens_map.json"
+        specials = _load_json(special_map) if special_map.is_file() else {}
+        self.bos_token_id = self._token_id(config.get("bos_token", specials.get("bos_token")))
+        self.eos_token_id = self._token_id(config.get("eos_token", specials.get("eos_token")))
+        clean = config.get("clean_up_tokenization_spaces")
+        # transformers 5 leaves the clean-up off unless the config turns it on.
+        self.clean_up_tokenization_spaces = clean if isinstance(clean, bool) else False
+
+    def _token_id(self, token: Any) -> int | None:
+        text = token.get("content") if isinstance(token, dict) else token
+        return self.backend_tokenizer.token_to_id(text) if isinstance(text, str) else None
+
+    def __call__(self, text: str) -> dict[str, list[int]]:
+        return {"input_ids": self.backend_tokenizer.encode(text).ids}
+
+
+def _file_tokenizer(folder: Path) -> FileTokenizer | None:
+    """The fast reading where transformers would use tokenizer.json as written: a generic
+    tokenizer class, no class of the model type's own, no remote code, no Mistral tekken."""
+    config_path, model_config = folder / "tokenizer_config.json", folder / "config.json"
+    if not (folder / "tokenizer.json").is_file() or not config_path.is_file() \
+            or (folder / "tekken.json").exists():
+        return None
+    config = _load_json(config_path)
+    model_type = _load_json(model_config).get("model_type") if model_config.is_file() else None
+    if config.get("tokenizer_class") not in GENERIC_TOKENIZER_CLASSES or "auto_map" in config \
+            or model_type in OWN_TOKENIZER_TYPES:
+        return None
+    try:
+        return FileTokenizer(folder, config)
+    except Exception:  # noqa: BLE001 - what tokenizers cannot read, transformers is asked
+        return None
+
+
 def _load_hf_tokenizer(folder: Path) -> Any | None:
+    fast = _file_tokenizer(folder)
+    if fast is not None:
+        return fast
     try:
         from transformers import AutoTokenizer
 

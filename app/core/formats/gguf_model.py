@@ -65,6 +65,27 @@ def expert_layout(names: Sequence[str]) -> ExpertLayout | None:
     return None
 
 
+# The two GGUF expert layouts, and which runtimes load each.
+GGUF_EXPERT_LAYOUTS: dict[str, str] = {
+    "stacked": "one tensor per weight holding every expert (blk.N.ffn_*_exps.weight)",
+    "split": "one tensor per expert (blk.N.ffn_*.E.weight)",
+    "mixed": "some weights stacked, some one tensor per expert: a mix no runtime loads",
+}
+EXPERT_LAYOUT_RUNTIMES = (
+    "current llama.cpp and the runtimes built on it (llama-cpp-python, Ollama, LM Studio) load "
+    "only stacked experts; older llama.cpp builds and some other runtimes and tools load only "
+    "split ones. Either layout converts to the other losslessly (bytes are moved, nothing is "
+    "requantized)")
+
+
+def explain_expert_layout(layout: ExpertLayout | None) -> str | None:
+    """The layout found, then which runtimes expect which."""
+    if layout is None:
+        return None
+    return f"{layout}: {GGUF_EXPERT_LAYOUTS[layout]}. {EXPERT_LAYOUT_RUNTIMES[0].upper()}" \
+           f"{EXPERT_LAYOUT_RUNTIMES[1:]}."
+
+
 def file_type_label(header: GGUFHeader) -> str | None:
     raw = header.get("general.file_type")
     if isinstance(raw, int):
@@ -105,7 +126,8 @@ def _moe_info(header: GGUFHeader, names: Sequence[str]) -> MoEInfo | None:
         n_experts = 1 + max(
             (int(n.split(".")[3]) for n in names if SPLIT_EXPERTS.match(n)), default=-1)
     used = header.arch_field("expert_used_count")
-    return MoEInfo(n_experts, used if isinstance(used, int) else None, layout)
+    return MoEInfo(n_experts, used if isinstance(used, int) else None, layout,
+                   explain_expert_layout(layout))
 
 
 def _problems(header: GGUFHeader, moe: MoEInfo | None, has_tokenizer: bool) -> list[Problem]:
@@ -119,9 +141,10 @@ def _problems(header: GGUFHeader, moe: MoEInfo | None, has_tokenizer: bool) -> l
                                 "does not know it"))
     if moe and moe.layout == "split":
         problems.append(Problem(
-            "experts are stored one tensor per expert (blk.N.ffn_*.E.weight); current "
-            "llama.cpp expects stacked blk.N.ffn_*_exps: run `modelyard relayout --experts "
-            "stacked`"))
+            "experts are stored one tensor per expert (blk.N.ffn_*.E.weight), which current "
+            "llama.cpp does not load (it expects stacked blk.N.ffn_*_exps): relayout the "
+            "experts to stacked; the bytes are moved, nothing is requantized",
+            kind="expert-layout"))
     elif moe and moe.layout == "mixed":
         problems.append(Problem("experts are stored in both stacked and per-expert layouts; "
                                 "no runtime loads this mix", fatal=True))

@@ -31,10 +31,12 @@ class MoEInfo:
     n_experts: int
     n_experts_used: int | None
     layout: ExpertLayout | None  # None when no expert tensors were found
+    # The layout found and which runtimes load which (GGUF, where runtimes differ).
+    explanation: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"n_experts": self.n_experts, "n_experts_used": self.n_experts_used,
-                "layout": self.layout}
+                "layout": self.layout, "explanation": self.explanation}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Problem:
 
     text: str
     fatal: bool = False
+    kind: str | None = None  # what a front end can offer to fix: "expert-layout"
 
     def __str__(self) -> str:
         return self.text
