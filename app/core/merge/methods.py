@@ -1,0 +1,168 @@
+"""Merge methods on whole tensors: float32 arithmetic on the tensors' own device.
+
+Each function takes the inputs of one output tensor (already read, same shape) and the
+parameters resolved for that tensor, and returns a float32 tensor on the inputs' device. The
+semantics follow mergekit 0.1.5 (`merge_methods/` and `sparsify.py`), so a YAML written for
+mergekit gives the same model here; the one difference is where randomness comes from: DARE
+draws its masks from a generator seeded by the config seed, the tensor name and the input, so
+the same config gives the same model whatever the device or the order tensors are merged in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+
+# Inputs this close to colinear (|cos θ| above it) interpolate linearly: sin θ ≈ 0 otherwise.
+SLERP_DOT_THRESHOLD = 0.9995
+_NORM_EPS = 1e-8
+# Norms below this are treated as zero when DARE rescales a masked delta (mergekit's eps).
+_RESCALE_EPS = 1e-7
+
+GTA_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
+METHODS = ("linear", "slerp", *GTA_METHODS, "passthrough")
+# The methods that add deltas to a base model need one; slerp interpolates from it.
+NEEDS_BASE = frozenset({"slerp", *GTA_METHODS})
+
+
+def _f32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.dtype == torch.float32 else tensor.to(torch.float32)
+
+
+def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float],
+           normalize: bool = True) -> torch.Tensor:
+    """Σ wᵢ·xᵢ, divided by Σ wᵢ when `normalize`."""
+    result = torch.zeros_like(tensors[0], dtype=torch.float32)
+    for tensor, weight in zip(tensors, weights, strict=True):
+        result.add_(_f32(tensor), alpha=float(weight))
+    if normalize:
+        result.div_(float(sum(weights)))
+    return result
+
+
+def slerp(t: float, base: torch.Tensor, other: torch.Tensor,
+          dot_threshold: float = SLERP_DOT_THRESHOLD) -> torch.Tensor:
+    """Spherical interpolation of the flattened tensors, `base` at t = 0; linear when they are
+    nearly colinear (the angle between them is then too small or too close to π to divide by
+    its sine)."""
+    a, b = _f32(base), _f32(other)
+    norm_a = torch.linalg.vector_norm(a)
+    norm_b = torch.linalg.vector_norm(b)
+    norm_a = torch.where(norm_a > _NORM_EPS, norm_a, torch.ones_like(norm_a))
+    norm_b = torch.where(norm_b > _NORM_EPS, norm_b, torch.ones_like(norm_b))
+    dot = float(((a / norm_a) * (b / norm_b)).sum().clamp(-1, 1))
+    if abs(dot) > dot_threshold:
+        return (1 - t) * a + t * b
+    theta = torch.acos(torch.tensor(dot, dtype=torch.float32))
+    sin_theta = torch.sin(theta)
+    coef_a = float(torch.sin((1 - t) * theta) / sin_theta)
+    coef_b = float(torch.sin(t * theta) / sin_theta)
+    return coef_a * a + coef_b * b
+
+
+def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the `density` fraction of elements with the largest |δ| (at least one)."""
+    if density >= 1:
+        return torch.ones_like(delta, dtype=torch.bool)
+    count = delta.numel()
+    keep = max(1, int(density * count))
+    flat = delta.abs().reshape(-1)
+    mask = torch.zeros(count, dtype=torch.bool, device=delta.device)
+    mask[torch.topk(flat, keep, sorted=False).indices] = True
+    return mask.reshape(delta.shape)
+
+
+def tensor_seed(seed: int, tensor: str, input_index: int) -> int:
+    """A 63-bit seed for one input's mask of one tensor: independent of the merge order."""
+    digest = hashlib.sha256(f"{seed}\0{tensor}\0{input_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def bernoulli_mask(shape: torch.Size, density: float, seed: int,
+                   device: torch.device) -> torch.Tensor:
+    """Keep each element with probability `density`. Drawn on the CPU (CUDA's generator gives
+    other numbers for the same seed), then moved, so every device merges the same model."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed)
+    mask = torch.rand(shape, generator=generator, dtype=torch.float32) < density
+    return mask.to(device)
+
+
+def rescale_l1(delta: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Scale `masked` back to the L1 norm of `delta` (mergekit's DARE rescale)."""
+    before = delta.abs().sum()
+    after = masked.abs().sum()
+    if before < _RESCALE_EPS or after < _RESCALE_EPS:
+        return masked
+    return masked * (before / after)
+
+
+def sparsify(method: str, delta: torch.Tensor, density: float, *, rescale: bool, seed: int
+             ) -> torch.Tensor:
+    """The delta the method keeps: top-|δ| for TIES, a random drop for DARE, all otherwise."""
+    if method == "ties":
+        if density >= 1:
+            return delta
+        return delta * magnitude_mask(delta, density)
+    if method in ("dare_ties", "dare_linear"):
+        if density >= 1:
+            return delta
+        masked = delta * bernoulli_mask(delta.shape, density, seed, delta.device)
+        return rescale_l1(delta, masked) if rescale else masked
+    return delta
+
+
+def elect_sign_mask(weighted: torch.Tensor) -> torch.Tensor:
+    """TIES sign election over stacked weighted deltas [n, ...]: each element's sign is that of
+    Σ wᵢ·δᵢ (zero counts as positive); a delta takes part where its sign agrees."""
+    majority = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0)
+    return weighted.sign() == majority
+
+
+def task_arithmetic_family(method: str, base: torch.Tensor, others: Sequence[torch.Tensor],
+                           weights: Sequence[float], densities: Sequence[float], *,
+                           normalize: bool, rescale: bool, lam: float = 1.0,
+                           seeds: Sequence[int] = ()) -> torch.Tensor:
+    """task_arithmetic, ties, dare_ties, dare_linear: base + λ·(combined deltas).
+
+    The deltas δᵢ = xᵢ − base are sparsified (TIES: top `density` by magnitude; DARE: kept with
+    probability `density`, rescaled), weighted, then summed (task arithmetic, DARE linear) or
+    summed where their sign agrees with the elected sign (TIES, DARE TIES). `normalize` divides
+    by the sum of the weights that took part.
+    """
+    base32 = _f32(base)
+    if not others:
+        return base32.clone()
+    seeds = list(seeds) or [0] * len(others)
+    weighted = torch.empty((len(others), *base32.shape), dtype=torch.float32,
+                           device=base32.device)
+    for index, other in enumerate(others):
+        delta = _f32(other) - base32
+        delta = sparsify(method, delta, densities[index], rescale=rescale, seed=seeds[index])
+        torch.mul(delta, float(weights[index]), out=weighted[index])
+        del delta
+    weight_column = torch.tensor([float(w) for w in weights], dtype=torch.float32,
+                                 device=base32.device).reshape(-1, *([1] * base32.dim()))
+    if method in ("ties", "dare_ties"):
+        agree = elect_sign_mask(weighted)
+        mixed = (weighted * agree).sum(dim=0)
+        divisor = (weight_column * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(dim=0)
+        divisor = weight_column.sum(dim=0).expand_as(mixed).clone()
+        divisor[divisor.abs() < 1e-8] = 1
+    del weighted
+    if normalize:
+        mixed /= divisor
+    if lam != 1:
+        mixed *= lam
+    return base32 + mixed
+
+
+def passthrough(tensor: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The one input, scaled when `scale` is given."""
+    out = _f32(tensor)
+    return out if scale is None else out * scale
