@@ -17,8 +17,11 @@ from typing import Any
 import yaml
 
 from app.core.errors import OptionError
-from app.core.merge.methods import METHODS, NEEDS_BASE
 
+GTA_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
+METHODS = ("linear", "slerp", *GTA_METHODS, "passthrough")
+# The methods that add deltas to a base model need one; slerp interpolates from it.
+NEEDS_BASE = frozenset({"slerp", *GTA_METHODS})
 DTYPES = {"float32": "F32", "fp32": "F32", "float": "F32", "float16": "F16", "fp16": "F16",
           "half": "F16", "bfloat16": "BF16", "bf16": "BF16"}
 # Parameters whose values must be probabilities of keeping an element.

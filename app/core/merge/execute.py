@@ -166,9 +166,10 @@ def log_plan(plan: MergePlan, reporter: Reporter) -> None:
     for action in plan.actions:
         models = ", ".join(plan.model_label(i.model) for i in action.inputs)
         why = f" ({action.reason})" if action.reason else ""
-        reporter.log("info" if action.action != "refused" else "error",
-                     f"{action.action} {action.name}" + (f" from {models}" if models else "")
-                     + why)
+        # Merged tensors are the rule; what was copied or refused is worth a line on screen.
+        level = {"merged": "debug", "copied": "info", "refused": "error"}[action.action]
+        source = f" from {models}" if models else ""
+        reporter.log(level, f"{action.action} {action.name}{source}{why}")
 
 
 def run_merge(plan: MergePlan, reporter: Reporter, *, check_memory: bool = True

@@ -13,12 +13,13 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import BadInputError, FormatError, UnsupportedError
 from app.core.formats.safetensors_header import read_safetensors_header
+
+if TYPE_CHECKING:
+    import torch
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -52,6 +53,8 @@ class LoraAdapter:
     _tensors: dict[str, Any] = field(default_factory=dict)
 
     def _read(self, name: str, device: torch.device) -> torch.Tensor:
+        import torch
+
         from app.core.merge.sources import FLOAT_DTYPES
 
         entry = self._tensors[name]
@@ -61,7 +64,8 @@ class LoraAdapter:
         if len(data) != entry.n_bytes:
             raise FormatError("tensor data is truncated", path=self.weights, tensor=name)
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return raw.view(FLOAT_DTYPES[entry.dtype]).reshape(entry.shape).to(device).float()
+        values = raw.view(getattr(torch, FLOAT_DTYPES[entry.dtype])).reshape(entry.shape)
+        return values.to(device).float()
 
     def delta(self, module: LoraModule, device: torch.device) -> torch.Tensor:
         a = self._read(module.a, device)

@@ -10,21 +10,17 @@ the same config gives the same model whatever the device or the order tensors ar
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import torch
+
+from app.core.merge.params import tensor_seed  # noqa: F401 - part of the methods' API
 
 # Inputs this close to colinear (|cos θ| above it) interpolate linearly: sin θ ≈ 0 otherwise.
 SLERP_DOT_THRESHOLD = 0.9995
 _NORM_EPS = 1e-8
 # Norms below this are treated as zero when DARE rescales a masked delta (mergekit's eps).
 _RESCALE_EPS = 1e-7
-
-GTA_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
-METHODS = ("linear", "slerp", *GTA_METHODS, "passthrough")
-# The methods that add deltas to a base model need one; slerp interpolates from it.
-NEEDS_BASE = frozenset({"slerp", *GTA_METHODS})
 
 
 def _f32(tensor: torch.Tensor) -> torch.Tensor:
@@ -72,12 +68,6 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     mask = torch.zeros(count, dtype=torch.bool, device=delta.device)
     mask[torch.topk(flat, keep, sorted=False).indices] = True
     return mask.reshape(delta.shape)
-
-
-def tensor_seed(seed: int, tensor: str, input_index: int) -> int:
-    """A 63-bit seed for one input's mask of one tensor: independent of the merge order."""
-    digest = hashlib.sha256(f"{seed}\0{tensor}\0{input_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def bernoulli_mask(shape: torch.Size, density: float, seed: int,

@@ -9,6 +9,7 @@ filter, or `*`, matches everything).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -71,3 +72,9 @@ def as_bool(value: Any) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
         return value.lower() in ("true", "yes", "1")
     raise ValueError(f"{value!r} is not true or false")
+
+
+def tensor_seed(seed: int, tensor: str, input_index: int) -> int:
+    """A 63-bit seed for one input's mask of one tensor: independent of the merge order."""
+    digest = hashlib.sha256(f"{seed}\0{tensor}\0{input_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

@@ -15,9 +15,15 @@ from typing import Any
 
 from app.core.errors import BadInputError, OptionError
 from app.core.merge.canonical import Layout, split_layer, unit_shape, with_layer
-from app.core.merge.config import DTYPES, MergeConfig, OutputSlice, SliceSource
-from app.core.merge.methods import GTA_METHODS, NEEDS_BASE, tensor_seed
-from app.core.merge.params import as_bool, as_float, resolve
+from app.core.merge.config import (
+    DTYPES,
+    GTA_METHODS,
+    NEEDS_BASE,
+    MergeConfig,
+    OutputSlice,
+    SliceSource,
+)
+from app.core.merge.params import as_bool, as_float, resolve, tensor_seed
 from app.core.merge.plan import (
     TORCH_DTYPE_NAMES,
     InputRef,

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import BadInputError, FormatError, UnsupportedError
 from app.core.formats.hf_config import load_json_object
@@ -20,10 +18,12 @@ from app.core.formats.safetensors_header import read_safetensors_header
 from app.core.merge.canonical import Layout, Unit, layout_of, unit_shape
 from app.core.merge.config import ModelRef
 
-FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                "F64": torch.float64}
-INT_DTYPES = {"I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-              "U8": torch.uint8, "BOOL": torch.bool}
+if TYPE_CHECKING:
+    import torch
+
+# torch's names of the float dtypes; torch itself is imported only to read (planning, which the
+# window does, stays light).
+FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -101,9 +101,11 @@ class ModelSource:
         if not tensor.is_float:
             raise UnsupportedError(f"{tensor.dtype} tensors cannot be merged", path=tensor.file,
                                    tensor=name)
+        import torch
+
         buffer = torch.frombuffer(bytearray(self.read_raw(name)), dtype=torch.uint8)
-        values = buffer.view(FLOAT_DTYPES[tensor.dtype]).reshape(tensor.shape).to(device)
-        values = values.to(torch.float32)
+        values = buffer.view(getattr(torch, FLOAT_DTYPES[tensor.dtype])).reshape(tensor.shape)
+        values = values.to(device).to(torch.float32)
         if self.adapter is not None:
             values = self.adapter.apply(name, values)
         return values
