@@ -120,6 +120,15 @@ def open_adapter(folder: Path, base: Any) -> LoraAdapter:
     for name in tensors:
         short = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
         match = _LORA_KEY.match(short) or _EMBED_KEY.match(short)
+        if match is None and short.endswith(".base_layer.weight"):
+            # PEFT saves the frozen embedding beside embedding LoRAs; it is the base's own
+            # unless the vocabulary was resized, which this merge cannot follow.
+            target = short.replace(".base_layer.weight", ".weight")
+            stored = base.tensors.get(target)
+            if stored is None or tuple(stored.shape) != tensors[name].shape:
+                raise BadInputError(f"the adapter changes {target} (a resized vocabulary?); "
+                                    f"it does not fit its base {base.path}", path=folder)
+            continue
         if match is None:
             raise UnsupportedError("the adapter holds a tensor that is not a LoRA matrix "
                                    "(modules_to_save or trainable tokens cannot be merged yet)",
