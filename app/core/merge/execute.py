@@ -14,22 +14,20 @@ from typing import Any
 import torch
 
 from app.core.convert.writing import disk_error
-from app.core.errors import InsufficientResourcesError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter, atomic_output, check_cancel
 from app.core.merge import methods
 from app.core.merge.canonical import Layout, with_layer
+from app.core.merge.job import check_resources
 from app.core.merge.plan import InputRef, MergePlan, TensorAction
 from app.core.merge.sources import ModelSource
 from app.core.merge.writer import ShardWriter, encode
-from app.core.resources import probe_disk
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
                    "chat_template.jinja")
 CONFIG_NAME = "mergekit_config.yml"
 REPORT_NAME = "merge_report.json"
-DISK_MARGIN = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,34 +43,6 @@ class MergeResult:
         return {"output": str(self.output), "bytes_written": self.bytes_written,
                 "tensors_written": self.tensors_written, "seconds": round(self.seconds, 3),
                 "counts": self.counts, "gguf": str(self.gguf) if self.gguf else None}
-
-
-def check_resources(plan: MergePlan) -> None:
-    disk = probe_disk(plan.target.parent)
-    needed = plan.output_bytes + DISK_MARGIN
-    if disk.free_bytes < needed:
-        raise InsufficientResourcesError(
-            f"not enough disk space: the merge needs {format_bytes(needed)}, "
-            f"{format_bytes(disk.free_bytes)} is free", needed_bytes=needed,
-            available_bytes=disk.free_bytes, path=plan.target.parent,
-            hint="free some space or choose another output folder")
-    import psutil
-
-    if plan.device == "cuda":
-        free, _total = torch.cuda.mem_get_info()
-        if free < plan.estimated_peak_bytes:
-            raise InsufficientResourcesError(
-                f"not enough free VRAM: the merge needs about "
-                f"{format_bytes(plan.estimated_peak_bytes)}, {format_bytes(free)} is free",
-                needed_bytes=plan.estimated_peak_bytes, available_bytes=int(free))
-        return
-    available = int(psutil.virtual_memory().available)
-    if available < plan.estimated_peak_bytes:
-        raise InsufficientResourcesError(
-            f"not enough free RAM: the merge needs about "
-            f"{format_bytes(plan.estimated_peak_bytes)}, {format_bytes(available)} is "
-            "available", needed_bytes=plan.estimated_peak_bytes, available_bytes=available,
-            hint="close other programs and try again")
 
 
 def assemble(source: ModelSource, layout: Layout, layer: int | None,

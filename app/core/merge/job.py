@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.core.errors import InsufficientResourcesError
+from app.core.formats.model_info import format_bytes
 from app.core.jobs import ProgressUnit, Reporter
 from app.core.merge.config import MergeConfig, parse_config, read_config
 from app.core.merge.plan import MergePlan
+from app.core.resources import probe_disk
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
+# Room left on the disk beyond the output: file systems misbehave when completely full.
+DISK_MARGIN = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,3 +64,33 @@ class MergeRequest:
 
         reporter.log("info", f"planning {self.title.lower()}")
         return run_merge(self.plan(), reporter, check_memory=self.check_memory)
+
+
+def check_resources(plan: MergePlan) -> None:
+    disk = probe_disk(plan.target.parent)
+    needed = plan.output_bytes + DISK_MARGIN
+    if disk.free_bytes < needed:
+        raise InsufficientResourcesError(
+            f"not enough disk space: the merge needs {format_bytes(needed)}, "
+            f"{format_bytes(disk.free_bytes)} is free", needed_bytes=needed,
+            available_bytes=disk.free_bytes, path=plan.target.parent,
+            hint="free some space or choose another output folder")
+    import psutil
+
+    if plan.device == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        if free < plan.estimated_peak_bytes:
+            raise InsufficientResourcesError(
+                f"not enough free VRAM: the merge needs about "
+                f"{format_bytes(plan.estimated_peak_bytes)}, {format_bytes(free)} is free",
+                needed_bytes=plan.estimated_peak_bytes, available_bytes=int(free))
+        return
+    available = int(psutil.virtual_memory().available)
+    if available < plan.estimated_peak_bytes:
+        raise InsufficientResourcesError(
+            f"not enough free RAM: the merge needs about "
+            f"{format_bytes(plan.estimated_peak_bytes)}, {format_bytes(available)} is "
+            "available", needed_bytes=plan.estimated_peak_bytes, available_bytes=available,
+            hint="close other programs and try again")
