@@ -98,7 +98,8 @@ def tensor_bytes(plan: MergePlan, action: TensorAction, device: torch.device) ->
         source = plan.models[ref.model]
         stored = source.tensors.get(ref.name)
         # Bytes move unchanged when nothing would change them: same dtype, same layout.
-        if stored is not None and stored.dtype == action.dtype and source.adapter is None \
+        if stored is not None and not stored.ggml and stored.dtype == action.dtype \
+                and source.adapter is None \
                 and stored.shape == action.shape and \
                 source.layout(ref.name).keys() == [
                     with_layer(u.key, ref.layer) if ref.layer is not None else u.key

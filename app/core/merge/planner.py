@@ -20,6 +20,7 @@ from app.core.merge.config import (
     GTA_METHODS,
     NEEDS_BASE,
     MergeConfig,
+    ModelRef,
     OutputSlice,
     SliceSource,
 )
@@ -350,6 +351,28 @@ def describe_refusal(plan_actions: Sequence[TensorAction]) -> str:
     return f"{len(refused)} tensor(s) of the base model could not be merged: {listed}{more}"
 
 
+def _is_gguf(ref: ModelRef) -> bool:
+    return ref.path.is_file() and ref.path.suffix == ".gguf"
+
+
+def _open_models(config: MergeConfig) -> tuple[ModelSource, ...]:
+    """Every input's headers: HF folders first, then GGUFs named after the base model."""
+    from app.core.merge.gguf_source import open_gguf_source
+
+    refs = config.all_models()
+    opened = {ref: open_source(ref) for ref in refs if not _is_gguf(ref)}
+    wanted: set[str] = set()
+    for source in opened.values():
+        wanted.update(source.units)
+    for ref in refs:
+        if _is_gguf(ref):
+            if ref == config.base_model or ref == config.tokenizer_source or \
+                    ref == config.slices[0].sources[0].model and config.base_model is None:
+                open_source(ref)  # raises: the base and the tokenizer come from HF folders
+            opened[ref] = open_gguf_source(ref, wanted)
+    return tuple(opened[ref] for ref in refs)
+
+
 def plan_merge(config: MergeConfig, target: str | Path, *, device: str = "cpu",
                allow_partial: bool = False, overwrite: bool = False,
                shard_bytes: int = 5 * 1000**3, gguf_type: str | None = None) -> MergePlan:
@@ -357,7 +380,7 @@ def plan_merge(config: MergeConfig, target: str | Path, *, device: str = "cpu",
     BadInputError for unusable input. A plan may hold refused tensors: `check_plan` stops it.
     """
     target = Path(target).expanduser().absolute()
-    models = tuple(open_source(ref) for ref in config.all_models())
+    models = _open_models(config)
     used = sorted({model_index(models, s.model) for p in config.slices for s in p.sources})
     base = model_index(models, config.slices[0].sources[0].model)
     if config.base_model is not None and model_index(models, config.base_model) in used:

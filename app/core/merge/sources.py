@@ -35,10 +35,11 @@ class StoredTensor:
     file: Path
     offset: int
     n_bytes: int
+    ggml: bool = False  # a GGUF tensor: `dtype` is its GGML type, dequantized when read
 
     @property
     def is_float(self) -> bool:
-        return self.dtype in FLOAT_DTYPES
+        return self.ggml or self.dtype in FLOAT_DTYPES
 
 
 @dataclass
@@ -130,8 +131,13 @@ def open_source(ref: ModelRef) -> ModelSource:
     """Read the headers of one input; refuse what cannot be merged before anything is read."""
     path = ref.path
     if path.is_file() and path.suffix == ".gguf":
-        raise UnsupportedError("GGUF inputs cannot be merged yet", path=path,
-                               hint="convert it to an HF folder first")
+        if ref.adapter is not None:
+            raise UnsupportedError("a LoRA adapter applies to a Hugging Face folder, not a "
+                                   "GGUF", path=path)
+        raise BadInputError("a GGUF cannot be the base model or the tokenizer source (their "
+                            "config and tokenizer are written beside the merge)", path=path,
+                            hint="make a Hugging Face folder the base, or convert the GGUF to "
+                                 "one first")
     if not path.is_dir():
         raise BadInputError("is not a model folder", path=path)
     files = _weight_files(path)
