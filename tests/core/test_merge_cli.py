@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import factories
 from app.core.errors import OptionError
@@ -45,7 +46,7 @@ def test_cli_merges_writes_report_config_and_gguf(two_llamas: tuple[Path, Path],
     config = write(tmp_path, text)
     target = tmp_path / "merged"
     done = modelyard("merge", str(config), "-o", str(target), "--device", "cpu", "--type",
-                     "Q8_0", "--json")
+                     "F16", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["counts"]["refused"] == 0 and result["gguf"]
@@ -57,6 +58,20 @@ def test_cli_merges_writes_report_config_and_gguf(two_llamas: tuple[Path, Path],
     assert q_proj["models"] == [str(a), str(b)]
     reader = gguf.GGUFReader(result["gguf"])
     assert len(reader.tensors) == len(report["tensors"])
+    # llama.cpp runs the merged GGUF and gives transformers' greedy tokens on the merged folder.
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import transformers
+
+    llm = llama_cpp.Llama(result["gguf"], verbose=False, n_ctx=256, n_threads=2)
+    prompt = llm.tokenize(b"The capital of France is", add_bos=False)
+    tokens: list[int] = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        tokens.append(token)
+        if len(tokens) == 6:
+            break
+    model = transformers.AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+    expected = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)
+    assert tokens == expected[0, len(prompt):].tolist()
     assert not list(tmp_path.glob("*.part"))
 
 
