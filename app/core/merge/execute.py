@@ -16,12 +16,12 @@ import torch
 from app.core.convert.writing import disk_error
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter, atomic_output, check_cancel
-from app.core.merge import methods
 from app.core.merge.canonical import Layout, with_layer
+from app.core.merge.chunked import merge_into
 from app.core.merge.job import check_resources
-from app.core.merge.plan import InputRef, MergePlan, TensorAction
+from app.core.merge.plan import MergePlan, TensorAction
 from app.core.merge.sources import ModelSource
-from app.core.merge.writer import ShardWriter, encode
+from app.core.merge.writer import OUT_TORCH_DTYPES, ShardWriter, encode
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
@@ -47,21 +47,21 @@ class MergeResult:
 
 def assemble(source: ModelSource, layout: Layout, layer: int | None,
              device: torch.device) -> torch.Tensor:
-    """The input's tensor in the output's layout (float32 on `device`), from whichever of its
-    own tensors hold each unit; a stored tensor is read once even when it holds many units."""
+    """The input's tensor in the output's layout (on `device`, in the dtype it is stored in),
+    from whichever of its own tensors hold each unit; each is read once."""
     keys = [[with_layer(u.key, layer) if layer is not None else u.key for u in row]
             for row in layout.units]
     owners = {source.units[k][0] for row in keys for k in row}
     if len(owners) == 1:
         name = next(iter(owners))
         if source.layout(name).keys() == [k for row in keys for k in row]:
-            return source.read(name, device)
+            return source.read(name, device, float32=False)
     cache: dict[str, torch.Tensor] = {}
 
     def unit(key: str) -> torch.Tensor:
         name, own = source.units[key]
         if name not in cache:
-            cache[name] = source.read(name, device)
+            cache[name] = source.read(name, device, float32=False)
         value = cache[name]
         if own.expert is not None:
             value = value[own.expert]
@@ -75,21 +75,13 @@ def assemble(source: ModelSource, layout: Layout, layer: int | None,
 
 
 def merge_tensor(plan: MergePlan, action: TensorAction, device: torch.device) -> torch.Tensor:
-    def read(ref: InputRef) -> torch.Tensor:
-        return assemble(plan.models[ref.model], action.layout, ref.layer, device)
-
-    method, params = plan.config.merge_method, action.params
-    if action.action == "copied" or method == "passthrough":
-        return methods.passthrough(read(action.inputs[0]), params.get("scale"))
-    tensors = [read(ref) for ref in action.inputs]
-    if method == "linear":
-        return methods.linear(tensors, params["weights"], params["normalize"])
-    if method == "slerp":
-        return methods.slerp(params["t"], tensors[0], tensors[1])
-    return methods.task_arithmetic_family(
-        method, tensors[0], tensors[1:], params["weights"], params["densities"],
-        normalize=params["normalize"], rescale=params["rescale"], lam=params["lambda"],
-        seeds=params.get("seeds", ()))
+    """The output tensor in its dtype: inputs held as stored, arithmetic in float32 chunks."""
+    tensors = [assemble(plan.models[ref.model], action.layout, ref.layer, device).reshape(-1)
+               for ref in action.inputs]
+    method = "passthrough" if action.action == "copied" else plan.config.merge_method
+    out = torch.empty(action.n_elements, dtype=OUT_TORCH_DTYPES[action.dtype], device=device)
+    merge_into(method, tensors, action.params, out)
+    return out.reshape(action.shape)
 
 
 def tensor_bytes(plan: MergePlan, action: TensorAction, device: torch.device) -> bytes:

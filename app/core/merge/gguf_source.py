@@ -38,7 +38,7 @@ class GGUFSource(ModelSource):
     header: GGUFHeader | None = None
     gguf_names: dict[str, str] | None = None  # HF name → GGUF name, for messages
 
-    def read(self, name: str, device: torch.device) -> torch.Tensor:
+    def read(self, name: str, device: torch.device, float32: bool = True) -> torch.Tensor:
         import torch
 
         from app.core.convert.reading import decode_rows

@@ -10,6 +10,7 @@ the same config gives the same model whatever the device or the order tensors ar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +21,10 @@ from app.core.merge.params import tensor_seed  # noqa: F401 - part of the method
 SLERP_DOT_THRESHOLD = 0.9995
 _NORM_EPS = 1e-8
 # Norms below this are treated as zero when DARE rescales a masked delta (mergekit's eps).
-_RESCALE_EPS = 1e-7
+RESCALE_EPS = 1e-7
+# DARE's random numbers come in blocks of this many elements, each from its own seed, so the
+# mask of any element range is the same however a tensor is split into chunks.
+MASK_BLOCK = 1 << 20
 
 
 def _f32(tensor: torch.Tensor) -> torch.Tensor:
@@ -59,32 +63,48 @@ def slerp(t: float, base: torch.Tensor, other: torch.Tensor,
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the `density` fraction of elements with the largest |δ| (at least one)."""
+    """Keep the `density` fraction of elements with the largest |δ| (at least one): all above
+    the k-th largest magnitude, and of those equal to it the first ones in order, to make k."""
     if density >= 1:
         return torch.ones_like(delta, dtype=torch.bool)
-    count = delta.numel()
-    keep = max(1, int(density * count))
     flat = delta.abs().reshape(-1)
-    mask = torch.zeros(count, dtype=torch.bool, device=delta.device)
-    mask[torch.topk(flat, keep, sorted=False).indices] = True
-    return mask.reshape(delta.shape)
+    keep_count = max(1, int(density * flat.numel()))
+    threshold = torch.topk(flat, keep_count, sorted=False).values.min()
+    keep = flat > threshold
+    equal = flat == threshold
+    keep |= equal & (torch.cumsum(equal, 0) <= keep_count - int(keep.sum()))
+    return keep.reshape(delta.shape)
+
+
+def mask_range(seed: int, start: int, end: int, density: float,
+               device: torch.device) -> torch.Tensor:
+    """DARE's keep-mask of flat elements [start, end): each kept with probability `density`.
+    Drawn on the CPU (CUDA's generator gives other numbers for the same seed) in blocks seeded
+    from `seed` and the block's index, then moved: every device and chunking, one model."""
+    generator = torch.Generator(device="cpu")
+    parts = []
+    for block in range(start // MASK_BLOCK, (end - 1) // MASK_BLOCK + 1 if end > start else 0):
+        generator.manual_seed((seed + block * 0x9E3779B97F4A7C15) & ((1 << 63) - 1))
+        low = max(start - block * MASK_BLOCK, 0)
+        high = min(end - block * MASK_BLOCK, MASK_BLOCK)
+        # CPU draws are sequential: the first `high` numbers are those of a whole block.
+        values = torch.rand(high, generator=generator, dtype=torch.float32)
+        parts.append(values[low:high] < density)
+    mask = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+    return mask.to(device)
 
 
 def bernoulli_mask(shape: torch.Size, density: float, seed: int,
                    device: torch.device) -> torch.Tensor:
-    """Keep each element with probability `density`. Drawn on the CPU (CUDA's generator gives
-    other numbers for the same seed), then moved, so every device merges the same model."""
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(seed)
-    mask = torch.rand(shape, generator=generator, dtype=torch.float32) < density
-    return mask.to(device)
+    """The DARE mask of a whole tensor (`mask_range` over all its elements)."""
+    return mask_range(seed, 0, math.prod(shape), density, device).reshape(shape)
 
 
 def rescale_l1(delta: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Scale `masked` back to the L1 norm of `delta` (mergekit's DARE rescale)."""
     before = delta.abs().sum()
     after = masked.abs().sum()
-    if before < _RESCALE_EPS or after < _RESCALE_EPS:
+    if before < RESCALE_EPS or after < RESCALE_EPS:
         return masked
     return masked * (before / after)
 

@@ -83,14 +83,20 @@ class MergePlan:
 
     @property
     def estimated_peak_bytes(self) -> int:
-        """Working memory at the largest tensor: each input's float32 copy, the stacked
-        weighted deltas, the result and a few temporaries, plus one raw read buffer."""
+        """Working memory at the largest tensor: each input as stored (float32 when it is
+        dequantized or adapted), the output in its dtype, and float32 chunks of each."""
+        chunk = 1 << 22  # chunked.CHUNK_ELEMENTS, without importing torch to plan
         peak = 0
         for action in self.written:
-            inputs = max(1, len(action.inputs))
-            floats = action.n_elements * 4 * (2 * inputs + 3)
-            topk = action.n_elements * 12 if self.config.merge_method == "ties" else 0
-            peak = max(peak, floats + topk)
+            held = action.n_bytes
+            for ref in action.inputs:
+                model = self.models[ref.model]
+                stored = model.tensors.get(ref.name)
+                size = 4 if stored is None or stored.ggml or model.adapter is not None \
+                    else SAFETENSORS_BYTES.get(stored.dtype, 4)
+                held += action.n_elements * size
+            temporaries = 4 * min(action.n_elements, chunk) * (2 * len(action.inputs) + 6)
+            peak = max(peak, held + temporaries)
         return peak
 
     def model_label(self, index: int) -> str:

@@ -96,8 +96,9 @@ class ModelSource:
                               hint="re-download the file")
         return data
 
-    def read(self, name: str, device: torch.device) -> torch.Tensor:
-        """One stored tensor as float32 on `device`, with the adapter's update when it has one."""
+    def read(self, name: str, device: torch.device, float32: bool = True) -> torch.Tensor:
+        """One stored tensor on `device`, as float32 or (`float32=False`) as stored; with the
+        adapter's update (in float32) when it has one."""
         tensor = self.tensors[name]
         if not tensor.is_float:
             raise UnsupportedError(f"{tensor.dtype} tensors cannot be merged", path=tensor.file,
@@ -106,10 +107,10 @@ class ModelSource:
 
         buffer = torch.frombuffer(bytearray(self.read_raw(name)), dtype=torch.uint8)
         values = buffer.view(getattr(torch, FLOAT_DTYPES[tensor.dtype])).reshape(tensor.shape)
-        values = values.to(device).to(torch.float32)
-        if self.adapter is not None:
-            values = self.adapter.apply(name, values)
-        return values
+        values = values.to(device)
+        if self.adapter is not None and name in self.adapter.modules:
+            return self.adapter.apply(name, values.to(torch.float32))
+        return values.to(torch.float32) if float32 else values
 
 
 def _weight_files(folder: Path) -> list[Path]:
