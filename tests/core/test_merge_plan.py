@@ -246,3 +246,45 @@ def test_dare_is_deterministic_byte_for_byte(family_models: dict[str, tuple[Path
     assert one == (tmp_path / "two" / "model.safetensors").read_bytes()
     MergeRequest(tmp_path / "three", config_text=config, seed=6).run(RecordingReporter())
     assert one != (tmp_path / "three" / "model.safetensors").read_bytes()
+
+
+def test_cancel_leaves_nothing_and_inputs_are_untouched(
+        family_models: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    from app.core.jobs import run_job
+
+    base, other = family_models["llama"]
+    before = factories.tree_digest(base, other)
+
+    class CancelAfterFirst(RecordingReporter):
+        def progress(self, done: float, total: float, text: str = "") -> None:
+            super().progress(done, total, text)
+            self.token.cancel()
+
+    target = tmp_path / "out"
+    result = run_job(MergeRequest(target, config_text=ties_yaml(base, other)),
+                     CancelAfterFirst())
+    assert result.status == "cancelled"
+    assert not target.exists() and not (tmp_path / "out.part").exists()
+    assert factories.tree_digest(base, other) == before
+    target.mkdir()
+    with pytest.raises(BadInputError, match="output already exists"):
+        MergeRequest(target, config_text=ties_yaml(base, other)).plan()
+
+
+def test_tokenizer_source_gives_the_tokenizer(family_models: dict[str, tuple[Path, Path]],
+                                              tmp_path: Path) -> None:
+    import shutil
+
+    base, other = family_models["llama"]
+    with_tokenizer = tmp_path / "other"
+    shutil.copytree(other, with_tokenizer)
+    import json
+
+    tokenizer = json.loads((base / "tokenizer.json").read_text())
+    tokenizer["added_tokens"][0]["content"] = "<|other-pad|>"
+    (with_tokenizer / "tokenizer.json").write_text(json.dumps(tokenizer))
+    config = ties_yaml(base, with_tokenizer, f"tokenizer_source: {with_tokenizer}\n")
+    MergeRequest(tmp_path / "out", config_text=config).run(RecordingReporter())
+    written = (tmp_path / "out" / "tokenizer.json").read_text()
+    assert written == (with_tokenizer / "tokenizer.json").read_text()
+    assert "<|other-pad|>" in written

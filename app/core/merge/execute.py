@@ -176,16 +176,11 @@ def run_merge(plan: MergePlan, reporter: Reporter, *, check_memory: bool = True
                        gguf)
 
 
-def gguf_path(plan: MergePlan) -> Path:
-    assert plan.gguf_type is not None
-    return plan.target.parent / f"{plan.target.name}-{plan.gguf_type.upper()}.gguf"
-
-
 def _convert_to_gguf(plan: MergePlan, reporter: Reporter) -> Path:
     from app.core.convert import execute_plan, plan_conversion
 
     assert plan.gguf_type is not None
-    target = gguf_path(plan)
+    target = plan.target.parent / f"{plan.target.name}-{plan.gguf_type.upper()}.gguf"
     reporter.log("info", f"converting the merged model to GGUF {plan.gguf_type}")
     conversion = plan_conversion(plan.target, target, out_type=plan.gguf_type,
                                  device=plan.device, overwrite=plan.overwrite)

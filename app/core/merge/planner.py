@@ -380,6 +380,14 @@ def plan_merge(config: MergeConfig, target: str | Path, *, device: str = "cpu",
     BadInputError for unusable input. A plan may hold refused tensors: `check_plan` stops it.
     """
     target = Path(target).expanduser().absolute()
+    outputs = [target] + ([target.parent / f"{target.name}-{gguf_type.upper()}.gguf"]
+                          if gguf_type else [])
+    for output in outputs:
+        if output.exists() and not overwrite:
+            raise BadInputError("output already exists", path=output,
+                                hint="choose another name or allow overwriting")
+    if not target.parent.is_dir():
+        raise BadInputError("output folder does not exist", path=target.parent)
     models = _open_models(config)
     used = sorted({model_index(models, s.model) for p in config.slices for s in p.sources})
     base = model_index(models, config.slices[0].sources[0].model)
