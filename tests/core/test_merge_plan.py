@@ -288,3 +288,20 @@ def test_tokenizer_source_gives_the_tokenizer(family_models: dict[str, tuple[Pat
     written = (tmp_path / "out" / "tokenizer.json").read_text()
     assert written == (with_tokenizer / "tokenizer.json").read_text()
     assert "<|other-pad|>" in written
+
+
+def test_a_tied_input_gives_its_embeddings_as_the_head(
+        family_models: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    base, _ = family_models["llama"]
+    tied = factories.make_hf_model(tmp_path / "tied", "llama", seed=3, with_tokenizer=False,
+                                   tie_word_embeddings=True)
+    assert "lm_head.weight" not in load_file(tied / "model.safetensors")
+    config = (f"merge_method: linear\nmodels:\n  - model: {base}\n    parameters: "
+              f"{{weight: 1}}\n  - model: {tied}\n    parameters: {{weight: 1}}\n")
+    reporter = RecordingReporter()
+    MergeRequest(tmp_path / "out", config_text=config).run(reporter)
+    merged = load_file(tmp_path / "out" / "model.safetensors")
+    a, b = load_file(base / "model.safetensors"), load_file(tied / "model.safetensors")
+    torch.testing.assert_close(merged["lm_head.weight"],
+                               (a["lm_head.weight"] + b["model.embed_tokens.weight"]) / 2)
+    assert not reporter.messages("warning")

@@ -27,7 +27,7 @@ DTYPES = {"float32": "F32", "fp32": "F32", "float": "F32", "float16": "F16", "fp
 # Parameters whose values must be probabilities of keeping an element.
 DENSITY_KEYS = ("density",)
 KNOWN_TOP_KEYS = {"models", "slices", "base_model", "merge_method", "parameters", "dtype",
-                  "out_dtype", "tokenizer_source", "seed", "name", "chat_template"}
+                  "out_dtype", "tokenizer_source", "seed", "name"}
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,6 @@ class MergeConfig:
             if ref not in seen:
                 seen.append(ref)
         return seen
-
-    def line_of(self, key: str) -> int | None:
-        return self.lines.get(key)
 
 
 class _Reader:

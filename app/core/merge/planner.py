@@ -304,7 +304,7 @@ class _Planner:
         for index, model in enumerate(self.models):
             if model.ref not in self.input_refs():
                 continue
-            unused = sorted(set(model.units) - self.used_keys[index])
+            unused = sorted(set(model.units) - self.used_keys[index] - model.aliases)
             if unused:
                 listed = ", ".join(unused[:MAX_LISTED])
                 more = f" and {len(unused) - MAX_LISTED} more" if len(unused) > MAX_LISTED \

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # window does, stays light).
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 INDEX_FILE = "model.safetensors.index.json"
+TIED_HEADS = (("lm_head.weight", "model.embed_tokens.weight"),)
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,18 @@ class ModelSource:
     adapter: Any = None  # a LoraAdapter when the model is BASE+ADAPTER
     units: dict[str, tuple[str, Unit]] = field(default_factory=dict)  # key → (tensor, unit)
 
+    aliases: set[str] = field(default_factory=set)  # keys that stand in for a missing tensor
+
     def __post_init__(self) -> None:
         for tensor in self.tensors.values():
             for row in layout_of(tensor.name, tensor.shape).units:
                 for unit in row:
                     self.units.setdefault(unit.key, (tensor.name, unit))
+        # A model without an output head ties it to its embeddings: the head is those.
+        for head, embedding in TIED_HEADS:
+            if head not in self.units and embedding in self.tensors:
+                self.units[head] = (embedding, Unit(head))
+                self.aliases.add(head)
 
     @property
     def path(self) -> Path:
