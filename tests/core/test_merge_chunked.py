@@ -49,10 +49,11 @@ def test_linear_slerp_passthrough(chunk: int) -> None:
 def test_kth_largest_is_exact() -> None:
     values = torch.rand(1000, generator=torch.Generator().manual_seed(0))
     pieces = chunked.chunks(1000, 33)
+    values[10:20] = values[5]  # ties at the threshold
     for k in (1, 17, 500, 1000):
         expected = float(values.sort(descending=True).values[k - 1])
-        assert chunked.kth_largest(lambda p: values[p[0]:p[1]], pieces, k,
-                                   torch.device("cpu")) == expected
+        found = chunked.kth_largest(lambda p: values[p[0]:p[1]], pieces, k, torch.device("cpu"))
+        assert found == (expected, int((values > expected).sum()))
 
 
 def test_dare_masks_do_not_depend_on_chunking() -> None:

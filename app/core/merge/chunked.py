@@ -31,24 +31,26 @@ def _f32(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def kth_largest(values: Callable[[Chunk], torch.Tensor], pieces: Sequence[Chunk],
-                k: int, device: torch.device) -> float:
-    """The k-th largest of non-negative float32 values produced chunk by chunk, exactly: their
-    bit patterns order like the values, so two 16-bit histograms find it."""
+                k: int, device: torch.device) -> tuple[float, int]:
+    """The k-th largest of non-negative float32 values produced chunk by chunk, exactly, and
+    how many values are strictly larger: their bit patterns order like the values, so two
+    16-bit histograms find it."""
     high = torch.zeros(1 << 15, dtype=torch.int64, device=device)
     for piece in pieces:
         bits = values(piece).view(torch.int32)
         high += torch.bincount(bits >> 16, minlength=1 << 15)
     above = torch.flip(torch.cumsum(torch.flip(high, [0]), 0), [0])  # count of bins >= index
     bin_high = int((above >= k).nonzero().max())
-    k -= int(above[bin_high + 1]) if bin_high + 1 < above.numel() else 0
+    larger = int(above[bin_high + 1]) if bin_high + 1 < above.numel() else 0
     low = torch.zeros(1 << 16, dtype=torch.int64, device=device)
     for piece in pieces:
         bits = values(piece).view(torch.int32)
         low += torch.bincount(bits[(bits >> 16) == bin_high] & 0xFFFF, minlength=1 << 16)
     above = torch.flip(torch.cumsum(torch.flip(low, [0]), 0), [0])
-    bin_low = int((above >= k).nonzero().max())
+    bin_low = int((above >= k - larger).nonzero().max())
+    larger += int(above[bin_low + 1]) if bin_low + 1 < above.numel() else 0
     bits = torch.tensor([(bin_high << 16) | bin_low], dtype=torch.int32)
-    return float(bits.view(torch.float32))
+    return float(bits.view(torch.float32)), larger
 
 
 class _TopK:
@@ -132,8 +134,8 @@ def _task_arithmetic_into(method: str, base: torch.Tensor, others: list[torch.Te
             continue
         if method == "ties":
             k = max(1, int(density * count))
-            threshold = kth_largest(lambda p, i=index: delta(i, p).abs(), pieces, k, device)
-            above = sum(int((delta(index, p).abs() > threshold).sum()) for p in pieces)
+            threshold, above = kth_largest(lambda p, i=index: delta(i, p).abs(), pieces, k,
+                                           device)
             topk[index] = _TopK(threshold, above, k)
         elif dare and params["rescale"]:
             before = after = 0.0
