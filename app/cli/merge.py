@@ -96,6 +96,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
             sys.stderr.write(f"modelyard: {describe_refusal(plan.actions)}\n")
             return 2
         return 0
+    from app.core.merge.planner import check_plan
+
+    check_plan(plan)  # a refused tensor: exit 2 before anything starts
     reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
     result = run_in_console(_PlannedMerge(request, plan), reporter)
     if result.status != "done":
