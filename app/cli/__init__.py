@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                              "each"),
     "imatrix": ("imatrix", "importance matrix of a model over a calibration text, in "
                            "llama.cpp's format"),
+    "merge": ("merge", "merge models (mergekit YAML: linear, SLERP, TIES, DARE, passthrough, "
+                       "LoRA) with every base tensor accounted for"),
     "generate": ("generate", "test generation: load a model and stream its reply to a prompt"),
     "doctor": ("generate", "why a model will not load here, and what to do (exit 2 on errors)"),
     "compare": ("generate", "perplexity, KL divergence and top-1 agreement of a candidate "

@@ -39,6 +39,7 @@ from app.gui.details import DetailsPane
 from app.gui.fit_badge import FitBadgeDelegate
 from app.gui.fit_controller import FitController, make_target
 from app.gui.jobs_panel import JobsPanel
+from app.gui.merge_dialog import MergeController
 from app.gui.models_table import COLUMN_INDEX, MODEL_ROLE, ModelFilterProxy, ModelTableModel
 from app.gui.relayout_controller import RelayoutController
 from app.gui.settings import AppSettings
@@ -74,6 +75,8 @@ class MainWindow(QMainWindow):
         self.details.fit.convert_requested.connect(self._convert_selected_to)
         self.relayouts = RelayoutController(self.queue, self.background, self, self)
         self.relayouts.relayouted.connect(self._converted)
+        self.merges = MergeController(self.queue, self.background, self, self)
+        self.merges.merged.connect(self._merged)
         self._select_after_scan: Path | None = None
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.sources)
@@ -151,6 +154,11 @@ class MainWindow(QMainWindow):
         self.convert_action.setToolTip("Convert the selected model (Ctrl+Shift+C)")
         self.convert_action.triggered.connect(self.convert_selected)
         self.convert_action.setEnabled(False)
+        self.merge_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_FileDialogListView),
+                                    "Merge…", self)
+        self.merge_action.setShortcut(QKeySequence("Ctrl+M"))
+        self.merge_action.setToolTip("Merge models: linear, SLERP, TIES, DARE, LoRA (Ctrl+M)")
+        self.merge_action.triggered.connect(self.merge_selected)
         find = QAction(self)
         find.setShortcut(QKeySequence.StandardKey.Find)
         find.triggered.connect(lambda: self.search.setFocus())
@@ -158,6 +166,7 @@ class MainWindow(QMainWindow):
         bar.addAction(self.open_action)
         bar.addAction(self.rescan_action)
         bar.addAction(self.convert_action)
+        bar.addAction(self.merge_action)
         spacer = QWidget()
         spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         bar.addWidget(spacer)
@@ -362,6 +371,20 @@ class MainWindow(QMainWindow):
             self.scan_source(folder_key(known[0]))
         else:
             self.add_folder(folder)
+
+    # ---- merges --------------------------------------------------------------------------
+    def merge_selected(self) -> None:
+        """The merge sheet, with the selected HF model as its first input."""
+        model = self.selected_model()
+        models = [model.path] if model is not None and model.format == "hf" else []
+        folders = self.settings.folders()
+        folder = model.path.parent if models else (folders[0] if folders else Path.home())
+        self.merges.open_dialog(models, folder)
+
+    def _merged(self, result: Any, parent: Path) -> None:
+        self._converted(result, parent)
+        self.statusBar().showMessage(f"Merged: {Path(result.output).name}. Test it in the "
+                                     "Test tab.", 10000)
 
     # ---- closing -------------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:

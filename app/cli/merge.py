@@ -1,0 +1,130 @@
+"""`merge`: the models a mergekit YAML names → a safetensors folder (and optionally a GGUF)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from app.cli.output import print_json
+from app.cli.progress import ConsoleReporter, run_in_console
+from app.core.errors import BadInputError, OptionError
+from app.core.formats.model_info import format_bytes
+from app.core.jobs import Reporter
+from app.core.merge import MergePlan, MergeRequest
+from app.core.merge.job import DEFAULT_SHARD_BYTES
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)B?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text)
+    if match is None or float(match[1]) <= 0:
+        raise OptionError(f"--shard-size {text!r}: give a size such as 5GB or 500MB")
+    return int(float(match[1]) * _UNITS[match[2].upper()])
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    merge = commands.add_parser(
+        "merge", help="merge models from a mergekit YAML (linear, slerp, ties, dare, "
+                      "passthrough, LoRA)",
+        description="Merge the models a mergekit YAML configuration names into a new "
+                    "safetensors folder. Every tensor of the base model is merged, copied or "
+                    "refused, and the merge does not start while any would be missing; "
+                    "OUT/merge_report.json records the action per tensor. A model written "
+                    "BASE+ADAPTER has its PEFT LoRA adapter merged in first.")
+    merge.add_argument("config", type=Path, metavar="CONFIG.yaml", help="mergekit YAML")
+    merge.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                       help="the new model folder (written as OUT.part, renamed when done)")
+    merge.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                       help="where to compute: auto = CUDA when torch sees a GPU")
+    merge.add_argument("--type", "-t", metavar="T",
+                       help="also convert the merged model to a GGUF of type T "
+                            "(OUT-T.gguf beside OUT)")
+    merge.add_argument("--seed", type=int, help="seed of DARE's random drop (overrides the "
+                                                "config's `seed`, default 0)")
+    merge.add_argument("--shard-size", default=None, metavar="SIZE",
+                       help="largest safetensors shard (default 5GB)")
+    merge.add_argument("--allow-partial", action="store_true",
+                       help="merge a tensor some inputs lack from those that have it (copied "
+                            "when only one has it) instead of refusing")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    merge.add_argument("--ignore-memory-check", action="store_true",
+                       help="start even when the estimated peak memory exceeds what is free")
+    merge.add_argument("--dry-run", action="store_true",
+                       help="print the plan (the action for every tensor) and write nothing")
+    merge.add_argument("--json", action="store_true",
+                       help="print the plan (--dry-run) or the result as one JSON document")
+    merge.add_argument("--json-progress", action="store_true",
+                       help="JSON lines on stdout: progress, log and a final result event")
+    merge.set_defaults(handler=cmd_merge)
+
+
+def describe_plan(plan: MergePlan) -> str:
+    counts = plan.counts()
+    lines = [f"{plan.config.merge_method} of {len(plan.models)} model(s) into {plan.target}: "
+             f"{counts['merged']} merged, {counts['copied']} copied, {counts['refused']} "
+             f"refused; {format_bytes(plan.output_bytes)}, peak memory about "
+             f"{format_bytes(plan.estimated_peak_bytes)} on {plan.device}"]
+    lines += [f"warning: {w}" for w in plan.warnings]
+    for action in plan.actions:
+        if action.action != "merged":
+            lines.append(f"  {action.action:7} {action.name}: {action.reason}")
+    return "\n".join(lines)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    if not args.config.is_file():
+        raise BadInputError("merge configuration not found", path=args.config)
+    request = MergeRequest(args.output, args.config, device=args.device, out_type=args.type,
+                           overwrite=args.overwrite, allow_partial=args.allow_partial,
+                           shard_bytes=parse_size(args.shard_size) if args.shard_size
+                           else DEFAULT_SHARD_BYTES, seed=args.seed,
+                           check_memory=not args.ignore_memory_check)
+    plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
+    if args.dry_run:
+        if args.json:
+            print_json(plan.to_json())
+        else:
+            print(describe_plan(plan))
+        if plan.refused:
+            from app.core.merge.planner import describe_refusal
+
+            sys.stderr.write(f"modelyard: {describe_refusal(plan.actions)}\n")
+            return 2
+        return 0
+    from app.core.merge.planner import check_plan
+
+    check_plan(plan)  # a refused tensor: exit 2 before anything starts
+    reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
+    result = run_in_console(_PlannedMerge(request, plan), reporter)
+    if result.status != "done":
+        return result.exit_code
+    value = result.value
+    if args.json_progress:
+        sys.stdout.write(json.dumps({"event": "result", **value.to_json()}) + "\n")
+    elif args.json:
+        print_json(value.to_json())
+    else:
+        gguf = f"; {value.gguf}" if value.gguf else ""
+        print(f"{value.output}  {format_bytes(value.bytes_written)}, {value.tensors_written} "
+              f"tensors, {value.seconds:.1f} s{gguf}")
+    return 0
+
+
+class _PlannedMerge:
+    """The request with its plan already made (planned first to fail fast)."""
+
+    def __init__(self, request: MergeRequest, plan: MergePlan) -> None:
+        self.plan = plan
+        self.title = request.title
+        self.progress_unit = request.progress_unit
+        self.check_memory = request.check_memory
+
+    def run(self, reporter: Reporter) -> object:
+        from app.core.merge.execute import run_merge
+
+        return run_merge(self.plan, reporter, check_memory=self.check_memory)

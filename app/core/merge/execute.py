@@ -1,0 +1,188 @@
+"""Run a merge plan: one output tensor at a time, each input's piece of it read, merged on the
+job's device in float32, written in the output dtype; then config, tokenizer, the config used
+and `merge_report.json` beside the weights. All of it goes to `OUT.part`, renamed when done."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.core.convert.writing import disk_error
+from app.core.formats.model_info import format_bytes
+from app.core.jobs import Reporter, atomic_output, check_cancel
+from app.core.merge.canonical import Layout, with_layer
+from app.core.merge.chunked import merge_into
+from app.core.merge.job import check_resources
+from app.core.merge.plan import MergePlan, TensorAction
+from app.core.merge.sources import ModelSource
+from app.core.merge.writer import OUT_TORCH_DTYPES, ShardWriter, encode
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+                   "chat_template.jinja")
+CONFIG_NAME = "mergekit_config.yml"
+REPORT_NAME = "merge_report.json"
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    output: Path
+    bytes_written: int
+    tensors_written: int
+    seconds: float
+    counts: dict[str, int]
+    gguf: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"output": str(self.output), "bytes_written": self.bytes_written,
+                "tensors_written": self.tensors_written, "seconds": round(self.seconds, 3),
+                "counts": self.counts, "gguf": str(self.gguf) if self.gguf else None}
+
+
+def assemble(source: ModelSource, layout: Layout, layer: int | None,
+             device: torch.device) -> torch.Tensor:
+    """The input's tensor in the output's layout (on `device`, in the dtype it is stored in),
+    from whichever of its own tensors hold each unit; each is read once."""
+    keys = [[with_layer(u.key, layer) if layer is not None else u.key for u in row]
+            for row in layout.units]
+    owners = {source.units[k][0] for row in keys for k in row}
+    if len(owners) == 1:
+        name = next(iter(owners))
+        if source.layout(name).keys() == [k for row in keys for k in row]:
+            return source.read(name, device, float32=False)
+    cache: dict[str, torch.Tensor] = {}
+
+    def unit(key: str) -> torch.Tensor:
+        name, own = source.units[key]
+        if name not in cache:
+            cache[name] = source.read(name, device, float32=False)
+        value = cache[name]
+        if own.expert is not None:
+            value = value[own.expert]
+        if own.rows is not None:
+            value = value[own.rows[0]:own.rows[1]]
+        return value
+
+    if not layout.fused:
+        return unit(keys[0][0]).contiguous()
+    return torch.stack([torch.cat([unit(k) for k in row], dim=0) for row in keys])
+
+
+def merge_tensor(plan: MergePlan, action: TensorAction, device: torch.device) -> torch.Tensor:
+    """The output tensor in its dtype: inputs held as stored, arithmetic in float32 chunks."""
+    tensors = [assemble(plan.models[ref.model], action.layout, ref.layer, device).reshape(-1)
+               for ref in action.inputs]
+    method = "passthrough" if action.action == "copied" else plan.config.merge_method
+    out = torch.empty(action.n_elements, dtype=OUT_TORCH_DTYPES[action.dtype], device=device)
+    merge_into(method, tensors, action.params, out)
+    return out.reshape(action.shape)
+
+
+def tensor_bytes(plan: MergePlan, action: TensorAction, device: torch.device) -> bytes:
+    if action.action == "copied" and len(action.inputs) == 1:
+        ref = action.inputs[0]
+        source = plan.models[ref.model]
+        stored = source.tensors.get(ref.name)
+        # Bytes move unchanged when nothing would change them: same dtype, same layout.
+        if stored is not None and not stored.ggml and stored.dtype == action.dtype \
+                and source.adapter is None \
+                and stored.shape == action.shape and \
+                source.layout(ref.name).keys() == [
+                    with_layer(u.key, ref.layer) if ref.layer is not None else u.key
+                    for row in action.layout.units for u in row]:
+            return source.read_raw(ref.name)
+    return encode(merge_tensor(plan, action, device), action.dtype)
+
+
+def _write_side_files(plan: MergePlan, folder: Path, reporter: Reporter) -> None:
+    (folder / "config.json").write_text(json.dumps(plan.hf_config, indent=2) + "\n")
+    base = plan.models[plan.base].path
+    generation = base / "generation_config.json"
+    if generation.is_file():
+        shutil.copyfile(generation, folder / generation.name)
+    tokenizer = plan.models[plan.tokenizer_from].path
+    copied = [name for name in TOKENIZER_FILES if (tokenizer / name).is_file()]
+    for name in copied:
+        shutil.copyfile(tokenizer / name, folder / name)
+    if not copied:
+        reporter.log("warning", f"{tokenizer} has no tokenizer files; the merged model has "
+                                "none")
+    (folder / CONFIG_NAME).write_text(plan.config.text if plan.config.text.endswith("\n")
+                                      else plan.config.text + "\n")
+    (folder / REPORT_NAME).write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+
+
+def log_plan(plan: MergePlan, reporter: Reporter) -> None:
+    counts = plan.counts()
+    reporter.log("info", f"{plan.config.merge_method} merge of "
+                         f"{', '.join(m.label for m in plan.models)} into {plan.target}: "
+                         f"{counts['merged']} tensors merged, {counts['copied']} copied, "
+                         f"{counts['refused']} refused")
+    for warning in plan.warnings:
+        reporter.log("warning", warning)
+    for action in plan.actions:
+        models = ", ".join(plan.model_label(i.model) for i in action.inputs)
+        why = f" ({action.reason})" if action.reason else ""
+        # Merged tensors are the rule; what was copied or refused is worth a line on screen.
+        level = {"merged": "debug", "copied": "info", "refused": "error"}[action.action]
+        source = f" from {models}" if models else ""
+        reporter.log(level, f"{action.action} {action.name}{source}{why}")
+
+
+def run_merge(plan: MergePlan, reporter: Reporter, *, check_memory: bool = True
+              ) -> MergeResult:
+    """Write the planned merge atomically; the plan must have no refusals (`check_plan`)."""
+    from app.core.merge.planner import check_plan
+
+    start = time.monotonic()
+    check_plan(plan)
+    if check_memory:
+        check_resources(plan)
+    log_plan(plan, reporter)
+    device = torch.device(plan.device)
+    actions = plan.written
+    total = sum(a.n_bytes for a in actions)
+    done = 0
+    check_cancel(reporter)
+    with atomic_output(plan.target, overwrite=plan.overwrite) as part:
+        part.mkdir()
+        writer = ShardWriter(part, actions, plan.shard_bytes)
+        try:
+            for action in actions:
+                check_cancel(reporter)
+                writer.write(action, tensor_bytes(plan, action, device))
+                done += action.n_bytes
+                reporter.progress(done, total, action.name)
+        finally:
+            writer.close()
+        writer.finish()
+        try:
+            _write_side_files(plan, part, reporter)
+        except OSError as exc:
+            raise disk_error(exc, plan.target) from None
+        check_cancel(reporter)
+    reporter.log("info", f"wrote {plan.target} ({format_bytes(done)} of tensors in "
+                         f"{len(writer.names)} shard(s))")
+    gguf = None
+    if plan.gguf_type:
+        gguf = _convert_to_gguf(plan, reporter)
+    return MergeResult(plan.target, done, len(actions), time.monotonic() - start, plan.counts(),
+                       gguf)
+
+
+def _convert_to_gguf(plan: MergePlan, reporter: Reporter) -> Path:
+    from app.core.convert import execute_plan, plan_conversion
+
+    assert plan.gguf_type is not None
+    target = plan.target.parent / f"{plan.target.name}-{plan.gguf_type.upper()}.gguf"
+    reporter.log("info", f"converting the merged model to GGUF {plan.gguf_type}")
+    conversion = plan_conversion(plan.target, target, out_type=plan.gguf_type,
+                                 device=plan.device, overwrite=plan.overwrite)
+    execute_plan(conversion, reporter)
+    return target

@@ -1,0 +1,104 @@
+"""Stream tensors into safetensors shards whose layout is fixed before the first byte.
+
+Every tensor's name, dtype and shape is known from the plan, so each shard's header is written
+when the shard is opened and tensor data follows in order; a shard is closed (and the next one
+opened) at the size limit. The index names the shard of every tensor when there are several.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from app.core.convert.writing import disk_error
+from app.core.errors import JobError
+from app.core.merge.plan import TensorAction
+
+INDEX_FILE = "model.safetensors.index.json"
+OUT_TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def shard_file_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def split_into_shards(actions: Sequence[TensorAction], shard_bytes: int
+                      ) -> list[list[TensorAction]]:
+    shards: list[list[TensorAction]] = [[]]
+    size = 0
+    for action in actions:
+        if shards[-1] and size + action.n_bytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(action)
+        size += action.n_bytes
+    return shards
+
+
+def encode(tensor: torch.Tensor, dtype: str) -> bytes:
+    """A float32 result as the bytes of `dtype`, little-endian, on the CPU."""
+    out = tensor.to(OUT_TORCH_DTYPES[dtype]).contiguous().reshape(-1).cpu()
+    return out.view(torch.uint8).numpy().tobytes()
+
+
+class ShardWriter:
+    def __init__(self, folder: Path, actions: Sequence[TensorAction], shard_bytes: int) -> None:
+        self.folder = folder
+        self.shards = split_into_shards(actions, shard_bytes)
+        self.names = shard_file_names(len(self.shards))
+        self._shard_of = {a.name: i for i, shard in enumerate(self.shards) for a in shard}
+        self._open = -1
+        self._handle: BinaryIO | None = None
+        self.bytes_written = 0
+
+    def _header(self, shard: list[TensorAction]) -> bytes:
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for action in shard:
+            header[action.name] = {"dtype": action.dtype, "shape": list(action.shape),
+                                   "data_offsets": [offset, offset + action.n_bytes]}
+            offset += action.n_bytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        return struct.pack("<Q", len(raw)) + raw
+
+    def write(self, action: TensorAction, data: bytes) -> None:
+        if len(data) != action.n_bytes:
+            raise JobError(f"computed {len(data)} bytes for {action.name}, planned "
+                           f"{action.n_bytes}", path=self.folder)
+        index = self._shard_of[action.name]
+        try:
+            if index != self._open:
+                self.close()
+                self._handle = open(self.folder / self.names[index], "wb")  # noqa: SIM115
+                self._open = index
+                self._handle.write(self._header(self.shards[index]))
+            assert self._handle is not None
+            self._handle.write(data)
+        except OSError as exc:
+            raise disk_error(exc, self.folder) from None
+        self.bytes_written += len(data)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def finish(self) -> None:
+        self.close()
+        if len(self.shards) > 1:
+            total = sum(a.n_bytes for shard in self.shards for a in shard)
+            index = {"metadata": {"total_size": total},
+                     "weight_map": {a.name: self.names[i]
+                                    for i, shard in enumerate(self.shards) for a in shard}}
+            try:
+                (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
+            except OSError as exc:
+                raise disk_error(exc, self.folder) from None

@@ -1,0 +1,115 @@
+"""Merging from the window: the sheet, its coverage plan, YAML in and out, the job, the result."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from gui_helpers import open_window, settle
+from PySide6.QtWidgets import QApplication
+
+import factories
+from app.core.merge import parse_config
+from app.gui.main_window import MainWindow
+from app.gui.merge_dialog import MergeDialog
+
+
+@pytest.fixture()
+def window(qtbot, settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+           tiny_models: dict[str, Path]) -> MainWindow:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copytree(tiny_models["llama"], folder / "llama-a")
+    factories.make_hf_model(folder / "llama-b", "llama", seed=5)
+    return open_window(qtbot, settings, folder)
+
+
+def open_dialog() -> MergeDialog | None:
+    return next((w for w in QApplication.topLevelWidgets()
+                 if isinstance(w, MergeDialog) and w.isVisible()), None)
+
+
+def wait_plan(qtbot, window: MainWindow, dialog: MergeDialog) -> None:  # type: ignore[no-untyped-def]
+    qtbot.waitUntil(lambda: not dialog.timer.isActive(), timeout=5000)
+    settle(qtbot, window)
+
+
+def test_merge_sheet_shows_the_plan_runs_and_lists_the_result(
+        qtbot, window: MainWindow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = window.settings.folders()[0]
+    assert window.select_model_path(folder / "llama-a")
+    window.merge_action.trigger()
+    dialog = open_dialog()
+    assert dialog is not None
+    assert dialog.model_paths() == [folder / "llama-a"]
+    dialog.add_model(folder / "llama-b")
+    dialog.method.setCurrentText("ties")
+    dialog.set_weight(1, 0.7, 0.4)
+    dialog.output.setText(str(folder / "merged"))
+    wait_plan(qtbot, window, dialog)
+    config = parse_config(dialog.yaml.toPlainText())
+    assert config.merge_method == "ties" and config.base_model.path == folder / "llama-a"
+    other = config.slices[0].sources[1]
+    assert other.parameters["weight"].value == 0.7
+    assert other.parameters["density"].value == 0.4
+    assert dialog.plan.topLevelItemCount() > 0
+    actions = {dialog.plan.topLevelItem(i).text(1) for i in range(dialog.plan.topLevelItemCount())}
+    assert actions == {"merged"}
+    assert "tensors merged" in dialog.summary.text()
+    assert dialog.start.isEnabled()
+
+    # Export, then import into a new sheet: the form comes back the same.
+    exported = tmp_path / "merge.yaml"
+    dialog.export_wanted.emit(str(exported), dialog.yaml.toPlainText())
+    settle(qtbot, window)
+    assert exported.read_text() == dialog.yaml.toPlainText()
+
+    dialog.start.click()
+    settle(qtbot, window)
+    settle(qtbot, window)  # the merge, then the rescan that lists its output
+    assert (folder / "merged" / "model.safetensors").is_file()
+    assert (folder / "merged" / "merge_report.json").is_file()
+    selected = window.selected_model()
+    assert selected is not None and selected.name == "merged"
+    assert window.details.currentWidget() is window.details.test
+
+    window.merge_action.trigger()
+    second = open_dialog()
+    assert second is not None and second is not dialog
+    second.import_wanted.emit(str(exported))
+    settle(qtbot, window)
+    assert second.model_paths() == [folder / "llama-a", folder / "llama-b"]
+    assert second.method.currentText() == "ties"
+    assert second.yaml.toPlainText() == exported.read_text()
+    second.reject()
+
+
+def test_a_broken_input_is_refused_in_the_plan(qtbot, window: MainWindow,  # type: ignore[no-untyped-def]
+                                               tmp_path: Path) -> None:
+    folder = window.settings.folders()[0]
+    broken = tmp_path / "broken"
+    shutil.copytree(folder / "llama-b", broken)
+    factories.drop_tensors(broken / "model.safetensors", ["model.layers.0.self_attn.q_proj.weight"])
+    window.merge_action.trigger()
+    dialog = open_dialog()
+    assert dialog is not None
+    dialog.add_model(folder / "llama-a")
+    dialog.add_model(broken)
+    dialog.output.setText(str(tmp_path / "out"))
+    wait_plan(qtbot, window, dialog)
+    refused = [dialog.plan.topLevelItem(i).text(0) for i in range(dialog.plan.topLevelItemCount())
+               if dialog.plan.topLevelItem(i).text(1) == "refused"]
+    assert refused == ["model.layers.0.self_attn.q_proj.weight"]
+    assert not dialog.start.isEnabled()
+    assert dialog.tabs.currentWidget() is dialog.plan
+
+    # A config the form cannot hold (a per-layer gradient) runs as written from the YAML tab.
+    dialog.yaml.setPlainText(
+        f"merge_method: slerp\nbase_model: {folder / 'llama-a'}\nmodels:\n"
+        f"  - model: {folder / 'llama-a'}\n  - model: {folder / 'llama-b'}\n"
+        "parameters:\n  t: [0, 0.5, 1]\n")
+    wait_plan(qtbot, window, dialog)
+    assert not dialog.tabs.widget(0).isEnabled()
+    assert dialog.start.isEnabled()
+    dialog.reject()
