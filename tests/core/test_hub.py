@@ -3,6 +3,7 @@ that the real huggingface_hub client talks to."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +26,12 @@ GIB = 1 << 30
 
 @pytest.fixture(scope="module")
 def hub_files(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
+    import factories
+
+    root = tmp_path_factory.mktemp("hub-repos")
+    tiny = factories.make_hf_model(root / "tiny-llama", "llama", max_shard_size="100KB")
     server = HubServer()
-    for repo in standard_repos(tmp_path_factory.mktemp("hub-repos"), smollm2_gguf):
+    for repo in standard_repos(root, smollm2_gguf, tiny):
         server.add(repo)
     server.start()
     yield server
@@ -46,16 +51,17 @@ def test_search_pages_through_the_hubs_link_headers(hub: HubServer) -> None:
     first = search_models(query)
     second = search_models(query, page=1)
     ids = [m.repo_id for m in first.models + second.models]
-    assert ids[:3] == ["acme/SmolLM2-135M-Instruct-GGUF", "acme/tiny-quants-GGUF",
-                       "acme/gated-GGUF"]
-    assert len(ids) == len(set(ids)) == 6  # the private repo is not listed
-    assert first.has_more and not second.has_more
+    assert ids[:4] == ["acme/SmolLM2-135M-Instruct-GGUF", "acme/tiny-llama",
+                       "acme/tiny-quants-GGUF", "acme/gated-GGUF"]
+    assert len(ids) == len(set(ids)) == 6 and first.has_more and second.has_more
+    third = search_models(query, page=2)
+    assert [m.repo_id for m in third.models] == ["other/filler-0"] and not third.has_more
     # The server pages by 2: the client followed its Link header to a cursor.
     assert any("cursor=" in path for _, path, _ in hub.requests)
     smol = first.models[0]
     assert smol.downloads == 900 and smol.likes == 30 and smol.has_gguf
     assert smol.last_modified is not None and not smol.gated
-    assert first.models[2].gated
+    assert second.models[0].gated and first.models[1].has_safetensors
 
 
 def test_search_filters_and_sorts(hub: HubServer) -> None:
@@ -90,6 +96,22 @@ def test_repo_files_group_quants_and_shards(hub: HubServer) -> None:
     assert listing.file("README.md").size == len(b"# tiny quants\n")  # type: ignore[union-attr]
     assert listing.base_models == ("acme/tiny-llama",) and listing.quantized
     assert listing.safetensors is None
+
+
+def test_safetensors_total_size_and_parameters_from_their_headers(hub: HubServer) -> None:
+    from safetensors import safe_open
+
+    listing = list_repo("acme/tiny-llama")
+    summary = listing.safetensors
+    assert summary is not None and len(summary.files) > 1  # sharded
+    folder = Path(hub.repos["acme/tiny-llama"].files[summary.files[0]]).parent  # type: ignore[arg-type]
+    expected = 0
+    for name in summary.files:
+        with safe_open(folder / name, "pt") as handle:
+            expected += sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
+    assert summary.parameters == expected and summary.dtypes == {"F32": expected}
+    assert summary.total_size == sum((folder / n).stat().st_size for n in summary.files)
+    assert not listing.ggufs and not listing.quantized
 
 
 def test_remote_header_equals_local_inspect(hub: HubServer, smollm2_gguf: Path) -> None:
@@ -168,3 +190,24 @@ def test_offline_mode_and_unreachable_hub(hub: HubServer, monkeypatch: pytest.Mo
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(HubUnavailableError, match="cannot reach"):
         list_repo("acme/tiny-quants-GGUF")
+
+
+def test_a_header_prefix_asks_for_more_bytes_but_a_hostile_count_is_still_refused(
+        smollm2_gguf: Path) -> None:
+    import struct
+
+    from app.core.errors import FormatError
+    from app.core.formats.gguf_header import NeedMoreBytes, parse_gguf_header
+
+    data = smollm2_gguf.read_bytes()[:1 << 16]
+    size = smollm2_gguf.stat().st_size
+    with pytest.raises(NeedMoreBytes) as more:
+        parse_gguf_header(memoryview(data), smollm2_gguf, size)
+    assert len(data) < more.value.needed < size
+    # The same prefix as a whole file is truncated, as before.
+    with pytest.raises(FormatError, match="truncated"):
+        parse_gguf_header(memoryview(data), smollm2_gguf, len(data))
+    # A metadata count that no file of this size can hold is corrupt, not "need more".
+    hostile = data[:16] + struct.pack("<Q", 1 << 40) + data[24:]
+    with pytest.raises(FormatError, match="metadata entries"):
+        parse_gguf_header(memoryview(hostile), smollm2_gguf, size)
