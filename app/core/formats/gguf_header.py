@@ -295,6 +295,16 @@ def parse_gguf_header(buf: memoryview, path: Path, file_size: int,
     return GGUFHeader(path, version, fields, tensors, alignment, data_offset, file_size)
 
 
+def has_gguf_magic(path: str | Path) -> bool:
+    """Whether the file starts with the GGUF magic (for files without the .gguf suffix, such
+    as Ollama's content-addressed blobs)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
 def read_gguf_header(path: str | Path, load_arrays: frozenset[str] = frozenset()) -> GGUFHeader:
     """Read the header of one GGUF file (one shard of a split model).
 
