@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from app import __version__
-from app.cli import convert, fit, generate, inventory
+from app.cli import convert, fit, generate, hub, inventory
 from app.core.errors import ModelyardError
 
-COMMAND_MODULES = (inventory, fit, convert, generate)
+COMMAND_MODULES = (inventory, fit, convert, generate, hub)
 
 
 def build_parser() -> argparse.ArgumentParser:

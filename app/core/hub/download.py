@@ -31,7 +31,7 @@ from app.core.errors import InsufficientResourcesError, JobCancelled, JobError, 
 from app.core.formats.model_info import format_bytes
 from app.core.hub.client import ensure_online, hub_endpoint
 from app.core.hub.errors import HubUnavailableError, hub_errors
-from app.core.hub.repo_files import check_repo_id
+from app.core.hub.references import check_repo_id
 from app.core.jobs import ProgressUnit, Reporter, check_cancel
 from app.core.resources import probe_disk
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from app.core.hub.client import hub_api, hub_endpoint
 from app.core.hub.errors import hub_errors
+from app.core.hub.references import check_repo_id
 from app.core.jobs import NullReporter, Reporter, check_cancel
 
 SPLIT_SHARD = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -174,13 +175,3 @@ def list_repo(repo_id: str, revision: str | None = None,
     return RepoListing(repo_id, commit, bool(info.gated), files, ggufs,
                        _safetensors_summary(repo_id, commit, files, reporter),
                        _base_models(info.card_data), quantized)
-
-
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-
-
-def check_repo_id(repo_id: str) -> None:
-    from app.core.errors import OptionError
-
-    if not REPO_ID.match(repo_id) or ".." in repo_id:
-        raise OptionError(f"{repo_id!r} is not a Hub model name (owner/repo)")
