@@ -91,7 +91,7 @@ def fit_listing(listing: RepoListing, target: Machine, context: int = DEFAULT_CO
         except HubUnavailableError:
             raise  # offline or unreachable: no entry can be judged, say so once
         except ModelyardError as exc:
-            described.append((entry, None, exc.reason))
+            described.append((entry, None, exc.message))
             continue
         described.append((entry, model, None))
     reporter.progress(len(listing.ggufs), len(listing.ggufs), "judging")
