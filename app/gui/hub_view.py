@@ -115,6 +115,7 @@ class HubView(QWidget):
         self.page: SearchPage | None = None
         self.listing: RepoListing | None = None
         self.fit: RepoFit | None = None
+        self._select_after_listing: str | None = None
 
         self.search_box = QLineEdit(placeholderText="search the Hub, or paste owner/repo or a "
                                                     "Hub URL")
@@ -245,11 +246,14 @@ class HubView(QWidget):
 
     # ---- a repo's files ----------------------------------------------------------------------
     def open_reference(self, reference: HubReference) -> None:
+        """Open the repo; a URL of one file also selects that file."""
         self.open_repo(reference.repo_id, reference.revision)
+        self._select_after_listing = reference.filename
 
     def open_repo(self, repo_id: str, revision: str | None = None) -> None:
         """List the repo's files, then judge each GGUF from its remote header."""
         self.listing, self.fit = None, None
+        self._select_after_listing = None
         self.files.setRowCount(0)
         self.repo_title.setText(f"{repo_id}: loading…")
         self.original_note.setText("")
@@ -284,6 +288,12 @@ class HubView(QWidget):
         for file in listing.files:
             if file.name not in ggufs:
                 self._add_file_row(file.name, "", file.size or 0, None)
+        wanted = self._select_after_listing
+        for row in range(self.files.rowCount()):
+            entry = self.files.item(row, 0).data(ENTRY_ROLE)
+            names = entry.files if isinstance(entry, GGUFEntry) else (entry,)
+            if wanted in names:
+                self.files.selectRow(row)
         if listing.ggufs:
             target = self.target
             context = self.context

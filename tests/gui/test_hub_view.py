@@ -129,6 +129,7 @@ def test_window_opens_a_dropped_hub_url_and_lists_the_download(  # type: ignore[
     window.dropEvent(event)
     assert window.center.currentWidget() is window.hub_view
     qtbot.waitUntil(lambda: window.hub_view.fit is not None, timeout=30000)
+    assert window.hub_view.selected_entry().files == (GGUF,)  # the URL's file is selected
     with qtbot.waitSignal(window.downloads.job_finished, timeout=60000):
         window.hub_view.download_recommended()
     settle(qtbot, window)
@@ -137,3 +138,16 @@ def test_window_opens_a_dropped_hub_url_and_lists_the_download(  # type: ignore[
     window.sources.select(HF_CACHE)
     assert window.center.currentWidget() is window.table
     assert [m.repo_id for m in window.table_model.models() if m.source == "hf-cache"] == [SMOL]
+
+
+def test_pasting_owner_repo_on_the_window_opens_it(qtbot, hub: HubServer,  # type: ignore[no-untyped-def]
+                                                   settings: AppSettings) -> None:
+    from PySide6.QtGui import QGuiApplication
+
+    window = open_window(qtbot, settings)
+    QGuiApplication.clipboard().setText("acme/tiny-quants-GGUF")
+    qtbot.keyClick(window, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert window.center.currentWidget() is window.hub_view
+    qtbot.waitUntil(lambda: window.hub_view.listing is not None, timeout=30000)
+    assert window.hub_view.listing.repo_id == "acme/tiny-quants-GGUF"
+    settle(qtbot, window)
