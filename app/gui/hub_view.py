@@ -145,6 +145,9 @@ class HubView(QWidget):
         self.download_button.setEnabled(False)
         self.recommended_button = QPushButton("Download the recommended one")
         self.recommended_button.setEnabled(False)
+        self.all_button = QPushButton("Download all files")
+        self.all_button.setToolTip("the whole repo, e.g. a safetensors model to convert")
+        self.all_button.setEnabled(False)
         self.downloads_panel = JobsPanel(downloads)
 
         top = QHBoxLayout()
@@ -167,6 +170,7 @@ class HubView(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.original_button)
         buttons.addStretch(1)
+        buttons.addWidget(self.all_button)
         buttons.addWidget(self.recommended_button)
         buttons.addWidget(self.download_button)
         right_layout.addLayout(buttons)
@@ -191,6 +195,7 @@ class HubView(QWidget):
         self.files.itemSelectionChanged.connect(self._file_selected)
         self.download_button.clicked.connect(self.download_selected)
         self.recommended_button.clicked.connect(self.download_recommended)
+        self.all_button.clicked.connect(self.download_all)
         self.original_button.clicked.connect(self._open_original)
 
     # ---- search ------------------------------------------------------------------------------
@@ -260,6 +265,7 @@ class HubView(QWidget):
         self.original_button.setVisible(False)
         self.download_button.setEnabled(False)
         self.recommended_button.setEnabled(False)
+        self.all_button.setEnabled(False)
         self.background.submit("hub-files", partial(list_repo, repo_id, revision),
                                self._show_listing, self._show_repo_error)
 
@@ -268,6 +274,7 @@ class HubView(QWidget):
 
     def _show_listing(self, listing: RepoListing) -> None:
         self.listing = listing
+        self.all_button.setEnabled(bool(listing.files))
         gated = " · gated: accept the licence on its page to download" if listing.gated else ""
         self.repo_title.setText(f"{listing.repo_id}: {len(listing.files)} files, "
                                 f"{format_bytes(listing.total_size)}{gated}")
@@ -369,14 +376,21 @@ class HubView(QWidget):
         recommended = self.fit.recommended if self.fit is not None else None
         return self._download(recommended.entry) if recommended is not None else []
 
+    def download_all(self) -> list[int]:
+        if self.listing is None:
+            return []
+        return self._download_files(tuple(f.name for f in self.listing.files))
+
     def _download(self, entry: GGUFEntry | str) -> list[int]:
         """Queue one download per file (every shard of a split model)."""
+        return self._download_files(entry.files if isinstance(entry, GGUFEntry) else (entry,))
+
+    def _download_files(self, names: tuple[str, ...]) -> list[int]:
         assert self.listing is not None
-        names = entry.files if isinstance(entry, GGUFEntry) else (entry,)
         jobs = []
         for name in names:
             job = self.downloads.submit(DownloadRequest(
-                self.listing.repo_id, name, self.listing.revision, cache_dir=self.cache_dir()))
+                self.listing.repo_id, name, self.listing.ref, cache_dir=self.cache_dir()))
             self.download_started.emit(job)
             jobs.append(job)
         return jobs

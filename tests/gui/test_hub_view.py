@@ -151,3 +151,18 @@ def test_pasting_owner_repo_on_the_window_opens_it(qtbot, hub: HubServer,  # typ
     qtbot.waitUntil(lambda: window.hub_view.listing is not None, timeout=30000)
     assert window.hub_view.listing.repo_id == "acme/tiny-quants-GGUF"
     settle(qtbot, window)
+
+
+def test_download_all_files_fills_one_snapshot(qtbot, view: HubView,  # type: ignore[no-untyped-def]
+                                               tmp_path: Path) -> None:
+    view.open_repo("acme/tiny-quants-GGUF")
+    qtbot.waitUntil(lambda: view.all_button.isEnabled(), timeout=30000)
+    jobs = view.download_all()
+    assert len(jobs) == 7
+    qtbot.waitUntil(lambda: not view.downloads.active(), timeout=60000)
+    assert all(view.downloads.jobs[j].state == "done" for j in jobs)
+    snapshots = list((tmp_path / "hf-cache").glob("models--acme--tiny-quants-GGUF/snapshots/*"))
+    assert len(snapshots) == 1
+    names = sorted(str(p.relative_to(snapshots[0])) for p in snapshots[0].rglob("*")
+                   if p.is_file())
+    assert names == sorted(f.name for f in view.listing.files)  # type: ignore[union-attr]

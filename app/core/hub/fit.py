@@ -86,7 +86,7 @@ def fit_listing(listing: RepoListing, target: Machine, context: int = DEFAULT_CO
         check_cancel(reporter)
         reporter.progress(index, len(listing.ggufs), f"reading the header of {entry.label}")
         try:
-            model = describe_remote_gguf(listing.repo_id, entry, listing.revision, sizes,
+            model = describe_remote_gguf(listing.repo_id, entry, listing.ref, sizes,
                                          reporter)
         except HubUnavailableError:
             raise  # offline or unreachable: no entry can be judged, say so once

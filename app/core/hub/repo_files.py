@@ -74,6 +74,9 @@ class RepoListing:
     safetensors: SafetensorsSummary | None
     base_models: tuple[str, ...] = ()  # from the card; offered when the repo is quantized
     quantized: bool = False
+    # The branch, tag or commit the user asked for: what file requests name (a Hub mirror
+    # may resolve branch names only).
+    ref: str = "main"
 
     @property
     def total_size(self) -> int:
@@ -83,7 +86,8 @@ class RepoListing:
         return next((f for f in self.files if f.name == name), None)
 
     def to_json(self) -> dict[str, Any]:
-        return {"repo_id": self.repo_id, "revision": self.revision, "gated": self.gated,
+        return {"repo_id": self.repo_id, "revision": self.revision, "ref": self.ref,
+                "gated": self.gated,
                 "quantized": self.quantized, "base_models": list(self.base_models),
                 "total_size": self.total_size, "files": [f.to_json() for f in self.files],
                 "ggufs": [g.to_json() for g in self.ggufs],
@@ -168,10 +172,10 @@ def list_repo(repo_id: str, revision: str | None = None,
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
     files = tuple(RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None)
                   for s in info.siblings or ())
-    commit = info.sha or revision or "main"
+    ref = revision or "main"
     ggufs = tuple(group_gguf(files))
     tags = set(info.tags or ())
     quantized = bool(ggufs) or any(t.startswith("base_model:quantized:") for t in tags)
-    return RepoListing(repo_id, commit, bool(info.gated), files, ggufs,
-                       _safetensors_summary(repo_id, commit, files, reporter),
-                       _base_models(info.card_data), quantized)
+    return RepoListing(repo_id, info.sha or ref, bool(info.gated), files, ggufs,
+                       _safetensors_summary(repo_id, ref, files, reporter),
+                       _base_models(info.card_data), quantized, ref)
