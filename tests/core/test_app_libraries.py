@@ -134,15 +134,35 @@ def test_cli_scan_fit_inspect_convert_on_app_libraries(libraries: dict[str, Path
     assert json.loads(without.stdout)["models"] == []
 
     blob = str(libraries["blob"])
-    inspected = run_cli("inspect", blob, "--json", env=env, cwd=tmp_path)
-    assert inspected.returncode == 0, inspected.stderr
-    assert json.loads(inspected.stdout)["architecture"] == "llama"
-    fit = run_cli("fit", blob, "--json", "--ram", "8", "--cpu-only", env=env, cwd=tmp_path)
+    fit = run_cli("fit", "smollm2:135m", "--json", "--ram", "8", "--cpu-only", env=env,
+                  cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
-    assert json.loads(fit.stdout)["verdict"] == "ram"
+    data = json.loads(fit.stdout)
+    assert data["model"]["name"] == "smollm2:135m" and data["verdict"] == "ram"
     out = tmp_path / "converted.gguf"
     converted = run_cli("convert", blob, "-o", str(out), "--type", "Q8_0", env=env,
                         cwd=tmp_path)
     assert converted.returncode == 0, converted.stderr
     assert out.read_bytes()[:4] == b"GGUF"
     assert tree_digest(libraries["ollama"], libraries["home"]) == before
+
+
+def test_a_blob_without_suffix_and_an_ollama_name_are_models(libraries: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    from app.core.convert import ConvertRequest
+    from app.core.errors import BadInputError
+    from app.core.formats.scan import inspect_path
+    from app.core.jobs import RecordingReporter
+
+    before = tree_digest(libraries["ollama"])
+    by_path = inspect_path(libraries["blob"])
+    by_name = inspect_path("someone/tiny:latest")
+    assert by_path.architecture == by_name.architecture == "llama"
+    assert by_name.name == "someone/tiny:latest" and by_name.path == libraries["blob"]
+    assert by_name.source == "ollama" and by_name.tensors == by_path.tensors
+    out = tmp_path / "from-name.gguf"
+    ConvertRequest(Path("someone/tiny:latest"), out, "F16", device="cpu").run(RecordingReporter())
+    assert inspect_path(out).quantization == "F16"
+    with pytest.raises(BadInputError, match="no such file"):
+        inspect_path("nosuch:7b")
+    assert tree_digest(libraries["ollama"]) == before

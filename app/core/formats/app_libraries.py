@@ -109,6 +109,33 @@ def scan_ollama(root: Path, reporter: Reporter) -> tuple[list[ModelInfo], list[t
     return models, problems
 
 
+def find_ollama_model(name: str) -> ModelInfo | None:
+    """The model an Ollama name (`smollm2:135m`, `someone/tiny`, `hf.co/acme/X:Q8_0`; tag
+    `latest` when left out) names in this machine's Ollama store, or None."""
+    if name.count(":") > 1 or not re.fullmatch(r"[\w.:/-]+", name) or ".." in name:
+        return None
+    base, _, tag = name.partition(":")
+    parts = base.split("/")
+    if len(parts) == 1:
+        parts = [OLLAMA_DEFAULT_REGISTRY, "library", *parts]
+    elif len(parts) == 2:
+        parts = [OLLAMA_DEFAULT_REGISTRY, *parts]
+    if len(parts) != 3 or not all(parts):
+        return None
+    root = ollama_root()
+    manifest = root.joinpath("manifests", *parts, tag or "latest")
+    if not manifest.is_file():
+        return None
+    try:
+        blob = _model_blob(manifest, root / "blobs")
+    except (OSError, ValueError):
+        return None
+    if not blob.is_file():
+        return None
+    return replace(describe_gguf([blob], name=ollama_name(*parts, tag or "latest")),
+                   source="ollama")
+
+
 def scan_lmstudio(root: Path, reporter: Reporter) -> tuple[list[ModelInfo],
                                                           list[tuple[Path, str]]]:
     """Every model in an LM Studio folder, named `publisher/repo` (plus the file when a repo

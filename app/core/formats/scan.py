@@ -228,9 +228,16 @@ def scan_paths(paths: Iterable[str | Path], *, include_hf_cache: bool = False,
 
 
 def inspect_path(path: str | Path) -> ModelInfo:
-    """Describe the one model at `path`; raise `BadInputError` if there is none."""
+    """Describe the one model at `path` (or an Ollama model named with its tag,
+    `smollm2:135m`); raise `BadInputError` if there is none."""
+    name = str(path)
     path = Path(path).expanduser()
     if not os.path.lexists(path):
+        from app.core.formats.app_libraries import find_ollama_model
+
+        ollama = find_ollama_model(name) if ":" in name else None
+        if ollama is not None:
+            return ollama  # an Ollama name (smollm2:135m) for a model in its store
         raise BadInputError("no such file or folder", path=path)
     try:
         os.stat(path)

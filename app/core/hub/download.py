@@ -41,6 +41,7 @@ DISK_MARGIN_FRACTION = 0.02
 HASH_CHUNK = 8 << 20
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RESUME_NOTE = "the partial download is kept and resumes next time"
 
 
@@ -160,6 +161,11 @@ class DownloadRequest:
             raise JobError(f"the Hub's answer for {self.filename} lacks its ETag, commit or "
                            f"size; {endpoint} may not be a Hugging Face Hub")
         etag, size = meta.etag, meta.size
+        for value in (etag, meta.commit_hash):
+            # Both become file names in the cache: a hostile server must not steer a path.
+            if not SAFE_NAME.match(value):
+                raise JobError(f"the Hub's answer for {self.filename} names the version "
+                               f"{value[:80]!r}, which is not a safe file name")
         final, partial, cached = self._places(etag, meta.commit_hash)
         if final.exists():
             if final.stat().st_size == size:
