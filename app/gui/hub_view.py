@@ -11,7 +11,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from PySide6.QtCore import QMimeData, Qt, Signal
+from PySide6.QtCore import QMimeData, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -21,6 +22,8 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSplitter,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -75,6 +78,17 @@ def hub_reference_in(mime: QMimeData) -> HubReference | None:
     return None
 
 
+class _FitBadge(FitBadgeDelegate):
+    """The fit badge for GGUF rows; other files have no fit and get no pill."""
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem,
+              index: QModelIndex | QPersistentModelIndex) -> None:
+        if index.data(Qt.ItemDataRole.DisplayRole):
+            super().paint(painter, option, index)
+        else:
+            QStyledItemDelegate.paint(self, painter, option, index)
+
+
 def _item(text: str, sort_value: object | None = None, align_right: bool = False
           ) -> QTableWidgetItem:
     item = QTableWidgetItem(text)
@@ -120,6 +134,7 @@ class HubView(QWidget):
         self.search_box = QLineEdit(placeholderText="search the Hub, or paste owner/repo or a "
                                                     "Hub URL")
         self.search_box.setClearButtonEnabled(True)
+        self.search_box.setMinimumWidth(220)
         self.library = QComboBox()
         for label, value in LIBRARY_CHOICES:
             self.library.addItem(label, value)
@@ -136,7 +151,11 @@ class HubView(QWidget):
         self.repo_title = QLabel("")
         self.repo_title.setWordWrap(True)
         self.files = _table(FILE_COLUMNS)
-        self.files.setItemDelegateForColumn(FILE_COLUMNS.index("Fit"), FitBadgeDelegate(self))
+        fit_column = FILE_COLUMNS.index("Fit")
+        self.files.setItemDelegateForColumn(fit_column, _FitBadge(self))
+        self.files.horizontalHeader().setSectionResizeMode(fit_column,
+                                                           QHeaderView.ResizeMode.Fixed)
+        self.files.setColumnWidth(fit_column, 90)
         self.original_note = QLabel("")
         self.original_note.setWordWrap(True)
         self.original_button = QPushButton("Open the original")
@@ -179,6 +198,7 @@ class HubView(QWidget):
         upper.addWidget(right)
         upper.setStretchFactor(0, 1)
         upper.setStretchFactor(1, 1)
+        upper.setSizes([520, 520])
         outer = QSplitter(Qt.Orientation.Vertical)
         outer.addWidget(upper)
         outer.addWidget(self.downloads_panel)

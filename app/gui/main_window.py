@@ -270,6 +270,7 @@ class MainWindow(QMainWindow):
 
     def _source_selected(self, key: str | None) -> None:
         self.center.setCurrentWidget(self.hub_view if key == HUB else self.table)
+        self.details.setVisible(key != HUB)  # the Hub view shows its own details
         if key == HUB:
             return
         self.proxy.set_source(key)

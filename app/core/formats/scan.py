@@ -265,8 +265,10 @@ class ScanRequest:
         where = ", ".join(p.name or str(p) for p in self.paths[:2])
         more = f" +{len(self.paths) - 2}" if len(self.paths) > 2 else ""
         if not self.paths:
-            return ("Scan the HF cache and other apps' libraries" if self.include_app_libraries
-                    else "Scan the HF cache")
+            parts = [name for name, wanted in (("the HF cache", self.include_hf_cache),
+                                               ("other apps' libraries",
+                                                self.include_app_libraries)) if wanted]
+            return f"Scan {' and '.join(parts) or 'the HF cache'}"
         cache = " and the HF cache" if self.include_hf_cache else ""
         return f"Scan {where}{more}{cache}"
 
