@@ -190,6 +190,11 @@ class DownloadRequest:
                 f"({format_bytes(size - already)} to download plus a margin), "
                 f"{format_bytes(free)} is free", needed_bytes=needed, available_bytes=free,
                 path=partial.parent, hint="free some space or download to another folder")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if cached is not None:
+            # A cache repo folder without snapshots/ reads as corrupt to huggingface_hub's
+            # scanner while a partial download waits in blobs/.
+            (partial.parent.parent / "snapshots").mkdir(exist_ok=True)
         if already:
             reporter.log("info", f"resuming {label} from {format_bytes(already)} of "
                                  f"{format_bytes(size)}")
@@ -205,7 +210,6 @@ class DownloadRequest:
         """(final file, partial file, HF cache folder or None) for this download."""
         if self.output_dir is not None:
             final = self.output_dir / self.filename
-            final.parent.mkdir(parents=True, exist_ok=True)
             return final, final.with_name(f"{final.name}.{etag[:16]}.part"), None
         from huggingface_hub import constants
         from huggingface_hub.file_download import repo_folder_name
@@ -213,7 +217,6 @@ class DownloadRequest:
         cache = Path(self.cache_dir or constants.HF_HUB_CACHE).expanduser()
         storage = cache / repo_folder_name(repo_id=self.repo_id, repo_type="model")
         blobs = storage / "blobs"
-        blobs.mkdir(parents=True, exist_ok=True)
         pointer = storage / "snapshots" / commit / self.filename
         blob = blobs / etag
         if pointer.exists():
