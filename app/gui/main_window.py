@@ -272,6 +272,7 @@ class MainWindow(QMainWindow):
         self.center.setCurrentWidget(self.hub_view if key == HUB else self.table)
         self.details.setVisible(key != HUB)  # the Hub view shows its own details
         if key == HUB:
+            self.hub_view.context = self.fits.context  # judged like the local models
             return
         self.proxy.set_source(key)
         folder = key_folder(key) if key else None
