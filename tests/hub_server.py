@@ -90,7 +90,15 @@ class HubServer:
     def sha256(self, repo: HubRepo, name: str) -> str:
         key = (repo.repo_id, name)
         if key not in self._sha_cache:
-            self._sha_cache[key] = hashlib.sha256(repo.data(name)).hexdigest()
+            source = repo.files[name]
+            digest = hashlib.sha256()
+            if isinstance(source, bytes):
+                digest.update(source)
+            else:
+                with open(source, "rb") as handle:
+                    while block := handle.read(1 << 20):
+                        digest.update(block)
+            self._sha_cache[key] = digest.hexdigest()
         return self._sha_cache[key]
 
     @property

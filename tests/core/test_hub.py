@@ -220,3 +220,23 @@ def test_a_header_prefix_asks_for_more_bytes_but_a_hostile_count_is_still_refuse
     hostile = data[:16] + struct.pack("<Q", 1 << 40) + data[24:]
     with pytest.raises(FormatError, match="metadata entries"):
         parse_gguf_header(memoryview(hostile), smollm2_gguf, size)
+
+
+def test_a_remote_header_that_claims_too_much_is_refused_after_the_first_megabyte(
+        hub: HubServer, tmp_path: Path) -> None:
+    import struct
+
+    from hub_server import HubRepo
+
+    from app.core.errors import FormatError
+
+    hostile = tmp_path / "hostile.gguf"
+    with open(hostile, "wb") as handle:  # 1 GiB, sparse: a count of 50M entries would fit
+        handle.write(b"GGUF" + struct.pack("<IQQ", 3, 0, 50_000_000))
+        handle.truncate(1 << 30)
+    hub.add(HubRepo("acme/hostile-GGUF", {"hostile.gguf": hostile}))
+    hub._sha_cache[("acme/hostile-GGUF", "hostile.gguf")] = "0" * 64  # never downloaded
+    with pytest.raises(FormatError, match="no real GGUF header is that large"):
+        read_remote_gguf_header("acme/hostile-GGUF", "hostile.gguf")
+    fetched = [r for _, path, r in hub.requests if path.startswith("/cdn/")]
+    assert fetched == ["bytes=0-1048575"]
