@@ -405,12 +405,59 @@ def standard_repos(root: Path, smollm2: Path, tiny_hf: Path | None = None) -> li
                 days_old=9, tags=("gguf",), gated="manual"),
         HubRepo("acme/private-model", {"tiny-Q4_K_M.gguf": dense}, private=True),
     ]
-    if tiny_hf is not None:
-        files: dict[str, Path | bytes] = {p.name: p for p in tiny_hf.iterdir() if p.is_file()}
-        repos.append(HubRepo("acme/tiny-llama", files, downloads=300, likes=5, days_old=2,
-                             tags=("transformers", "safetensors", "llama"),
-                             library_name="transformers"))
+    tiny_hf = tiny_hf or write_tiny_llama(root / "tiny-llama")
+    files: dict[str, Path | bytes] = {p.name: p for p in tiny_hf.iterdir() if p.is_file()}
+    repos.append(HubRepo("acme/tiny-llama", files, downloads=300, likes=5, days_old=2,
+                         tags=("transformers", "safetensors", "llama"),
+                         library_name="transformers"))
     repos += [HubRepo(f"other/filler-{i}", {"config.json": b"{}"}, downloads=i, likes=i,
                       days_old=20 + i, tags=("transformers",), library_name="transformers")
               for i in range(3)]
     return repos
+
+
+def write_tiny_llama(folder: Path, n_layers: int = 2, hidden: int = 64, ffn: int = 128,
+                     vocab: int = 320) -> Path:
+    """A tiny Llama checkpoint in transformers' layout (config.json, two safetensors shards
+    and their index), written with numpy: the Hub tests need its headers, not torch."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    heads, kv_heads = 4, 2
+    kv = hidden // heads * kv_heads
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+              "hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": n_layers,
+              "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+              "max_position_embeddings": 256, "vocab_size": vocab, "rms_norm_eps": 1e-5,
+              "torch_dtype": "float32", "tie_word_embeddings": False}
+    (folder / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(0)
+
+    def weights(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    shards: list[dict[str, np.ndarray]] = [{"model.embed_tokens.weight": weights(vocab, hidden)},
+                                           {}]
+    for layer in range(n_layers):
+        prefix = f"model.layers.{layer}"
+        shards[layer % 2].update({
+            f"{prefix}.self_attn.q_proj.weight": weights(hidden, hidden),
+            f"{prefix}.self_attn.k_proj.weight": weights(kv, hidden),
+            f"{prefix}.self_attn.v_proj.weight": weights(kv, hidden),
+            f"{prefix}.self_attn.o_proj.weight": weights(hidden, hidden),
+            f"{prefix}.mlp.gate_proj.weight": weights(ffn, hidden),
+            f"{prefix}.mlp.up_proj.weight": weights(ffn, hidden),
+            f"{prefix}.mlp.down_proj.weight": weights(hidden, ffn),
+            f"{prefix}.input_layernorm.weight": np.ones(hidden, np.float32),
+            f"{prefix}.post_attention_layernorm.weight": np.ones(hidden, np.float32)})
+    shards[1].update({"model.norm.weight": np.ones(hidden, np.float32),
+                      "lm_head.weight": weights(vocab, hidden)})
+    weight_map = {}
+    for index, tensors in enumerate(shards, start=1):
+        name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file(tensors, folder / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder

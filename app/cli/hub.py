@@ -139,6 +139,16 @@ def print_repo(fit: RepoFit, headers_read: bool = True) -> None:
         print(f"\nsafetensors: {len(summary.files)} file(s), "
               f"{format_bytes(summary.total_size)}, {params} parameters "
               f"({', '.join(f'{k} {format_count(v)}' for k, v in summary.dtypes.items())})")
+        report = fit.safetensors_report
+        if report is not None:
+            print(f"  in transformers: {report.verdict.text}")
+            best = report.recommended
+            if best is not None:
+                print(f"  as GGUF: {best.candidate.label} recommended "
+                      f"({format_bytes(best.candidate.model.file_size)}, "
+                      f"{best.verdict.text.split(':')[0]})")
+        elif fit.safetensors_note:
+            print(f"  fit not judged: {fit.safetensors_note}")
     recommended = fit.recommended
     if recommended is not None:
         print(f"\nrecommended: {recommended.entry.label}")

@@ -158,6 +158,8 @@ class HubView(QWidget):
         self.files.setColumnWidth(fit_column, 90)
         self.original_note = QLabel("")
         self.original_note.setWordWrap(True)
+        self.safetensors_fit = QLabel("")
+        self.safetensors_fit.setWordWrap(True)
         self.original_button = QPushButton("Open the original")
         self.original_button.setVisible(False)
         self.download_button = QPushButton("Download")
@@ -185,6 +187,7 @@ class HubView(QWidget):
         right_layout.setContentsMargins(0, 0, 0, 0)
         right_layout.addWidget(self.repo_title)
         right_layout.addWidget(self.files)
+        right_layout.addWidget(self.safetensors_fit)
         right_layout.addWidget(self.original_note)
         buttons = QHBoxLayout()
         buttons.addWidget(self.original_button)
@@ -282,6 +285,7 @@ class HubView(QWidget):
         self.files.setRowCount(0)
         self.repo_title.setText(f"{repo_id}: loading…")
         self.original_note.setText("")
+        self.safetensors_fit.setText("")
         self.original_button.setVisible(False)
         self.download_button.setEnabled(False)
         self.recommended_button.setEnabled(False)
@@ -321,7 +325,7 @@ class HubView(QWidget):
             names = entry.files if isinstance(entry, GGUFEntry) else (entry,)
             if wanted in names:
                 self.files.selectRow(row)
-        if listing.ggufs:
+        if listing.ggufs or listing.safetensors is not None:
             target = self.target
             context = self.context
             self.background.submit(
@@ -356,6 +360,15 @@ class HubView(QWidget):
             if row is None:
                 continue
             self._show_file_fit(row, file_fit, context_text)
+        report = fit.safetensors_report
+        if report is not None:
+            best = report.recommended
+            as_gguf = (f" Converted to GGUF, {best.candidate.quant} is recommended "
+                       f"({format_bytes(best.candidate.model.file_size)}, "
+                       f"{best.verdict.text.split(':')[0]})." if best is not None else "")
+            self.safetensors_fit.setText(f"In transformers: {report.verdict.text}.{as_gguf}")
+        elif fit.safetensors_note:
+            self.safetensors_fit.setText(f"Fit not judged: {fit.safetensors_note}")
         recommended = fit.recommended
         if recommended is not None:
             label = recommended.entry.quant or recommended.entry.label

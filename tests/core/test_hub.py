@@ -26,21 +26,8 @@ GIB = 1 << 30
 
 @pytest.fixture(scope="module")
 def hub_files(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    root = tmp_path_factory.mktemp("hub-repos")
-    tiny = root / "tiny-llama"
-    tiny.mkdir()
-    (tiny / "config.json").write_text('{"model_type": "llama"}')
-    rng = np.random.default_rng(0)
-    for shard in (1, 2):  # a sharded checkpoint, as save_pretrained writes one
-        save_file({f"model.layers.{shard}.mlp.up_proj.weight":
-                   rng.standard_normal((64, 32)).astype(np.float32),
-                   f"model.layers.{shard}.input_layernorm.weight": np.ones(32, np.float32)},
-                  tiny / f"model-{shard:05d}-of-00002.safetensors", metadata={"format": "pt"})
     server = HubServer()
-    for repo in standard_repos(root, smollm2_gguf, tiny):
+    for repo in standard_repos(tmp_path_factory.mktemp("hub-repos"), smollm2_gguf):
         server.add(repo)
     server.start()
     yield server
@@ -121,6 +108,21 @@ def test_safetensors_total_size_and_parameters_from_their_headers(hub: HubServer
     assert summary.parameters == expected and summary.dtypes == {"F32": expected}
     assert summary.total_size == sum((folder / n).stat().st_size for n in summary.files)
     assert not listing.ggufs and not listing.quantized
+
+
+def test_safetensors_repo_fit_in_transformers_and_as_each_gguf(hub: HubServer) -> None:
+    from app.core.formats.scan import describe_path
+
+    fit = RepoFilesRequest("acme/tiny-llama", Machine("test", 16 * GIB, ()), context=256).run(
+        RecordingReporter())
+    report = fit.safetensors_report
+    assert report is not None and fit.safetensors_note is None
+    assert report.verdict.kind == "ram" and report.model.architecture == "llama"
+    local = describe_path(Path(hub.repos["acme/tiny-llama"].files["config.json"]).parent)  # type: ignore[arg-type]
+    assert report.model.parameters == local.parameters and report.model.n_layers == 2
+    quants = {c.candidate.quant for c in report.candidates}
+    assert {"F16", "Q8_0", "Q4_0"} <= quants and report.recommended is not None
+    assert fit.to_json()["safetensors_fit"]["verdict"] == "ram"
 
 
 def test_remote_header_equals_local_inspect(hub: HubServer, smollm2_gguf: Path) -> None:

@@ -45,7 +45,7 @@ def test_search_json_and_pages(hub: HubServer, tmp_path: Path) -> None:
     page2 = modelyard(hub, tmp_path, "hub", "search", "--sort", "likes", "--limit", "2",
                       "--page", "2")
     assert page2.returncode == 0, page2.stderr
-    assert "acme/gated-GGUF" in page2.stdout and "more results: --page 3" in page2.stdout
+    assert "acme/tiny-llama" in page2.stdout and "more results: --page 3" in page2.stdout
 
 
 def test_files_show_quant_architecture_and_fit(hub: HubServer, tmp_path: Path) -> None:
@@ -65,6 +65,10 @@ def test_files_show_quant_architecture_and_fit(hub: HubServer, tmp_path: Path) -
     assert "Q4_1" in text.stdout and "llama" in text.stdout and "fits in RAM only" in text.stdout
     assert "recommended: SmolLM2-135M-Instruct.Q4_1.gguf" in text.stdout
     assert "avoids stacking two quantization errors" in text.stdout
+    hf = modelyard(hub, tmp_path, "hub", "files", "acme/tiny-llama", "--ram", "8",
+                   "--cpu-only", "--ctx", "256")
+    assert hf.returncode == 0, hf.stderr
+    assert "in transformers: fits in RAM only" in hf.stdout and "as GGUF:" in hf.stdout
 
 
 def test_download_to_a_folder(hub: HubServer, tmp_path: Path, smollm2_gguf: Path) -> None:

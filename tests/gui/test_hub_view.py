@@ -87,6 +87,12 @@ def test_search_pages_and_opens_a_repo_with_fit_badges(qtbot, view: HubView) -> 
     assert "avoids stacking two quantization errors" in view.original_note.text()
     assert view.recommended_button.isEnabled()
 
+    view.open_repo("acme/tiny-llama")
+    qtbot.waitUntil(lambda: view.fit is not None, timeout=30000)
+    assert view.safetensors_fit.text().startswith("In transformers: fits in RAM only")
+    assert "Converted to GGUF" in view.safetensors_fit.text()
+    assert "parameters" in view.repo_title.text()
+
 
 def test_download_runs_on_its_own_queue_into_the_cache(qtbot, view: HubView,  # type: ignore[no-untyped-def]
                                                        tmp_path: Path) -> None:

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core.errors import ModelyardError
+from app.core.estimate.candidates import conversion_candidates
 from app.core.estimate.report import FitReport, fit_report
 from app.core.estimate.verdict import DEFAULT_CONTEXT, Machine, Verdict, judge
 from app.core.formats.model_info import ModelInfo
 from app.core.hub.errors import HubUnavailableError
 from app.core.hub.remote_header import describe_remote_gguf
+from app.core.hub.remote_hf import describe_remote_hf
 from app.core.hub.repo_files import GGUFEntry, RepoListing, list_repo
 from app.core.jobs import NullReporter, ProgressUnit, Reporter, check_cancel
 
@@ -50,6 +52,9 @@ class RepoFit:
     context: int
     target: Machine
     report: FitReport | None = None
+    # The safetensors model: loaded in transformers, and as each GGUF it could become.
+    safetensors_report: FitReport | None = None
+    safetensors_note: str | None = None  # why there is no safetensors report
 
     @property
     def recommended(self) -> FileFit | None:
@@ -69,7 +74,10 @@ class RepoFit:
                            "gpu_free_bytes": list(self.target.gpu_free)},
                 "gguf_fits": [f.to_json() for f in self.files],
                 "recommended": recommended.entry.label if recommended else None,
-                "original_note": self.original_note}
+                "original_note": self.original_note,
+                "safetensors_fit": (self.safetensors_report.to_json()
+                                    if self.safetensors_report else None),
+                "safetensors_note": self.safetensors_note}
 
 
 def _unknown(reason: str) -> Verdict:
@@ -115,7 +123,24 @@ def fit_listing(listing: RepoListing, target: Machine, context: int = DEFAULT_CO
             except ModelyardError as exc:
                 verdict = _unknown(exc.reason)
             files.append(FileFit(entry, model, verdict))
-    return RepoFit(listing, tuple(files), context, target, report)
+    hf_report, hf_note = _safetensors_fit(listing, target, context)
+    return RepoFit(listing, tuple(files), context, target, report, hf_report, hf_note)
+
+
+def _safetensors_fit(listing: RepoListing, target: Machine,
+                     context: int) -> tuple[FitReport | None, str | None]:
+    if listing.safetensors is None:
+        return None, None
+    try:
+        model = describe_remote_hf(listing)
+        if model is None:
+            return None, None
+        return fit_report(model, target, context,
+                          conversions=conversion_candidates(model)), None
+    except HubUnavailableError:
+        raise
+    except ModelyardError as exc:
+        return None, exc.message
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def remote_path(repo_id: str, filename: str) -> Path:
     return Path(repo_id) / filename
 
 
-def _fetch_range(url: str, start: int, end: int) -> tuple[bytes, int | None]:
+def fetch_range(url: str, start: int, end: int) -> tuple[bytes, int | None]:
     """Bytes [start, end] of the file at `url` and the file's size if the server said it."""
     from huggingface_hub import get_session
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
@@ -73,7 +73,7 @@ def read_remote_gguf_header(repo_id: str, filename: str, revision: str = "main",
         if size is not None:
             wanted = min(wanted, size)
         with hub_errors(repo_id, filename, revision, endpoint):
-            chunk, total = _fetch_range(url, len(data), wanted - 1)
+            chunk, total = fetch_range(url, len(data), wanted - 1)
         data += chunk
         size = size if size is not None else total
         if size is None:

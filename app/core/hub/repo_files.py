@@ -3,12 +3,15 @@ entry), the safetensors weights' total size and parameter count, and the card's 
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from app.core.formats.model_info import TensorInfo
 from app.core.hub.client import hub_api, hub_endpoint
 from app.core.hub.errors import hub_errors
 from app.core.hub.references import check_repo_id
@@ -58,6 +61,8 @@ class SafetensorsSummary:
     total_size: int
     parameters: int | None  # None when the headers could not be read
     dtypes: dict[str, int]  # parameters per dtype
+    # Every tensor as the remote headers describe it (for the fit estimate).
+    tensors: tuple[TensorInfo, ...] = field(default=(), compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"files": list(self.files), "total_size": self.total_size,
@@ -148,6 +153,7 @@ def _safetensors_summary(repo_id: str, revision: str, files: Sequence[RemoteFile
         return None
     api = hub_api()
     dtypes: dict[str, int] = {}
+    tensors: list[TensorInfo] = []
     # Each file's header is read with a ranged request (huggingface_hub's safetensors
     # metadata API); shards are read one by one so a cancel is honoured between them.
     for index, file in enumerate(weights):
@@ -157,8 +163,13 @@ def _safetensors_summary(repo_id: str, revision: str, files: Sequence[RemoteFile
             meta = api.parse_safetensors_file_metadata(repo_id, file.name, revision=revision)
         for dtype, count in meta.parameter_count.items():
             dtypes[dtype] = dtypes.get(dtype, 0) + int(count)
+        where = Path(repo_id) / file.name
+        for name, entry in meta.tensors.items():
+            begin, end = entry.data_offsets
+            tensors.append(TensorInfo(name, entry.dtype, tuple(entry.shape), end - begin,
+                                      math.prod(entry.shape), where))
     return SafetensorsSummary(tuple(f.name for f in weights), sum(f.size or 0 for f in weights),
-                              sum(dtypes.values()), dtypes)
+                              sum(dtypes.values()), dtypes, tuple(tensors))
 
 
 def list_repo(repo_id: str, revision: str | None = None,
