@@ -242,3 +242,23 @@ def test_a_remote_header_that_claims_too_much_is_refused_after_the_first_megabyt
         read_remote_gguf_header("acme/hostile-GGUF", "hostile.gguf")
     fetched = [r for _, path, r in hub.requests if path.startswith("/cdn/")]
     assert fetched == ["bytes=0-1048575"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("bartowski/Llama-3-8B-GGUF", ("bartowski/Llama-3-8B-GGUF", None, None)),
+    ("https://huggingface.co/acme/x-GGUF", ("acme/x-GGUF", None, None)),
+    ("https://huggingface.co/acme/x-GGUF/blob/main/sub/x-Q4_K_M.gguf",
+     ("acme/x-GGUF", "sub/x-Q4_K_M.gguf", "main")),
+    ("hf.co/acme/x-GGUF/resolve/v1.0/x.gguf", ("acme/x-GGUF", "x.gguf", "v1.0")),
+    ("https://huggingface.co/acme/x-GGUF/tree/dev", ("acme/x-GGUF", None, "dev")),
+    ("https://huggingface.co/datasets/acme/data", None),
+    ("https://example.com/acme/x", None),
+    ("just words", None),
+    ("../etc/passwd", None),
+])
+def test_hub_references_from_pasted_text(text: str, expected: tuple | None) -> None:
+    from app.core.hub.references import parse_hub_reference
+
+    found = parse_hub_reference(text)
+    assert (None if found is None else (found.repo_id, found.filename, found.revision)) == \
+        expected
