@@ -10,7 +10,7 @@ from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.errors import OptionError
 from app.core.estimate.verdict import DEFAULT_CONTEXT, Machine
 from app.core.formats.model_info import format_bytes, format_count
-from app.core.hub.download import DownloadRequest, DownloadResult
+from app.core.hub.download import DownloadRequest, DownloadResult, RepoDownloadRequest
 from app.core.hub.fit import RepoFilesRequest, RepoFit
 from app.core.hub.references import HubReference, parse_hub_reference
 from app.core.hub.search import LIBRARIES, SORT_KEYS, SearchQuery, search_models
@@ -49,8 +49,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     download = actions.add_parser("download", help="download one file of a repo")
     download.add_argument("repo", metavar="REPO", help="owner/repo or a Hub URL")
-    download.add_argument("file", nargs="?", default=None, metavar="FILE",
-                          help="the file's path in the repo (or give a file URL as REPO)")
+    download.add_argument("file", nargs="*", default=[], metavar="FILE",
+                          help="the files' paths in the repo (default: every file; or give a "
+                               "file URL as REPO)")
     download.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
                           help="folder to download into (default: the Hugging Face cache)")
     download.add_argument("--revision", default=None, help="branch, tag or commit")
@@ -161,20 +162,23 @@ def print_repo(fit: RepoFit, headers_read: bool = True) -> None:
 
 def cmd_download(args: argparse.Namespace) -> int:
     reference = _reference(args.repo)
-    filename = args.file or reference.filename
-    if not filename:
-        raise OptionError("name the file to download (hub files REPO lists them)")
-    request = DownloadRequest(reference.repo_id, filename,
-                              args.revision or reference.revision or "main",
-                              output_dir=args.output)
+    files = tuple(args.file) or ((reference.filename,) if reference.filename else ())
+    revision = args.revision or reference.revision or "main"
+    request: DownloadRequest | RepoDownloadRequest
+    if len(files) == 1:
+        request = DownloadRequest(reference.repo_id, files[0], revision, output_dir=args.output)
+    else:
+        request = RepoDownloadRequest(reference.repo_id, files, revision, output_dir=args.output)
     reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose,
                                unit="bytes")
     result = run_in_console(request, reporter)
     if result.status != "done":
         return result.exit_code
-    done: DownloadResult = result.value
+    done: list[DownloadResult] = result.value if isinstance(result.value, list) \
+        else [result.value]
     if args.json:
-        print_json(done.to_json())
+        print_json(done[0].to_json() if len(files) == 1 else [d.to_json() for d in done])
     elif not args.json_progress:
-        print(done.path)
+        for item in done:
+            print(item.path)
     return 0

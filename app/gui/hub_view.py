@@ -34,7 +34,7 @@ from app.core.errors import ModelyardError
 from app.core.estimate.verdict import DEFAULT_CONTEXT, Machine
 from app.core.formats.model_info import format_bytes, format_count
 from app.core.hub.client import hub_endpoint
-from app.core.hub.download import DownloadRequest
+from app.core.hub.download import DownloadRequest, RepoDownloadRequest
 from app.core.hub.errors import HubAccessError, HubUnavailableError
 from app.core.hub.fit import FileFit, RepoFit, fit_listing
 from app.core.hub.references import HubReference, parse_hub_reference
@@ -415,18 +415,18 @@ class HubView(QWidget):
         return self._download_files(tuple(f.name for f in self.listing.files))
 
     def _download(self, entry: GGUFEntry | str) -> list[int]:
-        """Queue one download per file (every shard of a split model)."""
         return self._download_files(entry.files if isinstance(entry, GGUFEntry) else (entry,))
 
     def _download_files(self, names: tuple[str, ...]) -> list[int]:
+        """One job: a single file, or every shard (or file) in turn."""
         assert self.listing is not None
-        jobs = []
-        for name in names:
-            job = self.downloads.submit(DownloadRequest(
-                self.listing.repo_id, name, self.listing.ref, cache_dir=self.cache_dir()))
-            self.download_started.emit(job)
-            jobs.append(job)
-        return jobs
+        listing = self.listing
+        request = DownloadRequest(listing.repo_id, names[0], listing.ref,
+                                  cache_dir=self.cache_dir()) if len(names) == 1 else \
+            RepoDownloadRequest(listing.repo_id, names, listing.ref, cache_dir=self.cache_dir())
+        job = self.downloads.submit(request)
+        self.download_started.emit(job)
+        return [job]
 
     def _open_original(self) -> None:
         if self.listing is not None and self.listing.base_models:

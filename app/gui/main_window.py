@@ -360,16 +360,17 @@ class MainWindow(QMainWindow):
 
     def _download_finished(self, job_id: int, result: JobResult) -> None:
         """A finished download joins the local list (the HF cache, or its folder)."""
-        if result.status != "done" or not isinstance(result.value, DownloadResult):
+        done = result.value if isinstance(result.value, list) else [result.value]
+        if result.status != "done" or not done or not isinstance(done[0], DownloadResult):
             return
-        done: DownloadResult = result.value
         record = self.downloads.jobs.get(job_id)
         into_cache = record is not None and getattr(record.request, "output_dir", None) is None
-        self.statusBar().showMessage(f"Downloaded {done.filename} from {done.repo_id}", 10000)
+        self.statusBar().showMessage(f"Downloaded {len(done)} file(s) from {done[0].repo_id}",
+                                     10000)
         if into_cache and self.settings.show_hf_cache():
             self.scan_source(HF_CACHE)
         else:
-            self.add_folder(done.path.parent)
+            self.add_folder(done[0].path.parent)
 
     # ---- drag and drop -------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:

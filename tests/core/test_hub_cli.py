@@ -82,6 +82,21 @@ def test_download_to_a_folder(hub: HubServer, tmp_path: Path, smollm2_gguf: Path
         hashlib.sha256(smollm2_gguf.read_bytes()).digest()
 
 
+def test_download_a_whole_repo_and_split_shards(hub: HubServer, tmp_path: Path) -> None:
+    out = tmp_path / "all"
+    done = modelyard(hub, tmp_path, "hub", "download", "acme/tiny-quants-GGUF", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    repo = hub.repos["acme/tiny-quants-GGUF"]
+    assert sorted(done.stdout.split()) == sorted(str(out / name) for name in repo.files)
+    for name in repo.files:
+        assert (out / name).read_bytes() == repo.data(name)
+    shards = [f"Q8_0/tiny-Q8_0-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+    two = modelyard(hub, tmp_path, "hub", "download", "acme/tiny-quants-GGUF", *shards,
+                    "-o", str(tmp_path / "shards"), "--json")
+    assert two.returncode == 0, two.stderr
+    assert [d["filename"] for d in json.loads(two.stdout)] == shards
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (("files", "acme/private-model"), "401"),
     (("download", "acme/gated-GGUF", "tiny-Q4_K_M.gguf"), "accept the licence"),

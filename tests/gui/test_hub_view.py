@@ -164,9 +164,11 @@ def test_download_all_files_fills_one_snapshot(qtbot, view: HubView,  # type: ig
     view.open_repo("acme/tiny-quants-GGUF")
     qtbot.waitUntil(lambda: view.all_button.isEnabled(), timeout=30000)
     jobs = view.download_all()
-    assert len(jobs) == 7
+    assert len(jobs) == 1  # one job for the whole repo
     qtbot.waitUntil(lambda: not view.downloads.active(), timeout=60000)
-    assert all(view.downloads.jobs[j].state == "done" for j in jobs)
+    record = view.downloads.jobs[jobs[0]]
+    assert record.state == "done" and len(record.result.value) == 7
+    assert record.done == record.total == view.listing.total_size  # type: ignore[union-attr]
     snapshots = list((tmp_path / "hf-cache").glob("models--acme--tiny-quants-GGUF/snapshots/*"))
     assert len(snapshots) == 1
     names = sorted(str(p.relative_to(snapshots[0])) for p in snapshots[0].rglob("*")

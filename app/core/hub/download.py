@@ -32,7 +32,7 @@ from app.core.formats.model_info import format_bytes
 from app.core.hub.client import ensure_online, hub_endpoint
 from app.core.hub.errors import HubUnavailableError, hub_errors
 from app.core.hub.references import check_repo_id
-from app.core.jobs import ProgressUnit, Reporter, check_cancel
+from app.core.jobs import LogLevel, ProgressUnit, Reporter, check_cancel
 from app.core.resources import probe_disk
 
 # Kept free beyond the file: other programs write too, and a full disk breaks more than us.
@@ -255,3 +255,74 @@ class DownloadRequest:
         with hub_errors(self.repo_id, self.filename, self.revision, hub_endpoint()):
             return Path(hf_hub_download(self.repo_id, self.filename, revision=self.revision,
                                         cache_dir=cache, endpoint=hub_endpoint()))
+
+
+class _FileProgress:
+    """Forwards one file's progress as progress through several files' bytes."""
+
+    def __init__(self, outer: Reporter, before: int, total: int) -> None:
+        self.outer, self.before, self.total = outer, before, total
+
+    def progress(self, done: float, total: float, text: str = "") -> None:
+        if text.startswith("verifying"):
+            self.outer.progress(self.before, self.total, text)
+        else:
+            self.outer.progress(self.before + done, self.total, text)
+
+    def log(self, level: LogLevel, text: str) -> None:
+        self.outer.log(level, text)
+
+    def cancelled(self) -> bool:
+        return self.outer.cancelled()
+
+
+@dataclass(frozen=True)
+class RepoDownloadRequest:
+    """Job: download several files of a repo (all of them by default, as snapshot_download
+    does), one after the other, each resumable and verified as `DownloadRequest` does."""
+
+    repo_id: str
+    files: tuple[str, ...] = ()  # empty: every file of the repo
+    revision: str = "main"
+    output_dir: Path | None = None
+    cache_dir: Path | None = None
+    progress_unit: ProgressUnit = "bytes"
+
+    @property
+    def title(self) -> str:
+        what = f"{len(self.files)} files" if self.files else "all files"
+        return f"Download {what} of {self.repo_id}"
+
+    def run(self, reporter: Reporter) -> list[DownloadResult]:
+        from app.core.hub.repo_files import list_repo
+
+        check_repo_id(self.repo_id)
+        listing = list_repo(self.repo_id, self.revision)
+        sizes = {f.name: f.size or 0 for f in listing.files}
+        names = self.files or tuple(sizes)
+        missing = [n for n in names if n not in sizes]
+        if missing:
+            raise OptionError(f"{self.repo_id} has no file {missing[0]!r}")
+        total = sum(sizes[n] for n in names)
+        where = self.output_dir or Path(self.cache_dir or _default_cache())
+        free = probe_disk(where).free_bytes
+        if disk_needed(total, 0) > free:
+            # Partials already on disk count as free to come: each file checks again exactly.
+            reporter.log("warning", f"{format_bytes(total)} to download and "
+                                    f"{format_bytes(free)} free at {where}; files that do not "
+                                    "fit will be refused")
+        results, before = [], 0
+        for name in names:
+            check_cancel(reporter)
+            request = DownloadRequest(self.repo_id, name, self.revision, self.output_dir,
+                                      self.cache_dir)
+            results.append(request.run(_FileProgress(reporter, before, total)))
+            before += sizes[name]
+        reporter.progress(total, total, f"{len(results)} file(s) of {self.repo_id}")
+        return results
+
+
+def _default_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
