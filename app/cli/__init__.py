@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                            "llama.cpp's format"),
     "merge": ("merge", "merge models (mergekit YAML: linear, SLERP, TIES, DARE, passthrough, "
                        "LoRA) with every base tensor accounted for"),
+    "hub": ("hub", "search, inspect and download models on the Hugging Face Hub"),
     "generate": ("generate", "test generation: load a model and stream its reply to a prompt"),
     "doctor": ("generate", "why a model will not load here, and what to do (exit 2 on errors)"),
     "compare": ("generate", "perplexity, KL divergence and top-1 agreement of a candidate "

@@ -59,7 +59,7 @@ def _primary_and_siblings(path: Path) -> tuple[ModelInfo, list[ModelInfo]]:
             return inspect_path(path), []  # raises the clear "not a model" error
         return ggufs[0], ggufs
     model = inspect_path(path)
-    neighbours = scan_paths([path.parent]).models if model.format == "gguf" else ()
+    neighbours = scan_paths([model.path.parent]).models if model.format == "gguf" else ()
     return model, quant_siblings(model, neighbours)
 
 

@@ -14,10 +14,13 @@ from app.core.resources import probe_resources
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    scan = commands.add_parser("scan", help="list models found under paths and in the HF cache")
+    scan = commands.add_parser(
+        "scan", help="list models found under paths, in the HF cache, Ollama and LM Studio")
     scan.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     scan.add_argument("--no-hf-cache", action="store_true",
                       help="do not list the Hugging Face cache")
+    scan.add_argument("--no-app-libraries", action="store_true",
+                      help="do not list Ollama's and LM Studio's models")
     scan.add_argument("--json", action="store_true", help="one JSON document on stdout")
     scan.set_defaults(handler=cmd_scan)
 
@@ -36,7 +39,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    request = ScanRequest(tuple(args.paths), include_hf_cache=not args.no_hf_cache)
+    request = ScanRequest(tuple(args.paths), include_hf_cache=not args.no_hf_cache,
+                          include_app_libraries=not args.no_app_libraries)
     reporter = ConsoleReporter(verbose=args.verbose, unit="folders")
     result = run_in_console(request, reporter)
     if result.status != "done":

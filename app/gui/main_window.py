@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QItemSelection, Qt
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QGuiApplication,
+    QKeyEvent,
+    QKeySequence,
+)
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDockWidget,
@@ -19,6 +27,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QSizePolicy,
     QSplitter,
+    QStackedWidget,
     QStyle,
     QTableView,
     QToolBar,
@@ -32,18 +41,29 @@ from app.core.estimate.verdict import Verdict, judge
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.scan import ScanRequest, ScanResult, describe_path
 from app.core.generate.doctor import DoctorReport, diagnose
+from app.core.hub.download import DownloadResult
+from app.core.hub.references import HubReference
 from app.core.jobs import JobResult
 from app.gui.background import Background
 from app.gui.convert_controller import ConvertController
 from app.gui.details import DetailsPane
+from app.gui.download_queue import DownloadQueue
 from app.gui.fit_badge import FitBadgeDelegate
 from app.gui.fit_controller import FitController, make_target
+from app.gui.hub_view import HubView, hub_reference_in
 from app.gui.jobs_panel import JobsPanel
 from app.gui.merge_dialog import MergeController
 from app.gui.models_table import COLUMN_INDEX, MODEL_ROLE, ModelFilterProxy, ModelTableModel
 from app.gui.relayout_controller import RelayoutController
 from app.gui.settings import AppSettings
-from app.gui.sources import HF_CACHE, SourcesPanel, folder_key, key_folder
+from app.gui.sources import (
+    APP_LIBRARIES,
+    HF_CACHE,
+    HUB,
+    SourcesPanel,
+    folder_key,
+    key_folder,
+)
 from app.gui.status_bar import ResourceStatusBar
 from app.gui.worker import JobQueue
 
@@ -78,9 +98,17 @@ class MainWindow(QMainWindow):
         self.merges = MergeController(self.queue, self.background, self, self)
         self.merges.merged.connect(self._merged)
         self._select_after_scan: Path | None = None
+        # Downloads have their own queue so they run while a conversion runs.
+        self.downloads = DownloadQueue(self.settings.log_dir(), self)
+        self.downloads.job_finished.connect(self._download_finished)
+        self.hub_view = HubView(self.background, self.downloads,
+                                lambda: make_target(self.fits.spec), self.settings.hf_cache_dir)
+        self.center = QStackedWidget()
+        self.center.addWidget(self.table)
+        self.center.addWidget(self.hub_view)
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.sources)
-        splitter.addWidget(self.table)
+        splitter.addWidget(self.center)
         splitter.addWidget(self.details)
         splitter.setStretchFactor(0, 0)
         splitter.setStretchFactor(1, 3)
@@ -115,6 +143,8 @@ class MainWindow(QMainWindow):
         self.sources.set_folders(self.settings.folders())
         self.sources.set_hf_cache(self.settings.show_hf_cache(),
                                   str(self.settings.hf_cache_dir() or "default location"))
+        self.sources.set_app_libraries(True)
+        self.sources.add_hub()
         self.rescan_all()
 
     # ---- construction -------------------------------------------------------------------
@@ -211,6 +241,7 @@ class MainWindow(QMainWindow):
             self.scan_source(folder_key(folder))
         if self.settings.show_hf_cache():
             self.scan_source(HF_CACHE)
+        self.scan_source(APP_LIBRARIES)
 
     def scan_source(self, key: str) -> int | None:
         if key in self._scan_jobs.values():
@@ -221,6 +252,8 @@ class MainWindow(QMainWindow):
         elif key == HF_CACHE:
             request = ScanRequest((), include_hf_cache=True,
                                   hf_cache_dir=self.settings.hf_cache_dir())
+        elif key == APP_LIBRARIES:
+            request = ScanRequest((), include_app_libraries=True)
         else:
             return None
         job_id = self.queue.submit(request)
@@ -250,6 +283,11 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(result.error or "scan failed", 8000)
 
     def _source_selected(self, key: str | None) -> None:
+        self.center.setCurrentWidget(self.hub_view if key == HUB else self.table)
+        self.details.setVisible(key != HUB)  # the Hub view shows its own details
+        if key == HUB:
+            self.hub_view.context = self.fits.context  # judged like the local models
+            return
         self.proxy.set_source(key)
         folder = key_folder(key) if key else None
         if folder is not None:
@@ -319,16 +357,54 @@ class MainWindow(QMainWindow):
                 return True
         return False
 
+    # ---- the Hub ---------------------------------------------------------------------------
+    def open_hub_reference(self, reference: HubReference) -> None:
+        """Show the Hub view with the repo a pasted or dropped URL or owner/repo names."""
+        self.sources.select(HUB)
+        self.center.setCurrentWidget(self.hub_view)
+        self.hub_view.open_reference(reference)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        """Paste with no text field focused: a Hub URL or owner/repo opens that repo."""
+        if event.matches(QKeySequence.StandardKey.Paste):
+            reference = hub_reference_in(QGuiApplication.clipboard().mimeData())
+            if reference is not None:
+                self.open_hub_reference(reference)
+                return
+        super().keyPressEvent(event)
+
+    def _download_finished(self, job_id: int, result: JobResult) -> None:
+        """A finished download joins the local list (the HF cache, or its folder)."""
+        done = result.value if isinstance(result.value, list) else [result.value]
+        if result.status != "done" or not done or not isinstance(done[0], DownloadResult):
+            return
+        record = self.downloads.jobs.get(job_id)
+        into_cache = record is not None and getattr(record.request, "output_dir", None) is None
+        self.statusBar().showMessage(f"Downloaded {len(done)} file(s) from {done[0].repo_id}",
+                                     10000)
+        if into_cache and self.settings.show_hf_cache():
+            self.scan_source(HF_CACHE)
+        else:
+            self.add_folder(done[0].path.parent)
+
     # ---- drag and drop -------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+        mime = event.mimeData()
+        if (mime.hasUrls() and any(u.isLocalFile() for u in mime.urls())) or \
+                hub_reference_in(mime) is not None:
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
         """A dropped folder of models is added as a source; a dropped model is listed and
-        its convert sheet opens."""
-        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+        its convert sheet opens; a dropped Hub URL opens that repo in the Hub view."""
+        mime = event.mimeData()
+        paths = [Path(u.toLocalFile()) for u in mime.urls() if u.isLocalFile()]
         event.acceptProposedAction()
+        if not paths:
+            reference = hub_reference_in(mime)
+            if reference is not None:
+                self.open_hub_reference(reference)
+            return
         for path in paths:
             self._describe_dropped(path)
 
@@ -393,5 +469,6 @@ class MainWindow(QMainWindow):
         self.settings.sync()
         self.status.stop()
         self.queue.shutdown()
+        self.downloads.shutdown()
         self.background.wait(5000)
         super().closeEvent(event)

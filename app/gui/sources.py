@@ -9,6 +9,8 @@ from PySide6.QtWidgets import QMenu, QStyle, QTreeWidget, QTreeWidgetItem, QWidg
 
 ALL = "all"
 HF_CACHE = "hf-cache"
+APP_LIBRARIES = "app-libraries"
+HUB = "hub"
 KEY_ROLE = Qt.ItemDataRole.UserRole
 
 
@@ -72,11 +74,36 @@ class SourcesPanel(QTreeWidget):
         elif not shown and HF_CACHE in self._items:
             self._remove(HF_CACHE)
 
+    def set_app_libraries(self, shown: bool) -> None:
+        """Ollama's and LM Studio's models, read in place."""
+        if shown and APP_LIBRARIES not in self._items:
+            self._add_item(APP_LIBRARIES, "Ollama & LM Studio",
+                           QStyle.StandardPixmap.SP_DriveHDIcon,
+                           "models in Ollama's store and LM Studio's folders, read in place")
+        elif not shown and APP_LIBRARIES in self._items:
+            self._remove(APP_LIBRARIES)
+
+    def add_hub(self) -> None:
+        """The HUB group: searching the Hugging Face Hub."""
+        if HUB in self._items:
+            return
+        group = QTreeWidgetItem(self, ["HUB"])
+        group.setFlags(Qt.ItemFlag.ItemIsEnabled)
+        group.setFont(0, self._group.font(0))
+        item = QTreeWidgetItem(group, ["Search"])
+        item.setData(0, KEY_ROLE, HUB)
+        item.setIcon(0, self.style().standardIcon(QStyle.StandardPixmap.SP_FileDialogContentsView))
+        item.setToolTip(0, "search the Hugging Face Hub; paste or drop a Hub URL to open a repo")
+        self._items[HUB] = item
+        self._labels[HUB] = "Search"
+        group.setExpanded(True)
+
     def _keep_hf_cache_last(self) -> None:
-        item = self._items.get(HF_CACHE)
-        if item is not None:
-            self._group.removeChild(item)
-            self._group.addChild(item)
+        for key in (HF_CACHE, APP_LIBRARIES):
+            item = self._items.get(key)
+            if item is not None:
+                self._group.removeChild(item)
+                self._group.addChild(item)
 
     def _remove(self, key: str) -> None:
         item = self._items.pop(key)
@@ -103,7 +130,7 @@ class SourcesPanel(QTreeWidget):
     def _menu(self, pos: QPoint) -> None:
         item = self.itemAt(pos)
         key = item.data(0, KEY_ROLE) if item else None
-        if not key or key == ALL:
+        if not key or key in (ALL, HUB):
             return
         menu = QMenu(self)
         menu.addAction("Rescan", lambda: self.rescan_requested.emit(key))

@@ -6,6 +6,10 @@ under a second and must not allocate what a hostile header claims, so this reade
 header in place: every count and length is checked against the bytes that remain before it is
 used, long arrays are skipped (their length is kept) unless asked for, and tensor data is never
 touched. Type tables (value types, quant block sizes) are gguf-py's own.
+
+The buffer may also be a prefix of a longer file (a header read over HTTP ranges): then a read
+past the buffer that still lies inside the file raises `NeedMoreBytes` with the prefix length
+that read needs, while one past the end of the file is the same `FormatError` as ever.
 """
 
 from __future__ import annotations
@@ -42,6 +46,18 @@ _U32, _U64 = _SCALAR_STRUCTS[GGUFValueType.UINT32], _SCALAR_STRUCTS[GGUFValueTyp
 _MIN_ITEM_SIZE = {**_SCALAR_SIZES, GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}
 _MIN_KV_SIZE = 8 + 4 + 1
 _MIN_TENSOR_INFO_SIZE = 8 + 4 + 8 + 4 + 8
+
+
+class NeedMoreBytes(Exception):
+    """The buffer is a prefix of the file and the header goes on past it.
+
+    `needed` is the prefix length the failed read needs (a lower bound for the whole header);
+    the caller fetches at least that much and parses again.
+    """
+
+    def __init__(self, needed: int) -> None:
+        self.needed = needed
+        super().__init__(f"the header needs at least {needed} bytes")
 
 
 @dataclass(frozen=True)
@@ -97,11 +113,12 @@ class GGUFHeader:
 
 
 class _Cursor:
-    def __init__(self, buf: memoryview, path: Path) -> None:
+    def __init__(self, buf: memoryview, path: Path, file_size: int | None = None) -> None:
         self.buf = buf
         self.pos = 0
         self.end = len(buf)
         self.path = path
+        self.file_size = max(file_size or 0, self.end)
 
     @property
     def remaining(self) -> int:
@@ -109,10 +126,17 @@ class _Cursor:
 
     def need(self, n_bytes: int, what: str) -> None:
         if n_bytes < 0 or self.pos + n_bytes > self.end:
+            self.more_or_fail(self.pos + n_bytes if n_bytes >= 0 else -1)
             raise FormatError(
                 f"truncated or corrupt header: {what} would need {n_bytes} bytes at offset "
                 f"{self.pos}, only {self.remaining} remain",
                 path=self.path, hint="re-download or re-convert the file")
+
+    def more_or_fail(self, needed: int) -> None:
+        """Ask for a longer prefix when the read stays inside the file; return otherwise, so
+        the caller raises its own "truncated or corrupt" error."""
+        if self.end < needed <= self.file_size:
+            raise NeedMoreBytes(needed)
 
     def scalar(self, value_type: GGUFValueType, what: str) -> Any:
         reader = _SCALAR_STRUCTS[value_type]
@@ -187,12 +211,14 @@ def _skip_strings(cur: _Cursor, count: int, key: str) -> None:
     buf, pos, end, unpack = cur.buf, cur.pos, len(cur.buf), struct.Struct("<Q").unpack_from
     for _ in range(count):
         if pos + 8 > end:
+            cur.more_or_fail(pos + 8)
             break
         pos += 8 + unpack(buf, pos)[0]
     else:
         if pos <= end:
             cur.pos = pos
             return
+        cur.more_or_fail(pos)
     raise FormatError(f"truncated or corrupt header: the strings of array {key!r} run past "
                       f"the end of the file", path=cur.path,
                       hint="re-download or re-convert the file")
@@ -229,7 +255,9 @@ def tensor_n_bytes(ggml_type: GGMLQuantizationType, shape: tuple[int, ...],
 
 def parse_gguf_header(buf: memoryview, path: Path, file_size: int,
                       load_arrays: frozenset[str] = frozenset()) -> GGUFHeader:
-    cur = _Cursor(buf, path)
+    """Parse a header from `buf`, the whole file or (when `file_size` is larger) a prefix of
+    it; a prefix too short for the header raises `NeedMoreBytes`."""
+    cur = _Cursor(buf, path, file_size)
     cur.need(4, "magic")
     magic = bytes(buf[:4])
     if magic != GGUF_MAGIC:
@@ -265,6 +293,16 @@ def parse_gguf_header(buf: memoryview, path: Path, file_size: int,
                         tensor_n_bytes(ggml_type, shape, path, name))
         for name, ggml_type, shape, offset in raw_entries)
     return GGUFHeader(path, version, fields, tensors, alignment, data_offset, file_size)
+
+
+def has_gguf_magic(path: str | Path) -> bool:
+    """Whether the file starts with the GGUF magic (for files without the .gguf suffix, such
+    as Ollama's content-addressed blobs)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
 
 
 def read_gguf_header(path: str | Path, load_arrays: frozenset[str] = frozenset()) -> GGUFHeader:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gguf import MODEL_ARCH_NAMES, LlamaFileType
@@ -170,10 +170,12 @@ def _truncation_problems(header: GGUFHeader) -> list[Problem]:
 
 
 def describe_gguf(shards: Sequence[Path], expected_count: int | None = None,
-                  name: str | None = None) -> ModelInfo:
+                  name: str | None = None,
+                  read_header: Callable[[Path], GGUFHeader] = read_gguf_header) -> ModelInfo:
     """Describe one GGUF model from its file or its split shards (sorted by shard number).
 
     Never raises for a bad file: what cannot be read becomes a problem on the model.
+    `read_header` reads one shard's header (a remote reader gives headers read over HTTP).
     """
     first = shards[0]
     shard_info = split_shard_info(first)
@@ -191,7 +193,7 @@ def describe_gguf(shards: Sequence[Path], expected_count: int | None = None,
     headers: list[GGUFHeader] = []
     for shard in shards:
         try:
-            headers.append(read_gguf_header(shard))
+            headers.append(read_header(shard))
         except FormatError as exc:
             problems.append(Problem(exc.reason if len(shards) == 1 else
                                     f"{shard.name}: {exc.reason}", fatal=True))

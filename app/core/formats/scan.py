@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.core.errors import BadInputError
+from app.core.formats.gguf_header import has_gguf_magic
 from app.core.formats.gguf_model import describe_gguf, group_gguf_files, split_shard_info
 from app.core.formats.hf_model import describe_hf_folder, looks_like_hf_folder
 from app.core.formats.model_info import ModelInfo, Problem, broken_model
@@ -122,7 +123,10 @@ class _Walker:
 
 
 def describe_path(path: Path) -> ModelInfo | None:
-    """The model a single path names (a GGUF file, a shard, a model folder), or None."""
+    """The model a single path names (a GGUF file, a shard, a model folder), or None.
+    A file without the .gguf suffix is a GGUF when it starts with the magic (Ollama blobs)."""
+    if path.is_file() and path.suffix != ".gguf" and has_gguf_magic(path):
+        return describe_gguf([path])
     if path.is_file() and path.suffix == ".gguf":
         info = split_shard_info(path)
         if info is None:
@@ -178,9 +182,10 @@ def _with_source(model: ModelInfo, name: str, repo_id: str) -> ModelInfo:
 
 
 def scan_paths(paths: Iterable[str | Path], *, include_hf_cache: bool = False,
-               hf_cache_dir: Path | None = None,
+               hf_cache_dir: Path | None = None, include_app_libraries: bool = False,
                reporter: Reporter | None = None) -> ScanResult:
-    """Every model under `paths` (files or folders), and in the HF cache if asked."""
+    """Every model under `paths` (files or folders), and in the HF cache and other apps'
+    libraries (Ollama, LM Studio) if asked."""
     reporter = reporter or NullReporter()
     walker = _Walker(reporter)
     for raw in paths:
@@ -206,13 +211,33 @@ def scan_paths(paths: Iterable[str | Path], *, include_hf_cache: bool = False,
         for model in models:
             walker.add(model)
         walker.problems.extend(problems)
+    if include_app_libraries:
+        from app.core.formats.app_libraries import default_app_libraries, scan_app_library
+
+        for library in default_app_libraries():
+            models, found = scan_app_library(library, reporter)
+            for model in models:
+                if model.source == "ollama":
+                    # Tags that share a blob (smollm2:latest, smollm2:135m) are listed under
+                    # each name, as Ollama lists them.
+                    walker.models.append(model)
+                else:
+                    walker.add(model)
+            walker.problems.extend(ScanProblem(path, text) for path, text in found)
     return ScanResult(tuple(walker.models), tuple(walker.problems))
 
 
 def inspect_path(path: str | Path) -> ModelInfo:
-    """Describe the one model at `path`; raise `BadInputError` if there is none."""
+    """Describe the one model at `path` (or an Ollama model named with its tag,
+    `smollm2:135m`); raise `BadInputError` if there is none."""
+    name = str(path)
     path = Path(path).expanduser()
     if not os.path.lexists(path):
+        from app.core.formats.app_libraries import find_ollama_model
+
+        ollama = find_ollama_model(name) if ":" in name else None
+        if ollama is not None:
+            return ollama  # an Ollama name (smollm2:135m) for a model in its store
         raise BadInputError("no such file or folder", path=path)
     try:
         os.stat(path)
@@ -232,6 +257,7 @@ class ScanRequest:
     paths: tuple[Path, ...]
     include_hf_cache: bool = False
     hf_cache_dir: Path | None = None
+    include_app_libraries: bool = False  # Ollama's and LM Studio's, where present
     progress_unit: ProgressUnit = "items"
 
     @property
@@ -239,13 +265,18 @@ class ScanRequest:
         where = ", ".join(p.name or str(p) for p in self.paths[:2])
         more = f" +{len(self.paths) - 2}" if len(self.paths) > 2 else ""
         if not self.paths:
-            return "Scan the HF cache"
+            parts = [name for name, wanted in (("the HF cache", self.include_hf_cache),
+                                               ("other apps' libraries",
+                                                self.include_app_libraries)) if wanted]
+            return f"Scan {' and '.join(parts) or 'the HF cache'}"
         cache = " and the HF cache" if self.include_hf_cache else ""
         return f"Scan {where}{more}{cache}"
 
     def run(self, reporter: Reporter) -> ScanResult:
         result = scan_paths(self.paths, include_hf_cache=self.include_hf_cache,
-                            hf_cache_dir=self.hf_cache_dir, reporter=reporter)
+                            hf_cache_dir=self.hf_cache_dir,
+                            include_app_libraries=self.include_app_libraries,
+                            reporter=reporter)
         for problem in result.problems:
             reporter.log("warning", str(problem))
         with_problems = sum(1 for m in result.models if m.problems)
