@@ -12,7 +12,7 @@ import shutil
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,11 +141,22 @@ def run_job(request: JobRequest, reporter: Reporter) -> JobResult:
     return JobResult("done", value=value, seconds=time.monotonic() - start)
 
 
+def runs_in_child_process(request: JobRequest) -> bool:
+    """Compute jobs (they load torch, native runtimes, whole models) say so with a class
+    attribute `runs_in_child_process = True`; the GUI runs them in a child process."""
+    return bool(getattr(type(request), "runs_in_child_process", False))
+
+
 def part_path(final: Path) -> Path:
     return final.with_name(final.name + ".part")
 
 
-def _remove(path: Path) -> None:
+# Called with each `.part` path as `atomic_output` starts writing it: a job's child process
+# tells its supervisor, which removes the part if the child dies before it can.
+part_observers: list[Callable[[Path], None]] = []
+
+
+def remove_output(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -175,14 +186,16 @@ def atomic_output(final: str | Path, *, overwrite: bool = False) -> Iterator[Pat
     part = part_path(final)
     if part.exists():
         # A part is only ever ours: a crashed earlier run left it.
-        _remove(part)
+        remove_output(part)
+    for observer in part_observers:
+        observer(part)
     try:
         yield part
         if not part.exists():
             raise ModelyardError("the job produced no output", path=final)
         _fsync_tree(part)
         if final.exists():
-            _remove(final)
+            remove_output(final)
         os.replace(part, final)
         dir_fd = os.open(final.parent, os.O_RDONLY)
         try:
@@ -190,5 +203,5 @@ def atomic_output(final: str | Path, *, overwrite: bool = False) -> Iterator[Pat
         finally:
             os.close(dir_fd)
     except BaseException:
-        _remove(part)
+        remove_output(part)
         raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entry
 from app.core.convert.plan import ConversionPlan, OutputFormat
@@ -158,6 +159,8 @@ class ConvertRequest:
     pure: bool = False  # every weight the target's one type, not llama-quantize's mix
     check_memory: bool = True  # False: the user chose to try although the estimate says no
     progress_unit: ProgressUnit = "bytes"
+    # Loads torch or a native runtime and a whole model: a crash must not take the caller.
+    runs_in_child_process: ClassVar[bool] = True
 
     @property
     def title(self) -> str:

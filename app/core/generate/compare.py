@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -99,6 +99,8 @@ class CompareRequest:
     trust_remote_code: bool = False
     use_gpu: bool = True
     progress_unit: ProgressUnit = "tokens"
+    # Loads torch or a native runtime and a whole model: a crash must not take the caller.
+    runs_in_child_process: ClassVar[bool] = True
 
     @property
     def title(self) -> str:
