@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from app.core.jobs import JobRequest, JobResult, Reporter, remove_output
 from app.core.jobs_wire import WireError, decode, dumps, encode, loads, result_from_event
+from app.core.resources import CUDA_DEVICE_ORDER
 
 CHILD_MODULE = "app.core.jobs_child"
 CANCELLED_BY_FORCE = ("cancelled by the user; the job did not stop when asked, so its process "
@@ -62,6 +63,7 @@ def child_environment() -> dict[str, str]:
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.setdefault("CUDA_DEVICE_ORDER", CUDA_DEVICE_ORDER)
     return env
 
 
