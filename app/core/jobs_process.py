@@ -59,7 +59,9 @@ def describe_exit(returncode: int) -> str:
 def child_environment() -> dict[str, str]:
     """The caller's environment, with its import path, so the child imports the same code."""
     env = dict(os.environ)
-    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    # This checkout of `app` first: an installed copy elsewhere must not answer for it.
+    package_root = str(Path(__file__).resolve().parents[2])
+    paths = [package_root] + [p for p in sys.path if p and os.path.isdir(p)]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
