@@ -19,6 +19,7 @@ from app.core.formats.hf_config import (
     config_int,
     config_value,
 )
+from app.core.formats.gguf_model import KNOWN_ARCHITECTURES
 from app.core.formats.model_info import ModelInfo, TensorInfo
 
 # Architectures whose llama.cpp loader applies a sliding-window pattern by default (every Nth
@@ -91,6 +92,9 @@ def shape_from_gguf(model: ModelInfo) -> ModelShape:
     meta = model.metadata
     arch = model.architecture or ""
     notes: list[str] = []
+    if arch and arch not in KNOWN_ARCHITECTURES:
+        notes.append(f"architecture {arch!r} is unknown to the estimator (and to this "
+                     "llama.cpp): its layers are sized as plain transformer blocks")
 
     def arch_key(suffix: str) -> Any:
         return meta.get(f"{arch}.{suffix}")
