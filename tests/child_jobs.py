@@ -106,3 +106,26 @@ class KilledBySystem:
             print("native library: allocating 70 GB", flush=True)
             time.sleep(0.1)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class FailsWithOption:
+    """Fails as a model llama.cpp cannot run fails: the remedy is an option of the job."""
+
+    progress_unit: str = "items"
+
+    @property
+    def title(self) -> str:
+        return "fails with an option"
+
+    def run(self, reporter: Reporter) -> None:
+        from app.core.errors import OptionFact, UnsupportedError
+
+        raise UnsupportedError("llama.cpp does not know this architecture",
+                               hint="run it in transformers",
+                               option=OptionFact("backend", "transformers"))
+
+
+@dataclass(frozen=True)
+class FailsWithOptionInChild(FailsWithOption):
+    runs_in_child_process: ClassVar[bool] = True

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from app import __version__
 from app.cli import convert, fit, generate, inventory
+from app.cli.options import cli_words
 from app.core.errors import ModelyardError
 
 COMMAND_MODULES = (inventory, fit, convert, generate)
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ModelyardError as exc:
-        sys.stderr.write(f"modelyard: {exc.message}\n")
+        sys.stderr.write(f"modelyard: {exc.worded(cli_words)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("modelyard: interrupted\n")

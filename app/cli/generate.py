@@ -9,8 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.cli.options import cli_words
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
+from app.core.errors import word_option
 from app.core.formats.model_info import format_bytes
 from app.core.generate.compare import CompareRequest, CompareResult
 from app.core.generate.compare_metrics import percent_floor
@@ -153,7 +155,7 @@ def print_doctor_report(report: DoctorReport) -> None:
     for finding in report.findings:
         print(f"  {finding.severity}: {finding.text}")
         if finding.action:
-            print(f"    → {finding.action}")
+            print(f"    → {word_option(finding.action, finding.option, cli_words)}")
         if len(finding.tensors) > 8:
             for name in finding.tensors:
                 print(f"      {name}")

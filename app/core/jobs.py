@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from app.core.errors import BadInputError, JobCancelled, ModelyardError
+from app.core.errors import (
+    BadInputError,
+    JobCancelled,
+    ModelyardError,
+    OptionFact,
+    OptionWords,
+)
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 ProgressUnit = Literal["bytes", "items", "tokens"]
@@ -111,6 +117,12 @@ class JobResult:
     error: str | None = None
     exit_code: int = 0
     seconds: float = 0.0
+    option: OptionFact | None = None  # the error's option, for a front end to word
+
+
+def option_words(reporter: Reporter) -> OptionWords | None:
+    """How the reporter's front end words options (its `word_option`), if it says."""
+    return getattr(reporter, "word_option", None)
 
 
 def run_job(request: JobRequest, reporter: Reporter) -> JobResult:
@@ -126,9 +138,10 @@ def run_job(request: JobRequest, reporter: Reporter) -> JobResult:
         reporter.log("warning", str(exc))
         return JobResult("cancelled", error=str(exc), exit_code=1, seconds=time.monotonic() - start)
     except ModelyardError as exc:
-        reporter.log("error", str(exc))
-        return JobResult("failed", error=str(exc), exit_code=exc.exit_code,
-                         seconds=time.monotonic() - start)
+        text = exc.worded(option_words(reporter))
+        reporter.log("error", text)
+        return JobResult("failed", error=text, exit_code=exc.exit_code,
+                         seconds=time.monotonic() - start, option=exc.option)
     except MemoryError:
         text = "ran out of memory; close other programs or choose a smaller job"
         reporter.log("error", text)

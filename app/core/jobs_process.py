@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from app.core.jobs import JobRequest, JobResult, Reporter, remove_output
+from app.core.errors import word_option
+from app.core.jobs import JobRequest, JobResult, Reporter, option_words, remove_output
 from app.core.jobs_wire import WireError, decode, dumps, encode, loads, result_from_event
 from app.core.resources import CUDA_DEVICE_ORDER
 
@@ -220,7 +221,10 @@ def _outcome(result: JobResult | None, state: _Supervision, seconds: float) -> J
                 remove_output(part)
                 reporter.log("info", f"removed the partial output {part}")
     if result is not None:
-        return JobResult(result.status, result.value, result.error, result.exit_code, seconds)
+        words = option_words(reporter)
+        error = word_option(result.error, result.option, words) if result.error else None
+        return JobResult(result.status, result.value, error, result.exit_code, seconds,
+                         result.option)
     returncode = state.process.returncode
     if state.forced:
         reporter.log("warning", CANCELLED_BY_FORCE)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.core.errors import OptionFact
 from app.core.jobs import JobResult, LogLevel
 
 CALLBACK = "__callback__"
@@ -56,16 +57,20 @@ def part_event(path: Path) -> dict[str, Any]:
 
 def result_event(result: JobResult) -> dict[str, Any]:
     return {"event": "result", "status": result.status, "value": encode(result.value),
-            "error": result.error, "exit_code": result.exit_code, "seconds": result.seconds}
+            "error": result.error, "exit_code": result.exit_code, "seconds": result.seconds,
+            "option": encode(result.option)}
 
 
 def result_from_event(event: dict[str, Any]) -> JobResult:
     status = event.get("status")
     if status not in ("done", "failed", "cancelled"):
         raise WireError(f"unknown job status {status!r}")
+    option = decode(event.get("option"))
+    if option is not None and not isinstance(option, OptionFact):
+        raise WireError(f"not an option: {option!r}")
     return JobResult(status, value=decode(event.get("value")), error=event.get("error"),
                      exit_code=int(event.get("exit_code", 0)),
-                     seconds=float(event.get("seconds", 0.0)))
+                     seconds=float(event.get("seconds", 0.0)), option=option)
 
 
 def dumps(event: dict[str, Any]) -> str:

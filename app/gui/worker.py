@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
+from app.core.errors import OptionFact
 from app.core.jobs import (
     CancelToken,
     JobRequest,
@@ -31,6 +32,7 @@ from app.core.jobs import (
     runs_in_child_process,
 )
 from app.core.jobs_process import run_in_child
+from app.gui.option_words import gui_words
 
 JobState = str  # queued | running | done | failed | cancelled
 
@@ -103,6 +105,9 @@ class _QtReporter(QObject):
 
     def cancelled(self) -> bool:
         return self.token.is_set()
+
+    def word_option(self, option: OptionFact) -> str | None:
+        return gui_words(option)
 
 
 class _Worker(QObject):

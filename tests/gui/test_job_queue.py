@@ -8,7 +8,14 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from child_jobs import Echo, KilledBySystem, NativeSleep, Segfault
+from child_jobs import (
+    Echo,
+    FailsWithOption,
+    FailsWithOptionInChild,
+    KilledBySystem,
+    NativeSleep,
+    Segfault,
+)
 
 from app.core.jobs import Reporter, check_cancel
 from app.gui.jobs_panel import JobsPanel
@@ -134,5 +141,20 @@ def test_a_quick_job_does_not_wait_behind_a_compute_job(qtbot, tmp_path: Path) -
         assert not queue.jobs[stuck].finished
         queue.cancel(stuck)
         qtbot.waitUntil(lambda: queue.jobs[stuck].finished, timeout=30000)
+    finally:
+        queue.shutdown()
+
+
+def test_a_failed_jobs_option_is_worded_for_the_window(qtbot) -> None:  # type: ignore[no-untyped-def]
+    queue = JobQueue()
+    try:
+        ids = [queue.submit(FailsWithOption()), queue.submit(FailsWithOptionInChild())]
+        qtbot.waitUntil(lambda: all(queue.jobs[i].finished for i in ids), timeout=30000)
+        for job_id in ids:
+            record = queue.jobs[job_id]
+            assert record.state == "failed"
+            assert record.text.endswith("(choose transformers as the Backend in the Test tab)")
+            assert "--" not in record.text
+            assert record.result.option.name == "backend"
     finally:
         queue.shutdown()

@@ -11,7 +11,7 @@ from typing import ClassVar
 from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entry
 from app.core.convert.plan import ConversionPlan, OutputFormat
 from app.core.convert.planner import plan_conversion
-from app.core.errors import InsufficientResourcesError
+from app.core.errors import InsufficientResourcesError, OptionFact
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import ProgressUnit, Reporter, atomic_output, check_cancel
 from app.core.resources import probe_disk
@@ -64,7 +64,8 @@ def check_memory(plan: ConversionPlan) -> None:
             raise InsufficientResourcesError(
                 f"not enough free VRAM: the job needs about {format_bytes(needed)}, "
                 f"{format_bytes(free)} is free", needed_bytes=needed, available_bytes=free,
-                hint="close other GPU programs or use --device cpu")
+                hint="close other GPU programs, or convert on the CPU",
+                option=OptionFact("device", "cpu"))
     import psutil
 
     available = int(psutil.virtual_memory().available)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from app.core.errors import OptionError
+from app.core.errors import OptionError, OptionFact
 from app.core.estimate.breakdown import MIB, MemoryBreakdown, RunEstimate
 from app.core.estimate.shape import ModelShape, model_shape
 from app.core.formats.model_info import ModelInfo
@@ -50,7 +50,8 @@ class Placement:
 def place_layers(n_layer: int, gpu_layers: int, gpu_free: Sequence[int]) -> Placement:
     """llama.cpp's assignment of blocks and the output layer to devices."""
     if gpu_layers < 0:
-        raise OptionError(f"--gpu-layers must be 0 or more, not {gpu_layers}")
+        raise OptionError(f"the GPU layer count must be 0 or more, not {gpu_layers}",
+                          option=OptionFact("gpu_layers"))
     if not gpu_free:
         return Placement((-1,) * (n_layer + 1))
     offloaded = min(gpu_layers, n_layer + 1)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.formats.gguf_model import KNOWN_ARCHITECTURES
 from app.core.formats.hf_config import (
     CONTEXT_KEYS,
     EXPERT_KEYS,
@@ -19,7 +20,6 @@ from app.core.formats.hf_config import (
     config_int,
     config_value,
 )
-from app.core.formats.gguf_model import KNOWN_ARCHITECTURES
 from app.core.formats.model_info import ModelInfo, TensorInfo
 
 # Architectures whose llama.cpp loader applies a sliding-window pattern by default (every Nth

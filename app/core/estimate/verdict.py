@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.core.errors import OptionError
+from app.core.errors import OptionError, OptionFact
 from app.core.estimate.breakdown import GIB, MIB, RunEstimate
 from app.core.estimate.llama_cpp import estimate_gguf_run
 from app.core.estimate.shape import model_shape
@@ -47,9 +47,10 @@ class Machine:
     def custom(cls, vram_gib: float | None, ram_gib: float | None,
                resources: Resources | None = None) -> Machine:
         """A machine the user describes; what is not given comes from this machine."""
-        for label, value in (("--vram", vram_gib), ("--ram", ram_gib)):
+        for label, value in (("vram", vram_gib), ("ram", ram_gib)):
             if value is not None and value <= 0:
-                raise OptionError(f"{label} must be more than 0 GiB, not {value}")
+                raise OptionError(f"the target's {label.upper()} must be more than 0 GiB, not "
+                                  f"{value}", option=OptionFact(label))
         if ram_gib is None and resources is None:
             raise OptionError("give the RAM of the target machine")
         ram = int(ram_gib * GIB) if ram_gib is not None else resources.ram_available  # type: ignore[union-attr]

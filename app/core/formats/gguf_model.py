@@ -120,8 +120,8 @@ def _problems(header: GGUFHeader, moe: MoEInfo | None, has_tokenizer: bool) -> l
     if moe and moe.layout == "split":
         problems.append(Problem(
             "experts are stored one tensor per expert (blk.N.ffn_*.E.weight); current "
-            "llama.cpp expects stacked blk.N.ffn_*_exps: run `modelyard relayout --experts "
-            "stacked`"))
+            "llama.cpp expects stacked blk.N.ffn_*_exps: relayout the experts to the stacked "
+            "layout (lossless)"))
     elif moe and moe.layout == "mixed":
         problems.append(Problem("experts are stored in both stacked and per-expert layouts; "
                                 "no runtime loads this mix", fatal=True))

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from app.core.errors import InsufficientResourcesError, OptionError, UnsupportedError
+from app.core.errors import InsufficientResourcesError, OptionError, OptionFact, UnsupportedError
 from app.core.formats.model_info import ModelInfo, format_bytes
 from app.core.formats.scan import inspect_path
 from app.core.generate.backends.base import (
@@ -305,6 +305,7 @@ def text_from_file(path: Path) -> str:
         raise BadInputError("no such file", path=path) from None
     except UnicodeDecodeError:
         raise BadInputError("not UTF-8 text", path=path,
-                            hint="give a plain text file for --text") from None
+                            hint="give a plain text file",
+                            option=OptionFact("text_file")) from None
     except OSError as exc:
         raise BadInputError(f"cannot read ({exc.strerror or exc})", path=path) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.core.errors import OptionError, UnsafeInputError, UnsupportedError
+from app.core.errors import OptionError, OptionFact, UnsafeInputError, UnsupportedError
 from app.core.formats.model_info import ModelInfo
 from app.core.generate.backends.base import (
     BackendChoiceName,
@@ -43,8 +43,9 @@ def choose_backend(info: ModelInfo, requested: BackendChoiceName = "auto") -> Ba
     if info.format == "hf":
         if requested == "llama.cpp":
             raise OptionError("llama.cpp runs GGUF files, and this is a Hugging Face folder",
-                              path=info.path, hint="convert it to GGUF first, or use "
-                                                   "--backend transformers")
+                              path=info.path, hint="convert it to GGUF first, or run it "
+                                                   "in transformers",
+                              option=OptionFact("backend", "transformers"))
         return BackendChoice("transformers", "a Hugging Face folder runs in transformers")
     have_llama = llama_cpp_available()
     if requested == "llama.cpp" or (requested == "auto" and have_llama):

@@ -20,6 +20,7 @@ from app.core.errors import (
     FormatError,
     JobError,
     ModelyardError,
+    OptionFact,
     UnsafeInputError,
     UnsupportedError,
 )
@@ -283,8 +284,8 @@ def load_transformers_model(info: ModelInfo, options: LoadOptions) -> Transforme
         raise UnsafeInputError(
             "this model's architecture is defined by Python code shipped with it "
             f"({info.metadata.get('auto_map')}), which would run on loading", path=info.path,
-            hint="allow remote code for this model (--trust-remote-code) only if you trust "
-                 "its source")
+            hint="allow remote code for this model only if you trust its source",
+            option=OptionFact("trust_remote_code", True))
     dtype_name = load_dtype_name(info, options)
     budgets = gpu_budgets() if options.use_gpu else ()
     ram = int(psutil.virtual_memory().available)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.errors import FormatError, JobError, ModelyardError, UnsupportedError
+from app.core.errors import FormatError, JobError, ModelyardError, OptionFact, UnsupportedError
 from app.core.generate.backends.base import Utf8Stream
 from app.core.generate.chat import render_chat_template
 
@@ -83,9 +83,10 @@ def captured_llama_log() -> Iterator[_LogCapture]:
 class UnknownArchitectureError(UnsupportedError):
     """llama.cpp does not know the GGUF's `general.architecture`."""
 
-    def __init__(self, reason: str, *, architecture: str, path: Path, hint: str) -> None:
+    def __init__(self, reason: str, *, architecture: str, path: Path, hint: str,
+                 option: OptionFact | None = None) -> None:
         self.architecture = architecture
-        super().__init__(reason, path=path, hint=hint)
+        super().__init__(reason, path=path, hint=hint, option=option)
 
 
 def load_error(path: Path, reason: str | None) -> ModelyardError:
@@ -99,8 +100,9 @@ def load_error(path: Path, reason: str | None) -> ModelyardError:
         return UnknownArchitectureError(
             f"the llama.cpp in llama-cpp-python {version} does not know the architecture "
             f"{arch['arch']!r}", architecture=arch["arch"], path=path,
-            hint="upgrade llama-cpp-python (pip install -U llama-cpp-python), or try "
-                 "--backend transformers if transformers supports this architecture")
+            hint="upgrade llama-cpp-python (pip install -U llama-cpp-python), or run it in "
+                 "transformers if transformers supports this architecture",
+            option=OptionFact("backend", "transformers"))
     missing = MISSING_TENSOR.search(reason)
     if missing:
         return FormatError(
