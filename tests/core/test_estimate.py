@@ -94,7 +94,10 @@ def test_sliding_window_layers_keep_a_smaller_cache(tmp_path: Path) -> None:
     full = 16384 * 2 * head_dim * 2 * 2
     assert kv_cache_bytes(shape, 16384, 0) == windowed
     assert kv_cache_bytes(shape, 16384, 1) == full
-    assert estimate_gguf_run(inspect_path(path), 16384).ram.kv_cache == 2 * windowed + 2 * full
+    # llama-cpp-python, the runtime Modelyard runs, keeps full-size caches for windowed layers
+    assert estimate_gguf_run(inspect_path(path), 16384).ram.kv_cache == 4 * full
+    assert estimate_gguf_run(inspect_path(path), 16384,
+                             swa_full=False).ram.kv_cache == 2 * windowed + 2 * full
     # a declared pattern overrides the architecture's default
     declared = make_gguf(tmp_path / "declared.gguf", arch="gemma2", n_layers=4, extra_kv={
         "gemma2.attention.sliding_window": 1024,
@@ -184,6 +187,25 @@ def test_unknown_metadata_gives_an_approximate_estimate(tmp_path: Path) -> None:
     bare = make_split_gguf(tmp_path, "bare", n_shards=1)[0]
     estimate = estimate_gguf_run(inspect_path(bare), 512)
     assert estimate.ram.kv_cache == 0 and estimate.approximate
+
+
+def test_a_gguf_is_judged_for_the_runtime_that_will_run_it(
+        smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = inspect_path(smollm2_gguf)
+    llama = judge(model, Machine.custom(None, 16), 512, runtime="llama.cpp").estimate
+    tf = judge(model, Machine.custom(None, 16), 512, runtime="transformers").estimate
+    assert llama is not None and tf is not None
+    assert (llama.backend, tf.backend) == ("llama.cpp", "transformers")
+    # dequantized to float32: 4 bytes a parameter, and the file read alongside
+    assert tf.ram.weights == model.parameters * 4 > 5 * model.file_size
+    assert tf.ram.total > 3 * llama.ram.total
+    assert any("dequantized to float32" in note for note in tf.approximate)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    assert judge(model, Machine.custom(None, 16), 512).estimate == tf
 
 
 @pytest.mark.parametrize("call", [
