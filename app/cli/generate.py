@@ -182,6 +182,8 @@ def print_compare_result(value: CompareResult) -> None:
         ("perplexity", f"reference {value.ppl_ref:.3f}, candidate {value.ppl_candidate:.3f}"),
         ("KL divergence", f"mean {value.kl_mean:.6f}, 99th percentile {value.kl_p99:.6f}"),
         ("top-1 agreement", f"{percent_floor(value.top1_agreement)} %"),
+        ("noise floor", f"KL {value.noise_floor:.0e} (reference in {value.reference_dtype}): "
+                        "smaller differences cannot be resolved"),
         ("text", f"{value.n_tokens} scored tokens in {value.n_windows} window(s); "
                  f"{value.text_source}"),
         ("peak RAM", format_bytes(value.peak_bytes)),
