@@ -7,7 +7,7 @@ from app.core.errors import OptionFact
 FLAGS = {"backend": "--backend", "device": "--device", "keep_type": "--keep-type",
          "text_file": "--text", "out_type": "--type", "to": "--to",
          "gpu_layers": "--gpu-layers", "context": "--ctx", "vram": "--vram", "ram": "--ram",
-         "overwrite": "--overwrite",
+         "overwrite": "--overwrite", "n_gpu_layers": "--n-gpu-layers",
          "trust_remote_code": "--trust-remote-code", "require_tokenizer": "--require-tokenizer"}
 
 

@@ -131,6 +131,8 @@ def run_job(request: JobRequest, reporter: Reporter) -> JobResult:
     Known errors become their one-line message; anything else is an internal error whose
     traceback goes to the job's log (debug level), never to a message box.
     """
+    from app.core.cuda import cuda_oom_error, empty_cuda_cache, is_cuda_oom
+
     start = time.monotonic()
     try:
         value = request.run(reporter)
@@ -148,9 +150,17 @@ def run_job(request: JobRequest, reporter: Reporter) -> JobResult:
         return JobResult("failed", error=text, exit_code=1, seconds=time.monotonic() - start)
     except Exception as exc:  # noqa: BLE001 - the job boundary turns bugs into a readable result
         reporter.log("debug", traceback.format_exc())
+        if is_cuda_oom(exc):
+            error = cuda_oom_error(exc)
+            text = error.worded(option_words(reporter))
+            reporter.log("error", text)
+            return JobResult("failed", error=text, exit_code=1,
+                             seconds=time.monotonic() - start, option=error.option)
         text = f"internal error ({type(exc).__name__}: {exc}); the job log has the details"
         reporter.log("error", text)
         return JobResult("failed", error=text, exit_code=1, seconds=time.monotonic() - start)
+    finally:
+        empty_cuda_cache()
     return JobResult("done", value=value, seconds=time.monotonic() - start)
 
 

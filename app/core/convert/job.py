@@ -55,10 +55,10 @@ def check_disk(plan: ConversionPlan) -> None:
 
 
 def check_memory(plan: ConversionPlan) -> None:
-    if plan.device == "cuda":
+    if plan.device.startswith("cuda"):
         import torch
 
-        free, _total = torch.cuda.mem_get_info()
+        free, _total = torch.cuda.mem_get_info(torch.device(plan.device))
         needed = plan.estimated_peak_vram_bytes
         if free < needed:
             raise InsufficientResourcesError(

@@ -15,9 +15,9 @@ from app.core.formats.scan import inspect_path
 
 
 def resolve_device(device: str) -> Device:
-    """`auto` is CUDA when torch sees a GPU; `cuda` without one is refused."""
-    if device not in ("cpu", "cuda", "auto"):
-        raise OptionError(f"device {device!r} is not one of cpu, cuda or auto",
+    """`auto` is CUDA when torch sees a GPU; `cuda` (or `cuda:N`) without one is refused."""
+    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
+        raise OptionError(f"device {device!r} is not one of cpu, cuda, cuda:N or auto",
                           option=OptionFact("device"))
     if device == "cpu":
         return "cpu"
@@ -28,9 +28,13 @@ def resolve_device(device: str) -> Device:
         import torch
 
         available = torch.cuda.is_available()
-    if device == "cuda" and not available:
+    if device.startswith("cuda") and not available:
         raise OptionError("the CUDA device was chosen, but torch sees no CUDA GPU here",
                           hint="convert on the CPU", option=OptionFact("device", "cpu"))
+    if device.startswith("cuda"):
+        from app.core.cuda import check_cuda_device
+
+        return check_cuda_device(device, torch.cuda.device_count())
     return "cuda" if available else "cpu"
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.core.cuda import cuda_oom_error, is_cuda_oom
 from app.core.errors import (
     BadInputError,
     FormatError,
@@ -165,6 +166,8 @@ def translate_load_error(exc: Exception, path: Path) -> ModelyardError:
     if "meta tensor" in str(exc):
         return JobError(f"a weight was left on the 'meta' device while loading ({text})",
                         path=path, hint="free memory or lower the GPU share, and load again")
+    if is_cuda_oom(exc):
+        return cuda_oom_error(exc, f"loading {path.name}")
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return JobError(f"ran out of memory while loading ({text})", path=path,
                         hint="close other programs or use a smaller quantization")

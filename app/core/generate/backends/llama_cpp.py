@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.cuda import cuda_oom_error, is_cuda_oom
 from app.core.errors import FormatError, JobError, ModelyardError, OptionFact, UnsupportedError
 from app.core.generate.backends.base import Utf8Stream
 from app.core.generate.chat import render_chat_template
@@ -92,6 +93,8 @@ class UnknownArchitectureError(UnsupportedError):
 def load_error(path: Path, reason: str | None) -> ModelyardError:
     """One sentence with the action to take, from llama.cpp's own reason."""
     version = llama_cpp_version()
+    if reason is not None and is_cuda_oom(RuntimeError(reason)):
+        return cuda_oom_error(reason, f"loading {path.name}")
     if reason is None:
         return JobError(f"llama.cpp (llama-cpp-python {version}) could not load the model and "
                         "gave no reason", path=path, hint="run `modelyard doctor` on it")
