@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from app import __version__
+from app.cli.options import cli_words
 from app.core.errors import ModelyardError
 
 # Command → (module under app.cli that registers it, the one line `modelyard --help` shows).
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ModelyardError as exc:
-        sys.stderr.write(f"modelyard: {exc.message}\n")
+        sys.stderr.write(f"modelyard: {exc.worded(cli_words)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("modelyard: interrupted\n")

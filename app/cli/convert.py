@@ -57,7 +57,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                               "not cover are quantized without it")
     convert.add_argument("--to", choices=("gguf", "hf"), default="gguf",
                          help="output format (default gguf)")
-    convert.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+    convert.add_argument("--device", default="auto", metavar="cpu|cuda|cuda:N|auto",
                          help="where to (de)quantize: auto = CUDA when torch sees a GPU")
     convert.add_argument("--keep-type", metavar="PATTERN",
                          help="GGUF → GGUF: copy tensors whose name matches PATTERN unchanged; "

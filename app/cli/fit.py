@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.cli.output import print_json, render_table
-from app.core.errors import OptionError
+from app.core.errors import FormatError, OptionError
 from app.core.estimate.candidates import conversion_candidates
 from app.core.estimate.report import FitReport, convert_estimate, fit_report
 from app.core.estimate.verdict import DEFAULT_CONTEXT, Machine
@@ -67,6 +67,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.ctx <= 0:
         raise OptionError(f"--ctx must be positive, not {args.ctx}")
     model, siblings = _primary_and_siblings(args.path)
+    if model.fatal_problems:
+        # A corrupt or truncated file has no meaningful estimate: say what the reader found.
+        raise FormatError(model.fatal_problems[0].text, path=model.path)
     target = _target(args)
     report = fit_report(model, target, args.ctx, args.gpu_layers, siblings,
                         conversions=conversion_candidates(model),

@@ -9,8 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.cli.options import cli_words
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
+from app.core.errors import word_option
 from app.core.formats.model_info import format_bytes
 from app.core.generate.compare import CompareRequest, CompareResult
 from app.core.generate.compare_metrics import percent_floor
@@ -153,7 +155,7 @@ def print_doctor_report(report: DoctorReport) -> None:
     for finding in report.findings:
         print(f"  {finding.severity}: {finding.text}")
         if finding.action:
-            print(f"    → {finding.action}")
+            print(f"    → {word_option(finding.action, finding.option, cli_words)}")
         if len(finding.tensors) > 8:
             for name in finding.tensors:
                 print(f"      {name}")
@@ -180,6 +182,8 @@ def print_compare_result(value: CompareResult) -> None:
         ("perplexity", f"reference {value.ppl_ref:.3f}, candidate {value.ppl_candidate:.3f}"),
         ("KL divergence", f"mean {value.kl_mean:.6f}, 99th percentile {value.kl_p99:.6f}"),
         ("top-1 agreement", f"{percent_floor(value.top1_agreement)} %"),
+        ("noise floor", f"KL {value.noise_floor:.0e} (reference in {value.reference_dtype}): "
+                        "smaller differences cannot be resolved"),
         ("text", f"{value.n_tokens} scored tokens in {value.n_windows} window(s); "
                  f"{value.text_source}"),
         ("peak RAM", format_bytes(value.peak_bytes)),

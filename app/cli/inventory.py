@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from app.cli.output import print_json, render_table
 from app.cli.progress import ConsoleReporter, run_in_console
-from app.core.errors import FormatError
+from app.core.errors import BadInputError, FormatError
 from app.core.formats.model_info import ModelInfo, format_bytes, format_count
-from app.core.formats.scan import ScanRequest, ScanResult, inspect_path
+from app.core.formats.scan import INCOMPLETE_TEXT, ScanRequest, ScanResult, inspect_path
 from app.core.resources import probe_resources
 
 
@@ -39,6 +40,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    for path in args.paths:
+        if not os.path.lexists(path.expanduser()):
+            raise BadInputError("no such file or folder", path=path)
     request = ScanRequest(tuple(args.paths), include_hf_cache=not args.no_hf_cache,
                           include_app_libraries=not args.no_app_libraries)
     reporter = ConsoleReporter(verbose=args.verbose, unit="folders")
@@ -48,7 +52,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     found: ScanResult = result.value
     if args.json:
         print_json({"models": [m.to_json() for m in found.models],
-                     "problems": [{"path": str(p.path), "text": p.text} for p in found.problems]})
+                     "problems": [{"path": str(p.path), "text": p.text} for p in found.problems],
+                     "incomplete": [i.to_json() for i in found.incomplete]})
         return 0
     rows = [(m.name, m.format.upper(), m.architecture or "?", format_count(m.parameters),
              m.quantization or "?", format_bytes(m.file_size), len(m.problems))
@@ -58,6 +63,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     for model in found.models:
         for problem in model.problems:
             print(f"  {model.name}: {problem.text}")
+    for leftover in found.incomplete:
+        print(f"{leftover.path} ({format_bytes(leftover.size_bytes)}): {INCOMPLETE_TEXT}")
     return 0
 
 

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from app.cli.options import cli_words
+from app.core.errors import OptionFact
 from app.core.jobs import CancelToken, JobRequest, JobResult, LogLevel, run_job
 
 BAR_WIDTH = 28
@@ -77,6 +79,9 @@ class ConsoleReporter:
 
     def cancelled(self) -> bool:
         return self.token.is_set()
+
+    def word_option(self, option: OptionFact) -> str | None:
+        return cli_words(option)
 
     def end_line(self) -> None:
         if self._drawn:

@@ -12,13 +12,19 @@ import shutil
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from app.core.errors import BadInputError, JobCancelled, ModelyardError
+from app.core.errors import (
+    BadInputError,
+    JobCancelled,
+    ModelyardError,
+    OptionFact,
+    OptionWords,
+)
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 ProgressUnit = Literal["bytes", "items", "tokens"]
@@ -111,6 +117,12 @@ class JobResult:
     error: str | None = None
     exit_code: int = 0
     seconds: float = 0.0
+    option: OptionFact | None = None  # the error's option, for a front end to word
+
+
+def option_words(reporter: Reporter) -> OptionWords | None:
+    """How the reporter's front end words options (its `word_option`), if it says."""
+    return getattr(reporter, "word_option", None)
 
 
 def run_job(request: JobRequest, reporter: Reporter) -> JobResult:
@@ -119,6 +131,8 @@ def run_job(request: JobRequest, reporter: Reporter) -> JobResult:
     Known errors become their one-line message; anything else is an internal error whose
     traceback goes to the job's log (debug level), never to a message box.
     """
+    from app.core.cuda import cuda_oom_error, empty_cuda_cache, is_cuda_oom
+
     start = time.monotonic()
     try:
         value = request.run(reporter)
@@ -126,26 +140,46 @@ def run_job(request: JobRequest, reporter: Reporter) -> JobResult:
         reporter.log("warning", str(exc))
         return JobResult("cancelled", error=str(exc), exit_code=1, seconds=time.monotonic() - start)
     except ModelyardError as exc:
-        reporter.log("error", str(exc))
-        return JobResult("failed", error=str(exc), exit_code=exc.exit_code,
-                         seconds=time.monotonic() - start)
+        text = exc.worded(option_words(reporter))
+        reporter.log("error", text)
+        return JobResult("failed", error=text, exit_code=exc.exit_code,
+                         seconds=time.monotonic() - start, option=exc.option)
     except MemoryError:
         text = "ran out of memory; close other programs or choose a smaller job"
         reporter.log("error", text)
         return JobResult("failed", error=text, exit_code=1, seconds=time.monotonic() - start)
     except Exception as exc:  # noqa: BLE001 - the job boundary turns bugs into a readable result
         reporter.log("debug", traceback.format_exc())
+        if is_cuda_oom(exc):
+            error = cuda_oom_error(exc)
+            text = error.worded(option_words(reporter))
+            reporter.log("error", text)
+            return JobResult("failed", error=text, exit_code=1,
+                             seconds=time.monotonic() - start, option=error.option)
         text = f"internal error ({type(exc).__name__}: {exc}); the job log has the details"
         reporter.log("error", text)
         return JobResult("failed", error=text, exit_code=1, seconds=time.monotonic() - start)
+    finally:
+        empty_cuda_cache()
     return JobResult("done", value=value, seconds=time.monotonic() - start)
+
+
+def runs_in_child_process(request: JobRequest) -> bool:
+    """Compute jobs (they load torch, native runtimes, whole models) say so with a class
+    attribute `runs_in_child_process = True`; the GUI runs them in a child process."""
+    return bool(getattr(type(request), "runs_in_child_process", False))
 
 
 def part_path(final: Path) -> Path:
     return final.with_name(final.name + ".part")
 
 
-def _remove(path: Path) -> None:
+# Called with each `.part` path as `atomic_output` starts writing it: a job's child process
+# tells its supervisor, which removes the part if the child dies before it can.
+part_observers: list[Callable[[Path], None]] = []
+
+
+def remove_output(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -175,14 +209,16 @@ def atomic_output(final: str | Path, *, overwrite: bool = False) -> Iterator[Pat
     part = part_path(final)
     if part.exists():
         # A part is only ever ours: a crashed earlier run left it.
-        _remove(part)
+        remove_output(part)
+    for observer in part_observers:
+        observer(part)
     try:
         yield part
         if not part.exists():
             raise ModelyardError("the job produced no output", path=final)
         _fsync_tree(part)
         if final.exists():
-            _remove(final)
+            remove_output(final)
         os.replace(part, final)
         dir_fd = os.open(final.parent, os.O_RDONLY)
         try:
@@ -190,5 +226,5 @@ def atomic_output(final: str | Path, *, overwrite: bool = False) -> Iterator[Pat
         finally:
             os.close(dir_fd)
     except BaseException:
-        _remove(part)
+        remove_output(part)
         raise

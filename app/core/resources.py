@@ -1,7 +1,8 @@
 """RAM, swap, GPU and disk probes; cheap enough to poll every second.
 
-torch is imported only when GPUs are asked for (it takes seconds to import), and a machine
-without CUDA, or with a broken driver, reports no GPU and the reason instead of failing.
+GPUs are probed through NVML (nvidia-ml-py), the driver's own library, never through torch: the
+window must not import torch or create a CUDA context. A machine without an NVIDIA driver
+reports no GPU; a broken driver reports no GPU and the reason, instead of failing.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,7 @@ class Resources:
 
 
 def nvidia_driver_present() -> bool:
-    """Cheap check that spares importing torch (seconds) on machines that cannot have CUDA."""
+    """Cheap check for machines that cannot have an NVIDIA GPU (no driver at all)."""
     if sys.platform == "darwin":
         return False
     if sys.platform.startswith("linux"):
@@ -70,24 +72,82 @@ def nvidia_driver_present() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
+# CUDA numbers GPUs fastest first unless told otherwise; NVML numbers them by PCI bus. Child
+# processes get this so that `cuda:1` is the GPU NVML calls 1.
+CUDA_DEVICE_ORDER = "PCI_BUS_ID"
+
+_nvml_lock = threading.Lock()
+_nvml_state: dict[str, Any] = {}  # "module" once initialised, or "note" when it cannot be
+
+
+def _nvml() -> tuple[Any | None, str | None]:
+    """NVML, initialised once per process; or None and why (None: simply no NVIDIA GPU)."""
+    with _nvml_lock:
+        if "module" in _nvml_state or "note" in _nvml_state:
+            return _nvml_state.get("module"), _nvml_state.get("note")
+        try:
+            import pynvml
+        except ImportError:
+            note = "nvidia-ml-py is not installed" if nvidia_driver_present() else None
+            _nvml_state["note"] = note
+            return None, note
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            absent = (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
+                      pynvml.NVML_ERROR_NOT_FOUND)
+            note = None if exc.value in absent else f"the NVIDIA driver did not answer ({exc})"
+            _nvml_state["note"] = note
+            return None, note
+        except OSError as exc:  # a library that is there but cannot be loaded
+            _nvml_state["note"] = f"the NVIDIA driver library cannot be loaded ({exc})"
+            return None, _nvml_state["note"]
+        _nvml_state["module"] = pynvml
+        return pynvml, None
+
+
+def _visible(indices: list[int], uuids: list[str]) -> list[int]:
+    """The NVML indices CUDA_VISIBLE_DEVICES leaves to CUDA, in CUDA's order."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return indices
+    chosen = []
+    for item in (part.strip() for part in value.split(",")):
+        if item.isdigit() and int(item) in indices:
+            chosen.append(int(item))
+        elif item and (match := [i for i, u in zip(indices, uuids, strict=True)
+                                 if u.startswith(item) or u.startswith("GPU-" + item)]):
+            chosen.append(match[0])
+        else:
+            break  # CUDA stops at the first entry it cannot use
+    return chosen
+
+
 def probe_gpus() -> tuple[tuple[GPUInfo, ...], str | None]:
-    """Every CUDA GPU torch can see, with free memory now; or none and the reason."""
-    if not nvidia_driver_present():
-        return (), None
+    """Every NVIDIA GPU CUDA will see, with free memory now; or none and the reason.
+
+    Asks the driver through NVML: no torch import and no CUDA context, so the window can poll
+    it every second. No driver means no GPU, which is a normal state and has no reason.
+    Indices are CUDA's under `CUDA_DEVICE_ORDER=PCI_BUS_ID` and `CUDA_VISIBLE_DEVICES`.
+    """
+    nvml, note = _nvml()
+    if nvml is None:
+        return (), note
     try:
-        import torch
-    except ImportError:
-        return (), "torch is not installed"
-    try:
-        if not torch.cuda.is_available():
-            return (), None
+        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+        uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in handles]
         gpus = []
-        for index in range(torch.cuda.device_count()):
-            free, total = torch.cuda.mem_get_info(index)
-            gpus.append(GPUInfo(index, torch.cuda.get_device_name(index), int(total), int(free)))
+        for cuda_index, index in enumerate(_visible(list(range(len(handles))), uuids)):
+            memory = nvml.nvmlDeviceGetMemoryInfo(handles[index])
+            gpus.append(GPUInfo(cuda_index, _text(nvml.nvmlDeviceGetName(handles[index])),
+                                int(memory.total), int(memory.free)))
         return tuple(gpus), None
-    except Exception as exc:  # noqa: BLE001 - a broken driver must read as "no GPU", not crash
-        return (), f"CUDA is present but unusable: {exc}"
+    except nvml.NVMLError as exc:  # a GPU fallen off the bus must read as "no GPU", not crash
+        return (), f"the NVIDIA driver did not answer ({exc})"
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 def probe_disk(path: str | Path) -> DiskInfo:

@@ -1,6 +1,12 @@
-"""The job queue: core jobs run one at a time on a worker thread, reported through signals.
+"""The job queue: core jobs run one at a time per lane, reported through signals.
 
-Widgets talk to the queue (submit, cancel) and listen to its signals; the worker never touches
+Compute jobs (conversions, generations, comparisons: requests with `runs_in_child_process`) run
+in a child process that the compute lane's thread supervises, so a crash in native code or an
+OOM kill fails the job, not the window, and a job stuck in a native call can still be stopped.
+Quick read-only jobs (scans) run in this process on the other lane, so they never wait behind a
+long conversion.
+
+Widgets talk to the queue (submit, cancel) and listen to its signals; the workers never touch
 a widget. Each job keeps its own log so the jobs panel can show it while it runs and after.
 """
 
@@ -8,14 +14,25 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-from app.core.jobs import CancelToken, JobRequest, JobResult, LogLevel, run_job
+from app.core.errors import OptionFact
+from app.core.jobs import (
+    CancelToken,
+    JobRequest,
+    JobResult,
+    LogLevel,
+    run_job,
+    runs_in_child_process,
+)
+from app.core.jobs_process import run_in_child
+from app.gui.option_words import gui_words
 
 JobState = str  # queued | running | done | failed | cancelled
 
@@ -68,6 +85,7 @@ class _QtReporter(QObject):
         self.job_id = job_id
         self.token = token
         self.log_file = log_file
+        self._log_lock = threading.Lock()
         self._last_progress = 0.0
 
     def progress(self, done: float, total: float, text: str = "") -> None:
@@ -80,19 +98,28 @@ class _QtReporter(QObject):
 
     def log(self, level: LogLevel, text: str) -> None:
         if self.log_file is not None:
-            self.log_file.write(f"{time.strftime('%H:%M:%S')} {level:<7} {text}\n")
-            self.log_file.flush()
+            with self._log_lock:
+                self.log_file.write(f"{time.strftime('%H:%M:%S')} {level:<7} {text}\n")
+                self.log_file.flush()
         self.logged.emit(self.job_id, level, text)
 
     def cancelled(self) -> bool:
         return self.token.is_set()
 
+    def word_option(self, option: OptionFact) -> str | None:
+        return gui_words(option)
+
 
 class _Worker(QObject):
+    """Runs the jobs of one lane in order on its thread."""
+
     started = Signal(int)
     progressed = Signal(int, float, float, str)
     logged = Signal(int, str, str)
     finished = Signal(int, object)
+    # How long a compute job has to stop after a cancel before SIGTERM, then before SIGKILL.
+    ask_grace_s = 5.0
+    term_grace_s = 3.0
 
     @Slot(int, object, object, object)
     def execute(self, job_id: int, request: JobRequest, token: CancelToken,
@@ -105,10 +132,16 @@ class _Worker(QObject):
         log_file = _open_log(log_path)
         try:
             reporter = _QtReporter(job_id, token, log_file)
-            reporter.progressed.connect(self.progressed)
-            reporter.logged.connect(self.logged)
+            # Direct: a child's supervisor logs from its watcher thread while this thread is
+            # busy reading the child; queued here, those lines would arrive after the result.
+            reporter.progressed.connect(self.progressed, Qt.ConnectionType.DirectConnection)
+            reporter.logged.connect(self.logged, Qt.ConnectionType.DirectConnection)
             reporter.log("info", request.title)
-            result = run_job(request, reporter)
+            if runs_in_child_process(request):
+                result = run_in_child(request, reporter, ask_grace_s=self.ask_grace_s,
+                                      term_grace_s=self.term_grace_s)
+            else:
+                result = run_job(request, reporter)
             reporter.log("info", f"{result.status} in {result.seconds:.1f} s")
         finally:
             if log_file is not None:
@@ -132,29 +165,37 @@ def log_file_name(job_id: int, title: str) -> str:
 
 
 class JobQueue(QObject):
-    """Owns the worker thread; hands jobs to it in submission order."""
+    """Owns the two lanes' threads; hands each job to its lane in submission order."""
 
     job_added = Signal(int)
     job_changed = Signal(int)
     job_logged = Signal(int, str, str)
     job_finished = Signal(int, object)  # job id, JobResult
-    _dispatch = Signal(int, object, object, object)
+    _dispatch_local = Signal(int, object, object, object)
+    _dispatch_compute = Signal(int, object, object, object)
 
     def __init__(self, log_dir: Path | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.log_dir = log_dir
         self.jobs: dict[int, JobRecord] = {}
         self._ids = itertools.count(1)
-        self._thread = QThread()
-        self._thread.setObjectName("modelyard-worker")
-        self._worker = _Worker()
-        self._worker.moveToThread(self._thread)
-        self._dispatch.connect(self._worker.execute)
-        self._worker.started.connect(self._on_started)
-        self._worker.progressed.connect(self._on_progress)
-        self._worker.logged.connect(self._on_log)
-        self._worker.finished.connect(self._on_finished)
-        self._thread.start()
+        self._threads: list[QThread] = []
+        self.local_worker = self._lane("modelyard-worker", self._dispatch_local)
+        self.compute_worker = self._lane("modelyard-compute", self._dispatch_compute)
+
+    def _lane(self, name: str, dispatch: Signal) -> _Worker:
+        thread = QThread()
+        thread.setObjectName(name)
+        worker = _Worker()
+        worker.moveToThread(thread)
+        dispatch.connect(worker.execute)
+        worker.started.connect(self._on_started)
+        worker.progressed.connect(self._on_progress)
+        worker.logged.connect(self._on_log)
+        worker.finished.connect(self._on_finished)
+        thread.start()
+        self._threads.append(thread)
+        return worker
 
     def submit(self, request: JobRequest) -> int:
         job_id = next(self._ids)
@@ -163,7 +204,9 @@ class JobQueue(QObject):
             record.log_path = self.log_dir / log_file_name(job_id, request.title)
         self.jobs[job_id] = record
         self.job_added.emit(job_id)
-        self._dispatch.emit(job_id, request, record.token, record.log_path)
+        dispatch = (self._dispatch_compute if runs_in_child_process(request)
+                    else self._dispatch_local)
+        dispatch.emit(job_id, request, record.token, record.log_path)
         return job_id
 
     def cancel(self, job_id: int) -> None:
@@ -186,11 +229,16 @@ class JobQueue(QObject):
     def active(self) -> list[JobRecord]:
         return [r for r in self.jobs.values() if not r.finished]
 
-    def shutdown(self, timeout_ms: int = 5000) -> None:
-        """Cancel everything and stop the thread; called when the window closes."""
+    def shutdown(self, timeout_ms: int = 10000) -> None:
+        """Cancel everything and stop the threads; called when the window closes.
+
+        A compute job's child is asked, then terminated, then killed, within the lane's grace
+        periods; waiting for that keeps its partial output from being left behind."""
         self.cancel_all()
-        self._thread.quit()
-        self._thread.wait(timeout_ms)
+        for thread in self._threads:
+            thread.quit()
+        for thread in self._threads:
+            thread.wait(timeout_ms)
 
     @Slot(int)
     def _on_started(self, job_id: int) -> None:

@@ -149,8 +149,8 @@ def test_missing_tokenizer_warns_or_stops(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("kwargs", "error", "text"), [
     ({"out_type": "Q9_9"}, OptionError, "unknown target type 'Q9_9'"),
     ({"out_type": "IQ2_XXS"}, OptionError, "unknown target type 'IQ2_XXS'.*Q4_K_M"),
-    ({"out_type": "Q8_0", "to": "hf"}, OptionError, "--to hf writes"),
-    ({"device": "tpu"}, OptionError, "--device"),
+    ({"out_type": "Q8_0", "to": "hf"}, OptionError, "safetensors output is written as"),
+    ({"device": "tpu"}, OptionError, "device .tpu. is not one of"),
     ({"keep_type": "*norm*"}, OptionError, "GGUF → GGUF"),
 ])
 def test_nonsense_options(kwargs: dict[str, str], error: type[Exception], text: str,

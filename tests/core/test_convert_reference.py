@@ -40,6 +40,35 @@ def test_q6_k_mix_equals_llama_quantize(kquants_reference: Path, tmp_path: Path)
     assert ours == tensors_of(kquants_reference / "tiny-llama-Q6_K.gguf")
 
 
+def llama_quantize(source: Path, target: Path, ftype: str, pure: bool) -> dict[str, tuple[str,
+                                                                                       bytes]]:
+    """What llama-quantize writes, from llama-cpp-python's binding of the same function."""
+    import ctypes
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python makes the reference")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    params.pure = pure
+    params.nthread = 1
+    assert llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
+                                          ctypes.byref(params)) == 0
+    return tensors_of(target)
+
+
+def test_q6_k_mix_differs_from_pure_and_equals_llama_quantize(tmp_path: Path) -> None:
+    """On an 8-expert model llama-quantize's Q6_K mix keeps attn_k and attn_v at Q8_0, so its
+    file differs from pure Q6_K: the mix's rules, not only the type, are checked."""
+    from factories import make_gguf
+
+    source = make_gguf(tmp_path / "moe8.gguf", n_experts=8, n_embd=256, n_ff=256, n_layers=2,
+                       n_vocab=256, n_head=4, n_head_kv=1)
+    reference = llama_quantize(source, tmp_path / "mix.gguf", "Q6_K", pure=False)
+    pure = llama_quantize(source, tmp_path / "pure.gguf", "Q6_K", pure=True)
+    assert reference["blk.0.attn_v.weight"][0] == "Q8_0" != pure["blk.0.attn_v.weight"][0]
+    ours = requantize(source, tmp_path / "ours.gguf", "Q6_K", pure=False)
+    assert ours == reference
+
+
 def test_legacy_target_gives_the_output_tensor_q6_k(kquants_reference: Path,
                                                     tmp_path: Path) -> None:
     """llama-quantize's Q4_0 keeps the output tensor at Q6_K; everything else is Q4_0."""

@@ -44,15 +44,33 @@ def test_cancel_midway_leaves_nothing(to: str, tiny_models: dict[str, Path],
     assert list(tmp_path.iterdir()) == []
 
 
+class CancelledFromAnotherThread(RecordingReporter):
+    """At the `n`-th progress report, another thread cancels; the job's thread waits for it,
+    so the cancel lands while the job is in the middle of its work."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.reached = threading.Event()
+
+    def progress(self, done: float, total: float, text: str = "") -> None:
+        super().progress(done, total, text)
+        if len(self.progress_calls) == self.n:
+            self.reached.set()
+            assert self.token._event.wait(10), "the other thread never cancelled"
+
+
 def test_cancel_from_another_thread_is_prompt(tiny_models: dict[str, Path],
                                               tmp_path: Path) -> None:
-    reporter = RecordingReporter()
-    reporter.token.cancel()
-    timer = threading.Timer(0, reporter.token.cancel)
-    timer.start()
+    reporter = CancelledFromAnotherThread(3)
+    canceller = threading.Thread(target=lambda: reporter.reached.wait(60)
+                                 and reporter.token.cancel())
+    canceller.start()
     result = run_job(ConvertRequest(tiny_models["llama"], tmp_path / "x.gguf", "Q8_0",
                                     device="cpu"), reporter)
+    canceller.join()
     assert result.status == "cancelled"
+    assert len(reporter.progress_calls) == 3  # stopped before the next chunk
     assert not (tmp_path / "x.gguf").exists() and not part_path(tmp_path / "x.gguf").exists()
 
 
@@ -151,4 +169,5 @@ def test_peak_memory_stays_near_one_chunk(tmp_path: Path) -> None:
                          check=True)
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     assert measured["peak"] < measured["naive"] - size // 2
-    assert measured["peak"] < measured["estimate"] * 1.25
+    # The estimate is what the job check and the Fit tab show: too high refuses jobs that fit.
+    assert measured["estimate"] * 0.8 < measured["peak"] < measured["estimate"] * 1.25

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +54,36 @@ def test_compute_buffer_matches_llama_cpp_reports(smollm2_gguf: Path) -> None:
     assert compute_buffers(shape, 16384, flash_attention=True).layer_gpu < large.layer_gpu / 5
 
 
+LLAMA_BUFFER_CHILD = """
+import sys
+from llama_cpp import Llama
+Llama(sys.argv[1], n_ctx=int(sys.argv[2]), n_gpu_layers=0, n_threads=1, verbose=True)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                    reason="llama-cpp-python is not installed")
+@pytest.mark.parametrize("shape", [(512, 8, 1, 1024, 4000), (384, 6, 2, 1536, 2000)])
+def test_compute_buffer_matches_llama_cpp_on_other_shapes(tmp_path: Path,
+                                                          shape: tuple[int, ...]) -> None:
+    """Shapes the constants were not fitted on (they came from SmolLM2): llama.cpp's own
+    report of the compute buffer it reserves, against the estimate."""
+    n_embd, n_head, n_head_kv, n_ff, n_vocab = shape
+    path = make_gguf(tmp_path / "shape.gguf", n_layers=2, n_embd=n_embd, n_head=n_head,
+                     n_head_kv=n_head_kv, n_ff=n_ff, n_vocab=n_vocab, f16=True,
+                     context_length=32768)
+    model_shape_ = model_shape(inspect_path(path))
+    for ctx in (512, 2048):
+        result = subprocess.run([sys.executable, "-c", LLAMA_BUFFER_CHILD, str(path), str(ctx)],
+                                capture_output=True, text=True, timeout=120)
+        match = re.search(r"CPU compute buffer size =\s+([\d.]+) MiB", result.stderr)
+        assert match, result.stderr[-2000:]
+        reported = float(match.group(1)) * MIB
+        buffers = compute_buffers(model_shape_, ctx, flash_attention=False)
+        estimate = max(buffers.layer_gpu, buffers.logits)
+        assert -0.03 < (estimate - reported) / reported < 0.07, (ctx, estimate, reported)
+
+
 def test_sliding_window_layers_keep_a_smaller_cache(tmp_path: Path) -> None:
     path = make_gguf(tmp_path / "gemma2.gguf", arch="gemma2", n_layers=4, n_head=4,
                      n_head_kv=2, extra_kv={"gemma2.attention.sliding_window": 4096})
@@ -60,7 +94,10 @@ def test_sliding_window_layers_keep_a_smaller_cache(tmp_path: Path) -> None:
     full = 16384 * 2 * head_dim * 2 * 2
     assert kv_cache_bytes(shape, 16384, 0) == windowed
     assert kv_cache_bytes(shape, 16384, 1) == full
-    assert estimate_gguf_run(inspect_path(path), 16384).ram.kv_cache == 2 * windowed + 2 * full
+    # llama-cpp-python, the runtime Modelyard runs, keeps full-size caches for windowed layers
+    assert estimate_gguf_run(inspect_path(path), 16384).ram.kv_cache == 4 * full
+    assert estimate_gguf_run(inspect_path(path), 16384,
+                             swa_full=False).ram.kv_cache == 2 * windowed + 2 * full
     # a declared pattern overrides the architecture's default
     declared = make_gguf(tmp_path / "declared.gguf", arch="gemma2", n_layers=4, extra_kv={
         "gemma2.attention.sliding_window": 1024,
@@ -142,10 +179,33 @@ def test_unknown_metadata_gives_an_approximate_estimate(tmp_path: Path) -> None:
     path = make_gguf(tmp_path / "odd.gguf", arch="somethingnew")
     run = estimate_gguf_run(inspect_path(path), 512)
     assert run.ram.weights > 0 and run.ram.kv_cache > 0
+    assert any("'somethingnew' is unknown" in note for note in run.approximate)
+    assert run.to_json()["approximate"] == list(run.approximate)
+    known = estimate_gguf_run(inspect_path(make_gguf(tmp_path / "llama.gguf")), 512)
+    assert known.approximate == ()
     # a GGUF without head counts cannot size its KV cache: flagged, never a crash
     bare = make_split_gguf(tmp_path, "bare", n_shards=1)[0]
     estimate = estimate_gguf_run(inspect_path(bare), 512)
     assert estimate.ram.kv_cache == 0 and estimate.approximate
+
+
+def test_a_gguf_is_judged_for_the_runtime_that_will_run_it(
+        smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = inspect_path(smollm2_gguf)
+    llama = judge(model, Machine.custom(None, 16), 512, runtime="llama.cpp").estimate
+    tf = judge(model, Machine.custom(None, 16), 512, runtime="transformers").estimate
+    assert llama is not None and tf is not None
+    assert (llama.backend, tf.backend) == ("llama.cpp", "transformers")
+    # dequantized to float32: 4 bytes a parameter, and the file read alongside
+    assert tf.ram.weights == model.parameters * 4 > 5 * model.file_size
+    assert tf.ram.total > 3 * llama.ram.total
+    assert any("dequantized to float32" in note for note in tf.approximate)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    assert judge(model, Machine.custom(None, 16), 512).estimate == tf
 
 
 @pytest.mark.parametrize("call", [

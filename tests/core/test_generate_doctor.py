@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import transformers
 
+from app.core.errors import OptionFact
 from app.core.generate.doctor import DoctorReport, diagnose
 from app.core.generate.doctor_hf import probe_bitsandbytes, quantization_findings
 from app.core.generate.findings import Finding
@@ -147,7 +148,8 @@ def test_remote_code_is_checked_statically_against_the_installed_transformers(
     # without trust, generation refuses to run the model's code at all
     result = run_job(GenerateRequest(folder, "hi"), RecordingReporter())
     assert result.status == "failed" and result.exit_code == 2
-    assert "--trust-remote-code" in result.error
+    assert "allow remote code" in result.error and "--" not in result.error
+    assert result.option == OptionFact("trust_remote_code", True)
 
 
 def test_pickle_only_weights_are_never_opened(tmp_path: Path) -> None:

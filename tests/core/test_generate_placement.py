@@ -14,7 +14,6 @@ from app.core.generate.placement import (
     PlacementUnit,
     complete_device_map,
     hf_placement_units,
-    llama_cpp_gpu_layers,
     plan_placement,
     usable_bytes,
 )
@@ -147,13 +146,53 @@ def test_device_map_is_completed_with_modules_the_checkpoint_does_not_name() -> 
     assert completed["model.layers.1"] == "cpu"
 
 
-def test_llama_cpp_layer_count_counts_blocks_that_fit_then_the_head() -> None:
-    blocks = tuple(tensor(f"blk.{i}.attn_q.weight", 25 * MIB // 4) for i in range(4))
-    info = ModelInfo("g", Path("g.gguf"), "gguf", n_layers=4, tensors=(
-        tensor("token_embd.weight", 100 * MIB // 4), *blocks,
-        tensor("output.weight", 10 * MIB // 4)))
-    budget = DeviceBudget(0, 60 * MIB)
-    assert llama_cpp_gpu_layers(info, [budget], reserve_bytes=0, reserve_fraction=0) == 2
-    roomy = DeviceBudget(0, 110 * MIB)
-    assert llama_cpp_gpu_layers(info, [roomy], reserve_bytes=0, reserve_fraction=0) == 5
-    assert llama_cpp_gpu_layers(info, [], reserve_bytes=0, reserve_fraction=0) == 0
+def test_llama_cpp_offloads_what_the_fit_verdict_says_fits(tmp_path: Path) -> None:
+    """One memory model: the loader's layer count is the verdict's, from the same estimate
+    and margins; llama.cpp offloads the output layer first, then blocks from the last."""
+    from app.core.estimate import estimate_gguf_run
+    from app.core.estimate.verdict import Machine, gpu_layers_that_fit, judge, usable
+    from factories import make_gguf
+
+    model = inspect_path(make_gguf(tmp_path / "m.gguf", n_layers=8, n_embd=256, n_ff=1024,
+                                   n_vocab=4000, f16=True))
+    output = sum(t.n_bytes for t in model.tensors if t.name.startswith("output"))
+    assert estimate_gguf_run(model, 512, 1, [64 * 1024 * MIB]).vram[0].weights == output
+    counts = []
+    for free_mib in (300, 700, 705, 710, 720, 800, 4000):
+        free = free_mib * MIB
+        layers = gpu_layers_that_fit(model, [free], 16 * 1024 * MIB, 512, runtime="llama.cpp")
+        verdict = judge(model, Machine("gpu", 16 * 1024 * MIB, (free,)), 512,
+                        runtime="llama.cpp")
+        assert verdict.estimate is not None and layers == verdict.estimate.gpu_layers
+        if layers:
+            needed = estimate_gguf_run(model, 512, layers, [free]).vram[0].total
+            assert needed <= usable(free)
+        if layers < 9:
+            assert estimate_gguf_run(model, 512, layers + 1, [free]).vram[0].total > usable(free)
+        counts.append(layers)
+    assert counts[0] == 0 and counts[-1] == 9 and any(0 < c < 9 for c in counts)
+    assert counts == sorted(counts)
+    assert gpu_layers_that_fit(model, [], 16 * 1024 * MIB, 512) == 0
+
+
+def test_transformers_placement_is_the_fit_estimates(tiny_models: dict[str, Path]) -> None:
+    """The loader's device map puts on the GPU the layers the Fit verdict counted, for every
+    budget around the point where the last layers stop fitting."""
+    from app.core.estimate.transformers_load import estimate_hf_load
+    from app.core.estimate.verdict import Machine, judge
+    from app.core.generate.backends.hf import plan_hf_placement
+
+    info = inspect_path(tiny_models["llama"])
+    ram = 16 * 1024 * MIB
+    whole = estimate_hf_load(info, 256, dtype="float32", gpu_free=[ram]).vram[0].total
+    layer = max(u.n_bytes for u in hf_placement_units(info, 4) if u.is_layer)
+    seen = set()
+    for step in range(-8, 3):
+        usable_vram = whole + step * layer // 3
+        free = int((usable_vram + 256 * MIB) / 0.95) + 1
+        placement = plan_hf_placement(info, "float32", (DeviceBudget(0, free),), ram, 256)
+        verdict = judge(info, Machine("gpu", ram, (free,)), 256, runtime="transformers")
+        assert verdict.estimate is not None
+        assert placement.gpu_layers == verdict.estimate.gpu_layers, step
+        seen.add(placement.gpu_layers)
+    assert seen == {0, 1, 2}

@@ -1,9 +1,21 @@
-"""The worker thread: jobs run off the UI thread, in order, report progress and cancel."""
+"""The job queue: jobs run off the UI thread, in order, report progress and cancel; compute jobs
+run in a child process whose crash, kill or native hang fails the job, not the window."""
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from child_jobs import (
+    Echo,
+    FailsWithOption,
+    FailsWithOptionInChild,
+    KilledBySystem,
+    NativeSleep,
+    Segfault,
+)
 
 from app.core.jobs import Reporter, check_cancel
 from app.gui.jobs_panel import JobsPanel
@@ -73,5 +85,76 @@ def test_cancel_running_and_queued_jobs(qtbot) -> None:  # type: ignore[no-untyp
         assert panel._items[id1].text(4).startswith("cancelled")
         panel.clear_finished()
         assert panel.tree.topLevelItemCount() == 0 and queue.jobs == {}
+    finally:
+        queue.shutdown()
+
+
+def _queue_with_short_grace() -> JobQueue:
+    queue = JobQueue()
+    queue.compute_worker.ask_grace_s = 0.3
+    queue.compute_worker.term_grace_s = 0.3
+    return queue
+
+
+def test_crashed_and_killed_compute_jobs_fail_and_the_next_job_runs(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    queue = _queue_with_short_grace()
+    try:
+        pieces: list[str] = []
+        ids = [queue.submit(Segfault()), queue.submit(KilledBySystem(tmp_path / "out.gguf")),
+               queue.submit(Echo(("x", "y"), on_text=pieces.append))]
+        qtbot.waitUntil(lambda: all(queue.jobs[i].finished for i in ids), timeout=60000)
+        crashed, killed, echo = (queue.jobs[i] for i in ids)
+        assert crashed.state == "failed" and "SIGSEGV" in crashed.text
+        assert any("Fatal Python error" in text for _, _, text in crashed.log)
+        assert killed.state == "failed" and "SIGKILL" in killed.text
+        assert list(tmp_path.iterdir()) == []
+        assert echo.state == "done" and echo.result.value.text == "xy" and pieces == ["x", "y"]
+        assert echo.result.value.pid != os.getpid()
+    finally:
+        queue.shutdown()
+
+
+def test_cancel_ends_a_compute_job_stuck_in_native_code(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    queue = _queue_with_short_grace()
+    try:
+        stuck = queue.submit(NativeSleep(tmp_path / "out.gguf", ignore_term=True))
+        qtbot.waitUntil(lambda: any(text == "sleeping in C" for _, _, text
+                                    in queue.jobs[stuck].log), timeout=30000)
+        queue.cancel(stuck)
+        qtbot.waitUntil(lambda: queue.jobs[stuck].finished, timeout=30000)
+        assert queue.jobs[stuck].state == "cancelled"
+        assert "did not stop when asked" in queue.jobs[stuck].text
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        queue.shutdown()
+
+
+def test_a_quick_job_does_not_wait_behind_a_compute_job(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    queue = _queue_with_short_grace()
+    try:
+        stuck = queue.submit(NativeSleep(tmp_path / "out.gguf"))
+        quick = Blocking("quick")
+        quick.release.set()
+        quick_id = queue.submit(quick)
+        qtbot.waitUntil(lambda: queue.jobs[quick_id].finished, timeout=30000)
+        assert queue.jobs[quick_id].state == "done"
+        assert not queue.jobs[stuck].finished
+        queue.cancel(stuck)
+        qtbot.waitUntil(lambda: queue.jobs[stuck].finished, timeout=30000)
+    finally:
+        queue.shutdown()
+
+
+def test_a_failed_jobs_option_is_worded_for_the_window(qtbot) -> None:  # type: ignore[no-untyped-def]
+    queue = JobQueue()
+    try:
+        ids = [queue.submit(FailsWithOption()), queue.submit(FailsWithOptionInChild())]
+        qtbot.waitUntil(lambda: all(queue.jobs[i].finished for i in ids), timeout=30000)
+        for job_id in ids:
+            record = queue.jobs[job_id]
+            assert record.state == "failed"
+            assert record.text.endswith("(choose transformers as the Backend in the Test tab)")
+            assert "--" not in record.text
+            assert record.result.option.name == "backend"
     finally:
         queue.shutdown()

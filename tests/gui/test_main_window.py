@@ -156,7 +156,9 @@ def test_status_bar_shows_live_resources(qtbot, window: MainWindow, folder: Path
     assert window.status.disk_label.text().endswith(" free")
 
 
-def test_window_starts_without_importing_torch(tmp_path: Path) -> None:
+def test_window_starts_and_runs_a_job_without_importing_torch(
+        tmp_path: Path, tiny_llama_ggufs: dict[str, Path]) -> None:
+    # The conversion runs in a child process: torch is imported there, never in the window.
     code = f"""
 import sys, time
 start = time.monotonic()
@@ -168,9 +170,17 @@ from app.gui.main_window import MainWindow
 window = MainWindow(AppSettings(Path({str(tmp_path / 's.ini')!r})))
 window.show()
 app.processEvents()
+seconds = round(time.monotonic() - start, 2)
+from app.core.convert import ConvertRequest
+job = window.queue.submit(ConvertRequest(Path({str(tiny_llama_ggufs["F32"])!r}),
+                                         Path({str(tmp_path / "out.gguf")!r}), "Q8_0"))
+deadline = time.monotonic() + 100
+while not window.queue.jobs[job].finished and time.monotonic() < deadline:
+    app.processEvents()
+    time.sleep(0.01)
+assert window.queue.jobs[job].state == "done", window.queue.jobs[job].text
 import gc
-print(round(time.monotonic() - start, 2), 'torch' in sys.modules, 'transformers' in sys.modules,
-      gc.isenabled())
+print(seconds, 'torch' in sys.modules, 'transformers' in sys.modules, gc.isenabled())
 window.close()
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

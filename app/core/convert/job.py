@@ -6,11 +6,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entry
 from app.core.convert.plan import ConversionPlan, OutputFormat
 from app.core.convert.planner import plan_conversion
-from app.core.errors import InsufficientResourcesError
+from app.core.errors import InsufficientResourcesError, OptionFact
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import ProgressUnit, Reporter, atomic_output, check_cancel
 from app.core.quant.overrides import TypeOverrides
@@ -55,16 +56,17 @@ def check_disk(plan: ConversionPlan) -> None:
 
 
 def check_memory(plan: ConversionPlan) -> None:
-    if plan.device == "cuda":
+    if plan.device.startswith("cuda"):
         import torch
 
-        free, _total = torch.cuda.mem_get_info()
+        free, _total = torch.cuda.mem_get_info(torch.device(plan.device))
         needed = plan.estimated_peak_vram_bytes
         if free < needed:
             raise InsufficientResourcesError(
                 f"not enough free VRAM: the job needs about {format_bytes(needed)}, "
                 f"{format_bytes(free)} is free", needed_bytes=needed, available_bytes=free,
-                hint="close other GPU programs or use --device cpu")
+                hint="close other GPU programs, or convert on the CPU",
+                option=OptionFact("device", "cpu"))
     import psutil
 
     available = int(psutil.virtual_memory().available)
@@ -161,6 +163,8 @@ class ConvertRequest:
     imatrix: Path | None = None  # importance matrix weighting the quantizers
     check_memory: bool = True  # False: the user chose to try although the estimate says no
     progress_unit: ProgressUnit = "bytes"
+    # Loads torch or a native runtime and a whole model: a crash must not take the caller.
+    runs_in_child_process: ClassVar[bool] = True
 
     @property
     def title(self) -> str:

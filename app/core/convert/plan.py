@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from app.core.convert.importance import ImportancePlan
 
 OutputFormat = Literal["gguf", "hf"]
-Device = Literal["cpu", "cuda"]
+Device = str  # "cpu", "cuda" or "cuda:N"
 Permute = Literal["", "qk", "unqk"]
 
 
@@ -120,7 +120,7 @@ class ConversionPlan:
     def estimated_peak_bytes(self) -> int:
         """Peak memory of this streaming job: VRAM when it runs on CUDA, RAM otherwise."""
         peak = estimate_peak(self)
-        return peak.vram if self.device == "cuda" else peak.ram
+        return peak.vram if self.device.startswith("cuda") else peak.ram
 
     @property
     def naive_peak_bytes(self) -> int:

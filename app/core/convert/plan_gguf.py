@@ -12,7 +12,7 @@ from gguf import GGML_QUANT_VERSION, GGUFValueType
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.plan import ConversionPlan, Device, SourceSlice, TensorPlan
 from app.core.convert.tensor_types import assign_types, file_type_of
-from app.core.errors import OptionError, UnsupportedError
+from app.core.errors import OptionError, OptionFact, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry, read_gguf_header
 from app.core.formats.model_info import ModelInfo
 from app.core.quant import can_dequantize, gguf_hparams
@@ -47,8 +47,8 @@ def keep_matcher(pattern: str | None) -> re.Pattern[str] | None:
     try:
         return re.compile(text)
     except re.error as exc:
-        raise OptionError(f"--keep-type {pattern!r} is not a valid regular expression ({exc})")\
-            from None
+        raise OptionError(f"the keep-type pattern {pattern!r} is not a valid regular expression "
+                          f"({exc})", option=OptionFact("keep_type")) from None
 
 
 def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Device,
@@ -74,9 +74,11 @@ def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Dev
         if not tensor.copy and not can_dequantize(tensor.slices[0].dtype):
             raise UnsupportedError(f"cannot read {tensor.slices[0].dtype} tensors",
                                    path=tensor.slices[0].file, tensor=tensor.name,
-                                   hint="copy them unchanged with --keep-type")
+                                   hint="copy them unchanged with a keep-type pattern",
+                                   option=OptionFact("keep_type"))
     if keep is not None and kept == 0:
-        raise OptionError(f"--keep-type {keep_type!r} matches no tensor of the model",
+        raise OptionError(f"the keep-type pattern {keep_type!r} matches no tensor of the model",
+                          option=OptionFact("keep_type"),
                           path=model.path)
     notes = [f"--keep-type {keep_type!r}: {kept} tensor(s) copied unchanged"] if keep else []
     if len(headers) > 1:

@@ -17,7 +17,7 @@ from app.core.convert.hf_arch import ARCHITECTURES, ArchSpec
 from app.core.convert.hf_names import EXPERT_KINDS
 from app.core.convert.plan import ConversionPlan, Device, SourceSlice, TensorPlan
 from app.core.convert.plan_gguf import gguf_slice, main_header, read_headers, torch_shape
-from app.core.errors import BadInputError, FormatError, UnsupportedError
+from app.core.errors import BadInputError, FormatError, OptionFact, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry
 from app.core.formats.model_info import ModelInfo
 from app.core.quant import can_dequantize, get_type
@@ -139,7 +139,8 @@ def plan_gguf_to_hf(model: ModelInfo, target: Path, out_type: str, device: Devic
     else:
         if require_tokenizer:
             raise BadInputError(reason, path=model.path,
-                                hint="convert without --require-tokenizer")
+                                hint="convert without requiring a tokenizer",
+                                option=OptionFact("require_tokenizer", False))
         warnings.append(f"{reason}: the HF folder has weights and config only")
     return ConversionPlan(
         source=model.path, source_format="gguf", target=target, to="hf", out_type=out_type,

@@ -9,16 +9,17 @@ from pathlib import Path
 from app.core.convert.naming import default_output_name
 from app.core.convert.plan import ConversionPlan, Device, OutputFormat
 from app.core.convert.tensor_types import parse_output_type
-from app.core.errors import BadInputError, FormatError, OptionError, UnsupportedError
+from app.core.errors import BadInputError, FormatError, OptionError, OptionFact, UnsupportedError
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.scan import inspect_path
 from app.core.quant.overrides import TypeOverrides
 
 
 def resolve_device(device: str) -> Device:
-    """`auto` is CUDA when torch sees a GPU; `cuda` without one is refused."""
-    if device not in ("cpu", "cuda", "auto"):
-        raise OptionError(f"--device {device!r}: choose cpu, cuda or auto")
+    """`auto` is CUDA when torch sees a GPU; `cuda` (or `cuda:N`) without one is refused."""
+    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
+        raise OptionError(f"device {device!r} is not one of cpu, cuda, cuda:N or auto",
+                          option=OptionFact("device"))
     if device == "cpu":
         return "cpu"
     from app.core.resources import nvidia_driver_present
@@ -28,9 +29,13 @@ def resolve_device(device: str) -> Device:
         import torch
 
         available = torch.cuda.is_available()
-    if device == "cuda" and not available:
-        raise OptionError("--device cuda: torch sees no CUDA GPU here",
-                          hint="use --device cpu or auto")
+    if device.startswith("cuda") and not available:
+        raise OptionError("the CUDA device was chosen, but torch sees no CUDA GPU here",
+                          hint="convert on the CPU", option=OptionFact("device", "cpu"))
+    if device.startswith("cuda"):
+        from app.core.cuda import check_cuda_device
+
+        return check_cuda_device(device, torch.cuda.device_count())
     return "cuda" if available else "cpu"
 
 
@@ -74,7 +79,8 @@ def resolve_target(model: ModelInfo, target: str | Path | None, out_type: str, t
                                 hint="choose a new folder")
     if os.path.lexists(path) and not overwrite:
         raise BadInputError("output already exists", path=path,
-                            hint="choose another name or pass --overwrite")
+                            hint="choose another name or allow replacing it",
+                            option=OptionFact("overwrite", True))
     if not path.parent.is_dir():
         raise BadInputError("output folder does not exist", path=path.parent)
     return path
@@ -111,13 +117,14 @@ def _plan_conversion(source: str | Path | ModelInfo, target: str | Path | None, 
                      overwrite: bool, require_tokenizer: bool, pure: bool,
                      type_overrides: TypeOverrides | None) -> ConversionPlan:
     if to not in ("gguf", "hf"):
-        raise OptionError(f"--to {to!r}: choose gguf or hf")
+        raise OptionError(f"output format {to!r} is not gguf or hf", option=OptionFact("to"))
     out_type = parse_output_type(out_type, to)
     model = load_source(source)
     dev = resolve_device(device)
     path = resolve_target(model, target, out_type, to, overwrite)
     if keep_type and not (model.format == "gguf" and to == "gguf"):
-        raise OptionError("--keep-type applies to GGUF → GGUF requantization only")
+        raise OptionError("a keep-type pattern applies to GGUF → GGUF requantization only",
+                          option=OptionFact("keep_type"))
     if model.format == "hf":
         if to == "hf":
             raise OptionError("the source is already a Hugging Face model; convert it to gguf")

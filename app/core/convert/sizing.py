@@ -68,7 +68,7 @@ MAX_WORKERS = 4
 
 
 def compute_workers(plan: ConversionPlan) -> int:
-    if plan.device == "cuda":
+    if plan.device.startswith("cuda"):
         return 1  # the GPU is the parallel part; one host thread feeds it
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
@@ -136,7 +136,7 @@ def estimate_peak(plan: ConversionPlan) -> Peak:
     compute, host = working_set(plan)
     compute *= compute_workers(plan)
     fixed = _fixed(plan)
-    if plan.device == "cuda":
+    if plan.device.startswith("cuda"):
         return Peak(fixed + CUDA_CONTEXT_RAM + host, CUDA_CONTEXT_VRAM + compute)
     return Peak(fixed + compute, 0)
 

@@ -15,7 +15,7 @@ from typing import Literal
 from gguf import LlamaFileType
 
 from app.core.convert.plan import TensorPlan
-from app.core.errors import OptionError, UnsupportedError
+from app.core.errors import OptionError, OptionFact, UnsupportedError
 from app.core.quant import (
     TARGETS,
     ModelHparams,
@@ -43,8 +43,9 @@ def parse_output_type(name: str, to: str = "gguf") -> str:
     upper = str(name).strip().upper()
     if to == "hf":
         if upper not in HF_OUTPUT_DTYPES:
-            raise OptionError(f"--to hf writes safetensors as {', '.join(HF_OUTPUT_DTYPES)}, "
-                              f"not {name!r}")
+            raise OptionError(f"a safetensors output is written as "
+                              f"{', '.join(HF_OUTPUT_DTYPES)}, not {name!r}",
+                              option=OptionFact("out_type"))
         return upper
     return get_target(upper).name  # raises OptionError listing the valid names
 

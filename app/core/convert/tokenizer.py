@@ -18,7 +18,7 @@ import gguf
 from gguf import GGUFWriter, TokenType
 
 from app.core.convert import pretokenizers
-from app.core.errors import BadInputError, FormatError, UnsupportedError
+from app.core.errors import BadInputError, FormatError, OptionFact, UnsupportedError
 
 
 @dataclass
@@ -66,8 +66,8 @@ def add_tokenizer(writer: GGUFWriter, folder: Path, vocab_size: int,
         reason = "no tokenizer files (tokenizer.json, tokenizer.model, vocab.json + merges.txt)"
     if require:
         raise BadInputError(reason, path=folder,
-                            hint="add the tokenizer files or convert without "
-                                 "--require-tokenizer")
+                            hint="add the tokenizer files, or convert without requiring one",
+                            option=OptionFact("require_tokenizer", False))
     result = TokenizerResult("none")
     result.warnings.append(f"{reason}: the GGUF has no tokenizer, so runtimes cannot use it "
                            "for text until one is added")

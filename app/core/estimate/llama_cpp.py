@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from app.core.errors import OptionError
+from app.core.errors import OptionError, OptionFact
 from app.core.estimate.breakdown import MIB, MemoryBreakdown, RunEstimate
 from app.core.estimate.shape import ModelShape, model_shape
 from app.core.formats.model_info import ModelInfo
@@ -50,7 +50,8 @@ class Placement:
 def place_layers(n_layer: int, gpu_layers: int, gpu_free: Sequence[int]) -> Placement:
     """llama.cpp's assignment of blocks and the output layer to devices."""
     if gpu_layers < 0:
-        raise OptionError(f"--gpu-layers must be 0 or more, not {gpu_layers}")
+        raise OptionError(f"the GPU layer count must be 0 or more, not {gpu_layers}",
+                          option=OptionFact("gpu_layers"))
     if not gpu_free:
         return Placement((-1,) * (n_layer + 1))
     offloaded = min(gpu_layers, n_layer + 1)
@@ -87,8 +88,11 @@ def layer_weight_bytes(model: ModelInfo, n_layer: int) -> tuple[int, list[int], 
 
 
 def kv_cache_bytes(shape: ModelShape, context: int, layer: int, cache_type: str = "F16",
-                   n_ubatch: int = N_UBATCH) -> int:
-    """One layer's K and V cells: 2 · n_ctx · n_head_kv · head_dim · bytes, per layer."""
+                   n_ubatch: int = N_UBATCH, swa_full: bool = False) -> int:
+    """One layer's K and V cells: 2 · n_ctx · n_head_kv · head_dim · bytes, per layer.
+
+    `swa_full`: windowed layers keep a full-size cache too, as llama-cpp-python does (its
+    context defaults to llama.cpp's `swa_full = true`; it logs "using full-size SWA cache")."""
     try:
         block, size = GGML_QUANT_SIZES[GGMLQuantizationType[cache_type.upper()]]
     except KeyError:
@@ -96,7 +100,7 @@ def kv_cache_bytes(shape: ModelShape, context: int, layer: int, cache_type: str 
                           hint="use F16, BF16, F32, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1") from None
     bytes_per_value = size / block
     cells = padded_context(context)
-    if shape.swa_layers and shape.swa_layers[layer] and shape.sliding_window:
+    if shape.swa_layers and shape.swa_layers[layer] and shape.sliding_window and not swa_full:
         # llama_kv_cache_iswa: a windowed layer keeps n_swa + n_ubatch cells, padded to 256.
         cells = min(cells, _pad(shape.sliding_window + n_ubatch))
     heads = shape.n_head_kv[layer]
@@ -146,10 +150,18 @@ def runtime_overhead(shape: ModelShape) -> int:
     return RUNTIME_OVERHEAD + VOCAB_BYTES_PER_TOKEN * shape.n_vocab
 
 
+# What Modelyard's llama.cpp runtime (llama-cpp-python, its context defaults) allocates.
+LLAMA_CPP_PYTHON_SWA_FULL = True
+
+
 def estimate_gguf_run(model: ModelInfo, context: int, gpu_layers: int = 0,
                       gpu_free: Sequence[int] = (), cache_type: str = "F16",
-                      flash_attention: bool = False) -> RunEstimate:
-    """Memory to run `model` with llama.cpp at `context` tokens and `gpu_layers` offloaded."""
+                      flash_attention: bool = False,
+                      swa_full: bool = LLAMA_CPP_PYTHON_SWA_FULL) -> RunEstimate:
+    """Memory to run `model` with llama.cpp at `context` tokens and `gpu_layers` offloaded.
+
+    Flash attention and the KV cache type are the runtime's settings (llama-cpp-python: off,
+    F16); `swa_full` False is the llama.cpp tools' smaller cache for windowed layers."""
     if context <= 0:
         raise OptionError(f"context length must be positive, not {context}")
     shape = model_shape(model)
@@ -168,7 +180,8 @@ def estimate_gguf_run(model: ModelInfo, context: int, gpu_layers: int = 0,
     ram_kv = 0
     for layer in range(n_layer):
         device = placement.block_device(layer)
-        layer_kv = kv_cache_bytes(shape, context, layer, cache_type) if shape.n_head else 0
+        layer_kv = (kv_cache_bytes(shape, context, layer, cache_type, swa_full=swa_full)
+                    if shape.n_head else 0)
         if device < 0:
             ram_weights += blocks[layer]
             ram_kv += layer_kv

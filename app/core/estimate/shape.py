@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.formats.gguf_model import KNOWN_ARCHITECTURES
 from app.core.formats.hf_config import (
     CONTEXT_KEYS,
     EXPERT_KEYS,
@@ -91,6 +92,9 @@ def shape_from_gguf(model: ModelInfo) -> ModelShape:
     meta = model.metadata
     arch = model.architecture or ""
     notes: list[str] = []
+    if arch and arch not in KNOWN_ARCHITECTURES:
+        notes.append(f"architecture {arch!r} is unknown to the estimator (and to this "
+                     "llama.cpp): its layers are sized as plain transformer blocks")
 
     def arch_key(suffix: str) -> Any:
         return meta.get(f"{arch}.{suffix}")

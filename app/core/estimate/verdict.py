@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.core.errors import OptionError
+from app.core.errors import OptionError, OptionFact
 from app.core.estimate.breakdown import GIB, MIB, RunEstimate
 from app.core.estimate.llama_cpp import estimate_gguf_run
 from app.core.estimate.shape import model_shape
@@ -25,6 +25,17 @@ MIN_CONTEXT = 256
 DEFAULT_CONTEXT = 4096
 
 VerdictKind = Literal["gpu", "partial", "ram", "none", "unknown"]
+Runtime = Literal["auto", "llama.cpp", "transformers"]
+
+
+def gguf_runtime(runtime: Runtime = "auto") -> Literal["llama.cpp", "transformers"]:
+    """What will run a GGUF: llama.cpp when llama-cpp-python is installed, else transformers'
+    GGUF loader (dequantized to float32: several times the file's size in memory)."""
+    if runtime != "auto":
+        return runtime
+    import importlib.util
+
+    return "llama.cpp" if importlib.util.find_spec("llama_cpp") is not None else "transformers"
 
 
 def usable(capacity: int) -> int:
@@ -47,9 +58,10 @@ class Machine:
     def custom(cls, vram_gib: float | None, ram_gib: float | None,
                resources: Resources | None = None) -> Machine:
         """A machine the user describes; what is not given comes from this machine."""
-        for label, value in (("--vram", vram_gib), ("--ram", ram_gib)):
+        for label, value in (("vram", vram_gib), ("ram", ram_gib)):
             if value is not None and value <= 0:
-                raise OptionError(f"{label} must be more than 0 GiB, not {value}")
+                raise OptionError(f"the target's {label.upper()} must be more than 0 GiB, not "
+                                  f"{value}", option=OptionFact(label))
         if ram_gib is None and resources is None:
             raise OptionError("give the RAM of the target machine")
         ram = int(ram_gib * GIB) if ram_gib is not None else resources.ram_available  # type: ignore[union-attr]
@@ -105,8 +117,8 @@ def _describe(estimate: RunEstimate, target: Machine) -> Verdict:
 
 
 def _run(model: ModelInfo, context: int, gpu_layers: int, target: Machine,
-         cache_type: str, flash_attention: bool) -> RunEstimate:
-    if model.format == "gguf":
+         cache_type: str, flash_attention: bool, runtime: Runtime = "auto") -> RunEstimate:
+    if model.format == "gguf" and gguf_runtime(runtime) == "llama.cpp":
         return estimate_gguf_run(model, context, gpu_layers, target.gpu_free, cache_type,
                                  flash_attention)
     return estimate_hf_load(model, context, gpu_free=target.gpu_free if gpu_layers else (),
@@ -115,9 +127,9 @@ def _run(model: ModelInfo, context: int, gpu_layers: int, target: Machine,
 
 def judge(model: ModelInfo, target: Machine, context: int = DEFAULT_CONTEXT,
           gpu_layers: int | None = None, cache_type: str = "F16",
-          flash_attention: bool = False) -> Verdict:
+          flash_attention: bool = False, runtime: Runtime = "auto") -> Verdict:
     """Where `model` can run on `target` at `context` tokens; the most GPU layers that fit
-    unless `gpu_layers` is given."""
+    unless `gpu_layers` is given. A GGUF is judged for the runtime that will run it."""
     if context <= 0:
         raise OptionError(f"context length must be positive, not {context}")
     if model.format == "pickle":
@@ -125,22 +137,35 @@ def judge(model: ModelInfo, target: Machine, context: int = DEFAULT_CONTEXT,
                                   "memory is not known", None)
     if model.fatal_problems:
         return Verdict("unknown", f"unknown: {model.fatal_problems[0].text}", None)
-    total_layers = model_shape(model).n_layer + (1 if model.format == "gguf" else 0)
+    llama_cpp = model.format == "gguf" and gguf_runtime(runtime) == "llama.cpp"
+    total_layers = model_shape(model).n_layer + (1 if llama_cpp else 0)
+
+    def run(layers: int) -> RunEstimate:
+        return _run(model, context, layers, target, cache_type, flash_attention, runtime)
+
     if gpu_layers is not None or not target.gpu_free:
-        layers = 0 if not target.gpu_free else gpu_layers or 0
-        return _describe(_run(model, context, layers, target, cache_type, flash_attention),
-                         target)
-    best = _run(model, context, total_layers, target, cache_type, flash_attention)
+        return _describe(run(0 if not target.gpu_free else gpu_layers or 0), target)
+    best = run(total_layers)
     if all(_fits(best, target)):
         return _describe(best, target)
     # VRAM need grows with each offloaded layer: find the most that fit by bisection.
     low, high = 0, total_layers
     while low < high:
         middle = (low + high + 1) // 2
-        _, vram_ok = _fits(_run(model, context, middle, target, cache_type, flash_attention),
-                           target)
+        _, vram_ok = _fits(run(middle), target)
         low, high = (middle, high) if vram_ok else (low, middle - 1)
-    return _describe(_run(model, context, low, target, cache_type, flash_attention), target)
+    return _describe(run(low), target)
+
+
+def gpu_layers_that_fit(model: ModelInfo, gpu_free: Sequence[int], ram_bytes: int,
+                        context: int, runtime: Runtime = "auto", cache_type: str = "F16",
+                        flash_attention: bool = False) -> int:
+    """The layers the loader offloads: the most the Fit verdict says fit, with its margins."""
+    if not gpu_free:
+        return 0
+    verdict = judge(model, Machine("this machine", ram_bytes, tuple(gpu_free)), context,
+                    cache_type=cache_type, flash_attention=flash_attention, runtime=runtime)
+    return verdict.estimate.gpu_layers if verdict.estimate is not None else 0
 
 
 def fully_fits(verdict: Verdict, target: Machine) -> bool:

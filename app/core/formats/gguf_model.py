@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gguf import MODEL_ARCH_NAMES, LlamaFileType
 
-from app.core.errors import FormatError
+from app.core.errors import BadInputError
 from app.core.formats.gguf_header import GGUFHeader, SkippedArray, read_gguf_header
 from app.core.formats.model_info import (
     ExpertLayout,
@@ -194,7 +194,7 @@ def describe_gguf(shards: Sequence[Path], expected_count: int | None = None,
     for shard in shards:
         try:
             headers.append(read_header(shard))
-        except FormatError as exc:
+        except BadInputError as exc:  # corrupt, or valid but unsupported (version, type)
             problems.append(Problem(exc.reason if len(shards) == 1 else
                                     f"{shard.name}: {exc.reason}", fatal=True))
     if not headers:

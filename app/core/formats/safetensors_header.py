@@ -111,7 +111,7 @@ def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
         raise FormatError(f"cannot read file ({exc.strerror or exc})", path=path) from None
     try:
         header = json.loads(raw_header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, a 5,000-digit number
         raise FormatError(f"header is not valid JSON ({exc})", path=path,
                           hint="the file is corrupt; re-download it") from None
     if not isinstance(header, dict):

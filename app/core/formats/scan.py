@@ -32,9 +32,45 @@ class ScanProblem:
 
 
 @dataclass(frozen=True)
+class IncompleteOutput:
+    """A `NAME.part` a job was writing when its process was killed (or the machine stopped).
+
+    It is never a usable model; deleting it is safe, and running the job again replaces it.
+    """
+
+    path: Path
+    size_bytes: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": str(self.path), "bytes": self.size_bytes}
+
+
+INCOMPLETE_TEXT = ("incomplete output: a job stopped while writing it; it is safe to delete, "
+                   "and running the job again replaces it")
+
+
+def is_incomplete_output(path: Path, is_dir: bool) -> bool:
+    """What `atomic_output` writes before the rename: `X.gguf.part` and the like, or a
+    folder `X.part` (a safetensors output being written)."""
+    if path.suffix != ".part":
+        return False
+    return is_dir or Path(path.stem).suffix in (".gguf", ".safetensors", ".dat")
+
+
+def _tree_size(path: Path) -> int:
+    try:
+        if not path.is_dir():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
+@dataclass(frozen=True)
 class ScanResult:
     models: tuple[ModelInfo, ...]
     problems: tuple[ScanProblem, ...] = ()
+    incomplete: tuple[IncompleteOutput, ...] = ()
 
 
 def _describe_error(exc: OSError) -> str:
@@ -54,6 +90,7 @@ class _Walker:
     problems: list[ScanProblem] = field(default_factory=list)
     seen_dirs: set[tuple[int, int]] = field(default_factory=set)
     seen_models: set[Path] = field(default_factory=set)
+    incomplete: list[IncompleteOutput] = field(default_factory=list)
     folders_done: int = 0
 
     def add(self, model: ModelInfo) -> None:
@@ -100,7 +137,9 @@ class _Walker:
                 if path.suffix in (".gguf", ".safetensors") or not path.suffix:
                     self.problems.append(ScanProblem(path, _describe_error(exc)))
                 continue
-            if is_dir and not entry.name.startswith("."):
+            if is_incomplete_output(path, is_dir):
+                self.incomplete.append(IncompleteOutput(path, _tree_size(path)))
+            elif is_dir and not entry.name.startswith("."):
                 subdirs.append(path)
             elif is_file:
                 files.append(path)
@@ -192,6 +231,8 @@ def scan_paths(paths: Iterable[str | Path], *, include_hf_cache: bool = False,
         path = Path(raw).expanduser()
         if not os.path.lexists(path):
             walker.problems.append(ScanProblem(path, "does not exist"))
+        elif is_incomplete_output(path, path.is_dir()):
+            walker.incomplete.append(IncompleteOutput(path, _tree_size(path)))
         elif path.is_dir():
             walker.walk(path)
         elif path.is_file():
@@ -224,7 +265,7 @@ def scan_paths(paths: Iterable[str | Path], *, include_hf_cache: bool = False,
                 else:
                     walker.add(model)
             walker.problems.extend(ScanProblem(path, text) for path, text in found)
-    return ScanResult(tuple(walker.models), tuple(walker.problems))
+    return ScanResult(tuple(walker.models), tuple(walker.problems), tuple(walker.incomplete))
 
 
 def inspect_path(path: str | Path) -> ModelInfo:
@@ -279,6 +320,8 @@ class ScanRequest:
                             reporter=reporter)
         for problem in result.problems:
             reporter.log("warning", str(problem))
+        for leftover in result.incomplete:
+            reporter.log("warning", f"{leftover.path}: {INCOMPLETE_TEXT}")
         with_problems = sum(1 for m in result.models if m.problems)
         reporter.log("info", f"found {len(result.models)} model(s), {with_problems} with "
                              "problems")

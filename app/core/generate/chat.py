@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.core.errors import UnsupportedError
+from app.core.errors import OptionFact, UnsupportedError
 
 Message = dict[str, str]
 
@@ -41,5 +41,6 @@ def render_chat_template(template: str, messages: list[Message], *, bos_token: s
             add_generation_prompt=add_generation_prompt, **extra)
     except (jinja2.TemplateError, ValueError, TypeError) as exc:
         raise UnsupportedError(f"the model's chat template cannot be rendered ({exc})",
-                               hint="generate with the raw prompt instead (--raw)") from None
+                               hint="generate with the raw prompt instead",
+                               option=OptionFact("use_chat_template", False)) from None
 

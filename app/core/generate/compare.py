@@ -11,11 +11,12 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+import psutil
 
-from app.core.errors import InsufficientResourcesError, OptionError, UnsupportedError
+from app.core.errors import InsufficientResourcesError, OptionError, OptionFact, UnsupportedError
 from app.core.formats.model_info import ModelInfo, format_bytes
 from app.core.formats.scan import inspect_path
 from app.core.generate.backends.base import (
@@ -28,6 +29,7 @@ from app.core.generate.compare_metrics import (
     Window,
     kl_divergence,
     log_softmax,
+    noise_floor,
     perplexity,
     plan_windows,
     verdict,
@@ -66,6 +68,8 @@ class CompareResult:
     n_windows: int
     peak_bytes: int
     notes: tuple[str, ...] = ()
+    reference_dtype: str = "auto"  # what the reference was computed in ("auto": its runtime's)
+    noise_floor: float = 0.0  # the smallest mean KL this comparison can tell from zero
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -99,6 +103,8 @@ class CompareRequest:
     trust_remote_code: bool = False
     use_gpu: bool = True
     progress_unit: ProgressUnit = "tokens"
+    # Loads torch or a native runtime and a whole model: a crash must not take the caller.
+    runs_in_child_process: ClassVar[bool] = True
 
     @property
     def title(self) -> str:
@@ -115,10 +121,12 @@ class _Comparison:
     request: CompareRequest
     reporter: Reporter
     notes: list[str] = field(default_factory=list)
+    reference_dtype: DTypeName = "auto"
 
-    def _options(self, backend: BackendChoiceName, window: int) -> LoadOptions:
+    def _options(self, backend: BackendChoiceName, window: int,
+                 dtype: DTypeName | None = None) -> LoadOptions:
         req = self.request
-        return LoadOptions(backend=backend, dtype=req.dtype,
+        return LoadOptions(backend=backend, dtype=dtype or req.dtype,
                            trust_remote_code=req.trust_remote_code, use_gpu=req.use_gpu,
                            context_tokens=window, logits_for_all_positions=True)
 
@@ -141,6 +149,7 @@ class _Comparison:
         window = min(req.window_tokens, *(i.context_length for i in (ref_info, cand_info)
                                            if i.context_length))
         ids = self._agreed_tokens(text, ref_info, ref_choice, cand_info, cand_choice, window)
+        self.reference_dtype = self._reference_dtype(ref_info, ref_choice, window)
         windows = plan_windows(len(ids), window)
         n_scored = len(ids) - 1
         reporter.log("info", f"{len(ids)} tokens in {len(windows)} window(s) of up to "
@@ -155,19 +164,43 @@ class _Comparison:
         label = cand_info.quantization or cand_info.name
         kl_mean = float(kl.mean())
         top1_agreement = float(top1.mean())
+        floor = noise_floor(self.reference_dtype if ref.backend.startswith("transformers")
+                            else "float32", ref.backend, cand.backend)
         result = CompareResult(
             ppl_ref=perplexity(ref.nll), ppl_candidate=perplexity(cand.nll), kl_mean=kl_mean,
             kl_p99=float(np.percentile(kl, 99)), top1_agreement=top1_agreement,
             n_tokens=n_scored, per_token_kl=tuple(float(v) for v in kl),
-            verdict=verdict(label, kl_mean, top1_agreement), reference=str(req.reference),
+            verdict=verdict(label, kl_mean, top1_agreement, floor),
+            reference=str(req.reference),
             candidate=str(req.candidate), ref_backend=ref.backend,
             candidate_backend=cand.backend,
             text_source=req.text_source or (str(req.text_file) if req.text_file else
                                             SAMPLE_SOURCE if req.text is None else "text"),
             window_tokens=window, n_windows=len(windows), peak_bytes=memory.peak_rss,
-            notes=tuple(self.notes))
+            notes=tuple(self.notes), reference_dtype=self.reference_dtype, noise_floor=floor)
         reporter.log("info", result.verdict)
         return result
+
+    def _reference_dtype(self, info: ModelInfo, choice: BackendChoice,
+                         window: int) -> DTypeName:
+        """float32 when it fits: a bfloat16 reference's own noise (KL ~1e-3) hides most of a
+        Q8_0's error. bfloat16 when float32 does not fit, saying so."""
+        if self.request.dtype != "auto" or choice.name != "transformers":
+            return self.request.dtype
+        from app.core.estimate.transformers_load import estimate_hf_load
+        from app.core.estimate.verdict import usable
+        from app.core.resources import probe_gpus
+
+        needed = estimate_hf_load(info, window, dtype="float32").ram.total
+        room = usable(int(psutil.virtual_memory().available))
+        if self.request.use_gpu:
+            room += sum(usable(g.free_bytes) for g in probe_gpus()[0])
+        if needed <= room:
+            return "float32"
+        self._note(f"the reference runs in bfloat16: float32 needs about "
+                   f"{format_bytes(needed)}, {format_bytes(room)} is usable; differences below "
+                   "a mean KL of about 1e-3 cannot be resolved")
+        return "bfloat16"
 
     def _note(self, text: str) -> None:
         self.notes.append(text)
@@ -212,17 +245,19 @@ class _Comparison:
         return ids
 
     def _load(self, info: ModelInfo, choice: BackendChoice, backend: BackendChoiceName,
-              window: int, role: str) -> LoadedModel:
+              window: int, role: str, dtype: DTypeName | None = None) -> LoadedModel:
         reporter = self.reporter
-        reporter.log("info", f"{role}: {info.name} with {choice.name} ({choice.reason})")
-        model = open_model(info, choice, self._options(backend, window))
+        in_dtype = f" in {dtype}" if dtype and dtype != "auto" else ""
+        reporter.log("info", f"{role}: {info.name} with {choice.name}{in_dtype} ({choice.reason})")
+        model = open_model(info, choice, self._options(backend, window, dtype))
         reporter.log("info", f"{role} on {model.device}: {model.placement_text}")
         return model
 
     def _run_reference(self, info: ModelInfo, choice: BackendChoice, ids: list[int],
                        windows: list[Window], window: int, store: Path) -> _Scores:
         reporter = self.reporter
-        model = self._load(info, choice, self.request.ref_backend, window, "reference")
+        model = self._load(info, choice, self.request.ref_backend, window, "reference",
+                           self.reference_dtype)
         try:
             n_vocab = model.n_vocab
             n_rows = len(ids) - 1
@@ -303,6 +338,7 @@ def text_from_file(path: Path) -> str:
         raise BadInputError("no such file", path=path) from None
     except UnicodeDecodeError:
         raise BadInputError("not UTF-8 text", path=path,
-                            hint="give a plain text file for --text") from None
+                            hint="give a plain text file",
+                            option=OptionFact("text_file")) from None
     except OSError as exc:
         raise BadInputError(f"cannot read ({exc.strerror or exc})", path=path) from None

@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from typing import Any
 
+from app.core.errors import OptionFact
 from app.core.formats.model_info import ModelInfo
 from app.core.generate.findings import Finding, name_list
 
@@ -32,13 +33,14 @@ def runtime_findings(info: ModelInfo) -> list[Finding]:
     if llama_cpp_available():
         unknown = unknown_architecture(info.path)
         if unknown is not None:
-            fallback = (" or use --backend transformers, which reads this architecture"
+            fallback = (" or run it in transformers, which reads this architecture"
                         if in_transformers else "")
             findings.append(Finding(
                 "error", f"the llama.cpp in llama-cpp-python {llama_cpp_version()} does not "
                          f"know the architecture {unknown!r}",
                 f"upgrade llama-cpp-python (pip install -U llama-cpp-python){fallback}",
-                "unknown-gguf-architecture"))
+                "unknown-gguf-architecture",
+                option=OptionFact("backend", "transformers") if in_transformers else None))
     elif in_transformers:
         findings.append(Finding(
             "info", "llama-cpp-python is not installed: transformers will read this GGUF "

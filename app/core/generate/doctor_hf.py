@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from app.core.errors import OptionFact
 from app.core.formats.model_info import ModelInfo
 from app.core.generate.backends.hf import build_meta_model
 from app.core.generate.findings import Finding, name_list
@@ -67,8 +68,8 @@ def architecture_findings(info: ModelInfo) -> tuple[list[Finding], bool]:
         code = sorted(p.name for p in info.path.glob("*.py"))
         return [Finding("warning", f"transformers {installed} has no {what.strip()}; the folder "
                                    f"ships its own code ({', '.join(code) or 'named in auto_map'})",
-                        "turn on trust_remote_code for this model (--trust-remote-code) only if "
-                        "you trust its source", "remote-code")], False
+                        "allow remote code for this model only if you trust its source",
+                        "remote-code", option=OptionFact("trust_remote_code", True))], False
     saved = _version(declared) if isinstance(declared, str) else None
     if saved is not None and saved > _version(installed):
         action = f"install a transformers that has it: pip install 'transformers>={declared}'"

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.core.errors import OptionFact
+
 Severity = Literal["error", "warning", "info"]
 NAMES_SHOWN = 8
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -18,10 +20,13 @@ class Finding:
     action: str | None = None
     code: str = ""  # stable identifier for programs: "missing-tensors", "unknown-class", ...
     tensors: tuple[str, ...] = ()  # every tensor concerned, when there are tensors to name
+    option: OptionFact | None = None  # the job option that is the remedy, for a front end to word
 
     def to_json(self) -> dict[str, Any]:
         return {"severity": self.severity, "code": self.code, "text": self.text,
-                "action": self.action, "tensors": list(self.tensors)}
+                "action": self.action, "tensors": list(self.tensors),
+                "option": None if self.option is None else {"name": self.option.name,
+                                                            "value": self.option.value}}
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.text}" + (f" → {self.action}" if self.action else "")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.core.errors import OptionError, UnsafeInputError, UnsupportedError
+import psutil
+
+from app.core.errors import OptionError, OptionFact, UnsafeInputError, UnsupportedError
 from app.core.formats.model_info import ModelInfo
 from app.core.generate.backends.base import (
     BackendChoiceName,
@@ -43,8 +45,9 @@ def choose_backend(info: ModelInfo, requested: BackendChoiceName = "auto") -> Ba
     if info.format == "hf":
         if requested == "llama.cpp":
             raise OptionError("llama.cpp runs GGUF files, and this is a Hugging Face folder",
-                              path=info.path, hint="convert it to GGUF first, or use "
-                                                   "--backend transformers")
+                              path=info.path, hint="convert it to GGUF first, or run it "
+                                                   "in transformers",
+                              option=OptionFact("backend", "transformers"))
         return BackendChoice("transformers", "a Hugging Face folder runs in transformers")
     have_llama = llama_cpp_available()
     if requested == "llama.cpp" or (requested == "auto" and have_llama):
@@ -75,19 +78,22 @@ def generation_context_tokens(info: ModelInfo, options: LoadOptions) -> int:
 
 def open_model(info: ModelInfo, choice: BackendChoice, options: LoadOptions) -> LoadedModel:
     if choice.name == "llama.cpp":
+        from app.core.estimate.verdict import gpu_layers_that_fit
         from app.core.generate.backends.hf import gpu_budgets
         from app.core.generate.backends.llama_cpp import (
             gpu_offload_supported,
             load_llama_cpp_model,
         )
-        from app.core.generate.placement import llama_cpp_gpu_layers
 
+        context = generation_context_tokens(info, options)
         layers = options.n_gpu_layers
-        if layers is None:
-            layers = (llama_cpp_gpu_layers(info, gpu_budgets())
-                      if options.use_gpu and gpu_offload_supported() else 0)
+        if layers is None and options.use_gpu and gpu_offload_supported():
+            # The Fit verdict's own count: the same estimate, margins and placement order.
+            layers = gpu_layers_that_fit(
+                info, [b.free_bytes for b in gpu_budgets()],
+                int(psutil.virtual_memory().available), context, runtime="llama.cpp")
         return load_llama_cpp_model(
-            info.path, n_gpu_layers=layers, context_tokens=generation_context_tokens(info, options),
+            info.path, n_gpu_layers=layers or 0, context_tokens=context,
             n_layers=info.n_layers,
             logits_for_all_positions=options.logits_for_all_positions)
     from app.core.generate.backends.hf import load_transformers_model

@@ -1,9 +1,11 @@
-"""Deliberate placement of a model's layers on GPUs and the CPU.
+"""Deliberate placement of a model's layers on GPUs and the CPU, for transformers.
 
-A pure planner: from the bytes each layer needs and each GPU's free memory (minus a safety
-margin), layers go to the GPUs in execution order and the rest to the CPU. The result is an
-explicit `device_map` and `max_memory` for transformers, or a layer count for llama.cpp, so
-that nothing is left to `device_map="auto"` guessing.
+A pure planner: from the bytes each layer needs and what each GPU may hold, layers go to the
+GPUs in execution order and the rest to the CPU. The result is an explicit `device_map` and
+`max_memory`, so that nothing is left to `device_map="auto"` guessing. The budgets and the
+bytes per layer come from `app.core.estimate` (its margins, KV cache and activations), so the
+loader places what the Fit verdict promised; llama.cpp's layer count comes from the verdict
+itself (`estimate.verdict.gpu_layers_that_fit`).
 """
 
 from __future__ import annotations
@@ -13,19 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from app.core.errors import InsufficientResourcesError
+from app.core.estimate.transformers_load import loaded_bytes
 from app.core.formats.hf_config import config_value
 from app.core.formats.model_info import ModelInfo, TensorInfo, format_bytes
 
 Device = int | str  # a CUDA index, or "cpu"
 
 GIB = 1024**3
-# Activations, the KV cache of a short test generation and the CUDA context need room too.
-DEFAULT_RESERVE_BYTES = 1 * GIB
-DEFAULT_RESERVE_FRACTION = 0.10
+# The budgets handed in are already what may be used (the estimate's margins are applied).
+DEFAULT_RESERVE_BYTES = 0
+DEFAULT_RESERVE_FRACTION = 0.0
 
 HF_LAYER = re.compile(r"^(?P<prefix>.*?(?:^|\.)(?:layers|h|blocks|block)\.(?P<index>\d+))\.")
-GGUF_LAYER = re.compile(r"^(?P<prefix>blk\.(?P<index>\d+))\.")
-FLOAT_TYPES = frozenset({"F64", "F32", "F16", "BF16"})
 # bitsandbytes keeps its quantization state next to the weight: `x.weight.absmax`, ...
 AUX_AFTER_WEIGHT = re.compile(r"\.weight\..+$")
 
@@ -92,7 +93,8 @@ def usable_bytes(free_bytes: int, reserve_bytes: int = DEFAULT_RESERVE_BYTES,
 def plan_placement(units: Sequence[PlacementUnit], gpus: Sequence[DeviceBudget], *,
                    cpu_bytes: int | None = None,
                    reserve_bytes: int = DEFAULT_RESERVE_BYTES,
-                   reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> Placement:
+                   reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
+                   keep_room_for_tail: bool = False) -> Placement:
     """Put units on the GPUs in order, each GPU filled before the next; the rest on the CPU.
 
     Placement is strictly sequential: once a unit goes to the CPU, every later one does too,
@@ -101,6 +103,11 @@ def plan_placement(units: Sequence[PlacementUnit], gpus: Sequence[DeviceBudget],
     """
     budgets = [(gpu.index, usable_bytes(gpu.free_bytes, reserve_bytes, reserve_fraction))
                for gpu in gpus]
+    # `keep_room_for_tail`: what runs after the last layer (final norm, head) is counted up
+    # front, as the estimate counts it: a layer goes to a GPU only if the tail still fits.
+    last_layer = max((i for i, u in enumerate(units) if u.is_layer), default=-1)
+    tail = (sum(u.n_bytes for u in units[last_layer + 1:])
+            if keep_room_for_tail and last_layer >= 0 else 0)
     device_map: dict[str, Device] = {}
     used: dict[Device, int] = {}
     names: dict[Device, list[str]] = {}
@@ -108,9 +115,10 @@ def plan_placement(units: Sequence[PlacementUnit], gpus: Sequence[DeviceBudget],
     gpu_layers = 0
     for unit in units:
         device: Device = "cpu"
+        keep = tail if unit.is_layer else 0
         while gpu_slot < len(budgets):
             index, budget = budgets[gpu_slot]
-            if used.get(index, 0) + unit.n_bytes <= budget:
+            if used.get(index, 0) + unit.n_bytes + keep <= budget:
                 device = index
                 break
             gpu_slot += 1
@@ -141,14 +149,13 @@ def plan_placement(units: Sequence[PlacementUnit], gpus: Sequence[DeviceBudget],
 
 
 # -- Per-layer weight bytes ------------------------------------------------------------------
-# The lead's app/core/estimate.py (issue 3) will own weight-size estimates; until then these
-# two functions are the only place this package computes them, so swapping is one change.
 
 def tensor_load_bytes(tensor: TensorInfo, load_dtype_bytes: int | None) -> int:
-    """Bytes a tensor takes once loaded: float weights at the load dtype, others as stored."""
-    if load_dtype_bytes is not None and tensor.type in FLOAT_TYPES and tensor.n_params:
-        return tensor.n_params * load_dtype_bytes
-    return tensor.n_bytes
+    """Bytes a tensor takes once loaded: the estimate's rule (floats at the load dtype,
+    quantized weights as stored)."""
+    if load_dtype_bytes is None:
+        return tensor.n_bytes
+    return loaded_bytes(tensor, load_dtype_bytes)
 
 
 def hf_placement_units(info: ModelInfo, load_dtype_bytes: int | None) -> list[PlacementUnit]:
@@ -195,45 +202,9 @@ def hf_placement_units(info: ModelInfo, load_dtype_bytes: int | None) -> list[Pl
     return before + middle + after
 
 
-def gguf_block_bytes(info: ModelInfo) -> tuple[list[int], int]:
-    """Bytes of each GGUF block `blk.N`, and of the output head and final norm."""
-    blocks: dict[int, int] = {}
-    head = 0
-    for tensor in info.tensors:
-        match = GGUF_LAYER.match(tensor.name)
-        if match:
-            index = int(match["index"])
-            blocks[index] = blocks.get(index, 0) + tensor.n_bytes
-        elif not tensor.name.startswith("token_embd"):
-            head += tensor.n_bytes
-    return [blocks[i] for i in sorted(blocks)], head
-
-
 def _is_embedding(module: str) -> bool:
     leaf = module.rsplit(".", 1)[-1]
     return "embed" in leaf or leaf in ("wte", "wpe", "word_embeddings")
-
-
-def llama_cpp_gpu_layers(info: ModelInfo, gpus: Sequence[DeviceBudget], *,
-                         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
-                         reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> int:
-    """`n_gpu_layers` for llama.cpp: how many blocks fit on the GPUs (plus 1 for the head).
-
-    llama.cpp offloads the *last* n blocks, and the output head only when n exceeds the
-    block count; the token embedding always stays on the CPU.
-    """
-    budget = sum(usable_bytes(g.free_bytes, reserve_bytes, reserve_fraction) for g in gpus)
-    if budget <= 0:
-        return 0
-    blocks, head = gguf_block_bytes(info)
-    used = 0
-    count = 0
-    for n_bytes in reversed(blocks):
-        if used + n_bytes > budget:
-            return count
-        used += n_bytes
-        count += 1
-    return count + 1 if used + head <= budget else count
 
 
 def complete_device_map(device_map: dict[str, Device],

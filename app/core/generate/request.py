@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from app.core.errors import OptionError
 from app.core.formats.scan import inspect_path
@@ -76,6 +76,8 @@ class GenerateRequest:
     n_gpu_layers: int | None = None
     on_text: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
     progress_unit: ProgressUnit = "tokens"
+    # Loads torch or a native runtime and a whole model: a crash must not take the caller.
+    runs_in_child_process: ClassVar[bool] = True
 
     @property
     def title(self) -> str:

@@ -15,11 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.core.cuda import cuda_oom_error, is_cuda_oom
 from app.core.errors import (
     BadInputError,
     FormatError,
     JobError,
     ModelyardError,
+    OptionFact,
     UnsafeInputError,
     UnsupportedError,
 )
@@ -102,14 +104,28 @@ def load_dtype_name(info: ModelInfo, options: LoadOptions) -> str:
 
 
 def plan_hf_placement(info: ModelInfo, dtype_name: str, gpus: tuple[DeviceBudget, ...],
-                      ram_available: int) -> Placement:
-    """Sequential placement for this checkpoint on these GPUs, the rest in RAM."""
+                      ram_available: int, context: int) -> Placement:
+    """Sequential placement for this checkpoint on these GPUs, the rest in RAM, by the Fit
+    estimate: its margins on each GPU and on RAM, each layer with its KV cache, and the CUDA
+    context and activations kept free on the GPUs (as `estimate_hf_load` counts them)."""
+    from app.core.estimate.transformers_load import CUDA_CONTEXT, estimate_hf_load
+    from app.core.estimate.verdict import usable
+
     units = hf_placement_units(info, DTYPE_BYTES[dtype_name])
     if info.format == "gguf":
         # Dequantized by transformers: every parameter at the load dtype, placed as one.
         total = sum(t.n_params for t in info.tensors) * DTYPE_BYTES[dtype_name]
         units = [PlacementUnit("model", ("",), total)]
-    return plan_placement(units, gpus, cpu_bytes=ram_available)
+    run = estimate_hf_load(info, context, dtype=dtype_name)
+    n_layers = sum(1 for u in units if u.is_layer)
+    kv_per_layer = run.ram.kv_cache // n_layers if n_layers else 0
+    units = [PlacementUnit(u.name, u.modules, u.n_bytes + kv_per_layer, True) if u.is_layer
+             else u for u in units]
+    fixed = CUDA_CONTEXT + run.ram.compute
+    budgets = [DeviceBudget(g.index, max(usable(g.free_bytes) - fixed, 0), g.name)
+               for g in gpus]
+    return plan_placement(units, budgets, cpu_bytes=usable(ram_available),
+                          keep_room_for_tail=True)
 
 
 def gpu_budgets() -> tuple[DeviceBudget, ...]:
@@ -150,6 +166,8 @@ def translate_load_error(exc: Exception, path: Path) -> ModelyardError:
     if "meta tensor" in str(exc):
         return JobError(f"a weight was left on the 'meta' device while loading ({text})",
                         path=path, hint="free memory or lower the GPU share, and load again")
+    if is_cuda_oom(exc):
+        return cuda_oom_error(exc, f"loading {path.name}")
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return JobError(f"ran out of memory while loading ({text})", path=path,
                         hint="close other programs or use a smaller quantization")
@@ -283,12 +301,15 @@ def load_transformers_model(info: ModelInfo, options: LoadOptions) -> Transforme
         raise UnsafeInputError(
             "this model's architecture is defined by Python code shipped with it "
             f"({info.metadata.get('auto_map')}), which would run on loading", path=info.path,
-            hint="allow remote code for this model (--trust-remote-code) only if you trust "
-                 "its source")
+            hint="allow remote code for this model only if you trust its source",
+            option=OptionFact("trust_remote_code", True))
     dtype_name = load_dtype_name(info, options)
     budgets = gpu_budgets() if options.use_gpu else ()
     ram = int(psutil.virtual_memory().available)
-    placement = plan_hf_placement(info, dtype_name, budgets, ram)
+    from app.core.generate.loader import generation_context_tokens
+
+    placement = plan_hf_placement(info, dtype_name, budgets, ram,
+                                  generation_context_tokens(info, options))
     if placement.uses_gpu and info.format == "hf":
         device_map: dict[str, Any] = explicit_device_map(info, placement,
                                                          options.trust_remote_code)

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from app.core.errors import FormatError, JobError, ModelyardError, UnsupportedError
+from app.core.cuda import cuda_oom_error, is_cuda_oom
+from app.core.errors import FormatError, JobError, ModelyardError, OptionFact, UnsupportedError
 from app.core.generate.backends.base import Utf8Stream
 from app.core.generate.chat import render_chat_template
 
@@ -83,14 +84,17 @@ def captured_llama_log() -> Iterator[_LogCapture]:
 class UnknownArchitectureError(UnsupportedError):
     """llama.cpp does not know the GGUF's `general.architecture`."""
 
-    def __init__(self, reason: str, *, architecture: str, path: Path, hint: str) -> None:
+    def __init__(self, reason: str, *, architecture: str, path: Path, hint: str,
+                 option: OptionFact | None = None) -> None:
         self.architecture = architecture
-        super().__init__(reason, path=path, hint=hint)
+        super().__init__(reason, path=path, hint=hint, option=option)
 
 
 def load_error(path: Path, reason: str | None) -> ModelyardError:
     """One sentence with the action to take, from llama.cpp's own reason."""
     version = llama_cpp_version()
+    if reason is not None and is_cuda_oom(RuntimeError(reason)):
+        return cuda_oom_error(reason, f"loading {path.name}")
     if reason is None:
         return JobError(f"llama.cpp (llama-cpp-python {version}) could not load the model and "
                         "gave no reason", path=path, hint="run `modelyard doctor` on it")
@@ -99,8 +103,9 @@ def load_error(path: Path, reason: str | None) -> ModelyardError:
         return UnknownArchitectureError(
             f"the llama.cpp in llama-cpp-python {version} does not know the architecture "
             f"{arch['arch']!r}", architecture=arch["arch"], path=path,
-            hint="upgrade llama-cpp-python (pip install -U llama-cpp-python), or try "
-                 "--backend transformers if transformers supports this architecture")
+            hint="upgrade llama-cpp-python (pip install -U llama-cpp-python), or run it in "
+                 "transformers if transformers supports this architecture",
+            option=OptionFact("backend", "transformers"))
     missing = MISSING_TENSOR.search(reason)
     if missing:
         return FormatError(
