@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from PySide6.QtCore import QObject
 
+from app.core.estimate.originals import local_originals
 from app.core.estimate.report import FitReport, fit_report, verdicts_for
 from app.core.estimate.verdict import Candidate, Machine
 from app.core.formats.gguf_model import quant_siblings
@@ -67,14 +68,15 @@ class FitController(QObject):
         if model is None:
             self.tab.show_report(None)
             return
-        siblings = quant_siblings(model, self.table.models())
+        models = self.table.models()
+        siblings = quant_siblings(model, models)
         conversions = self.conversions
         spec, context = self.spec, self.context
 
         def compute() -> FitReport:
             extra = list(conversions(model)) if conversions else []
             return fit_report(model, make_target(spec), context, siblings=siblings,
-                              conversions=extra)
+                              conversions=extra, originals=local_originals(model, models))
 
         self.tab.show_pending()
         self.background.submit("fit-report", compute, self._show_report,
