@@ -10,17 +10,14 @@ from typing import Any
 from PySide6.QtCore import QItemSelection, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QDockWidget,
     QFileDialog,
-    QHeaderView,
     QLineEdit,
     QMainWindow,
     QMessageBox,
     QSizePolicy,
     QSplitter,
     QStyle,
-    QTableView,
     QToolBar,
     QWidget,
 )
@@ -36,12 +33,14 @@ from app.core.jobs import JobResult
 from app.gui.background import Background
 from app.gui.convert_controller import ConvertController
 from app.gui.details import DetailsPane
-from app.gui.fit_badge import FitBadgeDelegate
 from app.gui.fit_controller import FitController, make_target
-from app.gui.jobs_panel import JobsPanel
-from app.gui.models_table import COLUMN_INDEX, MODEL_ROLE, ModelFilterProxy, ModelTableModel
+from app.gui.fit_tab import TargetSpec
+from app.gui.jobs_panel import JobsPanel, is_background_job, job_output, job_seconds
+from app.gui.models_table import MODEL_ROLE, ModelFilterProxy, ModelTableModel
+from app.gui.models_view import FIRST_LAUNCH, ModelsView
+from app.gui.notify import Notifier
 from app.gui.settings import AppSettings
-from app.gui.sources import HF_CACHE, SourcesPanel, folder_key, key_folder
+from app.gui.sources import ALL, HF_CACHE, SourcesPanel, folder_key, key_folder
 from app.gui.status_bar import ResourceStatusBar
 from app.gui.worker import JobQueue
 
@@ -67,6 +66,8 @@ class MainWindow(QMainWindow):
         self.fits = FitController(self.table_model, self.details.fit, self.background,
                                   self.settings, conversions=conversion_candidates, parent=self)
         self.details.fit.select_requested.connect(lambda path: self.select_model_path(Path(path)))
+        self.details.fit.test_requested.connect(
+            lambda: self.details.setCurrentWidget(self.details.test))
         self.details.problems.doctor_requested.connect(self.run_doctor)
         self.converts = ConvertController(self.queue, self.background, self.fits, self, self)
         self.converts.converted.connect(self._converted)
@@ -79,7 +80,8 @@ class MainWindow(QMainWindow):
         splitter.setStretchFactor(0, 0)
         splitter.setStretchFactor(1, 3)
         splitter.setStretchFactor(2, 2)
-        splitter.setSizes([200, 700, 380])
+        splitter.setChildrenCollapsible(False)
+        splitter.setSizes([170, 630, 480])
         self.setCentralWidget(splitter)
         self.splitter = splitter
 
@@ -89,6 +91,8 @@ class MainWindow(QMainWindow):
         self.jobs_dock.setWidget(self.jobs_panel)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)
         self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
+        self.queue.job_added.connect(self._job_added)
+        self.notifier = Notifier(self)
 
         self.status = ResourceStatusBar(self)
         self.setStatusBar(self.status)
@@ -98,33 +102,24 @@ class MainWindow(QMainWindow):
         self._make_toolbar()
 
         self.search.textChanged.connect(self.proxy.set_text)
+        self.search.textChanged.connect(self._update_empty_reason)
+        self.table.empty.open_requested.connect(self.choose_folder)
         self.sources.source_selected.connect(self._source_selected)
         self.sources.remove_requested.connect(self.remove_source)
         self.sources.rescan_requested.connect(self.scan_source)
         self.table.selectionModel().selectionChanged.connect(self._selection_changed)
 
         self._restore_state()
+        # Nothing runs yet: the jobs dock appears with the first job the user starts.
+        self.jobs_dock.hide()
         self.sources.set_folders(self.settings.folders())
         self.sources.set_hf_cache(self.settings.show_hf_cache(),
                                   str(self.settings.hf_cache_dir() or "default location"))
         self.rescan_all()
 
     # ---- construction -------------------------------------------------------------------
-    def _make_table(self) -> QTableView:
-        table = QTableView()
-        table.setModel(self.proxy)
-        table.setSortingEnabled(True)
-        table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
-        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        table.verticalHeader().hide()
-        table.setAlternatingRowColors(True)
-        table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 8)
-        header = table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        table.setItemDelegateForColumn(COLUMN_INDEX["Fit"], FitBadgeDelegate(table))
-        return table
+    def _make_table(self) -> ModelsView:
+        return ModelsView(self.proxy)
 
     def _make_toolbar(self) -> None:
         bar = QToolBar("Main")
@@ -173,7 +168,7 @@ class MainWindow(QMainWindow):
         if folder:
             self.add_folder(Path(folder))
 
-    def add_folder(self, folder: Path) -> None:
+    def add_folder(self, folder: Path, select: bool = True) -> None:
         folder = folder.expanduser().absolute()
         folders = self.settings.folders()
         if folder not in folders:
@@ -181,7 +176,8 @@ class MainWindow(QMainWindow):
             self.settings.set_folders(folders)
             self.sources.set_folders(folders)
         self.scan_source(folder_key(folder))
-        self.sources.select(folder_key(folder))
+        if select:
+            self.sources.select(folder_key(folder))
 
     def remove_source(self, key: str) -> None:
         folder = key_folder(key)
@@ -212,12 +208,30 @@ class MainWindow(QMainWindow):
         job_id = self.queue.submit(request)
         self._scan_jobs[job_id] = key
         self.sources.set_count(key, None, busy=True)
+        self._update_empty_reason()
         return job_id
 
+    def _job_added(self, job_id: int) -> None:
+        if not is_background_job(self.queue.jobs[job_id]):
+            self.jobs_dock.show()
+
+    def _notify_if_away(self, job_id: int) -> None:
+        record = self.queue.jobs.get(job_id)
+        if record is None or is_background_job(record):
+            return
+        if self.notifier.should_notify(job_seconds(record)):
+            output = job_output(record)
+            detail = (f"wrote {output.name}" if output is not None and record.state == "done"
+                      else record.state + (f": {record.text}" if record.text else ""))
+            self.notifier.notify(f"Modelyard: {record.title}", detail,
+                                 failed=record.state == "failed")
+
     def _job_finished(self, job_id: int, result: JobResult) -> None:
+        self._notify_if_away(job_id)
         key = self._scan_jobs.pop(job_id, None)
         if key is None:
             return
+        self._update_empty_reason()
         if result.status == "done":
             found: ScanResult = result.value
             self.table_model.set_source_models(key, found.models)
@@ -225,7 +239,7 @@ class MainWindow(QMainWindow):
             self.fits.refresh_table()
             self.details.test.compare.set_references(self.table_model.models())
             if self._select_after_scan is not None and self.select_model_path(
-                    self._select_after_scan):
+                    self._select_after_scan, reveal=True):
                 self._select_after_scan = None
                 self.details.setCurrentWidget(self.details.test)
             if found.problems:
@@ -240,6 +254,18 @@ class MainWindow(QMainWindow):
         folder = key_folder(key) if key else None
         if folder is not None:
             self.status.set_disk_path(folder)
+        self._update_empty_reason()
+
+    def _update_empty_reason(self, *_: object) -> None:
+        """Say why the table is empty: nothing added yet, a scan running, a filter."""
+        if self._scan_jobs and self.table_model.rowCount() == 0:
+            self.table.set_empty_reason("Looking for models…")
+        elif self.table_model.rowCount() == 0:
+            self.table.set_empty_reason(FIRST_LAUNCH, offer_open=True)
+        elif self.search.text().strip():
+            self.table.set_empty_reason(f"No model matches “{self.search.text().strip()}”.")
+        else:
+            self.table.set_empty_reason("No models found in this source.")
 
     # ---- selection -----------------------------------------------------------------------
     def _selection_changed(self, selected: QItemSelection, _deselected: QItemSelection) -> None:
@@ -251,8 +277,9 @@ class MainWindow(QMainWindow):
 
     def confirm_fit(self, request: Any, models: list[ModelInfo],
                     proceed: Callable[[Any], None]) -> None:
-        """Before a test job: judge its models on this machine; ask if one does not fit."""
-        spec = self.fits.spec
+        """Before a test job: judge its models on this machine (a "what if" target on the Fit
+        tab is not where the job runs); ask if one does not fit."""
+        spec = TargetSpec()
 
         def judge_all() -> list[tuple[ModelInfo, Verdict]]:
             target = make_target(spec)
@@ -294,7 +321,9 @@ class MainWindow(QMainWindow):
         rows = self.table.selectionModel().selectedRows()
         return rows[0].data(MODEL_ROLE) if rows else None
 
-    def select_model_path(self, path: Path) -> bool:
+    def select_model_path(self, path: Path, reveal: bool = False) -> bool:
+        """Select the model at `path` in the table; with `reveal`, a model the source filter
+        hides is shown by switching to all models (the search text is the user's: kept)."""
         for row in range(self.proxy.rowCount()):
             index = self.proxy.index(row, 0)
             model: ModelInfo = index.data(MODEL_ROLE)
@@ -302,6 +331,10 @@ class MainWindow(QMainWindow):
                 self.table.selectRow(row)
                 self.table.scrollTo(index)
                 return True
+        if reveal and self.proxy.source() is not None and any(
+                m.path == path or path in m.files for m in self.table_model.models()):
+            self.sources.select(ALL)
+            return self.select_model_path(path)
         return False
 
     # ---- drag and drop -------------------------------------------------------------------
@@ -338,9 +371,11 @@ class MainWindow(QMainWindow):
             self.converts.open_sheet(model)
 
     def _convert_selected_to(self, quant: str) -> None:
+        """The Fit tab's one click opens the sheet on that type: the output's name and place
+        are the user's to see and change before anything is written."""
         model = self.selected_model()
         if model is not None:
-            self.converts.convert_now(model, quant)
+            self.converts.open_sheet(model, quant)
 
     def _converted(self, result: ConvertResult, source: Path) -> None:
         """The new model joins the table, gets selected, and its Test tab is offered with the
@@ -355,7 +390,7 @@ class MainWindow(QMainWindow):
         if known:
             self.scan_source(folder_key(known[0]))
         else:
-            self.add_folder(folder)
+            self.add_folder(folder, select=False)  # the user's view stays as it is
 
     # ---- closing -------------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -81,7 +81,7 @@ class ResourceStatusBar(QStatusBar):
     def _show(self, res: Resources) -> None:
         self.resources = res
         used = res.ram_total - res.ram_available
-        self.ram_label.setText(f"RAM {used / GIB:.1f} / {res.ram_total / GIB:.1f} GB")
+        self.ram_label.setText(f"RAM {used / GIB:.1f} / {res.ram_total / GIB:.1f} GiB")
         self.ram_bar.setValue(int(1000 * used / res.ram_total) if res.ram_total else 0)
         if res.disk is not None:
             self.disk_label.setText(f"Disk {_short(res.disk.path)}: "
@@ -96,6 +96,6 @@ class ResourceStatusBar(QStatusBar):
         total = sum(g.total_bytes for g in gpus)
         self.vram_bar.setValue(int(1000 * sum(g.used_bytes for g in gpus) / total))
         self.vram_label.setText("VRAM " + " · ".join(
-            f"GPU{g.index} {g.used_bytes / GIB:.1f} / {g.total_bytes / GIB:.0f} GB"
+            f"GPU{g.index} {g.used_bytes / GIB:.1f} / {g.total_bytes / GIB:.0f} GiB"
             for g in gpus))
         self.vram_label.setToolTip("\n".join(g.name for g in gpus))
