@@ -30,9 +30,10 @@ def create_application(argv: list[str] | None = None) -> QApplication:
 
 
 def run_gui() -> int:
+    from app.gui.display_check import display_problem
     from app.gui.qt_check import qt_binding_problem
 
-    problem = qt_binding_problem()
+    problem = display_problem() or qt_binding_problem()
     if problem is not None:
         print(f"modelyard: {problem}", file=sys.stderr)
         return 2
