@@ -60,6 +60,10 @@ class TensorTableModel(QAbstractTableModel):
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return TENSOR_HEADERS[section]
+        if (orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole
+                and TENSOR_HEADERS[section] == "Shape"):
+            return ("As stored: a GGUF lists the fastest-varying dimension first (ne0×ne1), "
+                    "safetensors rows first; the same as modelyard inspect --tensors")
         return None
 
     def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -68,7 +72,8 @@ class TensorTableModel(QAbstractTableModel):
         tensor = self._tensors[index.row()]
         column = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
-            return (tensor.name, tensor.type, " × ".join(map(str, tensor.shape)),
+            # The order and spelling `modelyard inspect --tensors` prints.
+            return (tensor.name, tensor.type, "×".join(map(str, tensor.shape)),
                     f"{tensor.n_bytes:,}")[column]
         if role == Qt.ItemDataRole.UserRole:
             return (tensor.name, tensor.type, tensor.shape, tensor.n_bytes)[column]
