@@ -39,7 +39,7 @@ from app.gui.fit_badge import COLORS, fit_short_text
 from app.gui.quant_guide import GROUPS, bits_per_weight, group_of, type_note
 
 HF_DTYPES = ("BF16", "F16", "F32")
-PER_ROW = 5  # type buttons per row within a group
+PER_ROW = 4  # type buttons per row within a group: the sheet fits a 1024-wide screen
 
 
 class ConvertDialog(QDialog):
@@ -58,6 +58,8 @@ class ConvertDialog(QDialog):
         self.to_hf = QRadioButton("Hugging Face safetensors (transformers)")
         self.to_gguf.setChecked(True)
         self.to_hf.setEnabled(model.format == "gguf")
+        if model.format != "gguf":
+            self.to_hf.setText("Hugging Face safetensors: the source already is one")
         self.types = QButtonGroup(self)
         self.types.setExclusive(True)
         self.type_grid = QGridLayout()
@@ -83,6 +85,9 @@ class ConvertDialog(QDialog):
         self.pure = QCheckBox("Every weight in the chosen type (--pure: no Q6_K output tensor)")
         self.keep_type = QLineEdit(placeholderText="tensors to copy unchanged, e.g. *attn_v*")
         self.keep_type.setEnabled(model.format == "gguf")
+        if model.format != "gguf":
+            self.keep_type.setPlaceholderText("only for a GGUF source: an HF model's tensors "
+                                              "are all converted")
         self.overwrite = QCheckBox("Replace the output if it exists")
         self.require_tokenizer = QCheckBox("Stop if the model has no tokenizer")
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
@@ -207,8 +212,9 @@ class ConvertDialog(QDialog):
             button.setToolTip(type_note(name) if enabled else
                               "estimate only: Modelyard cannot write these tensor types yet")
             if fit is not None:
+                # A border, not bold text: bold would outgrow the button's size hint.
                 button.setStyleSheet(f"QPushButton:checked {{ border: 2px solid "
-                                     f"{COLORS[fit.verdict.kind]}; font-weight: bold; }}")
+                                     f"{COLORS[fit.verdict.kind]}; }}")
             self.types.addButton(button)
             self.type_grid.addWidget(button, row, column)
 

@@ -54,10 +54,10 @@ class TargetSpec:
         return "this machine" if self.kind == "machine" else "this machine's CPU only"
 
     def short_label(self) -> str:
-        """For the models table's header."""
+        """For the models table's header: "Fit here", "Fit · CPU only"."""
         if self.kind == "custom":
             return f"{self.vram_gib:g} GiB GPU"
-        return "this machine" if self.kind == "machine" else "CPU only"
+        return "here" if self.kind == "machine" else "CPU only"
 
 
 class NeedBar(QWidget):

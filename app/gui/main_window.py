@@ -81,7 +81,7 @@ class MainWindow(QMainWindow):
         splitter.setStretchFactor(1, 3)
         splitter.setStretchFactor(2, 2)
         splitter.setChildrenCollapsible(False)
-        splitter.setSizes([170, 630, 480])
+        splitter.setSizes([160, 660, 460])
         self.setCentralWidget(splitter)
         self.splitter = splitter
 

@@ -76,7 +76,7 @@ class ModelTableModel(QAbstractTableModel):
         self._rows: list[ModelRow] = []
         self._fits: dict[str, Verdict] = {}
         self.fit_context = ""  # "at 4096 tokens on this machine", for tooltips
-        self.judge = "this machine"  # what the Fit column is judged for, shown in its header
+        self.judge = "here"  # what the Fit column is judged for, shown in its header
 
     def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self._rows)
@@ -90,10 +90,12 @@ class ModelTableModel(QAbstractTableModel):
             return None
         column = COLUMNS[section]
         if role == Qt.ItemDataRole.DisplayRole:
-            return f"Fit · {self.judge}" if column.title == "Fit" else column.heading
+            if column.title == "Fit":
+                return "Fit here" if self.judge == "here" else f"Fit · {self.judge}"
+            return column.heading
         if role == Qt.ItemDataRole.ToolTipRole:
-            return (f"Where each model runs on {self.judge} ({self.fit_context})"
-                    if column.title == "Fit" else column.title)
+            return (f"Where each model runs {self.fit_context}" if column.title == "Fit"
+                    else column.title)
         return None
 
     def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -139,7 +141,7 @@ class ModelTableModel(QAbstractTableModel):
         return None
 
     def set_fits(self, fits: dict[str, Verdict], context_text: str,
-                 judge: str = "this machine") -> None:
+                 judge: str = "here") -> None:
         """Verdicts by model path for `judge`; models without one show as pending."""
         self._fits.update(fits)
         self.fit_context = context_text

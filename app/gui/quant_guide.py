@@ -15,7 +15,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 ADVICE = {
-    "F32": "no loss; for further processing, too big to run",
+    "F32": "for further processing; too big to run",
     "F16": "no loss for most models; twice the size of Q8_0",
     "BF16": "no loss for bf16-trained models; needs a recent CPU or GPU",
     "Q8_0": "nearly lossless at half of F16",

@@ -47,10 +47,17 @@ def _meter(tooltip: str) -> QProgressBar:
     return bar
 
 
-def _short(path: Path) -> str:
+def _short(path: Path, limit: int = 28) -> str:
+    """The path as a person reads it: from ~, and only its last folders when it is long (the
+    full path is in the tooltip)."""
     home = Path.home()
-    return "~/" + str(path.relative_to(home)) if path.is_relative_to(home) and path != home \
+    text = "~/" + str(path.relative_to(home)) if path.is_relative_to(home) and path != home \
         else "~" if path == home else str(path)
+    if len(text) > limit and len(path.parts) > 2:
+        text = "…/" + path.name
+    if len(text) > limit:
+        text = "…" + text[-(limit - 1):]
+    return text
 
 
 class ResourceStatusBar(QStatusBar):
@@ -86,6 +93,7 @@ class ResourceStatusBar(QStatusBar):
         if res.disk is not None:
             self.disk_label.setText(f"Disk {_short(res.disk.path)}: "
                                     f"{format_bytes(res.disk.free_bytes)} free")
+            self.disk_label.setToolTip(str(res.disk.path))
         gpus = res.gpus
         self.vram_bar.setVisible(bool(gpus))
         if not gpus:

@@ -70,7 +70,7 @@ def test_a_what_if_target_stays_on_the_fit_tab(qtbot, settings: AppSettings,  # 
                                                folder: Path) -> None:
     window = open_window(qtbot, settings, folder)
     header = window.table_model.headerData(COLUMN_INDEX["Fit"], Qt.Orientation.Horizontal)
-    assert header == "Fit · this machine"
+    assert header == "Fit here"
     before = fit_texts(window)
     assert "GPU" not in before  # no GPU on these machines
     assert window.select_model_path(folder / "tiny-llama")
