@@ -215,6 +215,8 @@ class ConvertDialog(QDialog):
                 # A border, not bold text: bold would outgrow the button's size hint.
                 button.setStyleSheet(f"QPushButton:checked {{ border: 2px solid "
                                      f"{COLORS[fit.verdict.kind]}; }}")
+            # Never shorter than its two lines: a long plan below scrolls instead.
+            button.setMinimumHeight(button.sizeHint().height())
             self.types.addButton(button)
             self.type_grid.addWidget(button, row, column)
 

@@ -10,6 +10,7 @@ from typing import Any
 from PySide6.QtCore import QItemSelection, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QDockWidget,
     QFileDialog,
     QLineEdit,
@@ -17,7 +18,6 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QSizePolicy,
     QSplitter,
-    QStyle,
     QToolBar,
     QWidget,
 )
@@ -30,12 +30,14 @@ from app.core.formats.model_info import ModelInfo
 from app.core.formats.scan import ScanRequest, ScanResult, describe_path
 from app.core.generate.doctor import DoctorReport, diagnose
 from app.core.jobs import JobResult
+from app.gui.appearance import action_icon
 from app.gui.background import Background
 from app.gui.convert_controller import ConvertController
 from app.gui.details import DetailsPane
 from app.gui.fit_controller import FitController, make_target
 from app.gui.fit_tab import TargetSpec
 from app.gui.jobs_panel import JobsPanel, is_background_job, job_output, job_seconds
+from app.gui.menus import build_menus
 from app.gui.models_table import MODEL_ROLE, ModelFilterProxy, ModelTableModel
 from app.gui.models_view import FIRST_LAUNCH, ModelsView
 from app.gui.notify import Notifier
@@ -93,6 +95,7 @@ class MainWindow(QMainWindow):
         self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
         self.queue.job_added.connect(self._job_added)
         self.notifier = Notifier(self)
+        self.confirm_quit: Callable[[list[str]], bool] = self.ask_before_quit
 
         self.status = ResourceStatusBar(self)
         self.setStatusBar(self.status)
@@ -100,6 +103,7 @@ class MainWindow(QMainWindow):
         self.search.setClearButtonEnabled(True)
         self.search.setMaximumWidth(320)
         self._make_toolbar()
+        build_menus(self)
 
         self.search.textChanged.connect(self.proxy.set_text)
         self.search.textChanged.connect(self._update_empty_reason)
@@ -126,25 +130,18 @@ class MainWindow(QMainWindow):
         bar.setObjectName("main-toolbar")
         bar.setMovable(False)
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        style = self.style()
-        self.open_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_DirOpenIcon),
-                                   "Open folder", self)
+        self.open_action = QAction(action_icon("open-folder"), "Open folder", self)
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.open_action.setToolTip("Add a folder of models (Ctrl+O)")
         self.open_action.triggered.connect(self.choose_folder)
-        self.rescan_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_BrowserReload),
-                                     "Rescan", self)
+        self.rescan_action = QAction(action_icon("rescan"), "Rescan", self)
         self.rescan_action.setShortcut(QKeySequence.StandardKey.Refresh)
         self.rescan_action.triggered.connect(self.rescan_all)
-        self.convert_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_ArrowRight),
-                                      "Convert…", self)
+        self.convert_action = QAction(action_icon("convert"), "Convert…", self)
         self.convert_action.setShortcut(QKeySequence("Ctrl+Shift+C"))
         self.convert_action.setToolTip("Convert the selected model (Ctrl+Shift+C)")
         self.convert_action.triggered.connect(self.convert_selected)
         self.convert_action.setEnabled(False)
-        find = QAction(self)
-        find.setShortcut(QKeySequence.StandardKey.Find)
-        find.triggered.connect(lambda: self.search.setFocus())
-        self.addAction(find)
         bar.addAction(self.open_action)
         bar.addAction(self.rescan_action)
         bar.addAction(self.convert_action)
@@ -153,19 +150,38 @@ class MainWindow(QMainWindow):
         bar.addWidget(spacer)
         bar.addWidget(self.search)
         self.addToolBar(bar)
+        self.toolbar = bar
+
+    def show_test_tab(self) -> None:
+        self.details.setCurrentWidget(self.details.test)
 
     def _restore_state(self) -> None:
-        geometry = self.settings.window_state("geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        state = self.settings.window_state("state")
-        if state is not None:
-            self.restoreState(state)
+        """Size, docks, the three panes' widths, the table's sorting and column widths and
+        the jobs panel's split, as the user left them."""
+        restore = ((self.restoreGeometry, "geometry"), (self.restoreState, "state"),
+                   (self.splitter.restoreState, "splitter"),
+                   (self.table.horizontalHeader().restoreState, "table-header"),
+                   (self.jobs_panel.splitter.restoreState, "jobs-splitter"))
+        for apply, key in restore:
+            saved = self.settings.window_state(key)
+            if saved is not None:
+                apply(saved)
+
+    def _save_state(self) -> None:
+        save = (("geometry", self.saveGeometry), ("state", self.saveState),
+                ("splitter", self.splitter.saveState),
+                ("table-header", self.table.horizontalHeader().saveState),
+                ("jobs-splitter", self.jobs_panel.splitter.saveState))
+        for key, state in save:
+            self.settings.set_window_state(key, state())
+        self.settings.sync()
 
     # ---- sources ---------------------------------------------------------------------------
     def choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Add a folder of models", str(Path.home()))
+        start = self.settings.last_dialog_folder() or Path.home()
+        folder = QFileDialog.getExistingDirectory(self, "Add a folder of models", str(start))
         if folder:
+            self.settings.set_last_dialog_folder(Path(folder).parent)
             self.add_folder(Path(folder))
 
     def add_folder(self, folder: Path, select: bool = True) -> None:
@@ -393,10 +409,28 @@ class MainWindow(QMainWindow):
             self.add_folder(folder, select=False)  # the user's view stays as it is
 
     # ---- closing -------------------------------------------------------------------------
+    def running_jobs(self) -> list[str]:
+        """Titles of the jobs the user started that have not finished."""
+        return [r.title for r in self.queue.active() if not is_background_job(r)]
+
+    def ask_before_quit(self, running: list[str]) -> bool:
+        """Whether to quit although `running` jobs would be cancelled."""
+        if QApplication.platformName() in ("offscreen", "minimal"):
+            return True  # nobody can see a question: a headless run must still end
+        answer = QMessageBox.question(
+            self, "Quit while jobs run?",
+            f"{len(running)} job(s) have not finished: {', '.join(running[:3])}.\n\n"
+            "Quitting cancels them; nothing half-written is kept.",
+            QMessageBox.StandardButton.Cancel | QMessageBox.StandardButton.Yes,
+            QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Yes
+
     def closeEvent(self, event: QCloseEvent) -> None:
-        self.settings.set_window_state("geometry", self.saveGeometry())
-        self.settings.set_window_state("state", self.saveState())
-        self.settings.sync()
+        running = self.running_jobs()
+        if running and not self.confirm_quit(running):
+            event.ignore()
+            return
+        self._save_state()
         self.status.stop()
         self.queue.shutdown()
         self.background.wait(5000)

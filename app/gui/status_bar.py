@@ -94,6 +94,8 @@ class ResourceStatusBar(QStatusBar):
             self.disk_label.setText(f"Disk {_short(res.disk.path)}: "
                                     f"{format_bytes(res.disk.free_bytes)} free")
             self.disk_label.setToolTip(str(res.disk.path))
+            if self.disk_label.width() < self.disk_label.sizeHint().width():
+                self.reformat()  # a longer path: make room at once, not at the next resize
         gpus = res.gpus
         self.vram_bar.setVisible(bool(gpus))
         if not gpus:
