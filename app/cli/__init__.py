@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Workbench for local LLM weights. Without a command, opens the window.")
     parser.add_argument("--version", action="version", version=f"modelyard {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug log lines")
+    parser.add_argument("--self-test", action="store_true",
+                        help="scan, convert and test a tiny model; exit 0 when all works")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(commands)
@@ -32,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.self_test:
+        from app.self_test import run_self_test
+
+        return run_self_test()
     if args.command is None:
         parser.print_help()
         return 2
