@@ -153,7 +153,7 @@ class ConvertDialog(QDialog):
         summary_area.setWidgetResizable(True)
         summary_area.setFrameShape(QScrollArea.Shape.NoFrame)
         summary_area.setWidget(self.summary)
-        summary_area.setMinimumHeight(self.fontMetrics().lineSpacing() * 3 + 8)
+        summary_area.setMinimumHeight(self.fontMetrics().lineSpacing() * 5 + 8)
         self.summary_area = summary_area
         bottom = QHBoxLayout()
         bottom.addWidget(self.start_reason, 1)

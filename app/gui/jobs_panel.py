@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, QUrl
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QTextCursor
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -87,6 +87,8 @@ def format_eta(seconds: float | None) -> str:
 
 
 class JobsPanel(QWidget):
+    test_requested = Signal(object)  # Path of a finished job's output
+
     def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.queue = queue
@@ -110,12 +112,16 @@ class JobsPanel(QWidget):
         self.show_folder_button = QPushButton("Show in folder")
         self.show_folder_button.setEnabled(False)
         self.show_folder_button.setToolTip("Open the folder holding the selected job's output")
+        self.test_button = QPushButton("Test it")
+        self.test_button.setEnabled(False)
+        self.test_button.setToolTip("Select the selected job's output and open its Test tab")
         self.verbose = QCheckBox("Details")
         self.verbose.setToolTip("Show the per-tensor debug lines in the log")
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.cancel_button)
         buttons.addWidget(self.show_folder_button)
+        buttons.addWidget(self.test_button)
         buttons.addWidget(self.open_log_button)
         buttons.addWidget(self.verbose)
         buttons.addStretch(1)
@@ -140,6 +146,7 @@ class JobsPanel(QWidget):
         self._meters: dict[int, RateMeter] = {}
         queue.job_added.connect(self._add)
         self.show_folder_button.clicked.connect(self._show_folder)
+        self.test_button.clicked.connect(self._test_output)
         self.verbose.toggled.connect(self._selection_changed)
         queue.job_changed.connect(self._refresh)
         queue.job_logged.connect(self._logged)
@@ -245,6 +252,7 @@ class JobsPanel(QWidget):
             self.cancel_button.setEnabled(False)
             self.open_log_button.setEnabled(False)
             self.show_folder_button.setEnabled(False)
+            self.test_button.setEnabled(False)
             return
         record = self.queue.jobs[job_id]
         for _stamp, level, text in record.log:
@@ -255,8 +263,9 @@ class JobsPanel(QWidget):
         self.cancel_button.setEnabled(not record.finished and not record.token.is_set())
         self.open_log_button.setEnabled(record.log_path is not None and
                                         record.log_path.exists())
-        self.show_folder_button.setEnabled(record.state == "done"
-                                           and job_output(record) is not None)
+        has_output = record.state == "done" and job_output(record) is not None
+        self.show_folder_button.setEnabled(has_output)
+        self.test_button.setEnabled(has_output)
 
     def _cancel_selected(self) -> None:
         job_id = self.selected_job()
@@ -274,6 +283,12 @@ class JobsPanel(QWidget):
         if output is not None:
             folder = output if output.is_dir() else output.parent
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    def _test_output(self) -> None:
+        job_id = self.selected_job()
+        output = job_output(self.queue.jobs[job_id]) if job_id is not None else None
+        if output is not None:
+            self.test_requested.emit(output)
 
     def clear_finished(self) -> None:
         for job_id in [j for j, r in self.queue.jobs.items() if r.finished]:

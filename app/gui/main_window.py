@@ -94,6 +94,7 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)
         self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
         self.queue.job_added.connect(self._job_added)
+        self.jobs_panel.test_requested.connect(self.test_output)
         self.notifier = Notifier(self)
         self.confirm_quit: Callable[[list[str]], bool] = self.ask_before_quit
 
@@ -154,6 +155,13 @@ class MainWindow(QMainWindow):
 
     def show_test_tab(self) -> None:
         self.details.setCurrentWidget(self.details.test)
+
+    def test_output(self, path: Path) -> None:
+        """A finished job's "Test it": its output selected (once listed), its Test tab open."""
+        if self.select_model_path(path, reveal=True):
+            self.show_test_tab()
+        else:
+            self._select_after_scan = path  # the rescan that lists it is still running
 
     def _restore_state(self) -> None:
         """Size, docks, the three panes' widths, the table's sorting and column widths and

@@ -67,7 +67,11 @@ def test_a_finished_job_shows_duration_output_and_its_folder(qtbot, tmp_path: Pa
         item = panel._items[job]
         assert item.text(4).startswith("done in 0:0") and "→ model-Q8_0.gguf" in item.text(4)
         assert item.toolTip(4) == str(tmp_path / "model-Q8_0.gguf")
-        assert panel.show_folder_button.isEnabled()
+        assert panel.show_folder_button.isEnabled() and panel.test_button.isEnabled()
+        asked: list[Path] = []
+        panel.test_requested.connect(asked.append)
+        panel.test_button.click()
+        assert asked == [tmp_path / "model-Q8_0.gguf"]
     finally:
         queue.shutdown()
 

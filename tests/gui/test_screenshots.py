@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.jobs import Reporter, check_cancel
+from app.gui.appearance import apply_appearance
 from app.gui.convert_dialog import ConvertDialog
 from app.gui.main_window import MainWindow
 from app.gui.settings import AppSettings
@@ -103,6 +104,17 @@ def save(widget: QWidget, name: str, out: Path, size: tuple[int, int]) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, SCREENSHOTS / f"{name}.png")
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def styled(qapp):  # type: ignore[no-untyped-def]
+    """The look the app starts with (palette, style sheet), put back after these tests."""
+    palette, sheet, style = qapp.palette(), qapp.styleSheet(), qapp.style().name()
+    apply_appearance(qapp)
+    yield
+    qapp.setStyle(style)
+    qapp.setPalette(palette)
+    qapp.setStyleSheet(sheet)
 
 
 @pytest.fixture()
@@ -192,3 +204,30 @@ def test_jobs_panel_mid_job(qtbot, settings: AppSettings, folder: Path,  # type:
     finally:
         job.release.set()
         settle(qtbot, window)
+
+
+@pytest.mark.skipif(not os.environ.get("MODELYARD_SCREENSHOTS"),
+                    reason="a real comparison takes half a minute on two cores; run with "
+                           "MODELYARD_SCREENSHOTS=1 (as when the README's pictures are made)")
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_compare_done(qtbot, settings: AppSettings, folder: Path,  # type: ignore[no-untyped-def]
+                      tmp_path: Path, size: tuple[int, int]) -> None:
+    from app.core.convert import ConvertRequest
+    from app.core.generate.compare import CompareRequest
+    from app.core.jobs import RecordingReporter
+
+    candidate = folder / "tiny-llama-Q4_0.gguf"
+    ConvertRequest(folder / "tiny-llama", candidate, "Q4_0", device="cpu",
+                   pure=True).run(RecordingReporter())
+    result = CompareRequest(folder / "tiny-llama", candidate, ref_backend="transformers",
+                            candidate_backend="transformers").run(RecordingReporter())
+    window = sized(qtbot, settings, size, folder)
+    assert window.select_model_path(candidate)
+    window.details.test.compare.remember_source(candidate, folder / "tiny-llama")
+    window.details.test.compare.show_model(window.selected_model())
+    window.show_test_tab()
+    window.details.test.setCurrentWidget(window.details.test.compare)
+    window.details.test.compare.show_result(result)
+    settle(qtbot, window)
+    save(window, "compare", tmp_path, size)
+    assert problems_in(window) == []
