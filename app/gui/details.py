@@ -170,6 +170,9 @@ class TensorsTab(QWidget):
         self._update_count()
 
     def _update_count(self) -> None:
+        if self.model.rowCount() == 0:
+            self.count.setText("Select a model to list its tensors.")
+            return
         self.count.setText(f"{self.proxy.rowCount()} of {self.model.rowCount()} tensors")
 
 
@@ -214,6 +217,8 @@ class ProblemsTab(QWidget):
         self.doctor_status.clear()
         self.doctor_button.setEnabled(model is not None)
         if model is None:
+            self._add("info", "Select a model to see what was found in its files.")
+            self.doctor_status.setText("The compatibility check needs a model selected.")
             return
         if not model.problems:
             self._add("info", "No problems found in the files.")
@@ -254,6 +259,7 @@ class DetailsPane(QTabWidget):
         self.addTab(self.problems, "Problems")
         self.addTab(self.test, "Test")
         self.model: ModelInfo | None = None
+        self.show_model(None)
 
     def show_model(self, model: ModelInfo | None) -> None:
         self.model = model
