@@ -118,7 +118,9 @@ class NeedBar(QWidget):
                              f"usable {format_bytes(self.capacity)} ›")
         elif self.capacity:
             mark = rect.left() + rect.width() * self.capacity / scale_to
-            painter.setPen(QColor("#d64541" if self.need.total > self.capacity else "#202124"))
+            over = self.need.total > self.capacity
+            painter.setPen(QColor(COLORS["none"]) if over
+                           else self.palette().color(self.foregroundRole()))
             painter.drawLine(int(mark), int(rect.top()) - 1, int(mark), int(rect.bottom()) + 1)
         painter.end()
 

@@ -4,6 +4,7 @@ never squeezes the type buttons."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from app.core.estimate.candidates import conversion_candidates
-from app.core.estimate.verdict import MARGIN_BYTES, MARGIN_FRACTION, Machine, judge, recommend
+from app.core.estimate.verdict import (
+    MARGIN_BYTES,
+    MARGIN_FRACTION,
+    Candidate,
+    Machine,
+    judge,
+    recommend,
+)
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.scan import inspect_path
 from app.gui.convert_dialog import ConvertDialog
@@ -23,12 +31,18 @@ def smollm2(smollm2_gguf: Path) -> ModelInfo:
     return inspect_path(smollm2_gguf)
 
 
+@functools.lru_cache(maxsize=4)
+def candidates_of(model: ModelInfo) -> tuple[Candidate, ...]:
+    """Planning every type for SmolLM2 takes seconds: once per model for the module."""
+    return tuple(conversion_candidates(model))
+
+
 def open_sheet(qtbot, model: ModelInfo, ram_gib: float = 16,  # type: ignore[no-untyped-def]
                preselect: str | None = None) -> ConvertDialog:
     dialog = ConvertDialog(model, preselect)
     qtbot.addWidget(dialog)
     dialog.show()
-    fits = recommend(conversion_candidates(model), Machine.custom(None, ram_gib), 4096)
+    fits = recommend(candidates_of(model), Machine.custom(None, ram_gib), 4096)
     dialog.show_estimates(fits)
     return dialog
 
@@ -75,7 +89,7 @@ def test_a_fresh_q4_0_can_still_be_converted(qtbot, tiny_models: dict[str, Path]
 
 
 def test_a_needed_requantization_says_the_errors_stack(qtbot, smollm2: ModelInfo) -> None:
-    candidates = conversion_candidates(smollm2)
+    candidates = candidates_of(smollm2)
     q4_0 = next(c for c in candidates if c.quant == "Q4_0")
     need = judge(q4_0.model, Machine("big", 64 * 1024**3), 4096).estimate.ram.total
     # RAM for the Q4_0, a few MiB short of the Q4_1 as it is
