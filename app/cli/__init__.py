@@ -60,6 +60,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Workbench for local LLM weights. Without a command, opens the window.")
     parser.add_argument("--version", action="version", version=f"modelyard {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug log lines")
+    parser.add_argument("--self-test", action="store_true",
+                        help="scan, convert and test a tiny model; exit 0 when all works")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = list(COMMAND_MODULES)
     if command == "all":
@@ -78,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(requested_command(argv))
     args = parser.parse_args(argv)
+    if args.self_test:
+        from app.self_test import run_self_test
+
+        return run_self_test()
     if args.command is None:
         parser.print_help()
         return 2

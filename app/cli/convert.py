@@ -18,6 +18,7 @@ from app.core.convert import (
     execute_plan,
     writable_output_types,
 )
+from app.core.errors import OptionError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter
 from app.core.quant.overrides import TypeOverrides
@@ -36,7 +37,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                               "Name-TYPE.gguf or Name-hf); an existing folder for a GGUF means "
                               "inside it")
     convert.add_argument("--type", "-t", default=None, metavar="T",
-                         help=f"GGUF type: {', '.join(GGUF_OUTPUT_TYPES)} (default F16; "
+                         help=f"GGUF type: {', '.join(GGUF_OUTPUT_TYPES)} (required for a GGUF "
+                              "source; for an HF source the default is the best type that "
+                              "fits this machine; "
                               f"writable today: {', '.join(writable_output_types())}); each "
                               "tensor gets the type llama-quantize gives it for T; with --to hf "
                               f"the dtype: {', '.join(HF_OUTPUT_DTYPES)}")
@@ -76,19 +79,52 @@ def register(commands: argparse._SubParsersAction) -> None:
     convert.set_defaults(handler=cmd_convert)
 
 
+def default_type(source: Path, to: str) -> tuple[str, str | None]:
+    """The type to write when --type is not given, and the sentence that says why.
+
+    A GGUF is already a choice of type: guessing one could silently turn a Q4_1 into a much
+    bigger F16 (or stack a second quantization error), so the user must say which.
+    """
+    if to == "hf":
+        return "F16", None
+    from app.core.estimate.candidates import conversion_candidates
+    from app.core.estimate.verdict import Machine, recommend
+    from app.core.formats.scan import inspect_path
+    from app.core.resources import probe_resources
+
+    model = inspect_path(source)
+    if model.format == "gguf":
+        raise OptionError(f"{source} is a {model.quantization or ''} GGUF: say which type to "
+                          "convert it to with --type (e.g. Q8_0 or Q4_K_M); types: "
+                          f"{', '.join(GGUF_OUTPUT_TYPES)}")
+    fits = recommend(conversion_candidates(model, writable_only=True),
+                     Machine.from_resources(probe_resources()))
+    chosen = next((f for f in fits if f.recommended), None)
+    if chosen is None:
+        return "F16", "no --type given and no type fits this machine: writing F16"
+    return chosen.candidate.quant, (f"no --type given: writing {chosen.candidate.quant}, the "
+                                    "best type that fits this machine "
+                                    f"({chosen.verdict.text.split(':')[0]})")
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     overrides = TypeOverrides.parse(args.tensor_type, args.output_tensor_type,
                                     args.token_embedding_type)  # bad values: exit 2
-    request = ConvertRequest(args.source, args.output, args.type or "F16", to=args.to,
+    out_type, why = (args.type, None) if args.type else default_type(args.source, args.to)
+    request = ConvertRequest(args.source, args.output, out_type, to=args.to,
                              device=args.device, keep_type=args.keep_type,
                              overwrite=args.overwrite, require_tokenizer=args.require_tokenizer,
                              pure=args.pure, check_memory=not args.ignore_memory_check,
                              type_overrides=overrides or None, imatrix=args.imatrix)
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
     if args.dry_run:
+        if why:
+            sys.stderr.write(why + "\n")
         print_json(plan.to_json())
         return 0
     reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
+    if why:
+        reporter.log("info", why)
     if not args.json_progress:
         sys.stderr.write(f"{request.title}: {len(plan.tensors)} tensors, "
                          f"{format_bytes(plan.output_bytes)}, peak memory about "

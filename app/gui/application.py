@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from app import __version__
+from app.gui.appearance import apply_appearance
 from app.gui.gc_guard import GuiThreadGarbageCollector
+from app.resource_files import resource_path
 
-ICON = Path(__file__).resolve().parent.parent / "resources" / "modelyard.svg"
+ICON = resource_path("modelyard.svg")
 
 
 def create_application(argv: list[str] | None = None) -> QApplication:
@@ -24,15 +25,18 @@ def create_application(argv: list[str] | None = None) -> QApplication:
     app.setDesktopFileName("modelyard")
     if ICON.exists():
         app.setWindowIcon(QIcon(str(ICON)))
+    if existing is None:
+        apply_appearance(app)
     if app.findChild(GuiThreadGarbageCollector) is None:
         GuiThreadGarbageCollector(parent=app)
     return app
 
 
 def run_gui() -> int:
+    from app.gui.display_check import display_problem
     from app.gui.qt_check import qt_binding_problem
 
-    problem = qt_binding_problem()
+    problem = display_problem() or qt_binding_problem()
     if problem is not None:
         print(f"modelyard: {problem}", file=sys.stderr)
         return 2

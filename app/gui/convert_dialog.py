@@ -22,9 +22,11 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QLineEdit,
     QPushButton,
     QRadioButton,
+    QScrollArea,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -34,8 +36,10 @@ from app.core.convert import ConversionPlan, ConvertRequest, default_output_path
 from app.core.estimate.verdict import CandidateFit
 from app.core.formats.model_info import ModelInfo, format_bytes
 from app.gui.fit_badge import COLORS, fit_short_text
+from app.gui.quant_guide import GROUPS, bits_per_weight, group_of, type_note
 
 HF_DTYPES = ("BF16", "F16", "F32")
+PER_ROW = 4  # type buttons per row within a group: the sheet fits a 1024-wide screen
 
 
 class ConvertDialog(QDialog):
@@ -54,13 +58,26 @@ class ConvertDialog(QDialog):
         self.to_hf = QRadioButton("Hugging Face safetensors (transformers)")
         self.to_gguf.setChecked(True)
         self.to_hf.setEnabled(model.format == "gguf")
+        if model.format != "gguf":
+            self.to_hf.setText("Hugging Face safetensors: the source already is one")
         self.types = QButtonGroup(self)
         self.types.setExclusive(True)
         self.type_grid = QGridLayout()
-        self.output = QLineEdit()
+        self.type_grid.setHorizontalSpacing(6)
+        self.type_grid.setVerticalSpacing(6)
+        self._keep: CandidateFit | None = None
+        self.advice = QLabel("Estimating the size and fit of each type…")
+        self.advice.setWordWrap(True)
+        self.type_note = QLabel()
+        self.type_note.setWordWrap(True)
+        self.output = QLineEdit(placeholderText="chosen with the type")
         browse = QPushButton("Browse…")
-        self.summary = QLabel("estimating…")
+        self.summary = QLabel("Choose a type to see the plan.")
         self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.summary.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.start_reason = QLabel("Choose a type.")
+        self.start_reason.setWordWrap(True)
         self.device = QComboBox()
         for label, value in (("Automatic (CUDA when present)", "auto"), ("CPU", "cpu"),
                              ("CUDA", "cuda")):
@@ -68,6 +85,9 @@ class ConvertDialog(QDialog):
         self.pure = QCheckBox("Every weight in the chosen type (--pure: no Q6_K output tensor)")
         self.keep_type = QLineEdit(placeholderText="tensors to copy unchanged, e.g. *attn_v*")
         self.keep_type.setEnabled(model.format == "gguf")
+        if model.format != "gguf":
+            self.keep_type.setPlaceholderText("only for a GGUF source: an HF model's tensors "
+                                              "are all converted")
         self.overwrite = QCheckBox("Replace the output if it exists")
         self.require_tokenizer = QCheckBox("Stop if the model has no tokenizer")
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
@@ -86,6 +106,10 @@ class ConvertDialog(QDialog):
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         self._fill_types([])
+        if self.to_gguf.isChecked():
+            self.advice.setText("Estimating the size and fit of each type…")
+            self.advice.setVisible(True)
+            self.start_reason.setText("Estimating the types…")
 
     def _build(self, browse: QPushButton) -> None:
         source = QLabel(f"<b>{self.model.name}</b> · {self.model.format.upper()} · "
@@ -113,61 +137,158 @@ class ConvertDialog(QDialog):
         fold.toggled.connect(advanced.setVisible)
         fold.toggled.connect(lambda on: fold.setArrowType(
             Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow))
+        types = QVBoxLayout()
+        types.addLayout(self.type_grid)
+        types.addWidget(self.type_note)
+        types.addWidget(self.advice)
         form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Model:", source)
         form.addRow("Convert to:", formats)
-        form.addRow("Type:", self.type_grid)
+        form.addRow("Type:", types)
         form.addRow("Output:", output_row)
+        # A long plan (many warnings) scrolls inside its own area instead of squeezing the
+        # type buttons below their size.
+        summary_area = QScrollArea()
+        summary_area.setWidgetResizable(True)
+        summary_area.setFrameShape(QScrollArea.Shape.NoFrame)
+        summary_area.setWidget(self.summary)
+        summary_area.setMinimumHeight(self.fontMetrics().lineSpacing() * 5 + 8)
+        self.summary_area = summary_area
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.start_reason, 1)
+        bottom.addWidget(self.buttons)
         layout = QVBoxLayout(self)
+        layout.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
         layout.addLayout(form)
-        layout.addWidget(self.summary)
+        layout.addWidget(summary_area, 1)
         layout.addWidget(fold)
         layout.addWidget(advanced)
-        layout.addWidget(self.buttons)
+        layout.addLayout(bottom)
 
     # ---- quant buttons -------------------------------------------------------------------
     def _fill_types(self, fits: list[CandidateFit]) -> None:
         for button in self.types.buttons():
             self.types.removeButton(button)
             button.deleteLater()
-        options: list[tuple[str, str, str, bool, CandidateFit | None]]
+        while self.type_grid.count():
+            item = self.type_grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
         if self.to_hf.isChecked():
-            options = [(name, name, "", True, None) for name in HF_DTYPES]
-        else:
-            options = [(f.candidate.quant,
-                        f"{'★ ' if f.recommended else ''}{f.candidate.quant}\n"
-                        f"{format_bytes(f.candidate.model.file_size)} · "
-                        f"{fit_short_text(f.verdict)}",
-                        f.verdict.text if f.candidate.writable else
-                        "estimate only: Modelyard cannot write these tensor types yet",
-                        f.candidate.writable, f) for f in fits]
-        chosen = self.preselect
-        if chosen is None:
-            chosen = next((o[0] for o in options if o[4] is not None and o[4].recommended),
-                          options[0][0] if options else None)
-        for index, (name, text, tip, enabled, fit) in enumerate(options):
+            self._keep = None
+            self._add_group_row(0, "Data type", [(name, name, True, None) for name in HF_DTYPES])
+            self._choose(self.preselect or HF_DTYPES[0])
+            self._explain_types([])
+            return
+        self._keep = next((f for f in fits if f.candidate.keep), None)
+        conversions = [f for f in fits if not f.candidate.keep]
+        row = 0
+        for group, members in GROUPS:
+            entries = [(f.candidate.quant, self._button_text(f), f.candidate.writable, f)
+                       for quant in members for f in conversions if f.candidate.quant == quant]
+            for start in range(0, len(entries), PER_ROW):
+                self._add_group_row(row, group if start == 0 else "",
+                                    entries[start:start + PER_ROW])
+                row += 1
+        others = [f for f in conversions if group_of(f.candidate.quant) == "Other"]
+        if others:
+            self._add_group_row(row, "Other", [(f.candidate.quant, self._button_text(f),
+                                                f.candidate.writable, f) for f in others])
+        recommended = next((f for f in conversions if f.recommended), None)
+        self._choose(self.preselect or (recommended.candidate.quant if recommended else None))
+        self._explain_types(fits)
+
+    def _add_group_row(self, row: int, group: str,
+                       entries: list[tuple[str, str, bool, CandidateFit | None]]) -> None:
+        label = QLabel(group)
+        label.setProperty("role", "group")
+        self.type_grid.addWidget(label, row, 0)
+        for column, (name, text, enabled, fit) in enumerate(entries, start=1):
             button = QPushButton(text)
             button.setCheckable(True)
             button.setEnabled(enabled)
-            button.setToolTip(tip)
             button.setProperty("quant", name)
+            button.setToolTip(type_note(name) if enabled else
+                              "estimate only: Modelyard cannot write these tensor types yet")
             if fit is not None:
+                # A border, not bold text: bold would outgrow the button's size hint.
                 button.setStyleSheet(f"QPushButton:checked {{ border: 2px solid "
-                                     f"{COLORS[fit.verdict.kind]}; font-weight: bold; }}")
+                                     f"{COLORS[fit.verdict.kind]}; }}")
+            # Never shorter than its two lines: a long plan below scrolls instead.
+            button.setMinimumHeight(button.sizeHint().height())
             self.types.addButton(button)
-            self.type_grid.addWidget(button, index // 4, index % 4)
-            if name == chosen and enabled:
+            self.type_grid.addWidget(button, row, column)
+
+    @staticmethod
+    def _button_text(fit: CandidateFit) -> str:
+        bpw = bits_per_weight(fit.candidate)
+        details = [f"{bpw:.1f} bpw" if bpw else "", format_bytes(fit.candidate.model.file_size),
+                   fit_short_text(fit.verdict) if fit.candidate.writable else "can't write"]
+        return (f"{'★ ' if fit.recommended else ''}{fit.candidate.quant}\n"
+                + " · ".join(d for d in details if d))
+
+    def _choose(self, quant: str | None) -> None:
+        for button in self.types.buttons():
+            if button.property("quant") == quant and button.isEnabled():
                 button.setChecked(True)
-        if self.types.checkedButton() is None:
-            first = next((b for b in self.types.buttons() if b.isEnabled()), None)
-            if first is not None:
-                first.setChecked(True)
+                return
+
+    def _explain_types(self, fits: list[CandidateFit]) -> None:
+        """Why the recommended type (or the file as it is), and why some types are grey."""
+        lines = []
+        keep = self._keep
+        recommended = next((f for f in fits if f.recommended), None)
+        if keep is not None and keep.recommended:
+            lines.append(f"This {keep.candidate.quant} file already fits this machine "
+                         f"({keep.verdict.text.split(':')[0]}). Converting quantized weights "
+                         "again adds a second error: choose a type only if a runtime needs it.")
+        elif recommended is not None:
+            why = "the best quality that fits this machine"
+            lines.append(f"★ {recommended.candidate.quant}: {why} "
+                         f"({recommended.verdict.text.split(':')[0]}).")
+            if recommended.candidate.requantizes:
+                lines.append(f"Quantizing this {recommended.candidate.source_quant} file again "
+                             "stacks a second error on the first; the original weights, if you "
+                             "have them, make a better source.")
+        elif fits:
+            lines.append("No type fits this machine at this context.")
+        grey = [f.candidate.quant for f in fits if not f.candidate.writable]
+        if grey:
+            lines.append(f"Greyed out ({', '.join(grey)}): Modelyard cannot write their tensor "
+                         "types yet; the sizes are estimates.")
+        self.advice.setText(" ".join(lines[:1]) + ("<br>" + "<br>".join(lines[1:])
+                                                   if len(lines) > 1 else ""))
+        self.advice.setVisible(bool(lines))
+        self._update_type_note()
+
+    def _update_type_note(self) -> None:
+        quant = self.selected_type()
+        if quant is None:
+            self.type_note.setText("")
+            self.type_note.setVisible(False)
+            return
+        fit = next((f for f in self._estimates if f.candidate.quant == quant
+                    and not f.candidate.keep), None) if self.to_gguf.isChecked() else None
+        text = f"<b>{quant}</b>: {type_note(quant)}"
+        if fit is not None:
+            bpw = bits_per_weight(fit.candidate)
+            if bpw:
+                text += f" ({bpw:.2f} bits per weight here)"
+            if fit.candidate.upward:
+                text += (f". No quality comes back from a {fit.candidate.source_quant} "
+                         "source: only a bigger file")
+            elif fit.candidate.requantizes:
+                text += f". Its error stacks on the source's {fit.candidate.source_quant} error"
+        self.type_note.setText(text + ".")
+        self.type_note.setVisible(True)
 
     def show_estimates(self, fits: list[CandidateFit]) -> None:
         """Size and fit of every GGUF type, computed by the owner in the background."""
+        self._estimates = fits
         if self.to_gguf.isChecked():
             self._fill_types(fits)
-        self._estimates = fits
+        self._type_changed()
 
     def selected_type(self) -> str | None:
         button = self.types.checkedButton()
@@ -183,8 +304,13 @@ class ConvertDialog(QDialog):
         self._type_changed()
 
     def _type_changed(self, *_: object) -> None:
+        self._update_type_note()
         out_type = self.selected_type()
         if out_type is None:
+            self.start.setEnabled(False)
+            self.start_reason.setText("Choose a type above to start." if self.types.buttons()
+                                      else "Estimating the types…")
+            self.summary.setText("Choose a type to see the plan.")
             return
         if not self._path_edited:
             self.output.setText(str(default_output_path(self.model, out_type, self.target())))
@@ -218,9 +344,13 @@ class ConvertDialog(QDialog):
     def _request_plan(self, *_: object) -> None:
         request = self.request()
         self.start.setEnabled(False)
-        if request is not None:
-            self.summary.setText("checking the plan…")
-            self.plan_wanted.emit(request)
+        if request is None:
+            self.start_reason.setText("Choose a type above to start." if self.selected_type()
+                                      is None else "Give the output a name to start.")
+            return
+        self.summary.setText("Checking the plan…")
+        self.start_reason.setText("Checking the plan…")
+        self.plan_wanted.emit(request)
 
     def show_plan(self, request: ConvertRequest, plan: ConversionPlan | None,
                   error: str | None, disk_free: int | None) -> None:
@@ -229,6 +359,7 @@ class ConvertDialog(QDialog):
         if plan is None:
             self.summary.setText(f"<span style='color:{COLORS['none']}'>{error}</span>")
             self.start.setEnabled(False)
+            self.start_reason.setText("Cannot start: see the plan above.")
             return
         where = "VRAM" if plan.device == "cuda" else "RAM"
         lines = [f"Writes {format_bytes(plan.output_bytes)} ({len(plan.tensors)} tensors) on "
@@ -240,5 +371,8 @@ class ConvertDialog(QDialog):
             lines.append(f"{len(plan.fallbacks)} tensor(s) fall back to another type "
                          f"(e.g. {plan.fallbacks[0]}).")
         lines += list(plan.warnings)
+        if error:  # a memory shortfall: the user may still start, at their risk
+            lines.insert(0, f"<span style='color:{COLORS['partial']}'>{error}</span>")
         self.summary.setText("<br>".join(lines))
         self.start.setEnabled(True)
+        self.start_reason.setText("")

@@ -60,6 +60,10 @@ class TensorTableModel(QAbstractTableModel):
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return TENSOR_HEADERS[section]
+        if (orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole
+                and TENSOR_HEADERS[section] == "Shape"):
+            return ("As stored: a GGUF lists the fastest-varying dimension first (ne0×ne1), "
+                    "safetensors rows first; the same as modelyard inspect --tensors")
         return None
 
     def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -68,7 +72,8 @@ class TensorTableModel(QAbstractTableModel):
         tensor = self._tensors[index.row()]
         column = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
-            return (tensor.name, tensor.type, " × ".join(map(str, tensor.shape)),
+            # The order and spelling `modelyard inspect --tensors` prints.
+            return (tensor.name, tensor.type, "×".join(map(str, tensor.shape)),
                     f"{tensor.n_bytes:,}")[column]
         if role == Qt.ItemDataRole.UserRole:
             return (tensor.name, tensor.type, tensor.shape, tensor.n_bytes)[column]
@@ -167,6 +172,9 @@ class TensorsTab(QWidget):
         self._update_count()
 
     def _update_count(self) -> None:
+        if self.model.rowCount() == 0:
+            self.count.setText("Select a model to list its tensors.")
+            return
         self.count.setText(f"{self.proxy.rowCount()} of {self.model.rowCount()} tensors")
 
 
@@ -218,6 +226,8 @@ class ProblemsTab(QWidget):
         self.doctor_status.clear()
         self.doctor_button.setEnabled(model is not None)
         if model is None:
+            self._add("info", "Select a model to see what was found in its files.")
+            self.doctor_status.setText("The compatibility check needs a model selected.")
             return
         if not model.problems:
             self._add("info", "No problems found in the files.")
@@ -259,6 +269,7 @@ class DetailsPane(QTabWidget):
         self.addTab(self.problems, "Problems")
         self.addTab(self.test, "Test")
         self.model: ModelInfo | None = None
+        self.show_model(None)
 
     def show_model(self, model: ModelInfo | None) -> None:
         self.model = model

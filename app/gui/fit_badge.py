@@ -66,7 +66,9 @@ class FitBadgeDelegate(QStyledItemDelegate):
                       width, height)
         painter.save()
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        painter.setPen(Qt.PenStyle.NoPen)
+        # On a selected row the badge keeps a light rim, so it stands out of the highlight.
+        selected = bool(option.state & QStyle.StateFlag.State_Selected)
+        painter.setPen(QColor("white") if selected else Qt.PenStyle.NoPen)
         painter.setBrush(color)
         painter.drawRoundedRect(rect, height / 2, height / 2)
         painter.setPen(QColor("white"))

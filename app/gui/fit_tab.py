@@ -13,6 +13,7 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -34,6 +35,7 @@ from app.core.formats.model_info import format_bytes
 from app.gui.fit_badge import COLORS
 
 CONTEXT_STEPS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
+ZOOM_BELOW = 4  # a need under a quarter of the capacity gets the zoomed scale
 SEGMENTS = (("weights", "#3a7bd5"), ("KV cache", "#8e5cc7"), ("compute", "#d98e04"),
             ("overhead", "#8a8f98"))
 
@@ -51,13 +53,19 @@ class TargetSpec:
             return f"a {self.vram_gib:g} GiB GPU + {self.ram_gib:g} GiB RAM"
         return "this machine" if self.kind == "machine" else "this machine's CPU only"
 
+    def short_label(self) -> str:
+        """For the models table's header: "Fit here", "Fit · CPU only"."""
+        if self.kind == "custom":
+            return f"{self.vram_gib:g} GiB GPU"
+        return "here" if self.kind == "machine" else "CPU only"
+
 
 class NeedBar(QWidget):
     """One device: stacked weights/KV/compute/overhead against the usable capacity."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setMinimumHeight(18)
+        self.setMinimumHeight(20)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.need = MemoryBreakdown()
         self.capacity = 0
@@ -70,11 +78,28 @@ class NeedBar(QWidget):
                         f"{parts}")
         self.update()
 
+    @property
+    def zoomed(self) -> bool:
+        """A need far below the capacity is drawn against a shorter scale, so its parts can be
+        told apart; the capacity mark then lies beyond the right end."""
+        return 0 < self.need.total * ZOOM_BELOW < self.capacity
+
+    def scale(self) -> float:
+        """Bytes the bar's full width stands for."""
+        if self.zoomed:
+            return self.need.total * ZOOM_BELOW / 2
+        return max(self.need.total, self.capacity, 1)
+
+    def segment_widths(self) -> list[float]:
+        width = max(self.width() - 2, 0)
+        values = (self.need.weights, self.need.kv_cache, self.need.compute, self.need.overhead)
+        return [width * value / self.scale() for value in values]
+
     def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         rect = QRectF(self.rect()).adjusted(1, 1, -1, -1)
-        scale_to = max(self.need.total, self.capacity, 1)
+        scale_to = self.scale()
         painter.setPen(QColor("#9aa0a6"))
         painter.setBrush(self.palette().base())
         painter.drawRoundedRect(rect, 3, 3)
@@ -86,9 +111,16 @@ class NeedBar(QWidget):
             painter.setBrush(QColor(color))
             painter.drawRect(QRectF(x, rect.top() + 1, width, rect.height() - 2))
             x += width
-        if self.capacity:
+        if self.zoomed:
+            painter.setPen(self.palette().color(self.foregroundRole()))
+            painter.drawText(rect.adjusted(0, 0, -6, 0),
+                             Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                             f"usable {format_bytes(self.capacity)} ›")
+        elif self.capacity:
             mark = rect.left() + rect.width() * self.capacity / scale_to
-            painter.setPen(QColor("#d64541" if self.need.total > self.capacity else "#202124"))
+            over = self.need.total > self.capacity
+            painter.setPen(QColor(COLORS["none"]) if over
+                           else self.palette().color(self.foregroundRole()))
             painter.drawLine(int(mark), int(rect.top()) - 1, int(mark), int(rect.bottom()) + 1)
         painter.end()
 
@@ -97,6 +129,7 @@ class FitTab(QWidget):
     parameters_changed = Signal(object, int)  # TargetSpec, context
     convert_requested = Signal(str)  # quant type
     select_requested = Signal(str)  # path of an existing file
+    test_requested = Signal()  # the selected file, as it is
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -107,6 +140,10 @@ class FitTab(QWidget):
         self.target_box.addItem("Custom GPU + RAM", "custom")
         self.vram = QDoubleSpinBox(suffix=" GiB VRAM", minimum=0.5, maximum=4096, value=24)
         self.ram = QDoubleSpinBox(suffix=" GiB RAM", minimum=0.5, maximum=8192, value=32)
+        self.judge_table = QCheckBox("Judge the models table for this target too")
+        self.judge_table.setToolTip("Off: the table's Fit column always says what runs on this "
+                                    "machine; the target here only answers \"what if\" for "
+                                    "the selected model.")
         self.context = QSlider(Qt.Orientation.Horizontal)
         self.context.setRange(0, len(CONTEXT_STEPS) - 1)
         self.context.setValue(CONTEXT_STEPS.index(4096))
@@ -130,10 +167,13 @@ class FitTab(QWidget):
         self.action = QPushButton("Convert")
         self.action.setEnabled(False)
         self.longest = QLabel()
+        self.action_reason = QLabel()
+        self.action_reason.setWordWrap(True)
         self.notes = QLabel()
         self.notes.setWordWrap(True)
         self._build_layout()
         self.target_box.currentIndexChanged.connect(self._changed)
+        self.judge_table.toggled.connect(self._changed)
         self.vram.valueChanged.connect(self._changed)
         self.ram.valueChanged.connect(self._changed)
         self.context.valueChanged.connect(self._changed)
@@ -141,6 +181,7 @@ class FitTab(QWidget):
         self.action.clicked.connect(self._act)
         self._update_custom_visibility()
         self.context_label.setText(f"{self.context_value():,} tokens")
+        self.show_report(None)
 
     def _build_layout(self) -> None:
         target_row = QHBoxLayout()
@@ -152,7 +193,9 @@ class FitTab(QWidget):
         context_row.addWidget(self.context, 1)
         context_row.addWidget(self.context_label)
         form = QFormLayout()
+        self.form = form
         form.addRow("Target:", target_row)
+        form.addRow("", self.judge_table)
         form.addRow("Context:", context_row)
         form.addRow("Verdict:", self.verdict)
         form.addRow("RAM:", self.ram_bar)
@@ -165,9 +208,13 @@ class FitTab(QWidget):
         buttons.addWidget(self.action)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(QLabel("Quants (best quality first; ★ recommended):"))
+        self.quants_title = QLabel("Ways to run it: this file first, then best quality first; "
+                                   "★ recommended")
+        self.quants_title.setWordWrap(True)
+        layout.addWidget(self.quants_title)
         layout.addWidget(self.quants, 1)
         layout.addLayout(buttons)
+        layout.addWidget(self.action_reason)
         layout.addWidget(self.notes)
 
     # ---- what the user picked ------------------------------------------------------------
@@ -195,16 +242,24 @@ class FitTab(QWidget):
         custom = self.target_box.currentData() == "custom"
         self.vram.setVisible(custom)
         self.ram.setVisible(custom)
+        what_if = self.target_box.currentData() != "machine"
+        self.judge_table.setVisible(what_if)
+        if not what_if and self.judge_table.isChecked():
+            self.judge_table.blockSignals(True)
+            self.judge_table.setChecked(False)
+            self.judge_table.blockSignals(False)
 
     def _changed(self) -> None:
         self._update_custom_visibility()
         self.context_label.setText(f"{self.context_value():,} tokens")
-        self.verdict.setText("estimating…")
+        self.verdict.setText("Estimating…")
         self.parameters_changed.emit(self.target_spec(), self.context_value())
 
     # ---- the report ----------------------------------------------------------------------
     def show_pending(self) -> None:
-        self.verdict.setText("estimating…")
+        """A new model or new parameters: nothing of the previous answer stays on screen."""
+        self.show_report(None)
+        self.verdict.setText("Estimating…")
 
     def show_error(self, text: str) -> None:
         self.report = None
@@ -212,19 +267,32 @@ class FitTab(QWidget):
         self.quants.clear()
         self.action.setEnabled(False)
 
+    def _show_need(self, visible: bool, gpu: bool) -> None:
+        """The need bars only when there is a need to show; VRAM only with a GPU."""
+        for widget in (self.ram_bar, self.ram_text, self.legend):
+            self.form.setRowVisible(widget, visible)
+        for widget in (self.vram_bar, self.vram_text):
+            self.form.setRowVisible(widget, visible and gpu)
+
     def show_report(self, report: FitReport | None) -> None:
         self.report = report
         self.quants.clear()
+        self.longest.clear()
+        self.notes.clear()
         if report is None:
-            self.verdict.setText("Select a model.")
+            self.verdict.setText("Select a model to see where it fits.")
             self.ram_bar.set_values(MemoryBreakdown(), 0)
             self.vram_bar.set_values(MemoryBreakdown(), 0)
-            self.action.setEnabled(False)
+            self._show_need(False, False)
+            self.quants_title.setVisible(False)
+            self.quants.setVisible(False)
+            self._update_action()
             return
         color = COLORS[report.verdict.kind]
         self.verdict.setText(f"<b style='color:{color}'>{report.verdict.text}</b>")
         estimate = report.verdict.estimate
         target = report.target
+        self._show_need(estimate is not None, bool(target.gpu_free))
         ram_need = estimate.ram if estimate else MemoryBreakdown()
         self.ram_bar.set_values(ram_need, target.usable_ram)
         self.ram_text.setText(f"{format_bytes(ram_need.total)} needed of "
@@ -235,8 +303,9 @@ class FitTab(QWidget):
         usable_vram = sum(target.usable_vram)
         self.vram_bar.set_values(vram_need, usable_vram)
         self.vram_text.setText(f"{format_bytes(vram_need.total)} needed of "
-                               f"{format_bytes(usable_vram)} usable" if target.gpu_free
-                               else "no GPU on this target")
+                               f"{format_bytes(usable_vram)} usable")
+        self.quants_title.setVisible(bool(report.candidates))
+        self.quants.setVisible(bool(report.candidates))
         for fit in report.candidates:
             item = QTreeWidgetItem(["★" if fit.recommended else "", fit.candidate.label,
                                     format_bytes(fit.candidate.model.file_size),
@@ -260,11 +329,17 @@ class FitTab(QWidget):
 
     def _update_action(self, *_: object) -> None:
         fit = self._selected_fit()
+        self.action.setVisible(fit is not None)
+        self.action_reason.setVisible(fit is not None and not fit.candidate.writable)
         if fit is None:
             self.action.setEnabled(False)
-            self.action.setText("Convert")
             return
-        if fit.candidate.existing:
+        self.action_reason.setText(f"Modelyard cannot write the tensor types {fit.candidate.quant}"
+                                   " gives this model yet; its size is an estimate.")
+        if fit.candidate.keep:
+            self.action.setText("Test this file")
+            self.action.setEnabled(True)
+        elif fit.candidate.existing:
             self.action.setText(f"Select {fit.candidate.label}")
             self.action.setEnabled(True)
         else:
@@ -275,7 +350,9 @@ class FitTab(QWidget):
         fit = self._selected_fit()
         if fit is None:
             return
-        if fit.candidate.existing:
+        if fit.candidate.keep:
+            self.test_requested.emit()
+        elif fit.candidate.existing:
             self.select_requested.emit(str(fit.candidate.model.path))
         else:
             self.convert_requested.emit(fit.candidate.quant)

@@ -1,10 +1,15 @@
-"""The jobs panel: one line per job (progress, speed, ETA, cancel) and the selected job's log."""
+"""The jobs panel: one line per job (progress, speed, ETA, cancel; when done its duration and
+output, with "Show in folder") and the selected job's log."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer, QUrl
+import time
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QTextCursor
 from PySide6.QtWidgets import (
+    QCheckBox,
     QHBoxLayout,
     QHeaderView,
     QPlainTextEdit,
@@ -18,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.formats.model_info import format_bytes
+from app.core.formats.scan import ScanRequest
 from app.gui.worker import JobQueue, JobRecord
 
 COLUMNS = ("Job", "Progress", "Speed", "ETA", "State")
@@ -25,13 +31,51 @@ STATE_TEXT = {"queued": "queued", "running": "running", "done": "done", "failed"
               "cancelled": "cancelled"}
 
 
-def format_rate(record: JobRecord) -> str:
-    rate = record.rate()
+def format_rate(rate: float | None, unit: str) -> str:
     if rate is None:
         return ""
-    if record.unit == "bytes":
+    if unit == "bytes":
         return f"{format_bytes(rate)}/s"
-    return f"{rate:.1f} {record.unit}/s"
+    return f"{rate:.1f} {unit}/s"
+
+
+def job_output(record: JobRecord) -> Path | None:
+    """The file or folder a finished job wrote, when it says."""
+    value = record.result.value if record.result is not None else None
+    output = getattr(value, "output", None)
+    return Path(output) if output else None
+
+
+def job_seconds(record: JobRecord) -> float | None:
+    if record.started_at is None or record.finished_at is None:
+        return None
+    return record.finished_at - record.started_at
+
+
+def is_background_job(record: JobRecord) -> bool:
+    """Scans run on their own after every change; their rows must not take the log's focus."""
+    return isinstance(record.request, ScanRequest)
+
+
+class RateMeter:
+    """Speed measured from a job's first progress report, not from its start: a generation
+    loads its model first, and counting that time would halve the tokens per second."""
+
+    def __init__(self) -> None:
+        self._first: tuple[float, float] | None = None  # (monotonic time, done)
+
+    def update(self, done: float, now: float | None = None) -> None:
+        if self._first is None and done > 0:
+            self._first = (now if now is not None else time.monotonic(), done)
+
+    def rate(self, done: float, now: float | None = None) -> float | None:
+        if self._first is None:
+            return None
+        started, first_done = self._first
+        elapsed = (now if now is not None else time.monotonic()) - started
+        if elapsed < 0.5 or done <= first_done:
+            return None
+        return (done - first_done) / elapsed
 
 
 def format_eta(seconds: float | None) -> str:
@@ -43,15 +87,20 @@ def format_eta(seconds: float | None) -> str:
 
 
 class JobsPanel(QWidget):
+    test_requested = Signal(object)  # Path of a finished job's output
+
     def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.queue = queue
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(list(COLUMNS))
         self.tree.setRootIsDecorated(False)
-        self.tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        self.tree.header().setStretchLastSection(False)
-        self.tree.setColumnWidth(1, 180)
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Fixed)
+        self.tree.setColumnWidth(1, 150)
         self.log_view = QPlainTextEdit(readOnly=True)
         self.log_view.setPlaceholderText("The selected job's log appears here.")
         self.log_view.setMaximumBlockCount(20000)
@@ -60,10 +109,21 @@ class JobsPanel(QWidget):
         self.open_log_button = QPushButton("Open log file")
         self.open_log_button.setEnabled(False)
         self.clear_button = QPushButton("Clear finished")
+        self.show_folder_button = QPushButton("Show in folder")
+        self.show_folder_button.setEnabled(False)
+        self.show_folder_button.setToolTip("Open the folder holding the selected job's output")
+        self.test_button = QPushButton("Test it")
+        self.test_button.setEnabled(False)
+        self.test_button.setToolTip("Select the selected job's output and open its Test tab")
+        self.verbose = QCheckBox("Details")
+        self.verbose.setToolTip("Show the per-tensor debug lines in the log")
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.show_folder_button)
+        buttons.addWidget(self.test_button)
         buttons.addWidget(self.open_log_button)
+        buttons.addWidget(self.verbose)
         buttons.addStretch(1)
         buttons.addWidget(self.clear_button)
         left = QWidget()
@@ -76,13 +136,18 @@ class JobsPanel(QWidget):
         splitter.addWidget(self.log_view)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
+        self.splitter = splitter
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(splitter)
 
         self._items: dict[int, QTreeWidgetItem] = {}
         self._bars: dict[int, QProgressBar] = {}
+        self._meters: dict[int, RateMeter] = {}
         queue.job_added.connect(self._add)
+        self.show_folder_button.clicked.connect(self._show_folder)
+        self.test_button.clicked.connect(self._test_output)
+        self.verbose.toggled.connect(self._selection_changed)
         queue.job_changed.connect(self._refresh)
         queue.job_logged.connect(self._logged)
         self.tree.currentItemChanged.connect(self._selection_changed)
@@ -112,7 +177,12 @@ class JobsPanel(QWidget):
         self.tree.setItemWidget(item, 1, bar)
         self._items[job_id] = item
         self._bars[job_id] = bar
-        self.tree.setCurrentItem(item)
+        self._meters[job_id] = RateMeter()
+        current = self.selected_job()
+        # A job the user started takes the log, unless they are watching one still running.
+        if current is None or (not is_background_job(record)
+                               and self.queue.jobs[current].finished):
+            self.tree.setCurrentItem(item)
 
     def _refresh(self, job_id: int) -> None:
         item = self._items.get(job_id)
@@ -129,14 +199,35 @@ class JobsPanel(QWidget):
             bar.setValue(int(fraction * 1000))
         bar.setFormat(f"{bar.value() / 10:.0f}%" if record.state == "running"
                       else STATE_TEXT[record.state])
-        item.setText(2, format_rate(record) if record.state == "running" else "")
-        item.setText(3, format_eta(record.eta_seconds()))
-        state = STATE_TEXT[record.state]
-        item.setText(4, state if not record.text or record.state == "done"
-                     else f"{state}: {record.text}")
-        item.setToolTip(4, record.text)
+        meter = self._meters.setdefault(job_id, RateMeter())
+        meter.update(record.done)
+        rate = meter.rate(record.done) if record.state == "running" else None
+        item.setText(2, format_rate(rate, record.unit))
+        # A generation's total is its token limit, which it rarely reaches: no ETA from it.
+        eta = (max(record.total - record.done, 0) / rate
+               if rate and record.total > 0 and record.unit != "tokens" else None)
+        item.setText(3, format_eta(eta))
+        item.setText(4, self._state_text(record))
+        item.setToolTip(4, self._state_tooltip(record))
         if job_id == self.selected_job():
             self._update_buttons(record)
+
+    @staticmethod
+    def _state_text(record: JobRecord) -> str:
+        state = STATE_TEXT[record.state]
+        if record.state == "done":
+            seconds = job_seconds(record)
+            output = job_output(record)
+            parts = [state + (f" in {format_eta(seconds)}" if seconds is not None else "")]
+            if output is not None:
+                parts.append(f"→ {output.name}")
+            return " ".join(parts)
+        return state if not record.text else f"{state}: {record.text}"
+
+    @staticmethod
+    def _state_tooltip(record: JobRecord) -> str:
+        output = job_output(record) if record.state == "done" else None
+        return str(output) if output is not None else record.text
 
     def _refresh_running(self) -> None:
         for record in self.queue.active():
@@ -148,6 +239,8 @@ class JobsPanel(QWidget):
             self._append_line(level, text)
 
     def _append_line(self, level: str, text: str) -> None:
+        if level == "debug" and not self.verbose.isChecked():
+            return
         prefix = "" if level == "info" else f"{level.upper()}: "
         self.log_view.appendPlainText(prefix + text)
         self.log_view.moveCursor(QTextCursor.MoveOperation.End)
@@ -158,6 +251,8 @@ class JobsPanel(QWidget):
         if job_id is None:
             self.cancel_button.setEnabled(False)
             self.open_log_button.setEnabled(False)
+            self.show_folder_button.setEnabled(False)
+            self.test_button.setEnabled(False)
             return
         record = self.queue.jobs[job_id]
         for _stamp, level, text in record.log:
@@ -168,6 +263,9 @@ class JobsPanel(QWidget):
         self.cancel_button.setEnabled(not record.finished and not record.token.is_set())
         self.open_log_button.setEnabled(record.log_path is not None and
                                         record.log_path.exists())
+        has_output = record.state == "done" and job_output(record) is not None
+        self.show_folder_button.setEnabled(has_output)
+        self.test_button.setEnabled(has_output)
 
     def _cancel_selected(self) -> None:
         job_id = self.selected_job()
@@ -179,10 +277,24 @@ class JobsPanel(QWidget):
         if job_id is not None and (path := self.queue.jobs[job_id].log_path):
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
 
+    def _show_folder(self) -> None:
+        job_id = self.selected_job()
+        output = job_output(self.queue.jobs[job_id]) if job_id is not None else None
+        if output is not None:
+            folder = output if output.is_dir() else output.parent
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    def _test_output(self) -> None:
+        job_id = self.selected_job()
+        output = job_output(self.queue.jobs[job_id]) if job_id is not None else None
+        if output is not None:
+            self.test_requested.emit(output)
+
     def clear_finished(self) -> None:
         for job_id in [j for j, r in self.queue.jobs.items() if r.finished]:
             item = self._items.pop(job_id, None)
             self._bars.pop(job_id, None)
+            self._meters.pop(job_id, None)
             if item is not None:
                 self.tree.takeTopLevelItem(self.tree.indexOfTopLevelItem(item))
             self.queue.forget(job_id)

@@ -18,17 +18,15 @@ from PySide6.QtGui import (
     QKeySequence,
 )
 from PySide6.QtWidgets import (
-    QAbstractItemView,
+    QApplication,
     QDockWidget,
     QFileDialog,
-    QHeaderView,
     QLineEdit,
     QMainWindow,
     QMessageBox,
     QSizePolicy,
     QSplitter,
     QStackedWidget,
-    QStyle,
     QTableView,
     QToolBar,
     QWidget,
@@ -44,19 +42,24 @@ from app.core.generate.doctor import DoctorReport, diagnose
 from app.core.hub.download import DownloadResult
 from app.core.hub.references import HubReference
 from app.core.jobs import JobResult
+from app.gui.appearance import action_icon
 from app.gui.background import Background
 from app.gui.convert_controller import ConvertController
 from app.gui.details import DetailsPane
 from app.gui.download_queue import DownloadQueue
-from app.gui.fit_badge import FitBadgeDelegate
 from app.gui.fit_controller import FitController, make_target
+from app.gui.fit_tab import TargetSpec
 from app.gui.hub_view import HubView, hub_reference_in
-from app.gui.jobs_panel import JobsPanel
+from app.gui.jobs_panel import JobsPanel, is_background_job, job_output, job_seconds
+from app.gui.menus import build_menus
 from app.gui.merge_dialog import MergeController
-from app.gui.models_table import COLUMN_INDEX, MODEL_ROLE, ModelFilterProxy, ModelTableModel
+from app.gui.models_table import MODEL_ROLE, ModelFilterProxy, ModelTableModel
+from app.gui.models_view import FIRST_LAUNCH, ModelsView
+from app.gui.notify import Notifier
 from app.gui.relayout_controller import RelayoutController
 from app.gui.settings import AppSettings
 from app.gui.sources import (
+    ALL,
     APP_LIBRARIES,
     HF_CACHE,
     HUB,
@@ -89,6 +92,8 @@ class MainWindow(QMainWindow):
         self.fits = FitController(self.table_model, self.details.fit, self.background,
                                   self.settings, conversions=conversion_candidates, parent=self)
         self.details.fit.select_requested.connect(lambda path: self.select_model_path(Path(path)))
+        self.details.fit.test_requested.connect(
+            lambda: self.details.setCurrentWidget(self.details.test))
         self.details.problems.doctor_requested.connect(self.run_doctor)
         self.converts = ConvertController(self.queue, self.background, self.fits, self, self)
         self.converts.converted.connect(self._converted)
@@ -113,7 +118,8 @@ class MainWindow(QMainWindow):
         splitter.setStretchFactor(0, 0)
         splitter.setStretchFactor(1, 3)
         splitter.setStretchFactor(2, 2)
-        splitter.setSizes([200, 700, 380])
+        splitter.setChildrenCollapsible(False)
+        splitter.setSizes([160, 660, 460])
         self.setCentralWidget(splitter)
         self.splitter = splitter
 
@@ -123,6 +129,10 @@ class MainWindow(QMainWindow):
         self.jobs_dock.setWidget(self.jobs_panel)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)
         self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
+        self.queue.job_added.connect(self._job_added)
+        self.jobs_panel.test_requested.connect(self.test_output)
+        self.notifier = Notifier(self)
+        self.confirm_quit: Callable[[list[str]], bool] = self.ask_before_quit
 
         self.status = ResourceStatusBar(self)
         self.setStatusBar(self.status)
@@ -130,16 +140,21 @@ class MainWindow(QMainWindow):
         self.search.setClearButtonEnabled(True)
         self.search.setMaximumWidth(320)
         self._make_toolbar()
+        build_menus(self)
         self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
         self.table.addActions([self.convert_action, self.relayouts.action])
 
         self.search.textChanged.connect(self.proxy.set_text)
+        self.search.textChanged.connect(self._update_empty_reason)
+        self.table.empty.open_requested.connect(self.choose_folder)
         self.sources.source_selected.connect(self._source_selected)
         self.sources.remove_requested.connect(self.remove_source)
         self.sources.rescan_requested.connect(self.scan_source)
         self.table.selectionModel().selectionChanged.connect(self._selection_changed)
 
         self._restore_state()
+        # Nothing runs yet: the jobs dock appears with the first job the user starts.
+        self.jobs_dock.hide()
         self.sources.set_folders(self.settings.folders())
         self.sources.set_hf_cache(self.settings.show_hf_cache(),
                                   str(self.settings.hf_cache_dir() or "default location"))
@@ -148,51 +163,30 @@ class MainWindow(QMainWindow):
         self.rescan_all()
 
     # ---- construction -------------------------------------------------------------------
-    def _make_table(self) -> QTableView:
-        table = QTableView()
-        table.setModel(self.proxy)
-        table.setSortingEnabled(True)
-        table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
-        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        table.verticalHeader().hide()
-        table.setAlternatingRowColors(True)
-        table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 8)
-        header = table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        table.setItemDelegateForColumn(COLUMN_INDEX["Fit"], FitBadgeDelegate(table))
-        return table
+    def _make_table(self) -> ModelsView:
+        return ModelsView(self.proxy)
 
     def _make_toolbar(self) -> None:
         bar = QToolBar("Main")
         bar.setObjectName("main-toolbar")
         bar.setMovable(False)
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        style = self.style()
-        self.open_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_DirOpenIcon),
-                                   "Open folder", self)
+        self.open_action = QAction(action_icon("open-folder"), "Open folder", self)
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.open_action.setToolTip("Add a folder of models (Ctrl+O)")
         self.open_action.triggered.connect(self.choose_folder)
-        self.rescan_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_BrowserReload),
-                                     "Rescan", self)
+        self.rescan_action = QAction(action_icon("rescan"), "Rescan", self)
         self.rescan_action.setShortcut(QKeySequence.StandardKey.Refresh)
         self.rescan_action.triggered.connect(self.rescan_all)
-        self.convert_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_ArrowRight),
-                                      "Convert…", self)
+        self.convert_action = QAction(action_icon("convert"), "Convert…", self)
         self.convert_action.setShortcut(QKeySequence("Ctrl+Shift+C"))
         self.convert_action.setToolTip("Convert the selected model (Ctrl+Shift+C)")
         self.convert_action.triggered.connect(self.convert_selected)
         self.convert_action.setEnabled(False)
-        self.merge_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_FileDialogListView),
-                                    "Merge…", self)
+        self.merge_action = QAction(action_icon("convert"), "Merge…", self)
         self.merge_action.setShortcut(QKeySequence("Ctrl+M"))
         self.merge_action.setToolTip("Merge models: linear, SLERP, TIES, DARE, LoRA (Ctrl+M)")
         self.merge_action.triggered.connect(self.merge_selected)
-        find = QAction(self)
-        find.setShortcut(QKeySequence.StandardKey.Find)
-        find.triggered.connect(lambda: self.search.setFocus())
-        self.addAction(find)
         bar.addAction(self.open_action)
         bar.addAction(self.rescan_action)
         bar.addAction(self.convert_action)
@@ -202,22 +196,48 @@ class MainWindow(QMainWindow):
         bar.addWidget(spacer)
         bar.addWidget(self.search)
         self.addToolBar(bar)
+        self.toolbar = bar
+
+    def show_test_tab(self) -> None:
+        self.details.setCurrentWidget(self.details.test)
+
+    def test_output(self, path: Path) -> None:
+        """A finished job's "Test it": its output selected (once listed), its Test tab open."""
+        if self.select_model_path(path, reveal=True):
+            self.show_test_tab()
+        else:
+            self._select_after_scan = path  # the rescan that lists it is still running
 
     def _restore_state(self) -> None:
-        geometry = self.settings.window_state("geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        state = self.settings.window_state("state")
-        if state is not None:
-            self.restoreState(state)
+        """Size, docks, the three panes' widths, the table's sorting and column widths and
+        the jobs panel's split, as the user left them."""
+        restore = ((self.restoreGeometry, "geometry"), (self.restoreState, "state"),
+                   (self.splitter.restoreState, "splitter"),
+                   (self.table.horizontalHeader().restoreState, "table-header"),
+                   (self.jobs_panel.splitter.restoreState, "jobs-splitter"))
+        for apply, key in restore:
+            saved = self.settings.window_state(key)
+            if saved is not None:
+                apply(saved)
+
+    def _save_state(self) -> None:
+        save = (("geometry", self.saveGeometry), ("state", self.saveState),
+                ("splitter", self.splitter.saveState),
+                ("table-header", self.table.horizontalHeader().saveState),
+                ("jobs-splitter", self.jobs_panel.splitter.saveState))
+        for key, state in save:
+            self.settings.set_window_state(key, state())
+        self.settings.sync()
 
     # ---- sources ---------------------------------------------------------------------------
     def choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Add a folder of models", str(Path.home()))
+        start = self.settings.last_dialog_folder() or Path.home()
+        folder = QFileDialog.getExistingDirectory(self, "Add a folder of models", str(start))
         if folder:
+            self.settings.set_last_dialog_folder(Path(folder).parent)
             self.add_folder(Path(folder))
 
-    def add_folder(self, folder: Path) -> None:
+    def add_folder(self, folder: Path, select: bool = True) -> None:
         folder = folder.expanduser().absolute()
         folders = self.settings.folders()
         if folder not in folders:
@@ -225,7 +245,8 @@ class MainWindow(QMainWindow):
             self.settings.set_folders(folders)
             self.sources.set_folders(folders)
         self.scan_source(folder_key(folder))
-        self.sources.select(folder_key(folder))
+        if select:
+            self.sources.select(folder_key(folder))
 
     def remove_source(self, key: str) -> None:
         folder = key_folder(key)
@@ -259,12 +280,30 @@ class MainWindow(QMainWindow):
         job_id = self.queue.submit(request)
         self._scan_jobs[job_id] = key
         self.sources.set_count(key, None, busy=True)
+        self._update_empty_reason()
         return job_id
 
+    def _job_added(self, job_id: int) -> None:
+        if not is_background_job(self.queue.jobs[job_id]):
+            self.jobs_dock.show()
+
+    def _notify_if_away(self, job_id: int) -> None:
+        record = self.queue.jobs.get(job_id)
+        if record is None or is_background_job(record):
+            return
+        if self.notifier.should_notify(job_seconds(record)):
+            output = job_output(record)
+            detail = (f"wrote {output.name}" if output is not None and record.state == "done"
+                      else record.state + (f": {record.text}" if record.text else ""))
+            self.notifier.notify(f"Modelyard: {record.title}", detail,
+                                 failed=record.state == "failed")
+
     def _job_finished(self, job_id: int, result: JobResult) -> None:
+        self._notify_if_away(job_id)
         key = self._scan_jobs.pop(job_id, None)
         if key is None:
             return
+        self._update_empty_reason()
         if result.status == "done":
             found: ScanResult = result.value
             self.table_model.set_source_models(key, found.models)
@@ -272,7 +311,7 @@ class MainWindow(QMainWindow):
             self.fits.refresh_table()
             self.details.test.compare.set_references(self.table_model.models())
             if self._select_after_scan is not None and self.select_model_path(
-                    self._select_after_scan):
+                    self._select_after_scan, reveal=True):
                 self._select_after_scan = None
                 self.details.setCurrentWidget(self.details.test)
             if found.problems:
@@ -292,6 +331,18 @@ class MainWindow(QMainWindow):
         folder = key_folder(key) if key else None
         if folder is not None:
             self.status.set_disk_path(folder)
+        self._update_empty_reason()
+
+    def _update_empty_reason(self, *_: object) -> None:
+        """Say why the table is empty: nothing added yet, a scan running, a filter."""
+        if self._scan_jobs and self.table_model.rowCount() == 0:
+            self.table.set_empty_reason("Looking for models…")
+        elif self.table_model.rowCount() == 0:
+            self.table.set_empty_reason(FIRST_LAUNCH, offer_open=True)
+        elif self.search.text().strip():
+            self.table.set_empty_reason(f"No model matches “{self.search.text().strip()}”.")
+        else:
+            self.table.set_empty_reason("No models found in this source.")
 
     # ---- selection -----------------------------------------------------------------------
     def _selection_changed(self, selected: QItemSelection, _deselected: QItemSelection) -> None:
@@ -304,8 +355,9 @@ class MainWindow(QMainWindow):
 
     def confirm_fit(self, request: Any, models: list[ModelInfo],
                     proceed: Callable[[Any], None]) -> None:
-        """Before a test job: judge its models on this machine; ask if one does not fit."""
-        spec = self.fits.spec
+        """Before a test job: judge its models on this machine (a "what if" target on the Fit
+        tab is not where the job runs); ask if one does not fit."""
+        spec = TargetSpec()
 
         def judge_all() -> list[tuple[ModelInfo, Verdict]]:
             target = make_target(spec)
@@ -347,7 +399,9 @@ class MainWindow(QMainWindow):
         rows = self.table.selectionModel().selectedRows()
         return rows[0].data(MODEL_ROLE) if rows else None
 
-    def select_model_path(self, path: Path) -> bool:
+    def select_model_path(self, path: Path, reveal: bool = False) -> bool:
+        """Select the model at `path` in the table; with `reveal`, a model the source filter
+        hides is shown by switching to all models (the search text is the user's: kept)."""
         for row in range(self.proxy.rowCount()):
             index = self.proxy.index(row, 0)
             model: ModelInfo = index.data(MODEL_ROLE)
@@ -355,6 +409,10 @@ class MainWindow(QMainWindow):
                 self.table.selectRow(row)
                 self.table.scrollTo(index)
                 return True
+        if reveal and self.proxy.source() is not None and any(
+                m.path == path or path in m.files for m in self.table_model.models()):
+            self.sources.select(ALL)
+            return self.select_model_path(path)
         return False
 
     # ---- the Hub ---------------------------------------------------------------------------
@@ -429,9 +487,11 @@ class MainWindow(QMainWindow):
             self.converts.open_sheet(model)
 
     def _convert_selected_to(self, quant: str) -> None:
+        """The Fit tab's one click opens the sheet on that type: the output's name and place
+        are the user's to see and change before anything is written."""
         model = self.selected_model()
         if model is not None:
-            self.converts.convert_now(model, quant)
+            self.converts.open_sheet(model, quant)
 
     def _converted(self, result: ConvertResult, source: Path) -> None:
         """The new model joins the table, gets selected, and its Test tab is offered with the
@@ -446,7 +506,7 @@ class MainWindow(QMainWindow):
         if known:
             self.scan_source(folder_key(known[0]))
         else:
-            self.add_folder(folder)
+            self.add_folder(folder, select=False)  # the user's view stays as it is
 
     # ---- merges --------------------------------------------------------------------------
     def merge_selected(self) -> None:
@@ -463,10 +523,28 @@ class MainWindow(QMainWindow):
                                      "Test tab.", 10000)
 
     # ---- closing -------------------------------------------------------------------------
+    def running_jobs(self) -> list[str]:
+        """Titles of the jobs the user started that have not finished."""
+        return [r.title for r in self.queue.active() if not is_background_job(r)]
+
+    def ask_before_quit(self, running: list[str]) -> bool:
+        """Whether to quit although `running` jobs would be cancelled."""
+        if QApplication.platformName() in ("offscreen", "minimal"):
+            return True  # nobody can see a question: a headless run must still end
+        answer = QMessageBox.question(
+            self, "Quit while jobs run?",
+            f"{len(running)} job(s) have not finished: {', '.join(running[:3])}.\n\n"
+            "Quitting cancels them; nothing half-written is kept.",
+            QMessageBox.StandardButton.Cancel | QMessageBox.StandardButton.Yes,
+            QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Yes
+
     def closeEvent(self, event: QCloseEvent) -> None:
-        self.settings.set_window_state("geometry", self.saveGeometry())
-        self.settings.set_window_state("state", self.saveState())
-        self.settings.sync()
+        running = self.running_jobs()
+        if running and not self.confirm_quit(running):
+            event.ignore()
+            return
+        self._save_state()
         self.status.stop()
         self.queue.shutdown()
         self.downloads.shutdown()

@@ -39,20 +39,27 @@ class Column:
     display: Callable[[ModelInfo], str]
     sort_key: Callable[[ModelInfo], Any]
     align_right: bool = False
+    header: str = ""  # shown instead of the title when the title is too wide for the values
+
+    @property
+    def heading(self) -> str:
+        return self.header or self.title
 
 
+# What matters most comes first, so a narrow window hides the tail (see ModelsView).
 COLUMNS: tuple[Column, ...] = (
     Column("Name", lambda m: m.name, lambda m: m.name.lower()),
-    Column("Format", format_label, format_label),
-    Column("Arch", lambda m: m.architecture or "?", lambda m: m.architecture or ""),
-    Column("Params", lambda m: format_count(m.parameters) if m.parameters else "?",
-           lambda m: m.parameters, align_right=True),
     Column("Quant", lambda m: m.quantization or "?", lambda m: m.quantization or ""),
     Column("Size", lambda m: format_bytes(m.file_size), lambda m: m.file_size, align_right=True),
     # Display and sort come from the model's verdict, which the table model holds (see data()).
     Column("Fit", lambda m: "", lambda m: 0),
+    Column("Params", lambda m: format_count(m.parameters) if m.parameters else "?",
+           lambda m: m.parameters, align_right=True),
+    Column("Arch", lambda m: m.architecture or "?", lambda m: m.architecture or ""),
+    Column("Format", format_label, format_label),
     Column("Problems", lambda m: str(len(m.problems)) if m.problems else "",
-           lambda m: (sum(p.fatal for p in m.problems), len(m.problems)), align_right=True),
+           lambda m: (sum(p.fatal for p in m.problems), len(m.problems)), align_right=True,
+           header="⚠"),
 )
 COLUMN_INDEX = {c.title: i for i, c in enumerate(COLUMNS)}
 
@@ -69,6 +76,7 @@ class ModelTableModel(QAbstractTableModel):
         self._rows: list[ModelRow] = []
         self._fits: dict[str, Verdict] = {}
         self.fit_context = ""  # "at 4096 tokens on this machine", for tooltips
+        self.judge = "here"  # what the Fit column is judged for, shown in its header
 
     def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self._rows)
@@ -78,8 +86,16 @@ class ModelTableModel(QAbstractTableModel):
 
     def headerData(self, section: int, orientation: Qt.Orientation,
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section].title
+        if orientation != Qt.Orientation.Horizontal:
+            return None
+        column = COLUMNS[section]
+        if role == Qt.ItemDataRole.DisplayRole:
+            if column.title == "Fit":
+                return "Fit here" if self.judge == "here" else f"Fit · {self.judge}"
+            return column.heading
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return (f"Where each model runs {self.fit_context}" if column.title == "Fit"
+                    else column.title)
         return None
 
     def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -124,10 +140,15 @@ class ModelTableModel(QAbstractTableModel):
             return int(Qt.AlignmentFlag.AlignCenter)
         return None
 
-    def set_fits(self, fits: dict[str, Verdict], context_text: str) -> None:
-        """Verdicts by model path; models without one show as pending."""
+    def set_fits(self, fits: dict[str, Verdict], context_text: str,
+                 judge: str = "here") -> None:
+        """Verdicts by model path for `judge`; models without one show as pending."""
         self._fits.update(fits)
         self.fit_context = context_text
+        if judge != self.judge:
+            self.judge = judge
+            column = COLUMN_INDEX["Fit"]
+            self.headerDataChanged.emit(Qt.Orientation.Horizontal, column, column)
         column = COLUMN_INDEX["Fit"]
         if self._rows:
             self.dataChanged.emit(self.index(0, column), self.index(len(self._rows) - 1, column))
@@ -165,6 +186,9 @@ class ModelFilterProxy(QSortFilterProxyModel):
         self.beginFilterChange()
         self._source = source
         self.endFilterChange()
+
+    def source(self) -> str | None:
+        return self._source
 
     def filterAcceptsRow(self, source_row: int, source_parent: AnyIndex) -> bool:
         index = self.sourceModel().index(source_row, 0, source_parent)

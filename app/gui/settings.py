@@ -55,6 +55,13 @@ class AppSettings:
     def set_window_state(self, key: str, value: QByteArray) -> None:
         self._qs.setValue(f"window/{key}", value)
 
+    def last_dialog_folder(self) -> Path | None:
+        raw = self._qs.value("sources/last_dialog_folder", "")
+        return Path(str(raw)) if raw else None
+
+    def set_last_dialog_folder(self, path: Path) -> None:
+        self._qs.setValue("sources/last_dialog_folder", str(path))
+
     def log_dir(self) -> Path:
         raw = self._qs.value("jobs/log_dir", "")
         if raw:

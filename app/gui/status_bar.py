@@ -47,10 +47,17 @@ def _meter(tooltip: str) -> QProgressBar:
     return bar
 
 
-def _short(path: Path) -> str:
+def _short(path: Path, limit: int = 28) -> str:
+    """The path as a person reads it: from ~, and only its last folders when it is long (the
+    full path is in the tooltip)."""
     home = Path.home()
-    return "~/" + str(path.relative_to(home)) if path.is_relative_to(home) and path != home \
+    text = "~/" + str(path.relative_to(home)) if path.is_relative_to(home) and path != home \
         else "~" if path == home else str(path)
+    if len(text) > limit and len(path.parts) > 2:
+        text = "…/" + path.name
+    if len(text) > limit:
+        text = "…" + text[-(limit - 1):]
+    return text
 
 
 class ResourceStatusBar(QStatusBar):
@@ -81,11 +88,14 @@ class ResourceStatusBar(QStatusBar):
     def _show(self, res: Resources) -> None:
         self.resources = res
         used = res.ram_total - res.ram_available
-        self.ram_label.setText(f"RAM {used / GIB:.1f} / {res.ram_total / GIB:.1f} GB")
+        self.ram_label.setText(f"RAM {used / GIB:.1f} / {res.ram_total / GIB:.1f} GiB")
         self.ram_bar.setValue(int(1000 * used / res.ram_total) if res.ram_total else 0)
         if res.disk is not None:
             self.disk_label.setText(f"Disk {_short(res.disk.path)}: "
                                     f"{format_bytes(res.disk.free_bytes)} free")
+            self.disk_label.setToolTip(str(res.disk.path))
+            if self.disk_label.width() < self.disk_label.sizeHint().width():
+                self.reformat()  # a longer path: make room at once, not at the next resize
         gpus = res.gpus
         self.vram_bar.setVisible(bool(gpus))
         if not gpus:
@@ -96,6 +106,6 @@ class ResourceStatusBar(QStatusBar):
         total = sum(g.total_bytes for g in gpus)
         self.vram_bar.setValue(int(1000 * sum(g.used_bytes for g in gpus) / total))
         self.vram_label.setText("VRAM " + " · ".join(
-            f"GPU{g.index} {g.used_bytes / GIB:.1f} / {g.total_bytes / GIB:.0f} GB"
+            f"GPU{g.index} {g.used_bytes / GIB:.1f} / {g.total_bytes / GIB:.0f} GiB"
             for g in gpus))
         self.vram_label.setToolTip("\n".join(g.name for g in gpus))

@@ -179,12 +179,17 @@ class GeneratePanel(_JobPanel):
         options.addWidget(QLabel("Backend"))
         options.addWidget(self.backend)
         options.addStretch(1)
-        options.addWidget(self.run_button)
-        options.addWidget(self.stop_button)
+        # The buttons get a row of their own so the details pane stays narrow enough for the
+        # models table beside it in a 1024-wide window.
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.stop_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.prompt)
         layout.addWidget(self.system)
         layout.addLayout(options)
+        layout.addLayout(buttons)
         layout.addWidget(self.output, 1)
         layout.addWidget(self.stats)
 

@@ -98,3 +98,24 @@ def test_ctrl_c_cancels_cleanly(smollm2_gguf: Path, tmp_path: Path) -> None:
     assert time.monotonic() - start < 10
     assert process.returncode == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gguf_source_needs_a_type(smollm2_gguf: Path, tmp_path: Path) -> None:
+    done = modelyard("convert", str(smollm2_gguf), "-o", str(tmp_path / "out.gguf"))
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "--type" in done.stderr and "Q4_1" in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_hf_source_defaults_to_the_recommendation(tiny_models: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    done = modelyard("convert", str(tiny_models["llama"]), "-o", str(tmp_path / "out.gguf"),
+                     "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stderr.splitlines() if x.startswith("no --type given"))
+    chosen = line.split("writing ", 1)[1].split(",", 1)[0]
+    reader = gguf.GGUFReader(tmp_path / "out.gguf")
+    from app.core.quant import TARGETS
+
+    assert int(reader.fields["general.file_type"].parts[-1][0]) == TARGETS[chosen].file_type

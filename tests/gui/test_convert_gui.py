@@ -59,6 +59,7 @@ def test_sheet_converts_and_the_result_is_offered_for_testing(qtbot, window: Mai
 
 def test_one_click_from_the_fit_tab(qtbot, window: MainWindow) -> None:
     folder = window.settings.folders()[0]
+    window.sources.select("all")
     assert window.select_model_path(folder / "tiny-llama")
     settle(qtbot, window)
     tab = window.details.fit
@@ -68,9 +69,21 @@ def test_one_click_from_the_fit_tab(qtbot, window: MainWindow) -> None:
     assert tab.action.text() == "Convert to Q4_0" and tab.action.isEnabled()
     tab.action.click()
     settle(qtbot, window)
+    # the sheet opens on that type, so the output's name and place are seen before writing
+    dialog = open_dialog()
+    assert dialog is not None and dialog.selected_type() == "Q4_0"
+    assert not (folder / "tiny-llama-Q4_0.gguf").exists()
+    settle(qtbot, window)
+    dialog.start.click()
+    settle(qtbot, window)
     settle(qtbot, window)
     assert (folder / "tiny-llama-Q4_0.gguf").is_file()
+    # the user's view is kept (all models), the new model selected in it
+    assert window.proxy.source() is None
     assert window.selected_model().name == "tiny-llama-Q4_0"
+    record = next(r for r in window.queue.jobs.values() if r.title.startswith("Convert"))
+    item = window.jobs_panel._items[record.job_id]
+    assert item.text(4).startswith("done in") and "tiny-llama-Q4_0.gguf" in item.text(4)
 
 
 def test_dropping_a_model_opens_the_sheet(qtbot, window: MainWindow, tmp_path: Path,

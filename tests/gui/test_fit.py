@@ -61,9 +61,9 @@ def test_custom_target_updates_table_and_tab(qtbot, window: MainWindow, quants: 
     assert tab.verdict.text().count("fits on GPU") == 1
     labels = [tab.quants.topLevelItem(i).text(1) for i in range(tab.quants.topLevelItemCount())]
     existing = [label for label in labels if not label.endswith("(convert)")]
-    assert existing == ["tiny-llama-F32", "tiny-llama-Q8_0", "tiny-llama-Q4_K_M"]
+    assert existing == ["Q4_K_M (keep this file)", "tiny-llama-F32", "tiny-llama-Q8_0"]
     assert "Q2_K (convert)" in labels  # requantizing below the source's Q4_K_M is offered
-    assert tab.quants.topLevelItem(0).text(0) == "★"  # best quality that fits
+    assert tab.quants.topLevelItem(0).text(0) == "★"  # the file as it is fits: keep it
     assert window.settings.fit_parameters() == ("custom", 24.0, 64.0, 4096)
     # a tiny GPU: nothing fits on it, so the table turns to RAM (or partial) badges
     tab.vram.setValue(0.5)

@@ -52,8 +52,15 @@ def _gguf_metadata(shape: ModelShape, arch: str) -> dict[str, Any]:
     return meta
 
 
+def keep_candidate(model: ModelInfo) -> Candidate:
+    """The file as it is: no conversion, no new quantization error."""
+    return Candidate(f"{model.quantization or '?'} (keep this file)", model.quantization or "?",
+                     model, writable=True, existing=True, keep=True)
+
+
 def conversion_candidates(model: ModelInfo, writable_only: bool = False) -> list[Candidate]:
-    """One candidate per target the model could be converted or requantized to."""
+    """The ways to get this model: a GGUF as it is first, then one candidate per target it
+    could be converted or requantized to."""
     if model.fatal_problems or model.format == "pickle" or not model.tensors:
         return []
     shape = model_shape(model)
@@ -63,21 +70,20 @@ def conversion_candidates(model: ModelInfo, writable_only: bool = False) -> list
         specs: list[Any] = list(model.tensors)
         arch = model.architecture or "llama"
         metadata = dict(model.metadata)
-        source_rank = quality_rank(model.quantization or "F32")
+        source_quant: str | None = model.quantization or "F32"
     else:
         if not shape.n_embd or not shape.n_head:
             return []
         arch = GGUF_ARCH.get(model.architecture or "", model.architecture or "llama")
         specs = _hf_specs(shape, model)
         metadata = _gguf_metadata(shape, arch)
-        source_rank = 0
+        source_quant = None
     hparams = ModelHparams(shape.n_layer, shape.n_head,
                            shape.n_head_kv[0] if shape.n_head_kv else 0, shape.n_experts, arch)
-    candidates = []
+    candidates = [keep_candidate(model)] if model.format == "gguf" else []
     for target in TARGETS.values():
-        # Requantizing up (Q4 → Q8) only costs space: offer what is below the source.
-        if model.format == "gguf" and quality_rank(target.name) <= source_rank:
-            continue
+        if source_quant is not None and quality_rank(target.name) == quality_rank(source_quant):
+            continue  # the same type again is the file as it is
         plan = plan_tensor_types(target, specs, hparams)
         if writable_only and not plan.writable:
             continue
@@ -88,5 +94,5 @@ def conversion_candidates(model: ModelInfo, writable_only: bool = False) -> list
                           file_size=plan.data_bytes(), quantization=target.name,
                           metadata=metadata, problems=())
         candidates.append(Candidate(f"{target.name} (convert)", target.name, planned,
-                                    writable=plan.writable))
+                                    writable=plan.writable, source_quant=source_quant))
     return candidates

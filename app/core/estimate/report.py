@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.errors import ModelyardError
+from app.core.estimate.candidates import keep_candidate
+from app.core.estimate.originals import hub_original, is_quantized
 from app.core.estimate.verdict import (
     DEFAULT_CONTEXT,
     Candidate,
@@ -89,24 +91,50 @@ def existing_candidates(models: Sequence[ModelInfo]) -> list[Candidate]:
 def fit_report(model: ModelInfo, target: Machine, context: int = DEFAULT_CONTEXT,
                gpu_layers: int | None = None, siblings: Sequence[ModelInfo] = (),
                conversions: Sequence[Candidate] = (), convert: JobEstimate | None = None,
-               **options: Any) -> FitReport:
+               originals: Sequence[ModelInfo] = (), **options: Any) -> FitReport:
     """Everything the fit panel and `modelyard fit` show for one model: `siblings` are other
-    files of the same model, `conversions` the GGUFs Modelyard could write from it."""
+    files of the same model, `conversions` the GGUFs Modelyard could write from it (the file
+    as it is among them), `originals` local unquantized folders of the same model."""
     verdict = judge(model, target, context, gpu_layers, **options)
-    candidates = existing_candidates(siblings) + list(conversions)
+    keep = [c for c in conversions if c.keep]
+    if not keep and model.format == "gguf" and not model.fatal_problems:
+        keep = [keep_candidate(model)]
+    # Bigger types than a quantized source bring no quality back and never help it fit.
+    others = [c for c in conversions if not c.keep and not c.upward]
+    candidates = keep + existing_candidates([s for s in siblings if s.path != model.path]) \
+        + others
     fits = tuple(recommend(candidates, target, context, **options)) if candidates else ()
     recommended = next((f for f in fits if f.recommended), None)
     best_model = recommended.candidate.model if recommended else model
     longest = max_context(best_model, target, **options) if verdict.kind != "unknown" else None
     notes = []
-    if candidates and recommended is None:
-        notes.append("no quant fits this target; try a shorter context")
+    if fits and all(f.verdict.kind == "none" for f in fits):
+        notes.append("nothing fits this target, not even the smallest type; try a shorter "
+                     "context")
     elif recommended is not None and not fully_fits(recommended.verdict, target):
-        notes.append(f"no quant fits entirely on the GPU; {recommended.candidate.label} "
+        notes.append(f"nothing fits entirely on the GPU; {recommended.candidate.label} "
                      f"{recommended.verdict.text.split(':')[0]}")
-    return FitReport(model, target, context, verdict, fits, longest,
-                     recommended.candidate.label if recommended else model.name, convert,
-                     tuple(notes))
+    if recommended is not None and recommended.candidate.requantizes:
+        notes.append(f"{model.name} does not fit as it is; {recommended.candidate.quant} "
+                     f"does, but quantizing its {model.quantization} weights again stacks a "
+                     "second quantization error on the first")
+    if is_quantized(model):
+        notes += _original_notes(model, originals)
+    of = model.name if recommended is None or recommended.candidate.keep \
+        else recommended.candidate.label
+    return FitReport(model, target, context, verdict, fits, longest, of, convert, tuple(notes))
+
+
+def _original_notes(model: ModelInfo, originals: Sequence[ModelInfo]) -> list[str]:
+    """Point at the unquantized original: converting from it adds one error, not two."""
+    hub = hub_original(model)
+    where = [f"the local HF folder {o.name} ({o.path})" for o in originals]
+    if hub:
+        where.append(f"the Hub repo {hub}")
+    if not where:
+        return []
+    return [f"{' or '.join(where)} holds the original weights of this {model.quantization} "
+            "file: convert from there rather than from this file"]
 
 
 def convert_estimate(model: ModelInfo, out_type: str | None) -> tuple[JobEstimate | None,

@@ -192,13 +192,28 @@ def max_context(model: ModelInfo, target: Machine, limit: int | None = None,
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to get the model: an existing file or a conversion to `quant`."""
+    """One way to get the model: the file as it is, another existing file, or a conversion to
+    `quant`."""
 
     label: str
     quant: str
     model: ModelInfo  # the file, or the GGUF a conversion would write (planned tensors)
     writable: bool = True  # can Modelyard produce it today (always true for existing files)
     existing: bool = False
+    keep: bool = False  # the selected file itself, used as it is
+    source_quant: str | None = None  # a conversion's source type, when the source is a GGUF
+
+    @property
+    def requantizes(self) -> bool:
+        """A conversion that quantizes already-quantized weights again: the errors stack."""
+        return (not self.existing and self.source_quant is not None
+                and quality_rank(self.source_quant) > quality_rank("BF16"))
+
+    @property
+    def upward(self) -> bool:
+        """A conversion to a bigger type than the source's: no quality comes back."""
+        return (not self.existing and self.source_quant is not None
+                and quality_rank(self.quant) < quality_rank(self.source_quant))
 
 
 @dataclass(frozen=True)
@@ -210,17 +225,26 @@ class CandidateFit:
 
 def recommend(candidates: Sequence[Candidate], target: Machine,
               context: int = DEFAULT_CONTEXT, **options: Any) -> list[CandidateFit]:
-    """A verdict for every candidate (best quality first); the best writable one that fully
-    fits the target is marked recommended (failing that, the best one that runs at all)."""
-    ranked = sorted(candidates, key=lambda c: quality_rank(c.quant))
+    """A verdict for every candidate (best quality first) and one marked recommended.
+
+    The file as it is comes first: when it fully fits it is the answer. Otherwise the best
+    writable candidate that fully fits, preferring what adds no quantization error (an existing
+    file, a conversion from unquantized weights) over quantizing a quantized file again; a
+    conversion to a bigger type than a quantized source is never the answer. If nothing fully
+    fits, what runs at all (offloading part of it, or on the CPU), in the same order, beats
+    recommending nothing.
+    """
+    ranked = sorted(candidates, key=lambda c: (not c.keep, quality_rank(c.quant)))
     fits = [CandidateFit(c, judge(c.model, target, context, **options)) for c in ranked]
-    # Prefer what fits entirely on the target; if nothing does, what runs at all (offloading
-    # part of it, or on the CPU) beats recommending nothing.
+    eligible = [(i, f) for i, f in enumerate(fits)
+                if f.candidate.writable and not f.candidate.upward]
+    preference = (lambda c: c.keep, lambda c: not c.requantizes, lambda c: c.requantizes)
     for acceptable in (lambda v: fully_fits(v, target), lambda v: v.kind in ("partial", "ram")):
-        for index, fit in enumerate(fits):
-            if fit.candidate.writable and acceptable(fit.verdict):
-                fits[index] = CandidateFit(fit.candidate, fit.verdict, recommended=True)
-                return fits
+        for preferred in preference:
+            for index, fit in eligible:
+                if preferred(fit.candidate) and acceptable(fit.verdict):
+                    fits[index] = CandidateFit(fit.candidate, fit.verdict, recommended=True)
+                    return fits
     return fits
 
 

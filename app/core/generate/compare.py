@@ -154,6 +154,7 @@ class _Comparison:
         n_scored = len(ids) - 1
         reporter.log("info", f"{len(ids)} tokens in {len(windows)} window(s) of up to "
                              f"{window} tokens")
+        reporter.progress(0, 2 * n_scored, f"0 of {2 * len(windows)} windows: loading")
         with tempfile.TemporaryDirectory(prefix="modelyard-compare-") as tmp, \
                 PeakMemory() as memory:
             store = Path(tmp) / "reference-logprobs.f32"

@@ -1,0 +1,115 @@
+"""`modelyard --self-test`: prove an installed (or bundled) Modelyard works end to end on a tiny
+model: scan it, convert it to a GGUF, generate a few tokens. Exit 0 when every step passes.
+
+The tiny model is the one bundled under resources/selftest/ (the build writes it there with
+`python -m app.self_test --write-model DIR`); without it, one is written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from app.resource_files import resource_path
+
+BUNDLED = ("selftest", "tiny-llama")
+TOKENIZER_TEXT = ("The capital of France is Paris. A model that fits is a model that runs. "
+                  "Quantized weights are smaller; the errors of two quantizations stack.")
+
+
+def write_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A random two-layer Llama (hidden 64, vocab 320) with a byte-level BPE tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([TOKENIZER_TEXT] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    fast.save_pretrained(folder)
+    return folder
+
+
+def _step(out: TextIO, name: str, action: Callable[[], str]) -> bool:
+    started = time.monotonic()
+    try:
+        detail = action()
+    except Exception as exc:  # the self-test reports every failure, whatever it is
+        out.write(f"self-test: {name} FAILED: {type(exc).__name__}: {exc}\n")
+        return False
+    out.write(f"self-test: {name} ok ({detail}, {time.monotonic() - started:.1f} s)\n")
+    return True
+
+
+def run_self_test(out: TextIO = sys.stdout) -> int:
+    from app.core.convert import ConvertRequest
+    from app.core.formats.scan import ScanRequest
+    from app.core.generate.request import GenerateRequest
+    from app.core.jobs import RecordingReporter
+
+    with tempfile.TemporaryDirectory(prefix="modelyard-self-test-") as tmp:
+        work = Path(tmp)
+        bundled = resource_path(*BUNDLED)
+        model = bundled if (bundled / "config.json").is_file() else work / "tiny-llama"
+
+        def prepare() -> str:
+            if model == bundled:
+                return f"bundled model {model}"
+            write_tiny_model(model)
+            return "no bundled model: wrote one"
+
+        def scan() -> str:
+            found = ScanRequest((model.parent,)).run(RecordingReporter())
+            names = [m.name for m in found.models if m.path == model]
+            if not names:
+                raise RuntimeError(f"the scan of {model.parent} did not find {model.name}")
+            return f"found {names[0]}"
+
+        def convert() -> str:
+            target = work / "tiny-llama-Q8_0.gguf"
+            result = ConvertRequest(model, target, "Q8_0", device="cpu").run(
+                RecordingReporter())
+            return f"{result.tensors_written} tensors to {target.name}"
+
+        def generate() -> str:
+            result = GenerateRequest(model, "Hello", max_tokens=4, backend="transformers",
+                                     use_gpu=False).run(RecordingReporter())
+            if result.n_generated <= 0:
+                raise RuntimeError("no token was generated")
+            return f"{result.n_generated} tokens with {result.backend}"
+
+        steps = (("model", prepare), ("scan", scan), ("convert", convert),
+                 ("generate", generate))
+        passed = all(_step(out, name, action) for name, action in steps)
+    out.write("self-test: passed\n" if passed else "self-test: failed\n")
+    return 0 if passed else 1
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--write-model"] and len(argv) == 2:
+        write_tiny_model(Path(argv[1]))
+        return 0
+    return run_self_test()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
