@@ -21,7 +21,8 @@ VENV="build/venv-$VARIANT"
 PIP="$VENV/bin/pip"
 "$PIP" install --upgrade pip
 if [[ "$VARIANT" == cpu ]]; then
-  "$PIP" install torch --index-url https://download.pytorch.org/whl/cpu
+  # TORCH_INDEX points at a mirror or a local wheel index where PyTorch's is out of reach.
+  "$PIP" install torch --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
 else
   "$PIP" install torch
 fi

@@ -306,6 +306,13 @@ class FitTab(QWidget):
                                f"{format_bytes(usable_vram)} usable")
         self.quants_title.setVisible(bool(report.candidates))
         self.quants.setVisible(bool(report.candidates))
+        title = "Ways to run it: this file first, then best quality first; ★ recommended"
+        requantized = next((f.candidate for f in report.candidates
+                            if f.candidate.requantizes), None)
+        if requantized is not None:
+            title += (f". Converting this {requantized.source_quant} file again stacks a "
+                      "second quantization error on the first.")
+        self.quants_title.setText(title)
         for fit in report.candidates:
             item = QTreeWidgetItem(["★" if fit.recommended else "", fit.candidate.label,
                                     format_bytes(fit.candidate.model.file_size),

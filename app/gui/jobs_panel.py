@@ -42,7 +42,8 @@ def format_rate(rate: float | None, unit: str) -> str:
 def job_output(record: JobRecord) -> Path | None:
     """The file or folder a finished job wrote, when it says."""
     value = record.result.value if record.result is not None else None
-    output = getattr(value, "output", None)
+    # A result object, or its JSON form when the job ran in another process.
+    output = value.get("output") if isinstance(value, dict) else getattr(value, "output", None)
     return Path(output) if output else None
 
 

@@ -302,7 +302,6 @@ class MainWindow(QMainWindow):
         key = self._scan_jobs.pop(job_id, None)
         if key is None:
             return
-        self._update_empty_reason()
         if result.status == "done":
             found: ScanResult = result.value
             self.table_model.set_source_models(key, found.models)
@@ -319,6 +318,7 @@ class MainWindow(QMainWindow):
         else:
             self.sources.set_count(key, None)
             self.statusBar().showMessage(result.error or "scan failed", 8000)
+        self._update_empty_reason()
 
     def _source_selected(self, key: str | None) -> None:
         self.center.setCurrentWidget(self.hub_view if key == HUB else self.table)

@@ -117,6 +117,12 @@ def test_no_model_no_numbers(qtbot, settings: AppSettings, folder: Path,  # type
     settle(qtbot, window)
     assert not tab.vram_bar.isVisible()  # no GPU on this target: no empty VRAM bar
     assert tab.ram_bar.isVisible()
+    assert window.select_model_path(folder / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    settle(qtbot, window)
+    first = tab.quants.topLevelItem(0)
+    assert first.text(0) == "★" and first.text(1) == "Q4_1 (keep this file)"
+    assert "stacks a second quantization error" in tab.quants_title.text()
+    assert tab.action.text() == "Test this file"
 
 
 def test_a_small_need_is_drawn_large_enough_to_see(qtbot) -> None:  # type: ignore[no-untyped-def]
