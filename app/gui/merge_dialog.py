@@ -276,7 +276,18 @@ class MergeDialog(QDialog):
                          self.t_slider.value() / 100, self.normalize.isChecked(),
                          self.dtype.currentData(), self.seed.value())
 
+    def _mark_base(self) -> None:
+        """The base of a delta method takes no weight or density: its row says so."""
+        method = self.method.currentText()
+        base = self.base.currentData()
+        for row, path in enumerate(self.model_paths()):
+            is_base = method in NEEDS_BASE and str(path) == base
+            for column in (1, 2):
+                self._spin(row, column).setEnabled(not is_base)
+                self._spin(row, column).setToolTip("the base model" if is_base else "")
+
     def _changed(self, *_: object) -> None:
+        self._mark_base()
         if self._custom_yaml:
             return
         self.yaml.blockSignals(True)
@@ -355,6 +366,8 @@ class MergeDialog(QDialog):
             if tensor["action"] == "refused":
                 item.setForeground(1, QColor(COLORS["none"]))
             self.plan.addTopLevelItem(item)
+        for column in range(3):
+            self.plan.resizeColumnToContents(column)
         counts = plan["counts"]
         lines = [f"{counts['merged']} tensors merged, {counts['copied']} copied, "
                  f"{counts['refused']} refused. Writes {format_bytes(plan['output_bytes'])}, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.errors import InsufficientResourcesError
+from app.core.errors import InsufficientResourcesError, OptionError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import ProgressUnit, Reporter
 from app.core.merge.config import MergeConfig, parse_config, read_config
@@ -50,11 +50,15 @@ class MergeRequest:
         return config
 
     def plan(self) -> MergePlan:
-        from app.core.convert.planner import resolve_device
-        from app.core.convert.tensor_types import parse_output_type
+        from app.core.convert import resolve_device, writable_output_types
         from app.core.merge.planner import plan_merge
+        from app.core.quant.targets import get_target
 
-        out_type = parse_output_type(self.out_type, "gguf") if self.out_type else None
+        # An unknown type is refused (OptionError listing the types) before anything starts.
+        out_type = get_target(self.out_type.strip().upper()).name if self.out_type else None
+        if out_type is not None and out_type not in writable_output_types():
+            raise OptionError(f"GGUF type {out_type} cannot be written yet",
+                              hint=f"writable: {', '.join(writable_output_types())}")
         return plan_merge(self.config(), self.target, device=resolve_device(self.device),
                           allow_partial=self.allow_partial, overwrite=self.overwrite,
                           shard_bytes=self.shard_bytes, gguf_type=out_type)
