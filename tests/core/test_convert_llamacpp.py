@@ -10,6 +10,7 @@ import torch
 
 import factories
 from app.core.convert import ConvertRequest
+from app.core.generate.backends.llama_cpp import open_llama
 from app.core.jobs import RecordingReporter
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'llama') is absent")
@@ -24,8 +25,7 @@ def to_gguf(source: Path, target: Path, out_type: str = "F16") -> Path:
 
 
 def load(path: Path, vocab_only: bool = False) -> object:
-    return llama_cpp.Llama(str(path), verbose=False, n_ctx=256, vocab_only=vocab_only,
-                           n_threads=2)
+    return open_llama(path, n_ctx=256, vocab_only=vocab_only, n_threads=2)
 
 
 def greedy_llama_cpp(llm: object, prompt: list[int], n: int) -> list[int]:

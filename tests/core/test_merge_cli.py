@@ -13,6 +13,7 @@ import torch
 
 import factories
 from app.core.errors import OptionError
+from app.core.generate.backends.llama_cpp import open_llama
 from app.core.merge import parse_config
 
 
@@ -59,10 +60,10 @@ def test_cli_merges_writes_report_config_and_gguf(two_llamas: tuple[Path, Path],
     reader = gguf.GGUFReader(result["gguf"])
     assert len(reader.tensors) == len(report["tensors"])
     # llama.cpp runs the merged GGUF and gives transformers' greedy tokens on the merged folder.
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
     import transformers
 
-    llm = llama_cpp.Llama(result["gguf"], verbose=False, n_ctx=256, n_threads=2)
+    llm = open_llama(Path(result["gguf"]), n_ctx=256, n_threads=2)
     prompt = llm.tokenize(b"The capital of France is", add_bos=False)
     tokens: list[int] = []
     for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):

@@ -23,6 +23,7 @@ from app.core.convert import ConvertRequest
 from app.core.convert.metadata import read_gguf_entries
 from app.core.convert.relayout import RelayoutRequest, plan_relayout
 from app.core.errors import FormatError, OptionError, UnsupportedError
+from app.core.generate.backends.llama_cpp import open_llama
 from app.core.jobs import RecordingReporter, run_job
 
 
@@ -108,30 +109,15 @@ def test_every_expert_is_its_slice_of_the_stacked_tensor(qtype: str,
 
 
 def test_llama_cpp_gives_the_same_tokens_after_the_round_trip(mixtral_ggufs: dict[str, Path],
-                                                              tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch
-                                                              ) -> None:
-    import llama_cpp
-    import llama_cpp.llama
-
-    # ggml's extra CPU buffer types (AMX tiles, repacked weights) die with a general protection
-    # fault on the sandboxed AMX CPUs of the test machines; the plain CPU buffer is the
-    # reference implementation and runs both files alike.
-    defaults = llama_cpp.llama_model_default_params
-
-    def plain_buffers() -> object:
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
-
-    monkeypatch.setattr(llama_cpp.llama.llama_cpp, "llama_model_default_params", plain_buffers)
+                                                              tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
     source = mixtral_ggufs["Q4_K_M"]
     split, back = tmp_path / "split.gguf", tmp_path / "back.gguf"
     relayout(source, split, "split")
     relayout(split, back, "stacked")
 
     def greedy(path: Path) -> list[int]:
-        llm = llama_cpp.Llama(str(path), verbose=False, n_ctx=128, n_threads=2)
+        llm = open_llama(path, n_ctx=128, n_threads=2)
         prompt = llm.tokenize(b"The capital of France", add_bos=False)
         tokens = []
         for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import re
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +122,57 @@ def load_error(path: Path, reason: str | None) -> ModelyardError:
                     hint="run `modelyard doctor` on it")
 
 
+def cpu_has_amx() -> bool:
+    """Whether the CPU reports Intel AMX tiles (Linux /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return any(line.startswith("flags") and " amx_tile" in line for line in info)
+    except OSError:
+        return False
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _without_extra_buffer_types() -> Iterator[None]:
+    """Models loaded inside get `use_extra_bufts = False`.
+
+    llama.cpp built for a CPU with AMX repacks weights into its AMX buffer type, and that path
+    crashes the process (SIGSEGV) on quantized models whose rows are short (seen with Q8_0 and
+    Q4_0 tensors of 64 columns, llama-cpp-python 0.3.36); without the extra buffer types the
+    same model runs correctly on the plain CPU kernels. `Llama()` takes no parameter for it, so
+    the default parameters it starts from are adjusted while it loads.
+    """
+    import llama_cpp.llama_cpp as bindings
+
+    with _PARAMS_LOCK:
+        default_params = bindings.llama_model_default_params
+
+        def params_without_extra_buffer_types() -> Any:
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        bindings.llama_model_default_params = params_without_extra_buffer_types
+        try:
+            yield
+        finally:
+            bindings.llama_model_default_params = default_params
+
+
 def open_llama(path: Path, **kwargs: Any) -> Any:
-    """`llama_cpp.Llama(path, **kwargs)` with llama.cpp's reason in the error when it fails."""
+    """`llama_cpp.Llama(path, **kwargs)` with llama.cpp's reason in the error when it fails.
+
+    On CPUs with AMX the extra (repacking) buffer types are off: see
+    `_without_extra_buffer_types`.
+    """
     if not llama_cpp_available():
         raise UnsupportedError("llama-cpp-python is not installed", hint=INSTALL_HINT)
     import llama_cpp
 
-    with captured_llama_log() as log:
+    safe_buffers = _without_extra_buffer_types() if cpu_has_amx() else nullcontext()
+    with captured_llama_log() as log, safe_buffers:
         try:
             return llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
         except (ValueError, RuntimeError) as exc:
