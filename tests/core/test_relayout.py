@@ -71,11 +71,11 @@ def test_stacked_split_stacked_is_byte_identical(qtype: str, mixtral_ggufs: dict
     assert read_gguf_entries(split) == read_gguf_entries(source)
     names = [t.name for t in gguf.GGUFReader(split).tensors]
     assert not [n for n in names if n.endswith("_exps.weight")]
-    assert len([n for n in names if factories_split_name(n)]) == 2 * 3 * 4
+    assert len([n for n in names if is_split_expert(n)]) == 2 * 3 * 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back.gguf", "split.gguf"]
 
 
-def factories_split_name(name: str) -> bool:
+def is_split_expert(name: str) -> bool:
     parts = name.split(".")
     return len(parts) == 5 and parts[2] in ("ffn_gate", "ffn_up", "ffn_down") \
         and parts[3].isdigit()
