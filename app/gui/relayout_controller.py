@@ -48,9 +48,10 @@ CHOICES = {
 
 
 def can_relayout(model: ModelInfo | None) -> bool:
-    """A readable MoE GGUF whose experts are in one of the two layouts."""
+    """A readable MoE GGUF with expert tensors (in either layout, or a mix of both)."""
     return (model is not None and model.format == "gguf" and model.moe is not None
-            and model.moe.layout in LAYOUTS and not model.fatal_problems)
+            and model.moe.layout is not None
+            and all(p.kind == "expert-layout" for p in model.fatal_problems))
 
 
 class RelayoutDialog(QDialog):

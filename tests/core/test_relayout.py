@@ -72,11 +72,11 @@ def test_stacked_split_stacked_is_byte_identical(qtype: str, mixtral_ggufs: dict
     assert read_gguf_entries(split) == read_gguf_entries(source)
     names = [t.name for t in gguf.GGUFReader(split).tensors]
     assert not [n for n in names if n.endswith("_exps.weight")]
-    assert len([n for n in names if factories_split_name(n)]) == 2 * 3 * 4
+    assert len([n for n in names if is_split_expert(n)]) == 2 * 3 * 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back.gguf", "split.gguf"]
 
 
-def factories_split_name(name: str) -> bool:
+def is_split_expert(name: str) -> bool:
     parts = name.split(".")
     return len(parts) == 5 and parts[2] in ("ffn_gate", "ffn_up", "ffn_down") \
         and parts[3].isdigit()
@@ -343,3 +343,29 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_ggufs: dict[str, Path],
     assert len(stacked) == 2 * 3 and all(t["copy"] for t in stacked)
     assert stacked[0]["sources"] == [f"blk.0.ffn_gate.{e}.weight" for e in range(4)]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mix_of_layouts_is_repaired(tmp_path: Path) -> None:
+    """Stacked gate, per-expert up and down: a file no runtime loads, made whole either way."""
+    from app.core.formats.scan import inspect_path
+
+    stacked = gguf.GGUFReader(moe_gguf(tmp_path / "stacked.gguf", layout="stacked"))
+    split = gguf.GGUFReader(moe_gguf(tmp_path / "split.gguf", layout="split"))
+    writer = gguf.GGUFWriter(str(tmp_path / "mixed.gguf"), "llama")
+    writer.add_block_count(1)
+    writer.add_expert_count(4)
+    writer.add_expert_used_count(2)
+    for tensor in [*stacked.tensors[:3], *split.tensors[6:]]:
+        data = np.asarray(tensor.data)
+        writer.add_tensor(tensor.name, data,
+                          raw_dtype=tensor.tensor_type if data.dtype == np.uint8 else None)
+    factories.finish_gguf(writer)
+    mixed = inspect_path(tmp_path / "mixed.gguf")
+    assert mixed.moe is not None and mixed.moe.layout == "mixed"
+    assert [p.kind for p in mixed.fatal_problems] == ["expert-layout"]
+    relayout(tmp_path / "mixed.gguf", tmp_path / "all-stacked.gguf", "stacked")
+    relayout(tmp_path / "mixed.gguf", tmp_path / "all-split.gguf", "split")
+    for name, layout in (("all-stacked", "stacked"), ("all-split", "split")):
+        model = inspect_path(tmp_path / f"{name}.gguf")
+        assert model.moe is not None and model.moe.layout == layout
+        assert not model.fatal_problems

@@ -10,6 +10,7 @@ import pytest
 from gui_helpers import open_window, settle
 from PySide6.QtWidgets import QApplication
 
+from app.gui.details import overview_rows
 from app.gui.main_window import MainWindow
 from app.gui.relayout_controller import RelayoutDialog
 from app.gui.settings import AppSettings
@@ -38,6 +39,9 @@ def test_fix_expert_layout_writes_the_other_layout(qtbot, window: MainWindow) ->
     assert not action.isEnabled()
     assert window.select_model_path(folder / "moe-stacked.gguf")
     assert action.isEnabled()
+    overview = dict(overview_rows(window.selected_model()))
+    assert overview["Expert layout"].startswith("stacked: one tensor per weight")
+    assert "Current llama.cpp" in overview["Expert layout"]
     action.trigger()
     dialog = open_dialog()
     assert dialog is not None

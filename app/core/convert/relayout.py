@@ -27,7 +27,7 @@ from typing import Literal
 from app.core.convert.gguf_shards import assign_by_size, shard_plans
 from app.core.convert.job import ConvertResult, check_disk, execute_plan
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
-from app.core.convert.planner import load_source, resolve_target
+from app.core.convert.planner import resolve_target
 from app.core.convert.sizing import element_bytes
 from app.core.errors import BadInputError, FormatError, OptionError, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry, read_gguf_header
@@ -37,6 +37,7 @@ from app.core.formats.gguf_model import (
     split_shard_info,
 )
 from app.core.formats.model_info import ModelInfo, format_bytes
+from app.core.formats.scan import inspect_path
 from app.core.jobs import ProgressUnit, Reporter, part_path
 from app.core.quant import can_quantize
 
@@ -302,7 +303,11 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
     if experts not in LAYOUTS:
         raise OptionError(f"--experts {experts!r}: choose stacked or split")
     layout: ExpertsLayout = "stacked" if experts == "stacked" else "split"
-    model = load_source(source)
+    model = source if isinstance(source, ModelInfo) else inspect_path(source)
+    # A mix of layouts is fatal for loading, and exactly what a relayout repairs.
+    blocking = [p for p in model.fatal_problems if p.kind != "expert-layout"]
+    if blocking:
+        raise FormatError(blocking[0].text, path=model.path, hint="nothing was written")
     if model.format != "gguf":
         raise UnsupportedError("relayout applies to GGUF files; this is a "
                                f"{model.format.upper()} model", path=model.path)

@@ -147,7 +147,7 @@ def _problems(header: GGUFHeader, moe: MoEInfo | None, has_tokenizer: bool) -> l
             kind="expert-layout"))
     elif moe and moe.layout == "mixed":
         problems.append(Problem("experts are stored in both stacked and per-expert layouts; "
-                                "no runtime loads this mix", fatal=True))
+                                "no runtime loads this mix", fatal=True, kind="expert-layout"))
     if not has_tokenizer and header.get("general.type", "model") == "model":
         problems.append(Problem("no tokenizer in the file: runtimes cannot tokenize prompts"))
     return problems
