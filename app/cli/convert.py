@@ -20,6 +20,7 @@ from app.core.convert import (
 )
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter
+from app.core.quant.size_target import parse_size
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -46,6 +47,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="importance matrix (llama.cpp's imatrix .gguf or .dat) weighting "
                               "the quantizers as llama-quantize --imatrix does; tensors it does "
                               "not cover are quantized without it")
+    convert.add_argument("--target-size", metavar="SIZE",
+                         help="choose each weight's type to fit the file in SIZE (e.g. 4.2GiB) "
+                              "with the least total quantization error, measured on the "
+                              "tensors (weighted by --imatrix when given); --type sets the "
+                              "file type recorded and the types of the other tensors")
     convert.add_argument("--to", choices=("gguf", "hf"), default="gguf",
                          help="output format (default gguf)")
     convert.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
@@ -72,12 +78,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
                              device=args.device, keep_type=args.keep_type,
                              overwrite=args.overwrite, require_tokenizer=args.require_tokenizer,
                              pure=args.pure, check_memory=not args.ignore_memory_check,
-                             imatrix=args.imatrix)
+                             imatrix=args.imatrix,
+                             target_size=(parse_size(args.target_size)
+                                          if args.target_size is not None else None))
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
+    reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
+    if request.target_size is not None:
+        plan = request.fit_to_size(plan, reporter)
+        reporter.end_line()
+        if not args.json_progress:
+            sys.stderr.write(plan.notes[-1] + "\n")
     if args.dry_run:
         print_json(plan.to_json())
         return 0
-    reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
     if not args.json_progress:
         sys.stderr.write(f"{request.title}: {len(plan.tensors)} tensors, "
                          f"{format_bytes(plan.output_bytes)}, peak memory about "

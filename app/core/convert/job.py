@@ -157,6 +157,7 @@ class ConvertRequest:
     require_tokenizer: bool = False
     pure: bool = False  # every weight the target's one type, not llama-quantize's mix
     imatrix: Path | None = None  # importance matrix weighting the quantizers
+    target_size: int | None = None  # bytes: a type per weight chosen to fit (--target-size)
     check_memory: bool = True  # False: the user chose to try although the estimate says no
     progress_unit: ProgressUnit = "bytes"
 
@@ -172,7 +173,15 @@ class ConvertRequest:
                                require_tokenizer=self.require_tokenizer, pure=self.pure,
                                imatrix=self.imatrix)
 
+    def fit_to_size(self, plan: ConversionPlan, reporter: Reporter) -> ConversionPlan:
+        """With `target_size`, the plan's weights retyped to fit it (measures the tensors)."""
+        if self.target_size is None:
+            return plan
+        from app.core.convert.size_target import apply_size_target
+
+        return apply_size_target(plan, self.target_size, reporter)
+
     def run(self, reporter: Reporter) -> ConvertResult:
         reporter.log("info", f"planning {self.title.lower()}")
-        plan = self.plan()
+        plan = self.fit_to_size(self.plan(), reporter)
         return execute_plan(plan, reporter, self.check_memory)
