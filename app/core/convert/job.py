@@ -156,10 +156,10 @@ class ConvertRequest:
     overwrite: bool = False
     require_tokenizer: bool = False
     pure: bool = False  # every weight the target's one type, not llama-quantize's mix
-    imatrix: Path | None = None  # importance matrix weighting the quantizers
-    target_size: int | None = None  # bytes: a type per weight chosen to fit (--target-size)
     check_memory: bool = True  # False: the user chose to try although the estimate says no
     progress_unit: ProgressUnit = "bytes"
+    imatrix: Path | None = None  # importance matrix weighting the quantizers
+    target_size: int | None = None  # bytes: a type per weight chosen to fit (--target-size)
 
     @property
     def title(self) -> str:
