@@ -18,6 +18,7 @@ from app.core.convert import (
     execute_plan,
     writable_output_types,
 )
+from app.core.errors import OptionError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter
 from app.core.quant.size_target import parse_size
@@ -52,6 +53,13 @@ def register(commands: argparse._SubParsersAction) -> None:
                               "with the least total quantization error, measured on the "
                               "tensors (weighted by --imatrix when given); --type sets the "
                               "file type recorded and the types of the other tensors")
+    convert.add_argument("--fit-gpu", action="store_true",
+                         help="like --target-size, sized so that the whole model runs on this "
+                              "machine's GPU (or one with --vram GiB free) at --ctx tokens")
+    convert.add_argument("--ctx", type=int, default=4096, metavar="N",
+                         help="context the model must fit with for --fit-gpu (default 4096)")
+    convert.add_argument("--vram", type=float, metavar="GiB",
+                         help="--fit-gpu for a GPU with this much free memory")
     convert.add_argument("--to", choices=("gguf", "hf"), default="gguf",
                          help="output format (default gguf)")
     convert.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
@@ -80,10 +88,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
                              pure=args.pure, check_memory=not args.ignore_memory_check,
                              imatrix=args.imatrix,
                              target_size=(parse_size(args.target_size)
-                                          if args.target_size is not None else None))
+                                          if args.target_size is not None else None),
+                             fit_gpu_vram=_fit_gpu_vram(args) if args.fit_gpu else None,
+                             fit_gpu_context=args.ctx)
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
     reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
-    if request.target_size is not None:
+    if request.target_size is not None or request.fit_gpu_vram is not None:
         plan = request.fit_to_size(plan, reporter)
         reporter.end_line()
         if not args.json_progress:
@@ -105,6 +115,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"{value.output}  {format_bytes(value.bytes_written)}, {value.tensors_written} "
               f"tensors, {value.seconds:.1f} s")
     return 0
+
+
+def _fit_gpu_vram(args: argparse.Namespace) -> int:
+    if args.vram is not None:
+        if args.vram <= 0:
+            raise OptionError(f"--vram must be more than 0 GiB, not {args.vram}")
+        return int(args.vram * 2**30)
+    from app.core.resources import probe_gpus
+
+    gpus, _problem = probe_gpus()
+    if not gpus:
+        raise OptionError("--fit-gpu: no GPU found on this machine",
+                          hint="give the free memory of the GPU to fit with --vram GiB")
+    return gpus[0].free_bytes
 
 
 class _PlannedJob:

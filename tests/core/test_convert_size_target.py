@@ -90,5 +90,36 @@ def test_a_size_below_the_smallest_file_is_refused_on_the_cli(tmp_path: Path) ->
                           str(tmp_path / "out.gguf"), "--type", "Q8_0", "--target-size", "4KiB"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
-    assert "below the smallest file" in run.stderr
+    assert "below the smallest Modelyard can write" in run.stderr
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_fit_gpu_gives_a_model_that_the_estimate_puts_wholly_on_that_gpu(tmp_path: Path) -> None:
+    from app.core.convert.size_target import gpu_weight_budget
+    from app.core.estimate.verdict import MARGIN_BYTES, MARGIN_FRACTION, Machine, judge
+    from app.core.formats.scan import inspect_path
+
+    source = make_gguf(tmp_path / "m.gguf", n_layers=1, n_embd=256, n_ff=256, n_vocab=256)
+    context = 64
+    plan = plan_conversion(source, tmp_path / "x.gguf", out_type="Q8_0")
+    probe = 64 * 2**30
+    budget, on_gpu = gpu_weight_budget(plan, probe, context)
+    reserved = int(probe * (1 - MARGIN_FRACTION)) - MARGIN_BYTES - budget
+    gpu_bytes = sorted(sum(t.n_bytes for t in plan_for_type(plan, name).tensors if on_gpu(t))
+                       for name, target in TARGETS.items()
+                       if target.default_type.is_quantized and target.writable)
+    # A GPU whose room for weights lies between the two largest standard mixes.
+    room = (gpu_bytes[-2] + gpu_bytes[-1]) // 2
+    vram = int((room + reserved + MARGIN_BYTES) / (1 - MARGIN_FRACTION)) + 1
+    assert gpu_weight_budget(plan, vram, context)[0] >= room
+
+    result = run_job(ConvertRequest(source, tmp_path / "fit.gguf", "Q8_0", device="cpu",
+                                    fit_gpu_vram=vram, fit_gpu_context=context),
+                     RecordingReporter())
+    assert result.status == "done", result.error
+    machine = Machine("test", ram_bytes=64 * 2**30, gpu_free=(vram,))
+    assert judge(inspect_path(tmp_path / "fit.gguf"), machine, context).kind == "gpu"
+    # It used the room above the smaller mix.
+    on_gpu_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(tmp_path / "fit.gguf").tensors
+                       if t.name.startswith(("blk.", "output")))
+    assert gpu_bytes[-2] < on_gpu_bytes <= room

@@ -10,7 +10,7 @@ from pathlib import Path
 from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entry
 from app.core.convert.plan import ConversionPlan, OutputFormat
 from app.core.convert.planner import plan_conversion
-from app.core.errors import InsufficientResourcesError
+from app.core.errors import InsufficientResourcesError, OptionError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import ProgressUnit, Reporter, atomic_output, check_cancel
 from app.core.resources import probe_disk
@@ -160,6 +160,8 @@ class ConvertRequest:
     progress_unit: ProgressUnit = "bytes"
     imatrix: Path | None = None  # importance matrix weighting the quantizers
     target_size: int | None = None  # bytes: a type per weight chosen to fit (--target-size)
+    fit_gpu_vram: int | None = None  # bytes of VRAM the whole model must fit (--fit-gpu)
+    fit_gpu_context: int = 4096  # tokens of context it must fit with
 
     @property
     def title(self) -> str:
@@ -174,12 +176,18 @@ class ConvertRequest:
                                imatrix=self.imatrix)
 
     def fit_to_size(self, plan: ConversionPlan, reporter: Reporter) -> ConversionPlan:
-        """With `target_size`, the plan's weights retyped to fit it (measures the tensors)."""
-        if self.target_size is None:
-            return plan
-        from app.core.convert.size_target import apply_size_target
+        """With `target_size` or `fit_gpu_vram`, the plan's weights retyped to fit (measures
+        the tensors)."""
+        from app.core.convert.size_target import apply_size_target, gpu_weight_budget
 
-        return apply_size_target(plan, self.target_size, reporter)
+        if self.target_size is not None and self.fit_gpu_vram is not None:
+            raise OptionError("give a size target or fit a GPU, not both")
+        if self.target_size is not None:
+            return apply_size_target(plan, self.target_size, reporter)
+        if self.fit_gpu_vram is not None:
+            budget, on_gpu = gpu_weight_budget(plan, self.fit_gpu_vram, self.fit_gpu_context)
+            return apply_size_target(plan, budget, reporter, counted=on_gpu)
+        return plan
 
     def run(self, reporter: Reporter) -> ConvertResult:
         reporter.log("info", f"planning {self.title.lower()}")

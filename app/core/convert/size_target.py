@@ -5,6 +5,7 @@ the plan has one), never guessed from its name."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from app.core.convert.plan import ConversionPlan, TensorPlan
@@ -23,14 +24,26 @@ SAMPLE_ROWS = 32
 HEADER_SLACK = 1024
 
 
-def apply_size_target(plan: ConversionPlan, budget: int, reporter: Reporter) -> ConversionPlan:
-    """`plan` with a type per weight chosen to fit `budget` bytes (the whole file)."""
+def apply_size_target(plan: ConversionPlan, budget: int, reporter: Reporter, *,
+                      counted: Callable[[TensorPlan], bool] | None = None) -> ConversionPlan:
+    """`plan` with a type per weight chosen to fit `budget` bytes: the whole file, or with
+    `counted`, the tensors it selects (those a GPU holds, for --fit-gpu); the others keep
+    their type."""
     from app.core.quant.weighted import WEIGHTED_QUANTIZERS
 
     if plan.to != "gguf":
         raise OptionError("a size target applies to a GGUF output")
-    movable = [t for t in plan.tensors if not t.fixed_type]
-    fixed_bytes = plan.output_bytes - sum(t.n_bytes for t in movable)
+    if counted is None:
+        counted = _every_tensor
+        overhead = plan.output_bytes - plan.tensor_bytes + HEADER_SLACK
+        what = f"a size target of {format_bytes(budget)}"
+    else:
+        overhead = 0
+        what = f"{format_bytes(budget)} for the weights on the GPU"
+    movable = [t for t in plan.tensors if not t.fixed_type and counted(t)]
+    moving = {t.name for t in movable}
+    fixed_bytes = overhead + sum(t.n_bytes for t in plan.tensors
+                                 if counted(t) and t.name not in moving)
     covered = set(plan.importance.covered) if plan.importance is not None else set()
     candidates: dict[str, list[Candidate]] = {}
     for index, tensor in enumerate(movable):
@@ -39,14 +52,14 @@ def apply_size_target(plan: ConversionPlan, budget: int, reporter: Reporter) -> 
         types = [t for t in CANDIDATE_TYPES if get_type(t).fits_row(tensor.shape[-1])
                  and (can_quantize(t) or (t in WEIGHTED_QUANTIZERS and tensor.name in covered))]
         candidates[tensor.name] = _measure(plan, tensor, types)
-    smallest = fixed_bytes + HEADER_SLACK + sum(min(c.n_bytes for c in options)
-                                                for options in candidates.values())
+    smallest = fixed_bytes + sum(min(c.n_bytes for c in options)
+                                 for options in candidates.values())
     if smallest > budget:
-        raise OptionError(f"a size target of {format_bytes(budget)} is below the smallest file "
-                          f"Modelyard can write of this model, {format_bytes(smallest)}",
-                          path=plan.source, hint="choose a larger size")
+        raise OptionError(f"{what} is below the smallest Modelyard can write of this model, "
+                          f"{format_bytes(smallest)}", path=plan.source,
+                          hint="choose a larger size or a shorter context")
     standard = _standard_mixes(plan, movable)
-    chosen, winner = choose_types(candidates, budget - fixed_bytes - HEADER_SLACK, standard)
+    chosen, winner = choose_types(candidates, budget - fixed_bytes, standard)
     tensors = []
     for tensor in plan.tensors:
         pick = chosen.get(tensor.name)
@@ -65,6 +78,42 @@ def apply_size_target(plan: ConversionPlan, budget: int, reporter: Reporter) -> 
     note = (f"size target {format_bytes(budget)}: {how} of {format_bytes(fitted.output_bytes)}"
             f" ({summary}); measured error {sum(c.error for c in chosen.values()):.4g}")
     return replace(fitted, notes=fitted.notes + (note,))
+
+
+def _every_tensor(tensor: TensorPlan) -> bool:
+    return True
+
+
+def gpu_weight_budget(plan: ConversionPlan, vram_bytes: int,
+                      context: int) -> tuple[int, Callable[[TensorPlan], bool]]:
+    """For --fit-gpu: the bytes of weights a GPU with `vram_bytes` free holds with the whole
+    model offloaded at `context` tokens (after the KV cache, compute buffers and runtime, as
+    the fit estimate counts them), and which tensors it holds (every block and the output;
+    llama.cpp keeps the input embeddings in RAM unless the output reuses them)."""
+    from app.core.estimate.llama_cpp import (
+        BLOCK_TENSOR,
+        GPU_OVERHEAD,
+        compute_buffers,
+        kv_cache_bytes,
+    )
+    from app.core.estimate.shape import model_shape
+    from app.core.estimate.verdict import usable
+    from app.core.formats.scan import inspect_path
+
+    if context <= 0:
+        raise OptionError(f"context length must be positive, not {context}")
+    shape = model_shape(inspect_path(plan.source))
+    kv = sum(kv_cache_bytes(shape, context, layer) for layer in range(shape.n_layer)) \
+        if shape.n_head else 0
+    buffers = compute_buffers(shape, context, flash_attention=False)
+    budget = usable(vram_bytes) - kv - max(buffers.layer_gpu, buffers.logits) - GPU_OVERHEAD
+    tied = shape.tied_embeddings
+
+    def on_gpu(tensor: TensorPlan) -> bool:
+        return (bool(BLOCK_TENSOR.match(tensor.name)) or tensor.name.startswith("output")
+                or (tied and tensor.name == "token_embd.weight"))
+
+    return budget, on_gpu
 
 
 def _measure(plan: ConversionPlan, tensor: TensorPlan, types: list[str]) -> list[Candidate]:
