@@ -22,6 +22,7 @@ from app.core.errors import OptionError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter
 from app.core.quant.overrides import TypeOverrides
+from app.core.quant.size_target import parse_size
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -58,6 +59,18 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="importance matrix (llama.cpp's imatrix .gguf or .dat) weighting "
                               "the quantizers as llama-quantize --imatrix does; tensors it does "
                               "not cover are quantized without it")
+    convert.add_argument("--target-size", metavar="SIZE",
+                         help="choose each weight's type to fit the file in SIZE (e.g. 4.2GiB) "
+                              "with the least total quantization error, measured on the "
+                              "tensors (weighted by --imatrix when given); --type sets the "
+                              "file type recorded and the types of the other tensors")
+    convert.add_argument("--fit-gpu", action="store_true",
+                         help="like --target-size, sized so that the whole model runs on this "
+                              "machine's GPU (or one with --vram GiB free) at --ctx tokens")
+    convert.add_argument("--ctx", type=int, default=4096, metavar="N",
+                         help="context the model must fit with for --fit-gpu (default 4096)")
+    convert.add_argument("--vram", type=float, metavar="GiB",
+                         help="--fit-gpu for a GPU with this much free memory")
     convert.add_argument("--to", choices=("gguf", "hf"), default="gguf",
                          help="output format (default gguf)")
     convert.add_argument("--device", default="auto", metavar="cpu|cuda|cuda:N|auto",
@@ -115,14 +128,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
                              device=args.device, keep_type=args.keep_type,
                              overwrite=args.overwrite, require_tokenizer=args.require_tokenizer,
                              pure=args.pure, check_memory=not args.ignore_memory_check,
-                             type_overrides=overrides or None, imatrix=args.imatrix)
+                             type_overrides=overrides or None, imatrix=args.imatrix,
+                             target_size=(parse_size(args.target_size)
+                                          if args.target_size is not None else None),
+                             fit_gpu_vram=_fit_gpu_vram(args) if args.fit_gpu else None,
+                             fit_gpu_context=args.ctx)
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
+    reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
+    if request.target_size is not None or request.fit_gpu_vram is not None:
+        plan = request.fit_to_size(plan, reporter)
+        reporter.end_line()
+        if not args.json_progress:
+            sys.stderr.write(plan.notes[-1] + "\n")
     if args.dry_run:
         if why:
             sys.stderr.write(why + "\n")
         print_json(plan.to_json())
         return 0
-    reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
     if why:
         reporter.log("info", why)
     if not args.json_progress:
@@ -139,6 +161,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"{value.output}  {format_bytes(value.bytes_written)}, {value.tensors_written} "
               f"tensors, {value.seconds:.1f} s")
     return 0
+
+
+def _fit_gpu_vram(args: argparse.Namespace) -> int:
+    if args.vram is not None:
+        if args.vram <= 0:
+            raise OptionError(f"--vram must be more than 0 GiB, not {args.vram}")
+        return int(args.vram * 2**30)
+    from app.core.resources import probe_gpus
+
+    gpus, _problem = probe_gpus()
+    if not gpus:
+        raise OptionError("--fit-gpu: no GPU found on this machine",
+                          hint="give the free memory of the GPU to fit with --vram GiB")
+    return gpus[0].free_bytes
 
 
 class _PlannedJob:

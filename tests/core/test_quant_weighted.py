@@ -10,7 +10,7 @@ import pytest
 import torch
 from ggml_reference import ggml_quantize
 
-from app.core.errors import UnsupportedError
+from app.core.errors import FormatError, UnsupportedError
 from app.core.quant import quantize
 from app.core.quant.imatrix_file import read_imatrix
 from app.core.quant.weighted import WEIGHTED_QUANTIZERS
@@ -100,3 +100,10 @@ def test_weights_of_the_wrong_size_are_refused_naming_the_tensor() -> None:
                  tensor="blk.0.ffn_up.weight")
     with pytest.raises(UnsupportedError, match="do not fit"):
         quantize(torch.randn(4, 256), "Q4_K", importance=torch.ones(3, 256))
+
+
+def test_non_finite_weights_stop_naming_the_tensor() -> None:
+    values = torch.randn(4, 256)
+    values[2, 7] = float("nan")
+    with pytest.raises(FormatError, match="blk.3.attn_q.weight.*NaN"):
+        quantize(values, "Q4_K", importance=torch.ones(256), tensor="blk.3.attn_q.weight")

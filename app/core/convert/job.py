@@ -11,7 +11,7 @@ from typing import ClassVar
 from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entry
 from app.core.convert.plan import ConversionPlan, OutputFormat
 from app.core.convert.planner import plan_conversion
-from app.core.errors import InsufficientResourcesError, OptionFact
+from app.core.errors import InsufficientResourcesError, OptionError, OptionFact
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import ProgressUnit, Reporter, atomic_output, check_cancel
 from app.core.quant.overrides import TypeOverrides
@@ -161,6 +161,9 @@ class ConvertRequest:
     pure: bool = False  # every weight the target's one type, not llama-quantize's mix
     type_overrides: TypeOverrides | None = None  # --tensor-type and the output/embedding types
     imatrix: Path | None = None  # importance matrix weighting the quantizers
+    target_size: int | None = None  # bytes: a type per weight chosen to fit (--target-size)
+    fit_gpu_vram: int | None = None  # bytes of VRAM the whole model must fit (--fit-gpu)
+    fit_gpu_context: int = 4096  # tokens of context it must fit with
     check_memory: bool = True  # False: the user chose to try although the estimate says no
     progress_unit: ProgressUnit = "bytes"
     # Loads torch or a native runtime and a whole model: a crash must not take the caller.
@@ -178,7 +181,21 @@ class ConvertRequest:
                                require_tokenizer=self.require_tokenizer, pure=self.pure,
                                type_overrides=self.type_overrides, imatrix=self.imatrix)
 
+    def fit_to_size(self, plan: ConversionPlan, reporter: Reporter) -> ConversionPlan:
+        """With `target_size` or `fit_gpu_vram`, the plan's weights retyped to fit (measures
+        the tensors)."""
+        from app.core.convert.size_target import apply_size_target, gpu_weight_budget
+
+        if self.target_size is not None and self.fit_gpu_vram is not None:
+            raise OptionError("give a size target or fit a GPU, not both")
+        if self.target_size is not None:
+            return apply_size_target(plan, self.target_size, reporter)
+        if self.fit_gpu_vram is not None:
+            budget, on_gpu = gpu_weight_budget(plan, self.fit_gpu_vram, self.fit_gpu_context)
+            return apply_size_target(plan, budget, reporter, counted=on_gpu)
+        return plan
+
     def run(self, reporter: Reporter) -> ConvertResult:
         reporter.log("info", f"planning {self.title.lower()}")
-        plan = self.plan()
+        plan = self.fit_to_size(self.plan(), reporter)
         return execute_plan(plan, reporter, self.check_memory)

@@ -21,8 +21,9 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
@@ -77,7 +78,6 @@ class ImportanceMatrix:
     chunk_count: int = 0
     chunk_size: int = 0
     legacy: bool = False
-    problems: tuple[str, ...] = field(default=())
 
     def weights(self, name: str) -> np.ndarray | None:
         entry = self.entries.get(name)
@@ -155,7 +155,7 @@ def _u32(value: object) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
-def _read_f32(handle, offset: int, count: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _read_f32(handle: BinaryIO, offset: int, count: int) -> np.ndarray:
     handle.seek(offset)
     data = handle.read(count * 4)
     return np.frombuffer(data, dtype="<f4", count=count).astype(np.float32)

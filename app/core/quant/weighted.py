@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from app.core.errors import UnsupportedError
+from app.core.errors import FormatError, UnsupportedError
 from app.core.quant.kquants import scale_min_k4
 from app.core.quant.weighted_search import (
     GROUP_MAX_EPS,
@@ -315,5 +315,9 @@ def quantize_weighted(weights: torch.Tensor, type_name: str, importance: torch.T
         for start in range(first, last, step):
             stop = min(start + step, last)
             chunk = rows[start:stop].to(torch.float32)
+            if not bool(torch.isfinite(chunk).all()):
+                # The searches would write garbage bytes for a NaN or an infinity.
+                raise FormatError("the weights hold NaN or infinite values", tensor=tensor,
+                                  hint="the source model is damaged")
             out[start:stop] = quantizer(chunk, qw.expand(stop - start, n))
     return out.reshape(*weights.shape[:-1], row_bytes)
