@@ -87,6 +87,8 @@ def conversion_candidates(model: ModelInfo, writable_only: bool = False) -> list
         planned = replace(model, name=name, format="gguf", architecture=arch, tensors=tensors,
                           file_size=plan.data_bytes(), quantization=target.name,
                           metadata=metadata, problems=())
+        # The quant most people pick: the default for a model that is not quantized yet.
+        preferred = target.name == "Q4_K_M" and source_rank <= quality_rank("BF16")
         candidates.append(Candidate(f"{target.name} (convert)", target.name, planned,
-                                    writable=plan.writable))
+                                    writable=plan.writable, preferred=preferred))
     return candidates

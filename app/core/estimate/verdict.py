@@ -174,6 +174,7 @@ class Candidate:
     model: ModelInfo  # the file, or the GGUF a conversion would write (planned tensors)
     writable: bool = True  # can Modelyard produce it today (always true for existing files)
     existing: bool = False
+    preferred: bool = False  # recommended whenever it fits (Q4_K_M of an unquantized source)
 
 
 @dataclass(frozen=True)
@@ -185,14 +186,15 @@ class CandidateFit:
 
 def recommend(candidates: Sequence[Candidate], target: Machine,
               context: int = DEFAULT_CONTEXT, **options: Any) -> list[CandidateFit]:
-    """A verdict for every candidate (best quality first); the best writable one that fully
-    fits the target is marked recommended (failing that, the best one that runs at all)."""
+    """A verdict for every candidate (best quality first); a preferred candidate that fully
+    fits the target, else the best writable one that does, is marked recommended (failing
+    that, the preferred or best one that runs at all)."""
     ranked = sorted(candidates, key=lambda c: quality_rank(c.quant))
     fits = [CandidateFit(c, judge(c.model, target, context, **options)) for c in ranked]
     # Prefer what fits entirely on the target; if nothing does, what runs at all (offloading
     # part of it, or on the CPU) beats recommending nothing.
     for acceptable in (lambda v: fully_fits(v, target), lambda v: v.kind in ("partial", "ram")):
-        for index, fit in enumerate(fits):
+        for index, fit in sorted(enumerate(fits), key=lambda item: not item[1].candidate.preferred):
             if fit.candidate.writable and acceptable(fit.verdict):
                 fits[index] = CandidateFit(fit.candidate, fit.verdict, recommended=True)
                 return fits
