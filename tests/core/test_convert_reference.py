@@ -26,7 +26,8 @@ def requantize(source: Path, target: Path, out_type: str, pure: bool) -> dict[st
     return tensors_of(target)
 
 
-@pytest.mark.parametrize("out_type", ["Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_1", "Q4_0"])
+@pytest.mark.parametrize("out_type", ["Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1",
+                                      "Q4_0", "Q3_K", "Q2_K"])
 def test_pure_requantization_equals_llama_quantize(kquants_reference: Path, tmp_path: Path,
                                                    out_type: str) -> None:
     ours = requantize(kquants_reference / "tiny-llama-F32.gguf", tmp_path / "out.gguf",
