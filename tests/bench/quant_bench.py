@@ -7,8 +7,9 @@ Prints, for each tensor size and each type Modelyard writes, MB/s of float32 inp
 the CPU (and CUDA when there is one) and for gguf-py (best of --repeat runs for both, after a
 warm-up), with the speed ratio; then dequantize
 throughput (MB/s of float32 output) for every type with a torch kernel, K-quants included; then
-the RMS quantization error of each type on the real weights of the reference tiny llama (whose
-values came from bf16, so F16 and BF16 hold them exactly) and on random normal weights.
+the RMS quantization error of each type on the real-valued weights of a generated tiny llama
+(tests/reference_models.py, quantized by llama.cpp's own quantizer) and on random normal
+weights.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +35,19 @@ from gguf import GGMLQuantizationType, quants  # noqa: E402
 from app.core.quant import dequantize, quantize  # noqa: E402
 from app.core.quant.codec import DEQUANTIZERS, QUANTIZERS  # noqa: E402
 
-REFERENCE = ROOT.parent / "shared" / "reference" / "kquants"
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+@cache
+def reference_folder() -> Path:
+    """The generated tiny llama (real-valued F32) and llama.cpp's pure quantizations of it."""
+    from reference_models import ReferenceFiles
+
+    return ReferenceFiles(Path(tempfile.mkdtemp(prefix="quant-bench-"))).standard_folder()
+
+
 MB = 1e6
-SLOW = {"Q6_K"}  # a search over 19 scales per 16 weights; gguf-py cannot write it at all
+SLOW = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}  # iterative scale searches; gguf-py cannot
 
 
 def best_time(fn: Callable[[], object], repeat: int, sync: Callable[[], None]) -> float:
@@ -88,7 +101,7 @@ def quantize_throughput(sizes: list[tuple[int, int]], repeat: int, with_gguf_py:
 
 def kquant_bytes(name: str, n_blocks: int) -> np.ndarray:
     """Real blocks of type `name`: the reference file's tensors, repeated to `n_blocks`."""
-    reader = gguf.GGUFReader(REFERENCE / f"tiny-llama-pure-{name}.gguf")
+    reader = gguf.GGUFReader(reference_folder() / f"tiny-llama-pure-{name}.gguf")
     type_size = gguf.GGML_QUANT_SIZES[GGMLQuantizationType[name]][1]
     blocks = np.concatenate([np.asarray(t.data).reshape(-1, type_size)
                              for t in reader.tensors if t.tensor_type.name == name])
@@ -107,7 +120,7 @@ def dequantize_throughput(repeat: int, with_gguf_py: bool) -> None:
         block, type_size = gguf.GGML_QUANT_SIZES[ggml]
         if name in QUANTIZERS and name not in SLOW:
             raw = quantize(torch.from_numpy(data), name).numpy()
-        elif (REFERENCE / f"tiny-llama-pure-{name}.gguf").exists():
+        elif (reference_folder() / f"tiny-llama-pure-{name}.gguf").exists():
             raw = kquant_bytes(name, rows * cols // block).reshape(rows, -1)
         else:
             continue  # Q8_K: no file has it, and nothing writes it
@@ -127,23 +140,25 @@ def dequantize_throughput(repeat: int, with_gguf_py: bool) -> None:
 def quantization_error() -> None:
     """RMS error of each type on real weights: the reference F32 llama against what
     llama-quantize --pure wrote, both read back with Modelyard's dequantizers."""
-    source = {t.name: np.asarray(t.data) for t in
-              gguf.GGUFReader(REFERENCE / "tiny-llama-F32.gguf").tensors if len(t.shape) > 1}
+    reader = gguf.GGUFReader(reference_folder() / "tiny-llama-F32.gguf")
+    source = {t.name: np.asarray(t.data) for t in reader.tensors if len(t.shape) > 1}
     reference = np.concatenate([v.ravel() for v in source.values()])
     rms = float(np.sqrt(np.mean(reference.astype(np.float64) ** 2)))
-    print(f"\n== RMS quantization error on the reference tiny llama's {len(source)} matrices "
+    print(f"\n== RMS quantization error on the generated tiny llama's {len(source)} matrices "
           f"({reference.size:,} real weights, RMS {rms:.5f}) ==")
     print(f"{'type':6} {'bits/weight':>11} {'RMS error':>11} {'relative':>9}  written by")
     for name in ["F16", "BF16", "Q8_0", "Q6_K", "Q5_1", "Q5_K", "Q5_0", "Q4_1", "Q4_K", "Q4_0",
                  "Q3_K", "Q2_K"]:
         ggml = GGMLQuantizationType[name]
         block, type_size = gguf.GGML_QUANT_SIZES[ggml]
-        path = REFERENCE / f"tiny-llama-pure-{name}.gguf"
+        path = reference_folder() / f"tiny-llama-pure-{name}.gguf"
         if path.exists():
-            tensors = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(path).tensors}
-            restored = {n: dequantize(torch.from_numpy(np.array(tensors[n])), name).numpy()
-                        for n in source}
-            origin = "llama-quantize"
+            # Each tensor in its own type: rows that do not fit K blocks fell back.
+            tensors = {t.name: (np.asarray(t.data), t.tensor_type.name)
+                       for t in gguf.GGUFReader(path).tensors}
+            restored = {n: dequantize(torch.from_numpy(np.array(tensors[n][0])),
+                                      tensors[n][1]).numpy() for n in source}
+            origin = "llama-quantize (ffn_down fell back)" if block == 256 else "llama-quantize"
         else:
             restored = {n: dequantize(quantize(torch.from_numpy(np.array(v)), name),
                                       name).numpy() for n, v in source.items()}

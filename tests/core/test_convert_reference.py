@@ -26,7 +26,8 @@ def requantize(source: Path, target: Path, out_type: str, pure: bool) -> dict[st
     return tensors_of(target)
 
 
-@pytest.mark.parametrize("out_type", ["Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_1", "Q4_0"])
+@pytest.mark.parametrize("out_type", ["Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1",
+                                      "Q4_0", "Q3_K", "Q2_K"])
 def test_pure_requantization_equals_llama_quantize(kquants_reference: Path, tmp_path: Path,
                                                    out_type: str) -> None:
     ours = requantize(kquants_reference / "tiny-llama-F32.gguf", tmp_path / "out.gguf",
@@ -109,3 +110,24 @@ def assert_same_tensors(ours: dict[str, tuple[str, bytes]],
     assert {n: t for n, (t, _) in ours.items()} == {n: t for n, (t, _) in theirs.items()}
     differing = [name for name in theirs if ours[name][1] != theirs[name][1]]
     assert differing == []
+
+
+def test_nan_weights_stop_the_job_naming_the_tensor(tmp_path: Path) -> None:
+    from factories import make_gguf
+
+    made: list[tuple[int, ...]] = []
+
+    def with_nan(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        values = rng.standard_normal(shape).astype(np.float32) * 0.02
+        made.append(shape)
+        if len(made) == 2:  # after token_embd: blk.0.attn_q
+            values[7, 9] = np.nan
+        return values
+
+    source = make_gguf(tmp_path / "nan.gguf", n_embd=256, n_ff=512, n_layers=1,
+                       weight_maker=with_nan)
+    out = tmp_path / "out.gguf"
+    result = run_job(ConvertRequest(source, out, "Q4_K_M", device="cpu"), RecordingReporter())
+    assert result.status == "failed"
+    assert "blk.0.attn_q.weight" in str(result.error) and "nan" in str(result.error)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.gguf"]

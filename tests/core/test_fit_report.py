@@ -45,7 +45,8 @@ def test_gguf_candidates_start_with_the_file_itself(smollm2_gguf: Path) -> None:
 def test_recommendation_is_the_best_writable_that_fits(tiny_models: dict[str, Path]) -> None:
     model = inspect_path(tiny_models["llama"])
     big = fit_report(model, Machine.custom(None, 64), conversions=conversion_candidates(model))
-    assert big.recommended is not None and big.recommended.candidate.quant == "F32"
+    # Q4_K_M is the default for a model that is not quantized, wherever it fits.
+    assert big.recommended is not None and big.recommended.candidate.quant == "Q4_K_M"
     assert big.max_context == 256  # the tiny model's trained context
     report = fit_report(model, Machine.custom(None, 0.33), 256,
                         conversions=conversion_candidates(model))
@@ -70,6 +71,8 @@ def test_fit_cli_json(tmp_path: Path, smollm2_gguf: Path) -> None:
     assert data["total_vram_bytes"] > data["weights_bytes"] > 90 * 1024**2
     # it fits as it is: requantizing the Q4_1 would only stack a second error
     assert data["recommended_type"] == "Q4_1" and "keep" in data["recommended_label"]
+    # requantizing streams: far below loading the whole model (and its float copy)
+    assert 0 < data["convert_peak_bytes"] < data["convert_naive_peak_bytes"]
     text = run_fit(str(tmp_path / smollm2_gguf.name), "--ram", "16", "--cpu-only")
     assert "fits in RAM only" in text.stdout and "KV cache" in text.stdout
 

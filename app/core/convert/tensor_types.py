@@ -3,7 +3,7 @@
 Q6_K, rows that do not fit a block fall back), or every weight the same type with `pure`.
 
 One planner for the converter and the fit estimates, so the sizes Modelyard predicts are the
-sizes it writes, and the K-quant mixes become writable here as soon as their quantizers exist.
+sizes it writes; per-tensor overrides (--tensor-type and friends) go through the same planner.
 """
 
 from __future__ import annotations

@@ -93,6 +93,10 @@ def conversion_candidates(model: ModelInfo, writable_only: bool = False) -> list
         planned = replace(model, name=name, format="gguf", architecture=arch, tensors=tensors,
                           file_size=plan.data_bytes(), quantization=target.name,
                           metadata=metadata, problems=())
+        # The quant most people pick: the default for a model that is not quantized yet.
+        unquantized = source_quant is None or quality_rank(source_quant) <= quality_rank("BF16")
+        preferred = target.name == "Q4_K_M" and unquantized
         candidates.append(Candidate(f"{target.name} (convert)", target.name, planned,
-                                    writable=plan.writable, source_quant=source_quant))
+                                    writable=plan.writable, source_quant=source_quant,
+                                    preferred=preferred))
     return candidates

@@ -214,6 +214,7 @@ class Candidate:
         """A conversion to a bigger type than the source's: no quality comes back."""
         return (not self.existing and self.source_quant is not None
                 and quality_rank(self.quant) < quality_rank(self.source_quant))
+    preferred: bool = False  # recommended whenever it fits (Q4_K_M of an unquantized source)
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,8 @@ def recommend(candidates: Sequence[Candidate], target: Machine,
 
     The file as it is comes first: when it fully fits it is the answer. Otherwise the best
     writable candidate that fully fits, preferring what adds no quantization error (an existing
-    file, a conversion from unquantized weights) over quantizing a quantized file again; a
+    file, a conversion from unquantized weights — Q4_K_M first, the quant most people pick)
+    over quantizing a quantized file again; a
     conversion to a bigger type than a quantized source is never the answer. If nothing fully
     fits, what runs at all (offloading part of it, or on the CPU), in the same order, beats
     recommending nothing.
@@ -238,7 +240,8 @@ def recommend(candidates: Sequence[Candidate], target: Machine,
     fits = [CandidateFit(c, judge(c.model, target, context, **options)) for c in ranked]
     eligible = [(i, f) for i, f in enumerate(fits)
                 if f.candidate.writable and not f.candidate.upward]
-    preference = (lambda c: c.keep, lambda c: not c.requantizes, lambda c: c.requantizes)
+    preference = (lambda c: c.keep, lambda c: c.preferred and not c.requantizes,
+                  lambda c: not c.requantizes, lambda c: c.requantizes)
     for acceptable in (lambda v: fully_fits(v, target), lambda v: v.kind in ("partial", "ram")):
         for preferred in preference:
             for index, fit in eligible:

@@ -4,11 +4,14 @@
     dequantize(raw, "Q8_0")          uint8 [..., row_bytes] → float32 [..., n]
 
 Both keep the result on the device of their input (a CUDA tensor stays on CUDA). Where gguf-py
-can quantize a type, the bytes are identical to gguf-py's (which are llama-quantize's); Q6_K's
-are llama-quantize's too. The torch dequantizers are bit-identical to gguf-py's.
+can quantize a type, the bytes are identical to gguf-py's (which are llama-quantize's); the
+K-quants' (Q2_K..Q6_K, kquant_writers and kquants) are llama-quantize's too. The torch
+dequantizers are bit-identical to gguf-py's.
 
     plan_tensor_types("Q4_K_M", tensors, hparams)   the type of each tensor, as llama-quantize
-                                                    chooses it, with sizes and bits per weight
+                                                    chooses it, with sizes and bits per weight;
+                                                    `overrides` (quant.overrides) for its
+                                                    per-tensor type options
 
 The table of types and targets and the planner do not import torch (the GUI shows estimates
 without loading it); quantize/dequantize load it on first use.

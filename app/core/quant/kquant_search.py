@@ -69,18 +69,22 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
     # A flat sub-block divides by 1 instead of 0; its result is replaced at the end.
     iscale = divide(nmax, torch.where(flat, 1.0, high - minimum))
     scale = divide(1.0, iscale)
-    codes = torch.round(iscale * (xt - minimum)).clamp_(0, nmax)
-    best_error = _error(scale, codes, minimum, xt, wt, use_mad)
+    best_error = _error(scale, _levels(xt, minimum, iscale, nmax), minimum, xt, wt, use_mad)
+    # The codes are recomputed at the end from the winning try's iscale and min.
+    chosen_iscale, chosen_low = iscale, minimum
+    products = torch.empty((3, *xt.shape), dtype=xt.dtype, device=xt.device)
     # The tries run in order and are not independent: a better try replaces `min`, and the
     # next tries scale x - min over max - min with the new one, as the C does.
     for step in range(nstep + 1):
         numerator = _f32(rmin) + _f32(rdelta) * _f32(step) + _f32(nmax)
         iscale = divide(float(numerator), torch.where(flat, 1.0, high - minimum))
-        aux = torch.round(iscale * (xt - minimum)).clamp_(0, nmax)
+        aux = _levels(xt, minimum, iscale, nmax)
         # The products of every position at once (elementwise, so exact); only the sums
         # need the reference's order.
-        wl = wt * aux
-        sum_l, sum_l2, sum_xl = sequential_sum(torch.stack([wl, wl * aux, wl * xt]), dim=1)
+        wl = torch.mul(wt, aux, out=products[0])
+        torch.mul(wl, aux, out=products[1])
+        torch.mul(wl, xt, out=products[2])
+        sum_l, sum_l2, sum_xl = sequential_sum(products, dim=1)
         det = sum_w * sum_l2 - sum_l * sum_l
         try_scale = (sum_w * sum_xl - sum_x * sum_l) / det
         try_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
@@ -91,11 +95,20 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
         better = (det > 0) & (try_error < best_error)
         best_error = torch.where(better, try_error, best_error)
         scale = torch.where(better, try_scale, scale)
+        chosen_iscale = torch.where(better, iscale, chosen_iscale)
+        chosen_low = torch.where(better, minimum, chosen_low)
         minimum = torch.where(better, try_min, minimum)
-        codes = torch.where(better, aux, codes)
+    codes = _levels(xt, chosen_low, chosen_iscale, nmax)
     scale = torch.where(flat, 0.0, scale)
     codes = torch.where(flat, 0.0, codes)
     return scale, -minimum, codes.t()
+
+
+def _levels(xt: torch.Tensor, low: torch.Tensor, iscale: torch.Tensor,
+            nmax: int) -> torch.Tensor:
+    """MAX(0, MIN(nmax, nearest_int(iscale * (x - min)))); the product stays within nearest_int's
+    range, where torch.round agrees with it."""
+    return (xt - low).mul_(iscale).round_().clamp_(0, nmax)
 
 
 def _error(scale: torch.Tensor, codes: torch.Tensor, minimum: torch.Tensor, xt: torch.Tensor,
