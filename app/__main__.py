@@ -6,11 +6,18 @@ import os
 import sys
 from collections.abc import Sequence
 
+JOB_CHILD_FLAG = "--job-child"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     # GPUs are numbered as NVML numbers them (app/core/resources.py), for CUDA too.
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     args = list(sys.argv[1:] if argv is None else argv)
+    if args == [JOB_CHILD_FLAG]:
+        # A frozen build has no `python -m`: the window starts its job processes this way.
+        from app.core.jobs_child import main as job_child_main
+
+        return job_child_main()
     if not args:
         from app.gui.application import run_gui
 

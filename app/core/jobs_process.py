@@ -57,6 +57,13 @@ def describe_exit(returncode: int) -> str:
             "the window is unaffected")
 
 
+def child_command() -> list[str]:
+    """This interpreter running the child module; a frozen build runs itself with a flag."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "--job-child"]
+    return [sys.executable, "-m", CHILD_MODULE]
+
+
 def child_environment() -> dict[str, str]:
     """The caller's environment, with its import path, so the child imports the same code."""
     env = dict(os.environ)
@@ -137,7 +144,7 @@ def run_in_child(request: JobRequest, reporter: Reporter, *, ask_grace_s: float 
         return JobResult("failed", error=f"internal error: {exc}", exit_code=1)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", CHILD_MODULE], stdin=subprocess.PIPE,
+            child_command(), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
             errors="replace", bufsize=1, start_new_session=True, env=child_environment())
     except OSError as exc:

@@ -138,8 +138,13 @@ class _Worker(QObject):
             reporter.logged.connect(self.logged, Qt.ConnectionType.DirectConnection)
             reporter.log("info", request.title)
             if runs_in_child_process(request):
-                result = run_in_child(request, reporter, ask_grace_s=self.ask_grace_s,
-                                      term_grace_s=self.term_grace_s)
+                try:
+                    result = run_in_child(request, reporter, ask_grace_s=self.ask_grace_s,
+                                          term_grace_s=self.term_grace_s)
+                except Exception as exc:  # noqa: BLE001 - a supervisor bug must end the job
+                    result = JobResult("failed", error=f"internal error supervising the job's "
+                                                       f"process ({type(exc).__name__}: {exc})",
+                                       exit_code=1)
             else:
                 result = run_job(request, reporter)
             reporter.log("info", f"{result.status} in {result.seconds:.1f} s")

@@ -8,7 +8,9 @@
    (the worst case the estimate describes: KV cache full, attention over all of it). Measured =
    the process's peak RSS (VmHWM: ru_maxrss would include the parent's RSS at fork) minus its
    RSS before importing llama_cpp.
-2. transformers: peak RSS of loading a generated Llama and generating from a full context.
+2. transformers: peak RSS of loading a generated Llama and generating from a full context, and
+   of a GGUF read by transformers (what runs when llama-cpp-python is absent: dequantized to
+   float32), against the estimate for that runtime.
 3. llama.cpp's compute buffers: the size llama.cpp reports reserving ("CPU compute buffer
    size") for several model shapes and context lengths, against the estimate's worst case.
 Modelyard's own jobs (conversion, requantization) are measured against their plans' estimates by
@@ -67,13 +69,19 @@ print(json.dumps({"measured": peak - baseline}))
 """
 
 HF_CHILD = r"""
-import json, sys
+import json, os, sys
 import psutil
 baseline = psutil.Process().memory_info().rss
 import torch
 from transformers import AutoModelForCausalLM
 torch.set_num_threads(2)
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=getattr(torch, sys.argv[3]))
+path = sys.argv[1]
+if path.endswith(".gguf"):
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
+                                                 gguf_file=os.path.basename(path),
+                                                 dtype=getattr(torch, sys.argv[3]))
+else:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, sys.argv[3]))
 ctx = int(sys.argv[2])
 ids = torch.randint(5, model.config.vocab_size - 5, (1, ctx - 8))
 with torch.no_grad():
@@ -160,12 +168,16 @@ def bench_llama_cpp(tmp: Path, quick: bool) -> list[float]:
         return []
     from app.core.estimate import estimate_gguf_run
     from app.core.formats.scan import inspect_path
-    from factories import smollm2_gguf
+    from factories import make_gguf, smollm2_gguf
 
     models = [smollm2_gguf()]
     shapes = [(1024, 8, 8, 4096, 8000), (2048, 16, 8, 5632, 32000)]
     for shape in shapes[: 1 if quick else None]:
         models.append(write_shape(tmp / f"shape-{'-'.join(map(str, shape))}.gguf", *shape))
+    # A mixture of experts (8 experts, 2 per token), as llama.cpp loads Mixtral.
+    models.append(make_gguf(tmp / "moe-8x.gguf", n_layers=4, n_embd=1024, n_ff=1024,
+                            n_vocab=8000, n_head=8, n_head_kv=8, n_experts=8, f16=True,
+                            context_length=32768))
     contexts = (512, 2048) if quick else (512, 1024, 2048, 4096)
     print("llama.cpp, CPU only, context filled:")
     errors = []
@@ -197,6 +209,22 @@ def bench_transformers(tmp: Path, quick: bool) -> list[float]:
     return errors
 
 
+def bench_transformers_gguf(quick: bool) -> list[float]:
+    from app.core.estimate import estimate_hf_load
+    from app.core.formats.scan import inspect_path
+    from factories import smollm2_gguf
+
+    path = smollm2_gguf()
+    model = inspect_path(path)
+    print("transformers reading a GGUF (no llama-cpp-python), CPU, full context:")
+    errors = []
+    for ctx in (512,) if quick else (512, 2048):
+        estimate = estimate_hf_load(model, ctx).ram.total
+        errors.append(row(f"{path.name[:34]} float32 ctx {ctx}", estimate,
+                          measure(HF_CHILD, str(path), str(ctx), "float32")))
+    return errors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer models and contexts")
@@ -206,8 +234,9 @@ def main() -> None:
         llama = [] if args.skip_llama else bench_llama_cpp(Path(tmp), args.quick)
         buffers = [] if args.skip_llama else bench_compute_buffers(Path(tmp), args.quick)
         hf = bench_transformers(Path(tmp), args.quick)
+        hf_gguf = bench_transformers_gguf(args.quick)
     for label, errors in (("llama.cpp", llama), ("compute buffers", buffers),
-                          ("transformers", hf)):
+                          ("transformers", hf), ("transformers (GGUF)", hf_gguf)):
         if errors:
             worst = max(errors, key=abs)
             print(f"{label}: mean |error| {sum(map(abs, errors)) / len(errors):.1f} %, "

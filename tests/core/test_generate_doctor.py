@@ -136,7 +136,9 @@ def test_remote_code_is_checked_statically_against_the_installed_transformers(
                 auto_map={"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
     (folder / "modeling_custom.py").write_text(REMOTE_CODE)
     report = diagnose(folder, use_gpu=False)
-    assert by_code(report, "remote-code").action.startswith("turn on trust_remote_code")
+    remote = by_code(report, "remote-code")
+    assert remote.action.startswith("allow remote code")
+    assert remote.option == OptionFact("trust_remote_code", True)
     texts = [f.text for f in report.findings if f.code == "remote-code-incompatible"]
     joined = "\n".join(texts)
     assert "_prepare_4d_causal_attention_mask_with_cache_position" in joined

@@ -115,3 +115,27 @@ def test_cancel_escalates_past_a_native_sleep(tmp_path: Path, ignore_term: bool)
 def test_describe_exit_names_the_status() -> None:
     assert describe_exit(3).startswith("the job's process exited with status 3")
     assert "SIGABRT" in describe_exit(-6) and "aborted" in describe_exit(-6)
+
+
+def test_the_entry_point_runs_a_job_child_for_a_frozen_build(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frozen build has no `python -m`: it starts itself with --job-child, which must speak
+    the same protocol as the module."""
+    import subprocess
+    import sys
+
+    from app.core import jobs_process
+    from app.core.jobs_wire import dumps
+
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert jobs_process.child_command() == [sys.executable, "--job-child"]
+    monkeypatch.undo()
+    message = dumps({"event": "request", "request": encode(Echo(("a",)))}) + "\n"
+    result = subprocess.run([sys.executable, "-c", "import sys; from app.__main__ import main; "
+                             "sys.exit(main(['--job-child']))"], input=message,
+                            capture_output=True, text=True, timeout=120,
+                            env=jobs_process.child_environment())
+    assert result.returncode == 0, result.stderr
+    # stdin closed after the request: to the child its supervisor is gone, so it cancels
+    assert '"text":"pid ' in result.stdout
+    assert '"event":"result","status":"cancelled"' in result.stdout
