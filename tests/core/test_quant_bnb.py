@@ -80,14 +80,16 @@ def test_a_part_of_a_weight_dequantizes_like_the_whole(bnb_checkpoints: dict[str
     state = bnb.parse_quant_state(
         tensors[f"{weight}.{bnb.STATE_PREFIX}nf4"].numpy().tobytes(), tensor=weight)
     whole = bnb.dequantize_weight(weight, tensors).reshape(-1)
-    first, count = 3 * 128, 5 * 128  # rows 3..7
-    blocks = slice(first // 64, (first + count - 1) // 64 + 1)
-    scales = bnb.dequantize_absmax(tensors[f"{weight}.absmax"][blocks], state,
-                                   tensors[f"{weight}.nested_absmax"],
-                                   tensors[f"{weight}.nested_quant_map"], first_block=first // 64)
-    part = bnb.dequantize_4bit(tensors[weight].reshape(-1)[first // 2:(first + count) // 2],
-                               scales, state, first_element=first, n_elements=count)
-    assert torch.equal(part, whole[first:first + count])
+    # rows 3..7 (whole blocks), then a part that starts and ends inside blocks
+    for first, count in ((3 * 128, 5 * 128), (3 * 128 + 32, 100)):
+        blocks = slice(first // 64, (first + count - 1) // 64 + 1)
+        scales = bnb.dequantize_absmax(tensors[f"{weight}.absmax"][blocks], state,
+                                       tensors[f"{weight}.nested_absmax"],
+                                       tensors[f"{weight}.nested_quant_map"],
+                                       first_block=first // 64)
+        part = bnb.dequantize_4bit(tensors[weight].reshape(-1)[first // 2:(first + count) // 2],
+                                   scales, state, first_element=first, n_elements=count)
+        assert torch.equal(part, whole[first:first + count])
 
 
 def test_int8_weights_equal_bitsandbytes_bit_for_bit(bnb_checkpoints: dict[str, Path]) -> None:

@@ -18,7 +18,7 @@ from app.core.convert.job import (
 )
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.naming import default_output_name, default_output_path
-from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
+from app.core.convert.plan import ConversionPlan, HFOutput, SourceSlice, TensorPlan, TypeRules
 from app.core.convert.planner import plan_conversion, plan_for_type, resolve_device
 from app.core.convert.tensor_types import (
     GGUF_OUTPUT_TYPES,
@@ -28,8 +28,7 @@ from app.core.convert.tensor_types import (
 
 __all__ = [
     "GGUF_OUTPUT_TYPES", "HF_OUTPUT_DTYPES", "ConversionPlan", "ConvertRequest", "ConvertResult",
-    "MetaEntry", "SourceSlice", "TensorPlan", "check_disk", "check_memory", "check_resources",
-    "default_output_name",
-    "default_output_path", "execute_plan", "plan_conversion", "plan_for_type", "resolve_device",
-    "writable_output_types",
+    "HFOutput", "MetaEntry", "SourceSlice", "TensorPlan", "TypeRules", "check_disk",
+    "check_memory", "check_resources", "default_output_name", "default_output_path",
+    "execute_plan", "plan_conversion", "plan_for_type", "resolve_device", "writable_output_types",
 ]

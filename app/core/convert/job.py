@@ -3,6 +3,8 @@ renames it when complete. A failed or cancelled job leaves nothing; inputs are o
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,16 +131,24 @@ def execute_plan(plan: ConversionPlan, reporter: Reporter,
 
 
 def _write_hf_files(plan: ConversionPlan, folder: Path, reporter: Reporter) -> None:
-    import transformers
+    output = plan.hf_output
+    assert output is not None, "an HF plan says what goes beside the weights"
+    if output.through_transformers:
+        import transformers
 
-    config = transformers.AutoConfig.for_model(**plan.context["config"])
-    config.save_pretrained(folder)
-    generation = transformers.GenerationConfig.from_model_config(config)
-    generation.save_pretrained(folder)
-    if plan.context.get("tokenizer"):
+        config = transformers.AutoConfig.for_model(**output.config)
+        config.save_pretrained(folder)
+        generation = transformers.GenerationConfig.from_model_config(config)
+        generation.save_pretrained(folder)
+    else:
+        (folder / "config.json").write_text(json.dumps(output.config, indent=2,
+                                                       sort_keys=True) + "\n")
+    for source in output.copied_files:
+        shutil.copyfile(source, folder / source.name)
+    if output.tokenizer_from_gguf is not None:
         from app.core.convert.hf_tokenizer import save_tokenizer
 
-        for note in save_tokenizer(folder, Path(plan.context["gguf"])):
+        for note in save_tokenizer(folder, output.tokenizer_from_gguf):
             reporter.log("info", note)
     reporter.log("info", f"wrote {', '.join(sorted(p.name for p in folder.iterdir()))}")
 

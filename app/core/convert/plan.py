@@ -12,10 +12,44 @@ from typing import Any, Literal
 
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.sizing import estimate_naive_peak, estimate_peak
+from app.core.quant.bnb_state import Bnb4State
+from app.core.quant.specs import ModelHparams
 
 OutputFormat = Literal["gguf", "hf"]
 Device = Literal["cpu", "cuda"]
 Permute = Literal["", "qk", "unqk"]
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A whole stored tensor read beside a quantized weight (its scales, its state)."""
+
+    file: Path
+    tensor: str
+    offset: int  # absolute byte offset in `file`
+    n_bytes: int
+    dtype: str  # safetensors dtype
+
+
+BnbKind = Literal["NF4", "FP4", "INT8"]
+
+
+@dataclass(frozen=True)
+class BnbEncoding:
+    """A bitsandbytes weight's companions: 4-bit (`state`, `absmax`, with double quantization
+    `nested_absmax` and `nested_quant_map`) or 8-bit (`scb`, one scale per row)."""
+
+    kind: BnbKind
+    state: Bnb4State | None = None
+    absmax: StoredTensor | None = None
+    nested_absmax: StoredTensor | None = None
+    nested_quant_map: StoredTensor | None = None
+    scb: StoredTensor | None = None
+
+    @property
+    def companions(self) -> tuple[StoredTensor, ...]:
+        return tuple(t for t in (self.absmax, self.nested_absmax, self.nested_quant_map,
+                                 self.scb) if t is not None)
 
 
 @dataclass(frozen=True)
@@ -28,8 +62,10 @@ class SourceSlice:
     n_rows: int
     row_length: int  # elements per row
     row_bytes: int
-    dtype: str  # safetensors dtype (BF16, F16, F32) or GGML type name (Q4_1, F16, ...)
+    dtype: str  # safetensors dtype (BF16, F16, F32), GGML type name (Q4_1, F16, ...) or the
+    # bitsandbytes kind (NF4, FP4, INT8) whose companions `bnb` holds
     values: tuple[float, ...] | None = None
+    bnb: BnbEncoding | None = None
 
     @property
     def n_bytes(self) -> int:
@@ -75,6 +111,28 @@ class TensorPlan:
 
 
 @dataclass(frozen=True)
+class TypeRules:
+    """How each tensor's GGUF type was chosen (`assign_types`), kept so that `plan_for_type`
+    can give the same conversion another target without reading the source again."""
+
+    hparams: ModelHparams
+    pure: bool = False  # every weight the target's one type
+    keep_source: str = "F32"  # what fixed-type tensors keep: "F32", or "source" (their own type)
+
+
+@dataclass(frozen=True)
+class HFOutput:
+    """What an HF safetensors output gets beside its weights."""
+
+    config: dict[str, Any] = field(compare=False, hash=False)  # config.json
+    # True: config.json and generation_config.json are written by transformers' config class
+    # (GGUF sources); False: `config` is written as it is and the source's files are copied.
+    through_transformers: bool = False
+    tokenizer_from_gguf: Path | None = None  # a GGUF whose vocabulary becomes tokenizer.json
+    copied_files: tuple[Path, ...] = ()  # written unchanged (tokenizer, generation config)
+
+
+@dataclass(frozen=True)
 class ConversionPlan:
     source: Path
     source_format: Literal["hf", "gguf"]
@@ -92,7 +150,9 @@ class ConversionPlan:
     input_bytes: int = 0
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-    context: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    type_rules: TypeRules | None = None  # GGUF output
+    hf_output: HFOutput | None = None  # HF output
+    loads_transformers: bool = False  # the job imports transformers (tokenizer, config)
 
     @property
     def tensor_bytes(self) -> int:

@@ -99,7 +99,14 @@ def plan_conversion(source: str | Path | ModelInfo, target: str | Path | None = 
         raise OptionError("--keep-type applies to GGUF → GGUF requantization only")
     if model.format == "hf":
         if to == "hf":
-            raise OptionError("the source is already a Hugging Face model; convert it to gguf")
+            from app.core.convert.plan_hf import BNB_QUANTIZATIONS
+
+            if model.quantization not in BNB_QUANTIZATIONS:
+                raise OptionError("the source is already a Hugging Face model; convert it to "
+                                  "gguf")
+            from app.core.convert.plan_bnb_hf import plan_bnb_to_hf
+
+            return plan_bnb_to_hf(model, path, out_type, dev, overwrite)
         from app.core.convert.plan_hf import plan_hf_to_gguf
 
         return plan_hf_to_gguf(model, path, out_type, dev, overwrite, require_tokenizer, pure)
@@ -131,8 +138,10 @@ def plan_for_type(plan: ConversionPlan, out_type: str) -> ConversionPlan:
                 copy=not tensor.permute and all(s.dtype == out_type for s in tensor.slices))
             for tensor in plan.tensors)
         return replace(plan, out_type=out_type, tensors=tensors)
-    tensors = assign_types(plan.tensors, out_type, plan.context["type_hparams"],
-                           pure=plan.context["pure"], keep_source=plan.context["keep_source"])
+    rules = plan.type_rules
+    assert rules is not None, "a GGUF plan records its type rules"
+    tensors = assign_types(plan.tensors, out_type, rules.hparams, pure=rules.pure,
+                           keep_source=rules.keep_source)
     metadata = plan.metadata
     if any(e.key == "general.file_type" for e in metadata):
         metadata = replace_entry(metadata, MetaEntry("general.file_type",
