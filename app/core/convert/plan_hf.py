@@ -71,9 +71,21 @@ def _sort_key(name: str) -> tuple[int, int, str]:
     return (0 if parts[0] == "token_embd" else 2, 0, name)
 
 
-def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Device,
-                    overwrite: bool, require_tokenizer: bool, pure: bool = False
-                    ) -> ConversionPlan:
+@dataclass(frozen=True)
+class HFTensors:
+    """The GGUF tensors an HF checkpoint becomes, before types are chosen (all F32): names,
+    shapes, sources and transforms, as the converter writes them."""
+
+    tensors: tuple[TensorPlan, ...]
+    hparams: ModelHparams
+    spec: hf_arch.ArchSpec
+    hyper: hf_arch.Hyper
+    notes: tuple[str, ...]
+
+
+def hf_gguf_tensors(model: ModelInfo) -> HFTensors:
+    """Read the checkpoint's headers (and bitsandbytes quant states) into its tensor program;
+    refuse what cannot be converted. No metadata, no tokenizer: cheap enough for estimates."""
     config = model.metadata
     spec = hf_arch.arch_spec(model_type(config))
     if model.quantization and model.quantization not in READABLE_DTYPES + BNB_QUANTIZATIONS:
@@ -139,7 +151,6 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
     tensors.sort(key=lambda t: _sort_key(t.name))
     hparams = ModelHparams(hyper.n_layer, hyper.n_head, hyper.n_head_kv, hyper.n_expert,
                            spec.gguf_name)
-    typed = assign_types(tensors, out_type, hparams, pure=pure, keep_source="F32")
     permuted = sum(1 for t in tensors if t.permute)
     if permuted:
         notes.append(f"Q/K rows of {permuted} tensors permuted for llama.cpp's rotary embedding")
@@ -149,6 +160,18 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
     notes.extend(bnb_notes(bnb))
     if not any(t.name == "output.weight" for t in tensors):
         notes.append("no lm_head: output tied to token_embd (llama.cpp reuses the embeddings)")
+    return HFTensors(tuple(tensors), hparams, spec, hyper, tuple(notes))
+
+
+def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Device,
+                    overwrite: bool, require_tokenizer: bool, pure: bool = False
+                    ) -> ConversionPlan:
+    program = hf_gguf_tensors(model)
+    tensors, hparams, spec, hyper = (program.tensors, program.hparams, program.spec,
+                                     program.hyper)
+    config = model.metadata
+    notes = list(program.notes)
+    typed = assign_types(tensors, out_type, hparams, pure=pure, keep_source="F32")
 
     writer = recording_writer(spec.gguf_name)
     total_params = sum(t.n_elements for t in tensors)
