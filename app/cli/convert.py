@@ -18,6 +18,7 @@ from app.core.convert import (
     execute_plan,
     writable_output_types,
 )
+from app.core.convert.summary import summary_lines
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter
 
@@ -57,7 +58,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="start even when the estimated peak memory exceeds what is free "
                               "(the disk-space check still applies)")
     convert.add_argument("--dry-run", action="store_true",
-                         help="print the plan (tensors, types, sizes, memory) and write nothing")
+                         help="print a summary of the plan (tensors by type, operations, output "
+                              "size, peak memory, fallbacks) and write nothing")
+    convert.add_argument("--json", action="store_true",
+                         help="one JSON document on stdout: with --dry-run the whole plan, "
+                              "tensor by tensor; else the result")
     convert.add_argument("--json-progress", action="store_true",
                          help="JSON lines on stdout: progress, log and a final result event")
     convert.set_defaults(handler=cmd_convert)
@@ -70,7 +75,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
                              pure=args.pure, check_memory=not args.ignore_memory_check)
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
     if args.dry_run:
-        print_json(plan.to_json())
+        if args.json:
+            print_json(plan.to_json())
+        else:
+            print("\n".join(summary_lines(plan)))
         return 0
     reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
     if not args.json_progress:
@@ -83,6 +91,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     value: ConvertResult = result.value
     if args.json_progress:
         sys.stdout.write(json.dumps({"event": "result", **value.to_json()}) + "\n")
+    elif args.json:
+        print_json(value.to_json())
     else:
         print(f"{value.output}  {format_bytes(value.bytes_written)}, {value.tensors_written} "
               f"tensors, {value.seconds:.1f} s")

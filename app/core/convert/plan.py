@@ -16,6 +16,17 @@ from app.core.quant.bnb_state import Bnb4State
 from app.core.quant.specs import ModelHparams
 
 OutputFormat = Literal["gguf", "hf"]
+# What an output tensor's program does: generate values (rope factors), stack several inputs
+# (experts), take a slice of one (an expert of a stacked tensor), copy bytes unchanged, decode
+# quantized blocks or bitsandbytes codes, permute Q/K rows, and encode: convert to a float type
+# or quantize to a block type.
+Operation = Literal["generate", "stack", "take", "copy", "dequantize", "permute", "convert",
+                    "quantize"]
+FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
+
+
+def is_float_type(dtype: str) -> bool:
+    return dtype in FLOAT_TYPES
 Device = Literal["cpu", "cuda"]
 Permute = Literal["", "qk", "unqk"]
 
@@ -66,6 +77,7 @@ class SourceSlice:
     # bitsandbytes kind (NF4, FP4, INT8) whose companions `bnb` holds
     values: tuple[float, ...] | None = None
     bnb: BnbEncoding | None = None
+    take_of: str | None = None  # the rows are one part (an expert) of this larger tensor
 
     @property
     def n_bytes(self) -> int:
@@ -104,9 +116,30 @@ class TensorPlan:
     def n_elements(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def operations(self) -> tuple[Operation, ...]:
+        """What is done to the inputs, in order."""
+        ops: list[Operation] = []
+        if any(piece.values is not None for piece in self.slices):
+            ops.append("generate")
+        if len(self.slices) > 1:
+            ops.append("stack")
+        elif self.slices and self.slices[0].take_of is not None:
+            ops.append("take")
+        if self.copy:
+            return (*ops, "copy")
+        if any(piece.bnb is not None or not is_float_type(piece.dtype) for piece in self.slices):
+            ops.append("dequantize")
+        if self.permute:
+            ops.append("permute")
+        ops.append("convert" if is_float_type(self.out_type) else "quantize")
+        return tuple(ops)
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.out_type, "shape": list(self.shape),
-                "n_bytes": self.n_bytes, "sources": list(self.sources), "copy": self.copy,
+                "n_bytes": self.n_bytes, "sources": list(self.sources),
+                "source_types": sorted({piece.dtype for piece in self.slices}),
+                "operations": list(self.operations), "copy": self.copy,
                 "permute": self.permute or None, "fallback": self.fallback, "note": self.note}
 
 

@@ -201,7 +201,7 @@ def _unstack(entry: GGUFTensorEntry, path: Path, pattern: str, out_type: str
     plans = []
     for xid in range(n_expert):
         piece = SourceSlice(path, entry.name, entry.offset + xid * per_expert, rows, length,
-                            whole.row_bytes, entry.type_name)
+                            whole.row_bytes, entry.type_name, take_of=entry.name)
         shape = (rows, length)
         plans.append(TensorPlan(pattern.format(xid=xid), out_type, shape,
                                 _hf_bytes(shape, out_type), (piece,),
