@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entry
@@ -168,6 +168,9 @@ class ConvertRequest:
     pure: bool = False  # every weight the target's one type, not llama-quantize's mix
     check_memory: bool = True  # False: the user chose to try although the estimate says no
     progress_unit: ProgressUnit = "bytes"
+    # The program already planned and checked for this request (the GUI's sheet): the job runs
+    # it as it is instead of planning again.
+    program: ConversionPlan | None = field(default=None, compare=False, repr=False)
 
     @property
     def title(self) -> str:
@@ -181,6 +184,8 @@ class ConvertRequest:
                                require_tokenizer=self.require_tokenizer, pure=self.pure)
 
     def run(self, reporter: Reporter) -> ConvertResult:
-        reporter.log("info", f"planning {self.title.lower()}")
-        plan = self.plan()
+        plan = self.program
+        if plan is None:
+            reporter.log("info", f"planning {self.title.lower()}")
+            plan = self.plan()
         return execute_plan(plan, reporter, self.check_memory)

@@ -186,6 +186,7 @@ class ConversionPlan:
     type_rules: TypeRules | None = None  # GGUF output
     hf_output: HFOutput | None = None  # HF output
     loads_transformers: bool = False  # the job imports transformers (tokenizer, config)
+    inputs: tuple[Path, ...] = ()  # every file the program reads
 
     @property
     def tensor_bytes(self) -> int:
