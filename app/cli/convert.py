@@ -1,4 +1,5 @@
-"""`convert`: HF folder or GGUF → GGUF of a type, or GGUF → HF safetensors (`--to hf`)."""
+"""`convert`: HF folder (plain or bitsandbytes) or GGUF → GGUF of a type; GGUF or bitsandbytes
+checkpoint → plain HF safetensors (`--to hf`)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,15 @@ from app.core.jobs import Reporter
 
 def register(commands: argparse._SubParsersAction) -> None:
     convert = commands.add_parser(
-        "convert", help="convert a model: HF/GGUF → GGUF of a type, or GGUF → HF safetensors",
-        description="Convert an HF safetensors folder or a GGUF file to a GGUF of type T, or a "
-                    "GGUF to an HF safetensors folder with --to hf. Streams one chunk of rows "
-                    "at a time; writes OUT.part and renames it when complete.")
+        "convert", help="convert a model: HF/bnb/GGUF → GGUF of a type, or GGUF/bnb → HF "
+                        "safetensors",
+        description="Convert an HF safetensors folder (plain or bitsandbytes 4/8-bit) or a GGUF "
+                    "file to a GGUF of type T, or a GGUF or bitsandbytes checkpoint to a plain "
+                    "HF safetensors folder with --to hf. Streams one chunk of rows at a time; "
+                    "writes OUT.part and renames it when complete.")
     convert.add_argument("source", type=Path, metavar="SRC",
-                         help="HF model folder or .gguf file (first shard of a split model)")
+                         help="HF model folder (plain or bitsandbytes) or .gguf file (first "
+                              "shard of a split model)")
     convert.add_argument("-o", "--output", type=Path, metavar="OUT",
                          help="output .gguf file or HF folder (default: beside SRC, named "
                               "Name-TYPE.gguf or Name-hf); an existing folder for a GGUF means "

@@ -198,3 +198,26 @@ def test_an_fp4_checkpoint_converts_too(tiny_models: dict[str, Path], tmp_path: 
     written = load_file(tmp_path / "hf" / "model.safetensors")
     for name, values in _bnb_reference(source).items():
         assert torch.equal(written[name], values), name
+
+
+def test_quantized_tensors_of_any_module_are_dequantized(tiny_models: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """A multimodal checkpoint quantizes its vision tower too: every 4-bit weight is found by
+    its companions, whatever its name, and the log lists each module touched."""
+    from safetensors.torch import load_file, save_file
+
+    folder = _without(tiny_models["llama-bnb4"], tmp_path / "with-vision", "")
+    tensors = load_file(folder / "model.safetensors")
+    source = "model.layers.0.mlp.up_proj.weight"
+    vision = "model.vision_tower.encoder.layers.0.fc1.weight"
+    for name in [k for k in tensors if k == source or k.startswith(f"{source}.")]:
+        tensors[vision + name[len(source):]] = tensors[name].clone()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    reporter = _convert(folder, tmp_path / "hf", "F32", to="hf")
+    written = load_file(tmp_path / "hf" / "model.safetensors")
+    reference = _bnb_reference(folder)
+    assert torch.equal(written[vision], reference[vision])
+    assert torch.equal(written[vision], written[source])
+    assert not any(k.startswith(f"{vision}.") for k in written)  # no companions left
+    touched = next(m for m in reporter.messages("info") if "dequantized 15 bitsandbytes" in m)
+    assert "model.vision_tower.encoder.layers.*" in touched
