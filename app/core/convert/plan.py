@@ -235,5 +235,6 @@ class ConversionPlan:
             "notes": list(self.notes), "warnings": list(self.warnings),
             "metadata": {e.key: e.summary() for e in self.metadata},
             "hf_files": list(self.hf_files),
+            "inputs": [str(p) for p in self.inputs],
             "tensors": [t.to_json() for t in self.tensors],
         }
