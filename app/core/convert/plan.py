@@ -65,7 +65,11 @@ class BnbEncoding:
 
 @dataclass(frozen=True)
 class SourceSlice:
-    """Consecutive rows of one stored tensor (or generated values, for `rope_freqs`)."""
+    """Consecutive rows of one stored tensor (or generated values, for `rope_freqs`).
+
+    `file` is where the bytes are. SourceReader is the one place that opens it, so a source
+    that is not a local path (an HTTP range) is a new kind of location read there; a GGUF inside
+    another app's store (Ollama's, LM Studio's blobs) is a local file already."""
 
     file: Path | None
     tensor: str  # the source tensor's name, for messages
