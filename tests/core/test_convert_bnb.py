@@ -221,3 +221,16 @@ def test_quantized_tensors_of_any_module_are_dequantized(tiny_models: dict[str, 
     assert not any(k.startswith(f"{vision}.") for k in written)  # no companions left
     touched = next(m for m in reporter.messages("info") if "dequantized 15 bitsandbytes" in m)
     assert "model.vision_tower.encoder.layers.*" in touched
+
+
+def test_retyping_a_bnb_to_hf_plan_updates_the_config_dtype(tiny_models: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    from app.core.convert import plan_for_type
+
+    plan = plan_conversion(tiny_models["llama-bnb4"], tmp_path / "hf", out_type="F16", to="hf")
+    assert plan.hf_output is not None and plan.hf_output.config["dtype"] == "float16"
+    retyped = plan_for_type(plan, "BF16", tmp_path / "hf-bf16")
+    assert retyped.hf_output is not None and retyped.hf_output.config["dtype"] == "bfloat16"
+    assert retyped.target == tmp_path / "hf-bf16"
+    assert {t.out_type for t in retyped.tensors} == {"BF16"}
+    assert "quantization_config" not in retyped.hf_output.config

@@ -154,7 +154,12 @@ def plan_for_type(plan: ConversionPlan, out_type: str,
                 tensor, out_type=out_type, n_bytes=int(tensor.n_elements * element_bytes(out_type)),
                 copy=not tensor.permute and all(s.dtype == out_type for s in tensor.slices))
             for tensor in plan.tensors)
-        return replace(plan, out_type=out_type, tensors=tensors)
+        output = plan.hf_output
+        if output is not None and not output.through_transformers:
+            from app.core.convert.plan_bnb_hf import clean_config
+
+            output = replace(output, config=clean_config(output.config, out_type))
+        return replace(plan, out_type=out_type, tensors=tensors, hf_output=output)
     rules = plan.type_rules
     assert rules is not None, "a GGUF plan records its type rules"
     tensors = assign_types(plan.tensors, out_type, rules.hparams, pure=rules.pure,
