@@ -10,7 +10,7 @@ from pathlib import Path
 
 from app.core.convert.bnb_inputs import bnb_notes, find_bnb_weights
 from app.core.convert.plan import ConversionPlan, Device, HFOutput, TensorPlan
-from app.core.convert.plan_hf import READABLE_DTYPES, _slice
+from app.core.convert.plan_hf import READABLE_DTYPES, stored_rows
 from app.core.convert.sizing import element_bytes
 from app.core.errors import UnsupportedError
 from app.core.formats.model_info import ModelInfo
@@ -53,7 +53,7 @@ def plan_bnb_to_hf(model: ModelInfo, target: Path, out_type: str, device: Device
                 piece, shape = quantized.piece, quantized.shape
                 note: str | None = f"dequantized from bitsandbytes {piece.dtype}"
             elif entry.dtype in READABLE_DTYPES:
-                piece, shape, note = _slice(entry, header.path), entry.shape, None
+                piece, shape, note = stored_rows(entry, header.path), entry.shape, None
             else:
                 raise UnsupportedError(f"stored as {entry.dtype}, which is neither a "
                                        "bitsandbytes weight nor a float tensor",

@@ -51,7 +51,7 @@ class Source:
         return self.piece.dtype if self.piece is not None else self.entry.dtype
 
 
-def _slice(entry: SafetensorsEntry, path: Path, as_column: bool = False) -> SourceSlice:
+def stored_rows(entry: SafetensorsEntry, path: Path, as_column: bool = False) -> SourceSlice:
     """The entry as rows: matrices by their last dimension; a 1-D tensor as one row, or as
     one element per row when its elements must be permuted like rows (Q/K biases)."""
     width = 2 if entry.dtype in ("F16", "BF16") else 4
@@ -203,8 +203,8 @@ def _single(name: str, mapped: MappedName, source: Source, spec: hf_arch.ArchSpe
     n_head = 0
     if permute:
         n_head = hyper.n_head if mapped.kind == MODEL_TENSOR.ATTN_Q else hyper.n_head_kv
-    piece = source.piece or _slice(source.entry, source.file,
-                                   as_column=permute and len(source.shape) == 1)
+    piece = source.piece or stored_rows(source.entry, source.file,
+                                        as_column=permute and len(source.shape) == 1)
     note = f"Q/K rows permuted for llama.cpp's rotary embedding ({n_head} heads)" \
         if permute else None
     if source.piece is not None:
@@ -231,7 +231,7 @@ def _stacked(name: str, members: dict[int, tuple[MappedName, Source]],
         raise FormatError(f"experts stored in mixed dtypes {sorted(dtypes)}",
                           tensor=first.entry.name)
     shape = (hyper.n_expert, *first.shape)
-    pieces = tuple(source.piece or _slice(source.entry, source.file) for source in ordered)
+    pieces = tuple(source.piece or stored_rows(source.entry, source.file) for source in ordered)
     return TensorPlan(name, "F32", shape, 4 * math.prod(shape), pieces,
                       note=f"{hyper.n_expert} experts stacked")
 
