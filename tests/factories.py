@@ -116,19 +116,24 @@ def make_hf_model(folder: Path, family: str = "llama", *, dtype: str = "float32"
     return folder
 
 
-def make_bnb_model(source: Path, folder: Path, *, bits: int = 4) -> Path:
-    """Quantize a saved tiny model with bitsandbytes on the CPU and save the real format."""
+def make_bnb_model(source: Path, folder: Path, *, bits: int = 4, quant_type: str = "nf4",
+                   double_quant: bool = True, storage: str = "uint8",
+                   dtype: str | None = None) -> Path:
+    """Quantize a saved tiny model with bitsandbytes on the CPU and save the real format
+    (`storage`: the dtype holding the packed 4-bit bytes; `dtype`: the unquantized layers')."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if bits == 4:
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                   bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.float32)
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                   bnb_4bit_use_double_quant=double_quant,
+                                   bnb_4bit_compute_dtype=torch.float32,
+                                   bnb_4bit_quant_storage=getattr(torch, storage))
     else:
         quant = BitsAndBytesConfig(load_in_8bit=True)
+    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant,
-                                                 device_map="cpu")
+                                                 device_map="cpu", **kwargs)
     model.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if (source / name).exists():

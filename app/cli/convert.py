@@ -1,4 +1,5 @@
-"""`convert`: HF folder or GGUF → GGUF of a type, or GGUF → HF safetensors (`--to hf`)."""
+"""`convert`: HF folder (plain or bitsandbytes) or GGUF → GGUF of a type; GGUF or bitsandbytes
+checkpoint → plain HF safetensors (`--to hf`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from app.core.convert import (
     execute_plan,
     writable_output_types,
 )
+from app.core.convert.summary import summary_lines
 from app.core.errors import OptionError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter
@@ -27,12 +29,15 @@ from app.core.quant.size_target import parse_size
 
 def register(commands: argparse._SubParsersAction) -> None:
     convert = commands.add_parser(
-        "convert", help="convert a model: HF/GGUF → GGUF of a type, or GGUF → HF safetensors",
-        description="Convert an HF safetensors folder or a GGUF file to a GGUF of type T, or a "
-                    "GGUF to an HF safetensors folder with --to hf. Streams one chunk of rows "
-                    "at a time; writes OUT.part and renames it when complete.")
+        "convert", help="convert a model: HF/bnb/GGUF → GGUF of a type, or GGUF/bnb → HF "
+                        "safetensors",
+        description="Convert an HF safetensors folder (plain or bitsandbytes 4/8-bit) or a GGUF "
+                    "file to a GGUF of type T, or a GGUF or bitsandbytes checkpoint to a plain "
+                    "HF safetensors folder with --to hf. Streams one chunk of rows at a time; "
+                    "writes OUT.part and renames it when complete.")
     convert.add_argument("source", type=Path, metavar="SRC",
-                         help="HF model folder or .gguf file (first shard of a split model)")
+                         help="HF model folder (plain or bitsandbytes) or .gguf file (first "
+                              "shard of a split model)")
     convert.add_argument("-o", "--output", type=Path, metavar="OUT",
                          help="output .gguf file or HF folder (default: beside SRC, named "
                               "Name-TYPE.gguf or Name-hf); an existing folder for a GGUF means "
@@ -86,7 +91,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="start even when the estimated peak memory exceeds what is free "
                               "(the disk-space check still applies)")
     convert.add_argument("--dry-run", action="store_true",
-                         help="print the plan (tensors, types, sizes, memory) and write nothing")
+                         help="print a summary of the plan (tensors by type, operations, output "
+                              "size, peak memory, fallbacks) and write nothing")
+    convert.add_argument("--json", action="store_true",
+                         help="one JSON document on stdout: with --dry-run the whole plan, "
+                              "tensor by tensor; else the result")
     convert.add_argument("--json-progress", action="store_true",
                          help="JSON lines on stdout: progress, log and a final result event")
     convert.set_defaults(handler=cmd_convert)
@@ -143,7 +152,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.dry_run:
         if why:
             sys.stderr.write(why + "\n")
-        print_json(plan.to_json())
+        if args.json:
+            print_json(plan.to_json())
+        else:
+            print("\n".join(summary_lines(plan)))
         return 0
     if why:
         reporter.log("info", why)
@@ -157,6 +169,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     value: ConvertResult = result.value
     if args.json_progress:
         sys.stdout.write(json.dumps({"event": "result", **value.to_json()}) + "\n")
+    elif args.json:
+        print_json(value.to_json())
     else:
         print(f"{value.output}  {format_bytes(value.bytes_written)}, {value.tensors_written} "
               f"tensors, {value.seconds:.1f} s")

@@ -17,6 +17,7 @@ from app.core.convert import (
     ConvertResult,
     check_disk,
     check_memory,
+    plan_for_type,
 )
 from app.core.errors import InsufficientResourcesError, ModelyardError
 from app.core.estimate.candidates import conversion_candidates
@@ -41,9 +42,16 @@ class Checked:
     disk_free: int | None
 
 
-def plan_and_check(request: ConvertRequest) -> Checked:
+def plan_and_check(request: ConvertRequest, previous: Checked | None = None) -> Checked:
+    """Plan `request` and check it against the disk and memory. When only the type or output
+    path differ from a `previous` plan, its program is retyped instead of read again."""
     try:
-        plan = request.plan()
+        if (previous is not None and previous.plan is not None and request.target is not None
+                and replace(previous.request, out_type=request.out_type,
+                            target=request.target) == request):
+            plan = plan_for_type(previous.plan, request.out_type, request.target)
+        else:
+            plan = request.plan()
         check_disk(plan)
     except ModelyardError as exc:
         return Checked(request, None, exc.message, None, None)
@@ -72,14 +80,26 @@ class ConvertController(QObject):
             f"convert-estimates-{id(dialog)}",
             lambda: recommend(conversion_candidates(model), make_target(spec), context),
             dialog.show_estimates)
+        checked_last: list[Checked] = []  # the sheet's latest plan, handed to the job
+
+        def show(checked: Checked) -> None:
+            checked_last[:] = [checked]
+            dialog.show_plan(checked.request, checked.plan,
+                             checked.error or checked.memory_shortfall, checked.disk_free)
+
         dialog.plan_wanted.connect(lambda request: self.background.submit(
-            f"convert-plan-{id(dialog)}", lambda: plan_and_check(request),
-            lambda checked: dialog.show_plan(checked.request, checked.plan,
-                                              checked.error or checked.memory_shortfall,
-                                              checked.disk_free)))
-        dialog.accepted.connect(lambda: self._start_checked(dialog.request()))
+            f"convert-plan-{id(dialog)}",
+            lambda: plan_and_check(request, checked_last[0] if checked_last else None), show))
+        dialog.accepted.connect(lambda: self._accept(dialog.request(), checked_last))
         dialog.open()
         return dialog
+
+    def _accept(self, request: ConvertRequest | None, checked: list[Checked]) -> None:
+        """Start the program the sheet showed; plan again only if the sheet changed since."""
+        if checked and checked[0].plan is not None and checked[0].request == request:
+            self._decide(checked[0])
+        else:
+            self._start_checked(request)
 
     def convert_now(self, model: ModelInfo, out_type: str) -> None:
         """The one-click path: default output name and options."""
@@ -104,7 +124,7 @@ class ConvertController(QObject):
             if answer != QMessageBox.StandardButton.Yes:
                 return
             request = replace(request, check_memory=False)
-        self._submit(request)
+        self._submit(replace(request, program=checked.plan))
 
     def _submit(self, request: ConvertRequest) -> int:
         job_id = self.queue.submit(request)

@@ -73,11 +73,29 @@ def test_existing_output_exits_2_and_overwrite_replaces(tiny_models: dict[str, P
 
 def test_dry_run_prints_plan_and_writes_nothing(smollm2_gguf: Path, tmp_path: Path) -> None:
     done = modelyard("convert", str(smollm2_gguf), "-o", str(tmp_path / "x.gguf"), "--type",
-                     "Q8_0", "--dry-run")
+                     "Q8_0", "--dry-run", "--json")
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     assert plan["n_tensors"] == 272 and plan["output_bytes"] > 0
     assert plan["estimated_peak_bytes"] < plan["naive_peak_bytes"]
+    q_proj = next(t for t in plan["tensors"] if t["name"] == "blk.0.attn_q.weight")
+    assert q_proj["source_types"] == ["Q4_1"]
+    assert q_proj["operations"] == ["dequantize", "quantize"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dry_run_without_json_prints_a_short_summary(smollm2_gguf: Path, tmp_path: Path) -> None:
+    done = modelyard("convert", str(smollm2_gguf), "-o", str(tmp_path / "x-hf"), "--to", "hf",
+                     "--dry-run")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) < 12  # no per-tensor listing
+    assert "272 tensors: F16 272" in lines
+    assert "read from: Q4_1 210, F32 61, Q8_0 1" in lines
+    assert any(line.startswith("operations: 211 dequantized, 60 Q/K rows permuted, 272 "
+                               "converted") for line in lines)
+    assert any(line.startswith("output ") and "peak memory about" in line for line in lines)
+    assert "fallbacks: none" in lines
     assert list(tmp_path.iterdir()) == []
 
 

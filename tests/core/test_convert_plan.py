@@ -171,10 +171,10 @@ def test_keep_type_glob_and_regex(smollm2_gguf: Path, tmp_path: Path) -> None:
         plan_conversion(smollm2_gguf, tmp_path / "a.gguf", out_type="Q8_0", keep_type="nope*")
 
 
-def test_pickle_and_bnb_checkpoints_are_refused(tiny_models: dict[str, Path],
-                                                tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedError, match="quantized checkpoint \\(bnb-nf4\\)"):
-        plan_conversion(tiny_models["llama-bnb4"], tmp_path / "x.gguf")
+def test_pickle_checkpoints_are_refused_and_bnb_ones_dequantized(
+        tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    plan = plan_conversion(tiny_models["llama-bnb4"], tmp_path / "x.gguf")
+    assert sum(1 for t in plan.tensors if t.slices[0].dtype == "NF4") == 14
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "config.json").write_text('{"model_type": "llama"}')

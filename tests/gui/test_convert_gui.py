@@ -57,6 +57,38 @@ def test_sheet_converts_and_the_result_is_offered_for_testing(qtbot, window: Mai
     assert window.details.test.compare.reference.currentData() == str(folder / "tiny-llama")
 
 
+def test_the_sheet_plans_once_and_the_job_runs_that_program(
+        qtbot, window: MainWindow, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.core.convert import ConvertRequest
+
+    plans: list[str] = []
+    real_plan = ConvertRequest.plan
+
+    def counted(self: ConvertRequest) -> object:
+        plans.append(self.out_type)
+        return real_plan(self)
+
+    monkeypatch.setattr(ConvertRequest, "plan", counted)
+    folder = window.settings.folders()[0]
+    assert window.select_model_path(folder / "tiny-llama")
+    window.convert_action.trigger()
+    dialog = open_dialog()
+    assert dialog is not None
+    settle(qtbot, window)
+    read = len(plans)
+    assert 1 <= read <= 2  # the first request (and one racing it) read the source
+    for quant in ("Q4_0", "F16", "Q8_0"):  # other types: the same program, retyped
+        next(b for b in dialog.types.buttons() if b.property("quant") == quant).click()
+        settle(qtbot, window)
+        assert "Writes" in dialog.summary.text()
+    assert len(plans) == read
+    dialog.start.click()
+    settle(qtbot, window)
+    settle(qtbot, window)
+    assert (folder / "tiny-llama-Q8_0.gguf").is_file()
+    assert len(plans) == read  # neither accepting nor the job planned again
+
+
 def test_one_click_from_the_fit_tab(qtbot, window: MainWindow) -> None:
     folder = window.settings.folders()[0]
     window.sources.select("all")

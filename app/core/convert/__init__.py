@@ -1,4 +1,7 @@
-"""Conversion: HF safetensors → GGUF, GGUF → GGUF (requantize), GGUF → HF safetensors.
+"""Conversion: HF safetensors (plain or bitsandbytes) → GGUF, GGUF → GGUF (requantize),
+GGUF or bitsandbytes → plain HF safetensors. Every conversion is one typed tensor program
+(`ConversionPlan`): inputs with their encoding, and per output tensor its operations; the same
+program is the dry run (`summary_lines`, `to_json`), the memory estimate and what the job runs.
 
     plan = plan_conversion("models/Llama-3.2-1B", "out/Llama-3.2-1B-Q8_0.gguf", out_type="Q8_0")
     plan.output_bytes, plan.estimated_peak_bytes, plan.naive_peak_bytes, plan.tensors
@@ -18,8 +21,9 @@ from app.core.convert.job import (
 )
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.naming import default_output_name, default_output_path
-from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
+from app.core.convert.plan import ConversionPlan, HFOutput, SourceSlice, TensorPlan, TypeRules
 from app.core.convert.planner import plan_conversion, plan_for_type, resolve_device
+from app.core.convert.summary import summary_lines
 from app.core.convert.tensor_types import (
     GGUF_OUTPUT_TYPES,
     HF_OUTPUT_DTYPES,
@@ -28,8 +32,8 @@ from app.core.convert.tensor_types import (
 
 __all__ = [
     "GGUF_OUTPUT_TYPES", "HF_OUTPUT_DTYPES", "ConversionPlan", "ConvertRequest", "ConvertResult",
-    "MetaEntry", "SourceSlice", "TensorPlan", "check_disk", "check_memory", "check_resources",
-    "default_output_name",
-    "default_output_path", "execute_plan", "plan_conversion", "plan_for_type", "resolve_device",
+    "HFOutput", "MetaEntry", "SourceSlice", "TensorPlan", "TypeRules", "check_disk",
+    "check_memory", "check_resources", "default_output_name", "default_output_path",
+    "execute_plan", "plan_conversion", "plan_for_type", "resolve_device", "summary_lines",
     "writable_output_types",
 ]

@@ -14,10 +14,11 @@ import torch
 
 from app.core.convert.importance import quantize_with_importance
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
-from app.core.convert.reading import TORCH_DTYPES, SourceReader, decode_rows
+from app.core.convert.reading import TORCH_DTYPES, SourceReader, decode_bnb_rows, decode_rows
 from app.core.convert.sizing import (
     chunk_elements,
     compute_workers,
+    head_rows,
     row_alignment,
     rows_per_chunk,
 )
@@ -82,15 +83,18 @@ def _source(reader: SourceReader, chunk: Chunk) -> torch.Tensor:
     return reader.read(piece.file, chunk.offset, chunk.n_bytes, piece.tensor)
 
 
-def _process(raw: torch.Tensor, chunk: Chunk, tensor: TensorPlan, plan: ConversionPlan,
-             device: torch.device) -> torch.Tensor:
+def _process(reader: SourceReader, raw: torch.Tensor, chunk: Chunk, tensor: TensorPlan,
+             plan: ConversionPlan, device: torch.device) -> torch.Tensor:
     if tensor.copy:
         return raw
     piece = chunk.piece
-    values = decode_rows(raw.to(device, non_blocking=True), piece.dtype, chunk.n_rows,
-                         piece.row_length)
+    on_device = raw.to(device, non_blocking=True)
+    if piece.bnb is not None:
+        values = decode_bnb_rows(reader, piece, chunk.first_row, chunk.n_rows, on_device)
+    else:
+        values = decode_rows(on_device, piece.dtype, chunk.n_rows, piece.row_length)
     if tensor.permute:
-        heads = chunk.n_rows // row_alignment(tensor, piece)
+        heads = chunk.n_rows // head_rows(tensor, piece)
         values = permute_rows(values, heads, inverse=tensor.permute == "unqk")
     weights = plan.importance.weights_for(tensor) if plan.importance is not None else None
     if weights is not None:
@@ -100,7 +104,7 @@ def _process(raw: torch.Tensor, chunk: Chunk, tensor: TensorPlan, plan: Conversi
 
 def _produce(reader: SourceReader, tensor: TensorPlan, chunk: Chunk, plan: ConversionPlan,
              device: torch.device) -> torch.Tensor:
-    return _process(_source(reader, chunk), chunk, tensor, plan, device)
+    return _process(reader, _source(reader, chunk), chunk, tensor, plan, device)
 
 
 @contextmanager

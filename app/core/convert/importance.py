@@ -100,10 +100,10 @@ _GUARD = {"Q4_0": "Q4_1", "Q5_0": "Q5_1"}
 
 def _imatrix_mix_rules(plan: ConversionPlan) -> ConversionPlan:
     guard = _GUARD.get(plan.out_type)
-    if guard is None or plan.context.get("pure"):
+    rules = plan.type_rules
+    if guard is None or rules is None or rules.pure:
         return plan
-    hparams = plan.context.get("type_hparams")
-    n_layer = int(getattr(hparams, "n_layer", 0) or 0)
+    n_layer = rules.hparams.n_layer
     tensors = []
     for tensor in plan.tensors:
         layer = layer_of(tensor.name)

@@ -3,8 +3,10 @@ renames it when complete. A failed or cancelled job leaves nothing; inputs are o
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -132,16 +134,24 @@ def execute_plan(plan: ConversionPlan, reporter: Reporter,
 
 
 def _write_hf_files(plan: ConversionPlan, folder: Path, reporter: Reporter) -> None:
-    import transformers
+    output = plan.hf_output
+    assert output is not None, "an HF plan says what goes beside the weights"
+    if output.through_transformers:
+        import transformers
 
-    config = transformers.AutoConfig.for_model(**plan.context["config"])
-    config.save_pretrained(folder)
-    generation = transformers.GenerationConfig.from_model_config(config)
-    generation.save_pretrained(folder)
-    if plan.context.get("tokenizer"):
+        config = transformers.AutoConfig.for_model(**output.config)
+        config.save_pretrained(folder)
+        generation = transformers.GenerationConfig.from_model_config(config)
+        generation.save_pretrained(folder)
+    else:
+        (folder / "config.json").write_text(json.dumps(output.config, indent=2,
+                                                       sort_keys=True) + "\n")
+    for source in output.copied_files:
+        shutil.copyfile(source, folder / source.name)
+    if output.tokenizer_from_gguf is not None:
         from app.core.convert.hf_tokenizer import save_tokenizer
 
-        for note in save_tokenizer(folder, Path(plan.context["gguf"])):
+        for note in save_tokenizer(folder, output.tokenizer_from_gguf):
             reporter.log("info", note)
     reporter.log("info", f"wrote {', '.join(sorted(p.name for p in folder.iterdir()))}")
 
@@ -168,6 +178,9 @@ class ConvertRequest:
     progress_unit: ProgressUnit = "bytes"
     # Loads torch or a native runtime and a whole model: a crash must not take the caller.
     runs_in_child_process: ClassVar[bool] = True
+    # The program already planned and checked for this request (the GUI's sheet): the job runs
+    # it as it is instead of planning again.
+    program: ConversionPlan | None = field(default=None, compare=False, repr=False)
 
     @property
     def title(self) -> str:
@@ -196,6 +209,8 @@ class ConvertRequest:
         return plan
 
     def run(self, reporter: Reporter) -> ConvertResult:
-        reporter.log("info", f"planning {self.title.lower()}")
-        plan = self.fit_to_size(self.plan(), reporter)
+        plan = self.program
+        if plan is None:
+            reporter.log("info", f"planning {self.title.lower()}")
+            plan = self.fit_to_size(self.plan(), reporter)
         return execute_plan(plan, reporter, self.check_memory)

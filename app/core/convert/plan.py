@@ -12,18 +12,70 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.sizing import estimate_naive_peak, estimate_peak
+from app.core.quant.bnb_state import Bnb4State
+from app.core.quant.specs import ModelHparams
 
 if TYPE_CHECKING:
     from app.core.convert.importance import ImportancePlan
+    from app.core.quant.overrides import TypeOverrides
 
 OutputFormat = Literal["gguf", "hf"]
+# What an output tensor's program does: generate values (rope factors), stack several inputs
+# (experts), take a slice of one (an expert of a stacked tensor), copy bytes unchanged, decode
+# quantized blocks or bitsandbytes codes, permute Q/K rows, and encode: convert to a float type
+# or quantize to a block type.
+Operation = Literal["generate", "stack", "take", "copy", "dequantize", "permute", "convert",
+                    "quantize"]
+FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
+
+
+def is_float_type(dtype: str) -> bool:
+    return dtype in FLOAT_TYPES
+
+
 Device = str  # "cpu", "cuda" or "cuda:N"
 Permute = Literal["", "qk", "unqk"]
 
 
 @dataclass(frozen=True)
+class StoredTensor:
+    """A whole stored tensor read beside a quantized weight (its scales, its state)."""
+
+    file: Path
+    tensor: str
+    offset: int  # absolute byte offset in `file`
+    n_bytes: int
+    dtype: str  # safetensors dtype
+
+
+BnbKind = Literal["NF4", "FP4", "INT8"]
+
+
+@dataclass(frozen=True)
+class BnbEncoding:
+    """A bitsandbytes weight's companions: 4-bit (`state`, `absmax`, with double quantization
+    `nested_absmax` and `nested_quant_map`) or 8-bit (`scb`, one scale per row)."""
+
+    kind: BnbKind
+    state: Bnb4State | None = None
+    absmax: StoredTensor | None = None
+    nested_absmax: StoredTensor | None = None
+    nested_quant_map: StoredTensor | None = None
+    scb: StoredTensor | None = None
+
+    @property
+    def companions(self) -> tuple[StoredTensor, ...]:
+        return tuple(t for t in (self.absmax, self.nested_absmax, self.nested_quant_map,
+                                 self.scb) if t is not None)
+
+
+@dataclass(frozen=True)
 class SourceSlice:
-    """Consecutive rows of one stored tensor (or generated values, for `rope_freqs`)."""
+    """Consecutive rows of one stored tensor (or generated values, for `rope_freqs`).
+
+    `file` is where the bytes are. SourceReader is the one place that opens it, so a source
+    that is not a local path (an HTTP range) is a new kind of location read there; a GGUF inside
+    another app's store (Ollama's, LM Studio's blobs) is a local file already."""
 
     file: Path | None
     tensor: str  # the source tensor's name, for messages
@@ -31,8 +83,11 @@ class SourceSlice:
     n_rows: int
     row_length: int  # elements per row
     row_bytes: int
-    dtype: str  # safetensors dtype (BF16, F16, F32) or GGML type name (Q4_1, F16, ...)
+    dtype: str  # safetensors dtype (BF16, F16, F32), GGML type name (Q4_1, F16, ...) or the
+    # bitsandbytes kind (NF4, FP4, INT8) whose companions `bnb` holds
     values: tuple[float, ...] | None = None
+    bnb: BnbEncoding | None = None
+    take_of: str | None = None  # the rows are one part (an expert) of this larger tensor
 
     @property
     def n_bytes(self) -> int:
@@ -71,10 +126,54 @@ class TensorPlan:
     def n_elements(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def operations(self) -> tuple[Operation, ...]:
+        """What is done to the inputs, in order."""
+        ops: list[Operation] = []
+        if any(piece.values is not None for piece in self.slices):
+            ops.append("generate")
+        if len(self.slices) > 1:
+            ops.append("stack")
+        elif self.slices and self.slices[0].take_of is not None:
+            ops.append("take")
+        if self.copy:
+            return (*ops, "copy")
+        if any(piece.bnb is not None or not is_float_type(piece.dtype) for piece in self.slices):
+            ops.append("dequantize")
+        if self.permute:
+            ops.append("permute")
+        ops.append("convert" if is_float_type(self.out_type) else "quantize")
+        return tuple(ops)
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.out_type, "shape": list(self.shape),
-                "n_bytes": self.n_bytes, "sources": list(self.sources), "copy": self.copy,
+                "n_bytes": self.n_bytes, "sources": list(self.sources),
+                "source_types": sorted({piece.dtype for piece in self.slices}),
+                "operations": list(self.operations), "copy": self.copy,
                 "permute": self.permute or None, "fallback": self.fallback, "note": self.note}
+
+
+@dataclass(frozen=True)
+class TypeRules:
+    """How each tensor's GGUF type was chosen (`assign_types`), kept so that `plan_for_type`
+    can give the same conversion another target without reading the source again."""
+
+    hparams: ModelHparams
+    pure: bool = False  # every weight the target's one type
+    keep_source: str = "F32"  # what fixed-type tensors keep: "F32", or "source" (their own type)
+    overrides: TypeOverrides | None = None  # per-tensor types the user chose
+
+
+@dataclass(frozen=True)
+class HFOutput:
+    """What an HF safetensors output gets beside its weights."""
+
+    config: dict[str, Any] = field(compare=False, hash=False)  # config.json
+    # True: config.json and generation_config.json are written by transformers' config class
+    # (GGUF sources); False: `config` is written as it is and the source's files are copied.
+    through_transformers: bool = False
+    tokenizer_from_gguf: Path | None = None  # a GGUF whose vocabulary becomes tokenizer.json
+    copied_files: tuple[Path, ...] = ()  # written unchanged (tokenizer, generation config)
 
 
 @dataclass(frozen=True)
@@ -95,9 +194,12 @@ class ConversionPlan:
     input_bytes: int = 0
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-    context: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     # An importance matrix weighting the quantizers (attach_importance), or None.
     importance: ImportancePlan | None = field(default=None, compare=False, hash=False)
+    type_rules: TypeRules | None = None  # GGUF output
+    hf_output: HFOutput | None = None  # HF output
+    loads_transformers: bool = False  # the job imports transformers (tokenizer, config)
+    inputs: tuple[Path, ...] = ()  # every file the program reads
 
     @property
     def tensor_bytes(self) -> int:
@@ -150,5 +252,6 @@ class ConversionPlan:
                 "path": str(self.importance.matrix.path),
                 "covered": list(self.importance.covered),
                 "uncovered": list(self.importance.uncovered)},
+            "inputs": [str(p) for p in self.inputs],
             "tensors": [t.to_json() for t in self.tensors],
         }

@@ -10,7 +10,7 @@ from pathlib import Path
 from gguf import GGML_QUANT_VERSION, GGUFValueType
 
 from app.core.convert.metadata import MetaEntry
-from app.core.convert.plan import ConversionPlan, Device, SourceSlice, TensorPlan
+from app.core.convert.plan import ConversionPlan, Device, SourceSlice, TensorPlan, TypeRules
 from app.core.convert.tensor_types import assign_types, file_type_of
 from app.core.errors import OptionError, OptionFact, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry, read_gguf_header
@@ -93,5 +93,4 @@ def plan_gguf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Dev
         overwrite=overwrite, metadata=overrides, copy_metadata_from=main.path,
         metadata_bytes=main.data_offset,
         input_bytes=model.file_size, notes=tuple(notes),
-        context={"keys": list(main.fields), "type_hparams": hparams, "pure": pure,
-                 "keep_source": "source", "type_overrides": type_overrides})
+        type_rules=TypeRules(hparams, pure, "source", type_overrides))

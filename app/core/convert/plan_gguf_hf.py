@@ -15,7 +15,7 @@ from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
 
 from app.core.convert.hf_arch import ARCHITECTURES, ArchSpec
 from app.core.convert.hf_names import EXPERT_KINDS
-from app.core.convert.plan import ConversionPlan, Device, SourceSlice, TensorPlan
+from app.core.convert.plan import ConversionPlan, Device, HFOutput, SourceSlice, TensorPlan
 from app.core.convert.plan_gguf import gguf_slice, main_header, read_headers, torch_shape
 from app.core.errors import BadInputError, FormatError, OptionFact, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry
@@ -148,8 +148,10 @@ def plan_gguf_to_hf(model: ModelInfo, target: Path, out_type: str, device: Devic
         overwrite=overwrite, hf_files=tuple(hf_files),
         input_bytes=model.file_size, notes=tuple(notes), warnings=tuple(warnings),
         metadata_bytes=64 * len(tensors),
-        context={"config": config.to_dict(), "gguf": str(main.path),
-                 "tokenizer": tokenizer_model if "tokenizer.json" in hf_files else None})
+        hf_output=HFOutput(config.to_dict(), through_transformers=True,
+                           tokenizer_from_gguf=main.path if "tokenizer.json" in hf_files
+                           else None),
+        loads_transformers=True)
 
 
 def _tokenizer_problem(main: GGUFHeader, tokenizer_model: object) -> str | None:
@@ -200,7 +202,7 @@ def _unstack(entry: GGUFTensorEntry, path: Path, pattern: str, out_type: str
     plans = []
     for xid in range(n_expert):
         piece = SourceSlice(path, entry.name, entry.offset + xid * per_expert, rows, length,
-                            whole.row_bytes, entry.type_name)
+                            whole.row_bytes, entry.type_name, take_of=entry.name)
         shape = (rows, length)
         plans.append(TensorPlan(pattern.format(xid=xid), out_type, shape,
                                 _hf_bytes(shape, out_type), (piece,),

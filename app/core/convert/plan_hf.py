@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 from gguf import GGML_QUANT_VERSION, MODEL_TENSOR, get_tensor_name_map
 
 from app.core.convert import hf_arch, tokenizer
+from app.core.convert.bnb_inputs import bnb_notes, find_bnb_weights
 from app.core.convert.hf_names import (
     IGNORED_SUFFIXES,
     QK_KINDS,
@@ -17,7 +20,7 @@ from app.core.convert.hf_names import (
     map_hf_name,
 )
 from app.core.convert.metadata import entries_of, recording_writer
-from app.core.convert.plan import ConversionPlan, Device, SourceSlice, TensorPlan
+from app.core.convert.plan import ConversionPlan, Device, SourceSlice, TensorPlan, TypeRules
 from app.core.convert.tensor_types import assign_types, file_type_of
 from app.core.errors import FormatError, UnsupportedError
 from app.core.formats.hf_config import model_type
@@ -27,9 +30,29 @@ from app.core.quant import ModelHparams
 from app.core.quant.overrides import TypeOverrides
 
 READABLE_DTYPES = ("F32", "F16", "BF16")
+BNB_QUANTIZATIONS = ("bnb-nf4", "bnb-fp4", "bnb-int8")
 
 
-def _slice(entry: SafetensorsEntry, path: Path, as_column: bool = False) -> SourceSlice:
+@dataclass(frozen=True)
+class Source:
+    """A stored HF tensor: plain (read as rows of `entry`) or bitsandbytes (`piece` with its
+    companions, `shape` the logical one)."""
+
+    entry: SafetensorsEntry
+    file: Path
+    logical_shape: tuple[int, ...] | None = None
+    piece: SourceSlice | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.logical_shape or self.entry.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.piece.dtype if self.piece is not None else self.entry.dtype
+
+
+def stored_rows(entry: SafetensorsEntry, path: Path, as_column: bool = False) -> SourceSlice:
     """The entry as rows: matrices by their last dimension; a 1-D tensor as one row, or as
     one element per row when its elements must be permuted like rows (Q/K biases)."""
     width = 2 if entry.dtype in ("F16", "BF16") else 4
@@ -49,26 +72,40 @@ def _sort_key(name: str) -> tuple[int, int, str]:
     return (0 if parts[0] == "token_embd" else 2, 0, name)
 
 
-def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Device,
-                    overwrite: bool, require_tokenizer: bool, pure: bool = False,
-                    type_overrides: TypeOverrides | None = None) -> ConversionPlan:
+@dataclass(frozen=True)
+class HFTensors:
+    """The GGUF tensors an HF checkpoint becomes, before types are chosen (all F32): names,
+    shapes, sources and transforms, as the converter writes them."""
+
+    tensors: tuple[TensorPlan, ...]
+    hparams: ModelHparams
+    spec: hf_arch.ArchSpec
+    hyper: hf_arch.Hyper
+    notes: tuple[str, ...]
+
+
+def hf_gguf_tensors(model: ModelInfo) -> HFTensors:
+    """Read the checkpoint's headers (and bitsandbytes quant states) into its tensor program;
+    refuse what cannot be converted. No metadata, no tokenizer: cheap enough for estimates."""
     config = model.metadata
     spec = hf_arch.arch_spec(model_type(config))
-    if model.quantization and model.quantization not in READABLE_DTYPES:
+    if model.quantization and model.quantization not in READABLE_DTYPES + BNB_QUANTIZATIONS:
         raise UnsupportedError(
             f"a quantized checkpoint ({model.quantization}): conversion reads F32, F16 and "
-            "BF16 weights", path=model.path,
+            "BF16 weights and bitsandbytes checkpoints", path=model.path,
             hint="dequantize it to F16/BF16 safetensors first")
     hyper = hf_arch.read_hyper(config, spec)
     tensor_map = get_tensor_name_map(spec.gguf_arch, hyper.n_layer)
     notes: list[str] = []
+    headers = [read_safetensors_header(file) for file in model.files]
+    bnb = find_bnb_weights(headers, int8=model.quantization == "bnb-int8")
 
-    singles: dict[str, tuple[MappedName, SafetensorsEntry, Path]] = {}
-    experts: dict[str, dict[int, tuple[MappedName, SafetensorsEntry, Path]]] = defaultdict(dict)
-    for file in model.files:
-        header = read_safetensors_header(file)
+    singles: dict[str, tuple[MappedName, Source]] = {}
+    experts: dict[str, dict[int, tuple[MappedName, Source]]] = defaultdict(dict)
+    for header in headers:
+        file = header.path
         for entry in header.entries:
-            if entry.name.endswith(IGNORED_SUFFIXES):
+            if entry.name.endswith(IGNORED_SUFFIXES) or entry.name in bnb.companions:
                 continue
             mapped = map_hf_name(entry.name, tensor_map, spec)
             if mapped is None:
@@ -76,17 +113,20 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
                     f"maps to no tensor of llama.cpp's {spec.gguf_name} architecture, so the "
                     "GGUF would not load", path=file, tensor=entry.name,
                     hint="this checkpoint has layers the architecture does not have")
-            if entry.dtype not in READABLE_DTYPES:
+            quantized = bnb.weights.get(entry.name)
+            if quantized is None and entry.dtype not in READABLE_DTYPES:
                 raise UnsupportedError(
                     f"stored as {entry.dtype}; conversion reads F32, F16 and BF16 weights",
                     path=file, tensor=entry.name,
                     hint="dequantize a quantized checkpoint first")
+            source = Source(entry, file) if quantized is None else Source(
+                entry, file, quantized.shape, quantized.piece)
             want = expected_shape(mapped, hyper, entry.name.endswith(".bias"))
-            if want is not None and entry.shape != want:
+            if want is not None and source.shape != want:
                 raise FormatError(
-                    f"has shape {list(entry.shape)} but config.json implies {list(want)}",
+                    f"has shape {list(source.shape)} but config.json implies {list(want)}",
                     path=file, tensor=entry.name, hint="the checkpoint and its config disagree")
-            item = (mapped, entry, file)
+            item = (mapped, source)
             if mapped.expert is not None:
                 if mapped.expert in experts[mapped.gguf_name]:
                     raise FormatError("expert stored twice", path=file, tensor=entry.name)
@@ -98,8 +138,8 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
                 singles[mapped.gguf_name] = item
 
     tensors: list[TensorPlan] = []
-    for gguf_name, (mapped, entry, file) in singles.items():
-        tensors.append(_single(gguf_name, mapped, entry, file, spec, hyper))
+    for gguf_name, (mapped, source) in singles.items():
+        tensors.append(_single(gguf_name, mapped, source, spec, hyper))
     for gguf_name, members in experts.items():
         tensors.append(_stacked(gguf_name, members, hyper))
     factors = hf_arch.llama3_rope_factors(config, hyper)
@@ -112,16 +152,28 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
     tensors.sort(key=lambda t: _sort_key(t.name))
     hparams = ModelHparams(hyper.n_layer, hyper.n_head, hyper.n_head_kv, hyper.n_expert,
                            spec.gguf_name)
-    typed = assign_types(tensors, out_type, hparams, pure=pure, keep_source="F32",
-                         overrides=type_overrides)
     permuted = sum(1 for t in tensors if t.permute)
     if permuted:
         notes.append(f"Q/K rows of {permuted} tensors permuted for llama.cpp's rotary embedding")
     if experts:
         notes.append(f"{sum(len(m) for m in experts.values())} per-expert tensors stacked into "
                      f"{len(experts)} blk.N.ffn_*_exps tensors")
+    notes.extend(bnb_notes(bnb))
     if not any(t.name == "output.weight" for t in tensors):
         notes.append("no lm_head: output tied to token_embd (llama.cpp reuses the embeddings)")
+    return HFTensors(tuple(tensors), hparams, spec, hyper, tuple(notes))
+
+
+def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Device,
+                    overwrite: bool, require_tokenizer: bool, pure: bool = False,
+                    type_overrides: TypeOverrides | None = None) -> ConversionPlan:
+    program = hf_gguf_tensors(model)
+    tensors, hparams, spec, hyper = (program.tensors, program.hparams, program.spec,
+                                     program.hyper)
+    config = model.metadata
+    notes = list(program.notes)
+    typed = assign_types(tensors, out_type, hparams, pure=pure, keep_source="F32",
+                         overrides=type_overrides)
 
     writer = recording_writer(spec.gguf_name)
     total_params = sum(t.n_elements for t in tensors)
@@ -143,44 +195,47 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
         overwrite=overwrite, metadata=entries, metadata_bytes=_metadata_bytes(writer),
         input_bytes=model.file_size, notes=tuple(notes),
         warnings=tuple(vocab.warnings),
-        context={"model_type": spec.model_type, "tokenizer": vocab.kind,
-                 "type_hparams": hparams, "pure": pure, "keep_source": "F32",
-                 "type_overrides": type_overrides})
+        type_rules=TypeRules(hparams, pure, "F32", type_overrides),
+        loads_transformers=vocab.kind != "none")
 
 
-def _single(name: str, mapped: MappedName, entry: SafetensorsEntry, file: Path,
-            spec: hf_arch.ArchSpec, hyper: hf_arch.Hyper) -> TensorPlan:
+def _single(name: str, mapped: MappedName, source: Source, spec: hf_arch.ArchSpec,
+            hyper: hf_arch.Hyper) -> TensorPlan:
     """The tensor with its sources and transform; `assign_types` gives it its type."""
     permute = spec.permute_qk and mapped.kind in QK_KINDS
     n_head = 0
     if permute:
         n_head = hyper.n_head if mapped.kind == MODEL_TENSOR.ATTN_Q else hyper.n_head_kv
-    piece = _slice(entry, file, as_column=permute and len(entry.shape) == 1)
+    piece = source.piece or stored_rows(source.entry, source.file,
+                                        as_column=permute and len(source.shape) == 1)
     note = f"Q/K rows permuted for llama.cpp's rotary embedding ({n_head} heads)" \
         if permute else None
-    return TensorPlan(name, "F32", entry.shape, 4 * entry.n_elements, (piece,),
+    if source.piece is not None:
+        note = "; ".join(x for x in (f"dequantized from bitsandbytes {piece.dtype}", note) if x)
+    return TensorPlan(name, "F32", source.shape, 4 * math.prod(source.shape), (piece,),
                       permute="qk" if permute else "", n_head=n_head, note=note)
 
 
-def _stacked(name: str, members: dict[int, tuple[MappedName, SafetensorsEntry, Path]],
+def _stacked(name: str, members: dict[int, tuple[MappedName, Source]],
              hyper: hf_arch.Hyper) -> TensorPlan:
     wanted = set(range(hyper.n_expert))
     if set(members) != wanted:
         missing = sorted(wanted - set(members))
         extra = sorted(set(members) - wanted)
-        some = next(iter(members.values()))[1].name
+        some = next(iter(members.values()))[1].entry.name
         raise FormatError(
             f"expert tensors do not match num_local_experts={hyper.n_expert}"
             + (f" (missing experts {missing})" if missing else "")
             + (f" (unexpected experts {extra})" if extra else ""), tensor=some)
-    ordered = [members[i] for i in range(hyper.n_expert)]
-    first = ordered[0][1]
-    dtypes = {entry.dtype for _, entry, _ in ordered}
+    ordered = [members[i][1] for i in range(hyper.n_expert)]
+    first = ordered[0]
+    dtypes = {source.dtype for source in ordered}
     if len(dtypes) != 1:
-        raise FormatError(f"experts stored in mixed dtypes {sorted(dtypes)}", tensor=first.name)
+        raise FormatError(f"experts stored in mixed dtypes {sorted(dtypes)}",
+                          tensor=first.entry.name)
     shape = (hyper.n_expert, *first.shape)
-    pieces = tuple(_slice(entry, file) for _, entry, file in ordered)
-    return TensorPlan(name, "F32", shape, 4 * hyper.n_expert * first.n_elements, pieces,
+    pieces = tuple(source.piece or stored_rows(source.entry, source.file) for source in ordered)
+    return TensorPlan(name, "F32", shape, 4 * math.prod(shape), pieces,
                       note=f"{hyper.n_expert} experts stacked")
 
 

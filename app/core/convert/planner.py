@@ -4,6 +4,7 @@ the planner of the source/target pair. Pure: reads headers, writes nothing."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from app.core.convert.naming import default_output_name
@@ -65,15 +66,20 @@ def resolve_target(model: ModelInfo, target: str | Path | None, out_type: str, t
         path = Path(target).expanduser()
         if to == "gguf" and path.is_dir():
             path = path / default_output_name(model, out_type, to)
-    path = path.absolute()
-    inputs = tuple(model.files) + ((model.path,) if model.path.is_dir() else ())
+    return check_target(path.absolute(), model.path, tuple(model.files), to, overwrite)
+
+
+def check_target(path: Path, source: Path, inputs: tuple[Path, ...], to: OutputFormat,
+                 overwrite: bool) -> Path:
+    """`path` itself, refused when it exists (unless `overwrite`) or would replace an input."""
+    every = inputs + ((source,) if source.is_dir() else ())
     resolved = path.resolve()
-    if any(resolved == p.resolve() for p in inputs):
+    if any(resolved == p.resolve() for p in every):
         raise BadInputError("the output would overwrite the model being converted", path=path,
                             hint="choose another output name")
     if to == "hf":
-        clobbered = _inputs_under(path, tuple(model.files))
-        if clobbered and (path.exists() or path.resolve() == model.path.resolve()):
+        clobbered = _inputs_under(path, inputs)
+        if clobbered and (path.exists() or path.resolve() == source.resolve()):
             raise BadInputError(f"the output folder holds the input {clobbered[0].name}, which "
                                 "writing it would replace", path=path,
                                 hint="choose a new folder")
@@ -125,9 +131,24 @@ def _plan_conversion(source: str | Path | ModelInfo, target: str | Path | None, 
     if keep_type and not (model.format == "gguf" and to == "gguf"):
         raise OptionError("a keep-type pattern applies to GGUF → GGUF requantization only",
                           option=OptionFact("keep_type"))
+    plan = _dispatch(model, path, out_type, to, dev, keep_type, overwrite, require_tokenizer,
+                     pure, type_overrides)
+    return replace(plan, inputs=tuple(model.files))
+
+
+def _dispatch(model: ModelInfo, path: Path, out_type: str, to: OutputFormat, dev: Device,
+              keep_type: str | None, overwrite: bool, require_tokenizer: bool,
+              pure: bool, type_overrides: TypeOverrides | None) -> ConversionPlan:
     if model.format == "hf":
         if to == "hf":
-            raise OptionError("the source is already a Hugging Face model; convert it to gguf")
+            from app.core.convert.plan_hf import BNB_QUANTIZATIONS
+
+            if model.quantization not in BNB_QUANTIZATIONS:
+                raise OptionError("the source is already a Hugging Face model; convert it to "
+                                  "gguf")
+            from app.core.convert.plan_bnb_hf import plan_bnb_to_hf
+
+            return plan_bnb_to_hf(model, path, out_type, dev, overwrite)
         from app.core.convert.plan_hf import plan_hf_to_gguf
 
         return plan_hf_to_gguf(model, path, out_type, dev, overwrite, require_tokenizer, pure,
@@ -144,11 +165,10 @@ def _plan_conversion(source: str | Path | ModelInfo, target: str | Path | None, 
     return plan_gguf_to_hf(model, path, out_type, dev, overwrite, require_tokenizer)
 
 
-def plan_for_type(plan: ConversionPlan, out_type: str) -> ConversionPlan:
-    """The same conversion to another type, without reading the source again: sizes, memory
-    and fallbacks for each type a GUI or the fit estimator offers."""
-    from dataclasses import replace
-
+def plan_for_type(plan: ConversionPlan, out_type: str,
+                  target: str | Path | None = None) -> ConversionPlan:
+    """The same conversion to another type (and output path), without reading the source
+    again: sizes, memory and fallbacks for each type a GUI or the fit estimator offers."""
     from gguf import GGUFValueType
 
     from app.core.convert.metadata import MetaEntry, replace_entry
@@ -156,16 +176,26 @@ def plan_for_type(plan: ConversionPlan, out_type: str) -> ConversionPlan:
     from app.core.convert.tensor_types import assign_types, file_type_of
 
     out_type = parse_output_type(out_type, plan.to)
+    if target is not None:
+        path = check_target(Path(target).expanduser().absolute(), plan.source, plan.inputs,
+                            plan.to, plan.overwrite)
+        plan = replace(plan, target=path)
     if plan.to == "hf":
         tensors = tuple(
             tensor if tensor.fixed_type else replace(
                 tensor, out_type=out_type, n_bytes=int(tensor.n_elements * element_bytes(out_type)),
                 copy=not tensor.permute and all(s.dtype == out_type for s in tensor.slices))
             for tensor in plan.tensors)
-        return replace(plan, out_type=out_type, tensors=tensors)
-    tensors = assign_types(plan.tensors, out_type, plan.context["type_hparams"],
-                           pure=plan.context["pure"], keep_source=plan.context["keep_source"],
-                           overrides=plan.context.get("type_overrides"))
+        output = plan.hf_output
+        if output is not None and not output.through_transformers:
+            from app.core.convert.plan_bnb_hf import clean_config
+
+            output = replace(output, config=clean_config(output.config, out_type))
+        return replace(plan, out_type=out_type, tensors=tensors, hf_output=output)
+    rules = plan.type_rules
+    assert rules is not None, "a GGUF plan records its type rules"
+    tensors = assign_types(plan.tensors, out_type, rules.hparams, pure=rules.pure,
+                           keep_source=rules.keep_source, overrides=rules.overrides)
     metadata = plan.metadata
     if any(e.key == "general.file_type" for e in metadata):
         metadata = replace_entry(metadata, MetaEntry("general.file_type",

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 
+from app.core.convert.plan import SourceSlice, StoredTensor
 from app.core.errors import FormatError, UnsupportedError
 from app.core.quant import can_dequantize, dequantize
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
 }
+COMPANION_DTYPES: dict[str, torch.dtype] = {**TORCH_DTYPES, "U8": torch.uint8, "I8": torch.int8}
 
 
 class SourceReader:
@@ -81,3 +83,43 @@ def decode_rows(raw: torch.Tensor, dtype: str, n_rows: int, row_length: int) -> 
     if not can_dequantize(dtype):
         raise UnsupportedError(f"cannot read {dtype} tensors")
     return dequantize(raw.reshape(n_rows, -1), dtype).reshape(n_rows, row_length)
+
+
+def _companion(reader: SourceReader, stored: StoredTensor, device: torch.device,
+               first: int = 0, count: int | None = None) -> torch.Tensor:
+    """A companion tensor (or elements [first, first + count) of it) on `device`."""
+    dtype = COMPANION_DTYPES[stored.dtype]
+    width = torch.empty(0, dtype=dtype).element_size()
+    n_bytes = stored.n_bytes - first * width if count is None else count * width
+    raw = reader.read(stored.file, stored.offset + first * width, n_bytes, stored.tensor)
+    return raw.to(device, non_blocking=True).view(dtype)
+
+
+def decode_bnb_rows(reader: SourceReader, piece: SourceSlice, first_row: int, n_rows: int,
+                    raw: torch.Tensor) -> torch.Tensor:
+    """Rows [first_row, first_row + n_rows) of a bitsandbytes weight, whose packed bytes are
+    `raw` (on the job's device), → float32 [n_rows, row_length], as bitsandbytes computes
+    them (4-bit values in the quant state's dtype, then widened exactly)."""
+    from app.core.quant import bnb
+
+    encoding = piece.bnb
+    assert encoding is not None
+    device = raw.device
+    if encoding.kind == "INT8":
+        assert encoding.scb is not None
+        scales = _companion(reader, encoding.scb, device, first_row, n_rows)
+        weight = raw.view(torch.int8).reshape(n_rows, piece.row_length)
+        return bnb.dequantize_int8(weight, scales, tensor=piece.tensor)
+    state, absmax = encoding.state, encoding.absmax
+    assert state is not None and absmax is not None
+    first = first_row * piece.row_length
+    count = n_rows * piece.row_length
+    first_block, last_block = first // state.blocksize, (first + count - 1) // state.blocksize
+    codes = _companion(reader, absmax, device, first_block, last_block - first_block + 1)
+    nested = [None if stored is None else _companion(reader, stored, device)
+              for stored in (encoding.nested_absmax, encoding.nested_quant_map)]
+    scales = bnb.dequantize_absmax(codes, state, nested[0], nested[1], first_block=first_block,
+                                   tensor=piece.tensor)
+    values = bnb.dequantize_4bit(raw, scales, state, first_element=first, n_elements=count,
+                                 tensor=piece.tensor)
+    return values.to(torch.float32).reshape(n_rows, piece.row_length)

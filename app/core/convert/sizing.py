@@ -8,6 +8,7 @@ The constants are measured by tests/bench/convert_bench.py and tests/bench/conve
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,21 +47,37 @@ DEFAULT_QUANT_TEMP = 2.0
 METADATA_OVERHEAD = 4
 
 SAFETENSORS_BYTES = {"F32": 4.0, "F16": 2.0, "BF16": 2.0, "F64": 8.0}
+# bitsandbytes weights (without their scales, which are read a chunk's worth at a time).
+BNB_BYTES = {"NF4": 0.5, "FP4": 0.5, "INT8": 1.0}
+# Decoding temporaries per element of a bitsandbytes chunk: the int64 codes and block indices.
+BNB_DECODE_TEMP = 16.0
 
 
 def element_bytes(dtype: str) -> float:
     """Bytes per element of a safetensors dtype or a GGML type."""
     if dtype in SAFETENSORS_BYTES:
         return SAFETENSORS_BYTES[dtype]
+    if dtype in BNB_BYTES:
+        return BNB_BYTES[dtype]
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType[dtype]]
     return size / block
 
 
-def row_alignment(tensor: TensorPlan, piece: SourceSlice) -> int:
-    """Rows a chunk must hold whole: one head's rows when Q/K rows are (un)permuted."""
+def head_rows(tensor: TensorPlan, piece: SourceSlice) -> int:
+    """Rows of one attention head, when Q/K rows are (un)permuted (else 1)."""
     if tensor.permute and tensor.n_head:
         return max(1, piece.n_rows // tensor.n_head)
     return 1
+
+
+def row_alignment(tensor: TensorPlan, piece: SourceSlice) -> int:
+    """Rows a chunk must start on: one head's rows when Q/K rows are (un)permuted; for a
+    bitsandbytes 4-bit weight, also whole blocks of its scales."""
+    align = head_rows(tensor, piece)
+    if piece.bnb is not None and piece.bnb.state is not None:
+        blocksize = piece.bnb.state.blocksize
+        align = math.lcm(align, blocksize // math.gcd(piece.row_length, blocksize))
+    return align
 
 
 # Threads that read and encode chunks in parallel (each with single-threaded torch ops).
@@ -76,6 +93,8 @@ def compute_workers(plan: ConversionPlan) -> int:
 def is_block_type(dtype: str) -> bool:
     if dtype in SAFETENSORS_BYTES:
         return False
+    if dtype in BNB_BYTES:
+        return True
     return GGML_QUANT_SIZES[GGMLQuantizationType[dtype]][0] > 1
 
 
@@ -101,7 +120,8 @@ def _per_element(tensor: TensorPlan, piece: SourceSlice, to: str) -> float:
     out = element_bytes(tensor.out_type)
     temp = QUANT_TEMP_BYTES.get(tensor.out_type, DEFAULT_QUANT_TEMP)
     permute = 4.0 if tensor.permute else 0.0
-    return 2 * source + 4.0 + permute + temp + out
+    decode = BNB_DECODE_TEMP if piece.bnb is not None else 0.0
+    return 2 * source + 4.0 + permute + decode + temp + out
 
 
 def working_set(plan: ConversionPlan) -> tuple[int, int]:
@@ -127,7 +147,7 @@ class Peak:
 
 def _fixed(plan: ConversionPlan) -> int:
     fixed = BASELINE_RAM + STREAMING_OVERHEAD + plan.metadata_bytes * METADATA_OVERHEAD
-    if plan.to == "hf" or plan.context.get("tokenizer") not in (None, "none"):
+    if plan.loads_transformers:
         fixed += TRANSFORMERS_RAM
     return fixed
 

@@ -1,9 +1,9 @@
 """The GGUFs a model could become: every target's tensor types as llama-quantize would choose
 them, as a ModelInfo the run estimate can judge like a file on disk.
 
-For a GGUF source the tensors are its own; for an HF checkpoint of the llama family they are
-laid out from its config (the names and shapes the converter writes). Other architectures get
-the same layout flagged approximate.
+For a GGUF source the tensors are its own; for an HF checkpoint they are the converter's own
+tensor program (bitsandbytes weights at their dequantized shapes). A checkpoint the converter
+cannot read gets a llama-family layout from its config.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from app.core.errors import ModelyardError
 from app.core.estimate.shape import ModelShape, model_shape
 from app.core.estimate.verdict import Candidate, quality_rank
 from app.core.formats.model_info import ModelInfo, TensorInfo
@@ -29,6 +30,19 @@ def _hf_specs(shape: ModelShape, model: ModelInfo) -> list[TensorSpec]:
         n_vocab=shape.n_vocab, head_dim=head_dim, n_expert=shape.n_experts,
         tied_embeddings=shape.tied_embeddings,
         attention_bias=any(t.name.endswith("q_proj.bias") for t in model.tensors))
+
+
+def _converter_program(model: ModelInfo) -> tuple[list[TensorSpec], ModelHparams] | None:
+    """The tensors the converter would write (names, shapes, fixed F32 ones) and its type
+    hyperparameters, from its own plan; None for a checkpoint it cannot convert."""
+    from app.core.convert.plan_hf import hf_gguf_tensors
+
+    try:
+        program = hf_gguf_tensors(model)
+    except ModelyardError:
+        return None
+    specs = [TensorSpec(t.name, tuple(reversed(t.shape)), "F32") for t in program.tensors]
+    return specs, program.hparams
 
 
 def _gguf_metadata(shape: ModelShape, arch: str) -> dict[str, Any]:
@@ -76,10 +90,15 @@ def conversion_candidates(model: ModelInfo, writable_only: bool = False) -> list
             return []
         arch = GGUF_ARCH.get(model.architecture or "", model.architecture or "llama")
         specs = _hf_specs(shape, model)
-        metadata = _gguf_metadata(shape, arch)
         source_quant = None
     hparams = ModelHparams(shape.n_layer, shape.n_head,
                            shape.n_head_kv[0] if shape.n_head_kv else 0, shape.n_experts, arch)
+    if model.format == "hf":
+        program = _converter_program(model)
+        if program is not None:
+            specs, hparams = program
+            arch = hparams.arch
+        metadata = _gguf_metadata(shape, arch)
     candidates = [keep_candidate(model)] if model.format == "gguf" else []
     for target in TARGETS.values():
         if source_quant is not None and quality_rank(target.name) == quality_rank(source_quant):

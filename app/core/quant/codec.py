@@ -173,6 +173,10 @@ def _dequantize_with_gguf_py(raw: torch.Tensor, spec: QuantType,
     # numpy code on the CPU, then back to the device the bytes came from.
     if not _gguf_py_dequantizes(spec):
         raise UnsupportedError(f"Modelyard cannot read {spec.name} tensors", tensor=tensor)
+    if raw.is_meta:  # shapes only: numpy cannot see a meta tensor, and needs not
+        n_rows = raw.numel() // raw.shape[-1]
+        return torch.empty((n_rows, raw.shape[-1] // spec.type_size * spec.block_size),
+                           dtype=torch.float32, device=raw.device)
     rows = raw.detach().reshape(-1, raw.shape[-1]).cpu().numpy()
     values = gguf_quants.dequantize(rows, spec.ggml_type)
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(raw.device)

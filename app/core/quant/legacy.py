@@ -55,7 +55,8 @@ def first_absmax(blocks: torch.Tensor) -> torch.Tensor:
     # Where +m and -m are both present (or the block is all zeros), position decides: the
     # rare blocks take the slow argmax path.
     tied = (top == -bottom).squeeze(1)
-    if bool(tied.any()):
+    # On the meta device there are shapes and no values: nothing to break ties over.
+    if not tied.is_meta and bool(tied.any()):
         rows = tied.nonzero().squeeze(1)
         subset = blocks[rows]
         peak[rows] = subset.gather(1, subset.abs().argmax(dim=1, keepdim=True))
