@@ -21,19 +21,18 @@ from app.core.errors import ModelyardError
 
 # Command → (module under app.cli that registers it, the one line `modelyard --help` shows).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "scan": ("inventory", "list models found under paths and in the HF cache"),
+    "scan": ("inventory", "list models found under paths, in the HF cache, Ollama and LM Studio"),
     "inspect": ("inventory", "describe one model"),
     "resources": ("inventory", "RAM, swap, GPUs and free disk"),
     "fit": ("fit", "will it fit: memory needed per device, verdict, best quant"),
-    "convert": ("convert", "convert a model: HF/GGUF → GGUF of a type, or GGUF → HF "
+    "convert": ("convert", "convert a model: HF/bnb/GGUF → GGUF of a type, or GGUF/bnb → HF "
                            "safetensors"),
     "relayout": ("relayout", "MoE GGUF: experts stacked (current llama.cpp) or one tensor "
                              "each"),
-    "imatrix": ("imatrix", "importance matrix of a model over a calibration text, in "
-                           "llama.cpp's format"),
-    "merge": ("merge", "merge models (mergekit YAML: linear, SLERP, TIES, DARE, passthrough, "
-                       "LoRA) with every base tensor accounted for"),
-    "hub": ("hub", "search, inspect and download models on the Hugging Face Hub"),
+    "imatrix": ("imatrix", "compute an importance matrix (llama.cpp's imatrix format)"),
+    "merge": ("merge", "merge models from a mergekit YAML (linear, slerp, ties, dare, "
+                       "passthrough, LoRA)"),
+    "hub": ("hub", "search, inspect and download models on the Hub"),
     "generate": ("generate", "test generation: load a model and stream its reply to a prompt"),
     "doctor": ("generate", "why a model will not load here, and what to do (exit 2 on errors)"),
     "compare": ("generate", "perplexity, KL divergence and top-1 agreement of a candidate "

@@ -20,6 +20,8 @@ from app.core.resources import probe_resources
 def register(commands: argparse._SubParsersAction) -> None:
     hub = commands.add_parser("hub", help="search, inspect and download models on the Hub")
     actions = hub.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
+    hub.set_defaults(handler=lambda _args: hub.error("choose an action: search, files or "
+                                                         "download"))
 
     search = actions.add_parser("search", help="search models on the Hub")
     search.add_argument("query", nargs="?", default="", metavar="Q")

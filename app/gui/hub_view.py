@@ -16,6 +16,7 @@ from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -134,7 +135,7 @@ class HubView(QWidget):
         self.search_box = QLineEdit(placeholderText="search the Hub, or paste owner/repo or a "
                                                     "Hub URL")
         self.search_box.setClearButtonEnabled(True)
-        self.search_box.setMinimumWidth(220)
+        self.search_box.setMinimumWidth(140)
         self.library = QComboBox()
         for label, value in LIBRARY_CHOICES:
             self.library.addItem(label, value)
@@ -189,19 +190,19 @@ class HubView(QWidget):
         right_layout.addWidget(self.files)
         right_layout.addWidget(self.safetensors_fit)
         right_layout.addWidget(self.original_note)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.original_button)
-        buttons.addStretch(1)
-        buttons.addWidget(self.all_button)
-        buttons.addWidget(self.recommended_button)
-        buttons.addWidget(self.download_button)
+        # Two rows of buttons and the results above the files: the view takes the table's place
+        # in the window, which must still fit a 1024-pixel-wide screen beside the details.
+        buttons = QGridLayout()
+        buttons.addWidget(self.original_button, 0, 0)
+        buttons.addWidget(self.all_button, 0, 1)
+        buttons.addWidget(self.recommended_button, 1, 0)
+        buttons.addWidget(self.download_button, 1, 1)
         right_layout.addLayout(buttons)
-        upper = QSplitter(Qt.Orientation.Horizontal)
+        upper = QSplitter(Qt.Orientation.Vertical)
         upper.addWidget(left)
         upper.addWidget(right)
         upper.setStretchFactor(0, 1)
         upper.setStretchFactor(1, 1)
-        upper.setSizes([520, 520])
         outer = QSplitter(Qt.Orientation.Vertical)
         outer.addWidget(upper)
         outer.addWidget(self.downloads_panel)

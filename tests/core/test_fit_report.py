@@ -71,8 +71,6 @@ def test_fit_cli_json(tmp_path: Path, smollm2_gguf: Path) -> None:
     assert data["total_vram_bytes"] > data["weights_bytes"] > 90 * 1024**2
     # it fits as it is: requantizing the Q4_1 would only stack a second error
     assert data["recommended_type"] == "Q4_1" and "keep" in data["recommended_label"]
-    # requantizing streams: far below loading the whole model (and its float copy)
-    assert 0 < data["convert_peak_bytes"] < data["convert_naive_peak_bytes"]
     text = run_fit(str(tmp_path / smollm2_gguf.name), "--ram", "16", "--cpu-only")
     assert "fits in RAM only" in text.stdout and "KV cache" in text.stdout
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, quants
 
-from app.core.errors import FormatError, UnsupportedError
+from app.core.errors import FormatError
 from app.core.quant import dequantize, get_type, quantize
 from app.core.quant.kquant_search import divide, nearest_int
 from reference_models import ReferenceFiles, f32_tensors, real_valued_weights
@@ -114,8 +114,12 @@ def test_non_finite_weights_name_the_tensor(bad: float) -> None:
 def test_importance_is_for_the_weighted_quantizers() -> None:
     weights = torch.randn(2, 256)
     assert torch.equal(quantize(weights, "Q4_K", importance=None), quantize(weights, "Q4_K"))
-    with pytest.raises(UnsupportedError, match="importance"):
-        quantize(weights, "Q4_K", importance=torch.ones(256))
+    # Q8_0 has no weighted path in ggml: the matrix is ignored. Q4_K's weighted search is taken.
+    importance = torch.linspace(0.01, 10.0, 256)
+    assert torch.equal(quantize(weights, "Q8_0", importance=importance),
+                       quantize(weights, "Q8_0"))
+    assert not torch.equal(quantize(weights, "Q4_K", importance=importance),
+                           quantize(weights, "Q4_K"))
 
 
 def test_primitives_round_and_divide_like_c() -> None:

@@ -197,7 +197,7 @@ def test_bad_input_exits_2_and_writes_nothing(case: str, experts: str, message: 
 
 
 def test_nonsense_layout_is_refused(tiny_ggufs: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(OptionError, match="--experts 'sideways'"):
+    with pytest.raises(OptionError, match="layout 'sideways' is not stacked or split"):
         plan_relayout(tiny_ggufs["moe-stacked"], tmp_path / "x.gguf", experts="sideways")
     with pytest.raises(UnsupportedError, match="relayout applies to GGUF"):
         plan_relayout(factories.make_hf_model(tmp_path / "hf", with_tokenizer=False),
@@ -206,7 +206,7 @@ def test_nonsense_layout_is_refused(tiny_ggufs: dict[str, Path], tmp_path: Path)
 
     assert (parse_split_size("500M"), parse_split_size("4G"), parse_split_size("123")) == (
         500 * 1000**2, 4 * 1000**3, 123)
-    with pytest.raises(OptionError, match="--split-max-size 'lots'"):
+    with pytest.raises(OptionError, match="shard size 'lots' is not a size"):
         parse_split_size("lots")
     with pytest.raises(FormatError, match="expert_count"):
         plan_relayout(moe_gguf(tmp_path / "m.gguf", layout="stacked", expert_count=3),

@@ -49,26 +49,30 @@ def test_fit_column_fills_after_a_scan(window: MainWindow) -> None:
     assert "weights" in tooltip and "KV" in tooltip and "at 4,096 tokens" in tooltip
 
 
-def test_custom_target_updates_table_and_tab(qtbot, window: MainWindow, quants: Path) -> None:
+def test_custom_target_updates_the_tab_not_the_table(qtbot, window: MainWindow,
+                                                      quants: Path) -> None:
     assert window.select_model_path(quants / "tiny-llama-Q4_K_M.gguf")
     settle(qtbot, window)
+    table_before = fit_texts(window)
     tab = window.details.fit
     tab.target_box.setCurrentIndex(tab.target_box.findData("custom"))
     tab.vram.setValue(24)
     tab.ram.setValue(64)
     settle(qtbot, window)
-    assert set(fit_texts(window).values()) == {"GPU"}
+    # the table stays judged for this machine (no GPU here); the "what if" is the tab's alone
+    assert fit_texts(window) == table_before
     assert tab.verdict.text().count("fits on GPU") == 1
     labels = [tab.quants.topLevelItem(i).text(1) for i in range(tab.quants.topLevelItemCount())]
     existing = [label for label in labels if not label.endswith("(convert)")]
     assert existing == ["Q4_K_M (keep this file)", "tiny-llama-F32", "tiny-llama-Q8_0"]
     assert "Q2_K (convert)" in labels  # requantizing below the source's Q4_K_M is offered
     assert tab.quants.topLevelItem(0).text(0) == "★"  # the file as it is fits: keep it
-    assert window.settings.fit_parameters() == ("custom", 24.0, 64.0, 4096)
-    # a tiny GPU: nothing fits on it, so the table turns to RAM (or partial) badges
+    assert window.settings.fit_parameters()[0] == "machine"  # a "what if" is not remembered
+    # a tiny GPU: the tab no longer says it fits on the GPU; the table is unchanged
     tab.vram.setValue(0.5)
     settle(qtbot, window)
-    assert "GPU" not in fit_texts(window).values()
+    assert "fits on GPU" not in tab.verdict.text()
+    assert fit_texts(window) == table_before
 
 
 def test_context_slider_and_select_action(qtbot, window: MainWindow, quants: Path) -> None:

@@ -13,7 +13,7 @@ from gguf import GGUFValueType
 
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.plan import ConversionPlan, TensorPlan
-from app.core.errors import OptionError
+from app.core.errors import OptionError, OptionFact
 from app.core.formats.gguf_model import split_shard_info
 
 # gguf-split's units: decimal, M and G.
@@ -27,7 +27,8 @@ def parse_split_size(text: str) -> int:
     """`--split-max-size`: bytes, or a number with K, M or G (decimal, as gguf-split reads)."""
     match = _SIZE.match(str(text))
     if not match or float(match[1]) <= 0:
-        raise OptionError(f"--split-max-size {text!r}: give a size such as 500M or 4G")
+        raise OptionError(f"the shard size {text!r} is not a size such as 500M or 4G",
+                          option=OptionFact("split_max_size"))
     return int(float(match[1]) * _UNITS[match[2].upper()])
 
 

@@ -159,7 +159,8 @@ def _dispatch(model: ModelInfo, path: Path, out_type: str, to: OutputFormat, dev
         return plan_gguf_to_gguf(model, path, out_type, dev, overwrite, keep_type, pure,
                                  type_overrides)
     if type_overrides:
-        raise OptionError("per-tensor types apply to GGUF output only, not --to hf")
+        raise OptionError("per-tensor types apply to GGUF output only, not to a Hugging Face "
+                          "folder", option=OptionFact("tensor_types"))
     from app.core.convert.plan_gguf_hf import plan_gguf_to_hf
 
     return plan_gguf_to_hf(model, path, out_type, dev, overwrite, require_tokenizer)

@@ -29,7 +29,7 @@ from app.core.convert.job import ConvertResult, check_disk, execute_plan
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 from app.core.convert.planner import resolve_target
 from app.core.convert.sizing import element_bytes
-from app.core.errors import BadInputError, FormatError, OptionError, UnsupportedError
+from app.core.errors import BadInputError, FormatError, OptionError, OptionFact, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry, read_gguf_header
 from app.core.formats.gguf_model import (
     GGUF_EXPERT_LAYOUTS,
@@ -301,7 +301,8 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
     from app.core.convert.plan_gguf import main_header, read_headers
 
     if experts not in LAYOUTS:
-        raise OptionError(f"--experts {experts!r}: choose stacked or split")
+        raise OptionError(f"expert layout {experts!r} is not stacked or split",
+                          option=OptionFact("experts"))
     layout: ExpertsLayout = "stacked" if experts == "stacked" else "split"
     model = source if isinstance(source, ModelInfo) else inspect_path(source)
     # A mix of layouts is fatal for loading, and exactly what a relayout repairs.

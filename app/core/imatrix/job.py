@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.core.errors import BadInputError, OptionError, UnsupportedError
+from app.core.errors import BadInputError, OptionError, OptionFact, UnsupportedError
 from app.core.jobs import ProgressUnit, Reporter, atomic_output, check_cancel
 
 DEFAULT_CHUNK_SIZE = 512  # llama-imatrix's default context
@@ -47,9 +47,11 @@ class ImatrixRequest:
 
         if self.chunk_size < 16:
             # llama-imatrix ignores batches of fewer than 16 tokens.
-            raise OptionError(f"--chunk-size {self.chunk_size}: use at least 16 tokens")
+            raise OptionError(f"chunks of {self.chunk_size} tokens are too short: use at least 16",
+                              option=OptionFact("chunk_size"))
         if self.max_chunks is not None and self.max_chunks < 1:
-            raise OptionError(f"--chunks {self.max_chunks}: use at least 1")
+            raise OptionError(f"{self.max_chunks} chunks: use at least 1",
+                              option=OptionFact("max_chunks"))
         info = inspect_path(self.source)
         if info.format != "hf":
             raise UnsupportedError("an importance matrix is computed from a Hugging Face "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from app.core.errors import OptionError
+from app.core.errors import OptionError, OptionFact
 from app.core.quant.types import WRITABLE_TYPES, QuantType, get_type
 
 # Writable types in the order llama-quantize's help lists its own, for messages.
@@ -20,12 +20,14 @@ def valid_override_types() -> list[str]:
 
 
 def parse_override_type(value: str, option: str) -> QuantType:
+    """`option` names the request's field the value came from (`tensor_types`, ...)."""
     """A type name as llama-quantize's parse_ggml_type takes it (any case); only types
     Modelyard can write."""
     name = str(value).strip().upper()
     if name not in WRITABLE_TYPES:
-        raise OptionError(f"{option}: unknown or unwritable tensor type {value!r}",
-                          hint=f"valid types: {', '.join(valid_override_types())}")
+        raise OptionError(f"unknown or unwritable tensor type {value!r}",
+                          hint=f"valid types: {', '.join(valid_override_types())}",
+                          option=OptionFact(option))
     return get_type(name)
 
 
@@ -43,16 +45,17 @@ def parse_tensor_type(option: str) -> TensorTypeRule:
     tensor's GGUF name (std::regex_search in llama-quantize)."""
     pattern, sep, type_name = str(option).partition("=")
     if not sep or not pattern or not type_name:
-        raise OptionError(f"--tensor-type {option!r} is not PATTERN=TYPE",
+        raise OptionError(f"per-tensor type {option!r} is not PATTERN=TYPE",
+                          option=OptionFact("tensor_types"),
                           hint="e.g. attn_v=Q8_0 or 'blk\\.[0-3]\\.ffn_down=Q6_K'; valid "
                                f"types: {', '.join(valid_override_types())}")
     pattern = pattern.lower()
     try:
         re.compile(pattern)
     except re.error as exc:
-        raise OptionError(f"--tensor-type {option!r}: {pattern!r} is not a valid regular "
-                          f"expression ({exc})") from None
-    return TensorTypeRule(pattern, parse_override_type(type_name, "--tensor-type"))
+        raise OptionError(f"per-tensor type {option!r}: {pattern!r} is not a valid regular "
+                          f"expression ({exc})", option=OptionFact("tensor_types")) from None
+    return TensorTypeRule(pattern, parse_override_type(type_name, "tensor_types"))
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,8 @@ class TypeOverrides:
     def parse(cls, tensor_types: list[str] | tuple[str, ...] = (), output: str | None = None,
               token_embedding: str | None = None) -> TypeOverrides:
         return cls(tuple(parse_tensor_type(t) for t in tensor_types),
-                   parse_override_type(output, "--output-tensor-type") if output else None,
-                   parse_override_type(token_embedding, "--token-embedding-type")
+                   parse_override_type(output, "output_tensor_type") if output else None,
+                   parse_override_type(token_embedding, "token_embedding_type")
                    if token_embedding else None)
 
     def __bool__(self) -> bool:

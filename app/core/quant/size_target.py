@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from app.core.errors import OptionError
+from app.core.errors import OptionError, OptionFact
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -25,11 +25,12 @@ def parse_size(text: str) -> int:
     """`4.2GiB`, `900MB`, `1500000000` → bytes."""
     match = _SIZE.match(str(text))
     if not match:
-        raise OptionError(f"--target-size {text!r} is not a size",
+        raise OptionError(f"target size {text!r} is not a size", option=OptionFact("target_size"),
                           hint="write it like 4.2GiB, 900MiB or 4GB")
     value = float(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
     if value < 1:
-        raise OptionError(f"--target-size {text!r} must be positive")
+        raise OptionError(f"target size {text!r} must be positive",
+                          option=OptionFact("target_size"))
     return int(value)
 
 
