@@ -118,7 +118,7 @@ class MainWindow(QMainWindow):
         splitter.setStretchFactor(1, 3)
         splitter.setStretchFactor(2, 2)
         splitter.setChildrenCollapsible(False)
-        splitter.setSizes([160, 660, 460])
+        splitter.setSizes([190, 630, 460])
         self.setCentralWidget(splitter)
         self.splitter = splitter
 
@@ -182,7 +182,7 @@ class MainWindow(QMainWindow):
         self.convert_action.setToolTip("Convert the selected model (Ctrl+Shift+C)")
         self.convert_action.triggered.connect(self.convert_selected)
         self.convert_action.setEnabled(False)
-        self.merge_action = QAction(action_icon("convert"), "Merge…", self)
+        self.merge_action = QAction(action_icon("merge"), "Merge…", self)
         self.merge_action.setShortcut(QKeySequence("Ctrl+M"))
         self.merge_action.setToolTip("Merge models: linear, SLERP, TIES, DARE, LoRA (Ctrl+M)")
         self.merge_action.triggered.connect(self.merge_selected)
