@@ -97,9 +97,9 @@ def test_full_disk_during_write_fails_cleanly(tiny_models: dict[str, Path], tmp_
 
 def test_no_disk_space_is_refused_before_writing(tiny_models: dict[str, Path], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.core.convert import job
+    from app.core import resource_checks
 
-    monkeypatch.setattr(job, "probe_disk",
+    monkeypatch.setattr(resource_checks, "probe_disk",
                         lambda path: DiskInfo(Path(path), 10**9, 1000))
     plan = plan_conversion(tiny_models["llama"], tmp_path / "x.gguf", out_type="F16")
     with pytest.raises(InsufficientResourcesError, match="not enough disk space") as caught:

@@ -13,14 +13,11 @@ from typing import ClassVar
 from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entry
 from app.core.convert.plan import ConversionPlan, OutputFormat
 from app.core.convert.planner import plan_conversion
-from app.core.errors import InsufficientResourcesError, OptionError, OptionFact
+from app.core.errors import OptionError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import ProgressUnit, Reporter, atomic_output, check_cancel
 from app.core.quant.overrides import TypeOverrides
-from app.core.resources import probe_disk
-
-# Room left on the disk beyond the output: file systems misbehave when completely full.
-DISK_MARGIN = 64 * 1024 * 1024
+from app.core.resource_checks import require_disk, require_memory
 
 
 @dataclass(frozen=True)
@@ -47,37 +44,11 @@ def check_resources(plan: ConversionPlan, *, memory: bool = True) -> None:
 
 
 def check_disk(plan: ConversionPlan) -> None:
-    disk = probe_disk(plan.target.parent)
-    needed = plan.output_bytes + DISK_MARGIN
-    if disk.free_bytes < needed:
-        raise InsufficientResourcesError(
-            f"not enough disk space: the output needs {format_bytes(needed)}, "
-            f"{format_bytes(disk.free_bytes)} is free", needed_bytes=needed,
-            available_bytes=disk.free_bytes, path=plan.target.parent,
-            hint="free some space or choose another output folder")
+    require_disk(plan.target.parent, plan.output_bytes)
 
 
 def check_memory(plan: ConversionPlan) -> None:
-    if plan.device.startswith("cuda"):
-        import torch
-
-        free, _total = torch.cuda.mem_get_info(torch.device(plan.device))
-        needed = plan.estimated_peak_vram_bytes
-        if free < needed:
-            raise InsufficientResourcesError(
-                f"not enough free VRAM: the job needs about {format_bytes(needed)}, "
-                f"{format_bytes(free)} is free", needed_bytes=needed, available_bytes=free,
-                hint="close other GPU programs, or convert on the CPU",
-                option=OptionFact("device", "cpu"))
-    import psutil
-
-    available = int(psutil.virtual_memory().available)
-    needed = plan.estimated_peak_ram_bytes
-    if available < needed:
-        raise InsufficientResourcesError(
-            f"not enough free RAM: the job needs about {format_bytes(needed)}, "
-            f"{format_bytes(available)} is available", needed_bytes=needed,
-            available_bytes=available, hint="close other programs and try again")
+    require_memory(plan.device, plan.estimated_peak_ram_bytes, plan.estimated_peak_vram_bytes)
 
 
 def _gguf_entries(plan: ConversionPlan) -> tuple[MetaEntry, ...]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.errors import InsufficientResourcesError, OptionError
-from app.core.formats.model_info import format_bytes
+from app.core.errors import OptionError
 from app.core.jobs import ProgressUnit, Reporter
 from app.core.merge.config import MergeConfig, parse_config, read_config
 from app.core.merge.plan import MergePlan
-from app.core.resources import probe_disk
+from app.core.resource_checks import require_disk, require_memory
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
 # Room left on the disk beyond the output: file systems misbehave when completely full.
-DISK_MARGIN = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,30 +69,8 @@ class MergeRequest:
 
 
 def check_resources(plan: MergePlan) -> None:
-    disk = probe_disk(plan.target.parent)
-    needed = plan.output_bytes + DISK_MARGIN
-    if disk.free_bytes < needed:
-        raise InsufficientResourcesError(
-            f"not enough disk space: the merge needs {format_bytes(needed)}, "
-            f"{format_bytes(disk.free_bytes)} is free", needed_bytes=needed,
-            available_bytes=disk.free_bytes, path=plan.target.parent,
-            hint="free some space or choose another output folder")
-    import psutil
+    require_disk(plan.target.parent, plan.output_bytes, "the merge")
+    # The merge's peak is on the device it computes on.
+    on_gpu, peak = plan.device.startswith("cuda"), plan.estimated_peak_bytes
+    require_memory(plan.device, 0 if on_gpu else peak, peak if on_gpu else 0, "the merge")
 
-    if plan.device == "cuda":
-        import torch
-
-        free, _total = torch.cuda.mem_get_info()
-        if free < plan.estimated_peak_bytes:
-            raise InsufficientResourcesError(
-                f"not enough free VRAM: the merge needs about "
-                f"{format_bytes(plan.estimated_peak_bytes)}, {format_bytes(free)} is free",
-                needed_bytes=plan.estimated_peak_bytes, available_bytes=int(free))
-        return
-    available = int(psutil.virtual_memory().available)
-    if available < plan.estimated_peak_bytes:
-        raise InsufficientResourcesError(
-            f"not enough free RAM: the merge needs about "
-            f"{format_bytes(plan.estimated_peak_bytes)}, {format_bytes(available)} is "
-            "available", needed_bytes=plan.estimated_peak_bytes, available_bytes=available,
-            hint="close other programs and try again")
