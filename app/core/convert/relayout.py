@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from app.core.convert.gguf_shards import assign_by_size, shard_plans
 from app.core.convert.job import ConvertResult, check_disk, execute_plan
@@ -415,6 +415,8 @@ class RelayoutRequest:
     split_max_bytes: int | None = None  # shards of at most this size (None: as the input)
     check_memory: bool = True
     progress_unit: ProgressUnit = "bytes"
+    # Loads torch and whole tensors: a crash must not take the window with it.
+    runs_in_child_process: ClassVar[bool] = True
 
     @property
     def title(self) -> str:
@@ -438,6 +440,8 @@ class PlannedRelayout:
     title: str
     check_memory: bool = True
     progress_unit: ProgressUnit = "bytes"
+    # Loads torch and whole tensors: a crash must not take the window with it.
+    runs_in_child_process: ClassVar[bool] = True
 
     @classmethod
     def of(cls, request: RelayoutRequest, planned: RelayoutPlan) -> PlannedRelayout:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from app.core.errors import BadInputError, OptionError, OptionFact, UnsupportedError
 from app.core.jobs import ProgressUnit, Reporter, atomic_output, check_cancel
@@ -37,6 +37,8 @@ class ImatrixRequest:
     use_gpu: bool = True
     overwrite: bool = False
     progress_unit: ProgressUnit = "items"
+    # Loads torch and whole tensors: a crash must not take the window with it.
+    runs_in_child_process: ClassVar[bool] = True
 
     @property
     def title(self) -> str:

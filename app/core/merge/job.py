@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from app.core.errors import OptionError
 from app.core.jobs import ProgressUnit, Reporter
@@ -30,6 +31,8 @@ class MergeRequest:
     seed: int | None = None  # overrides the config's
     check_memory: bool = True
     progress_unit: ProgressUnit = "bytes"
+    # Loads torch and whole tensors: a crash must not take the window with it.
+    runs_in_child_process: ClassVar[bool] = True
 
     @property
     def title(self) -> str:
