@@ -249,6 +249,8 @@ class ComparePanel(_JobPanel):
         self.text_button = QPushButton("Bundled sample text")
         self.verdict = QLabel("Pick the reference this model came from, then Compare.")
         self.verdict.setWordWrap(True)
+        self.noise_floor = QLabel("")
+        self.noise_floor.setWordWrap(True)
         self.numbers: dict[str, QLabel] = {}
         grid = QGridLayout()
         labels = (("ppl_ref", "Perplexity, reference"), ("ppl_candidate", "Perplexity, this"),
@@ -271,6 +273,7 @@ class ComparePanel(_JobPanel):
         results = QGroupBox("Result")
         results_layout = QVBoxLayout(results)
         results_layout.addWidget(self.verdict)
+        results_layout.addWidget(self.noise_floor)
         results_layout.addLayout(grid)
         results_layout.addWidget(self.plot, 1)
         layout = QVBoxLayout(self)
@@ -332,6 +335,9 @@ class ComparePanel(_JobPanel):
 
     def show_result(self, value: CompareResult) -> None:
         self.verdict.setText(value.verdict)
+        self.noise_floor.setText(
+            f"Noise floor: KL {value.noise_floor:.0e} (reference in {value.reference_dtype}); "
+            "smaller differences cannot be resolved.")
         formats = {"ppl_ref": "{:.3f}", "ppl_candidate": "{:.3f}", "kl_mean": "{:.3g}",
                    "kl_p99": "{:.3g}", "top1_agreement": "{:.1%}", "n_tokens": "{:,}"}
         for key, label in self.numbers.items():

@@ -86,3 +86,18 @@ def test_doctor_names_the_dropped_tensors(qtbot, window: MainWindow) -> None:
     assert "model.layers.1.input_layernorm.weight" in texts
     assert "model.layers.1.self_attn.q_proj.weight" in texts
     assert problems.doctor_status.text().startswith("Doctor:")
+
+
+def test_compare_shows_the_noise_floor(qtbot, window: MainWindow) -> None:
+    from app.core.generate.compare import CompareResult
+
+    panel = window.details.test.compare
+    assert "Noise floor" not in panel.noise_floor.text()
+    panel.show_result(CompareResult(
+        ppl_ref=5.0, ppl_candidate=5.1, kl_mean=0.01, kl_p99=0.05, top1_agreement=0.97,
+        n_tokens=3, per_token_kl=(0.01, 0.02, 0.0), verdict="close", reference="a",
+        candidate="b", ref_backend="transformers", candidate_backend="llama.cpp",
+        text_source="sample", window_tokens=3, n_windows=1, peak_bytes=0,
+        reference_dtype="bfloat16", noise_floor=1e-3))
+    assert "KL 1e-03" in panel.noise_floor.text()
+    assert "bfloat16" in panel.noise_floor.text()
