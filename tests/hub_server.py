@@ -20,6 +20,8 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -461,3 +463,16 @@ def write_tiny_llama(folder: Path, n_layers: int = 2, hidden: int = 64, ffn: int
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {}, "weight_map": weight_map}))
     return folder
+
+
+@contextmanager
+def serving_standard_repos(root: Path, smollm2: Path) -> Iterator[HubServer]:
+    """A started test Hub holding `standard_repos`, stopped on exit."""
+    server = HubServer()
+    for repo in standard_repos(root, smollm2):
+        server.add(repo)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

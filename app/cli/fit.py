@@ -37,8 +37,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit.set_defaults(handler=cmd_fit)
 
 
-def _target(args: argparse.Namespace) -> Machine:
-    resources = probe_resources(args.path if args.path.exists() else None)
+def target_machine(args: argparse.Namespace, disk_path: Path | None = None) -> Machine:
+    """The machine `--vram`, `--ram` and `--cpu-only` describe: this one, or a custom one."""
+    resources = probe_resources(disk_path)
     if args.vram is not None or args.ram is not None:
         if args.cpu_only and args.vram is not None:
             raise OptionError("--cpu-only and --vram contradict each other")
@@ -70,7 +71,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if model.fatal_problems:
         # A corrupt or truncated file has no meaningful estimate: say what the reader found.
         raise FormatError(model.fatal_problems[0].text, path=model.path)
-    target = _target(args)
+    target = target_machine(args, args.path if args.path.exists() else None)
     report = fit_report(model, target, args.ctx, args.gpu_layers, siblings,
                         conversions=conversion_candidates(model),
                         cache_type=args.cache_type, flash_attention=args.flash_attn)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from app.cli.fit import target_machine
 from app.cli.output import print_json, render_table
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.errors import OptionError
-from app.core.estimate.verdict import DEFAULT_CONTEXT, Machine
+from app.core.estimate.verdict import DEFAULT_CONTEXT
 from app.core.formats.model_info import format_bytes, format_count
 from app.core.hub.download import DownloadRequest, DownloadResult, RepoDownloadRequest
 from app.core.hub.fit import RepoFilesRequest, RepoFit
 from app.core.hub.references import HubReference, parse_hub_reference
 from app.core.hub.search import LIBRARIES, SORT_KEYS, SearchQuery, search_models
-from app.core.resources import probe_resources
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -72,16 +72,6 @@ def _reference(text: str) -> HubReference:
     return reference
 
 
-def _target(args: argparse.Namespace) -> Machine:
-    resources = probe_resources(None)
-    if args.vram is not None or args.ram is not None:
-        if args.cpu_only and args.vram is not None:
-            raise OptionError("--cpu-only and --vram contradict each other")
-        custom = Machine.custom(args.vram, args.ram, resources)
-        return Machine(custom.name, custom.ram_bytes, () if args.cpu_only else custom.gpu_free)
-    return Machine.from_resources(resources, cpu_only=args.cpu_only)
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     if args.page < 1:
         raise OptionError(f"--page must be 1 or more, not {args.page}")
@@ -106,7 +96,7 @@ def cmd_files(args: argparse.Namespace) -> int:
     reference = _reference(args.repo)
     if args.ctx <= 0:
         raise OptionError(f"--ctx must be positive, not {args.ctx}")
-    request = RepoFilesRequest(reference.repo_id, _target(args), args.ctx,
+    request = RepoFilesRequest(reference.repo_id, target_machine(args), args.ctx,
                                args.revision or reference.revision,
                                read_headers=not args.no_headers)
     result = run_in_console(request, ConsoleReporter(verbose=args.verbose, unit="files"))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_server import GOOD_TOKEN, HubServer, standard_repos, use_test_hub
+from hub_server import GOOD_TOKEN, HubServer, serving_standard_repos, use_test_hub
 
 from app.core.errors import OptionError
 from app.core.estimate.verdict import Machine
@@ -26,12 +26,8 @@ GIB = 1 << 30
 
 @pytest.fixture(scope="module")
 def hub_files(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
-    server = HubServer()
-    for repo in standard_repos(tmp_path_factory.mktemp("hub-repos"), smollm2_gguf):
-        server.add(repo)
-    server.start()
-    yield server
-    server.stop()
+    with serving_standard_repos(tmp_path_factory.mktemp("hub-repos"), smollm2_gguf) as server:
+        yield server
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer, standard_repos
+from hub_server import HubServer, serving_standard_repos
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMOL = "acme/SmolLM2-135M-Instruct-GGUF"
@@ -19,12 +19,8 @@ SMOL = "acme/SmolLM2-135M-Instruct-GGUF"
 
 @pytest.fixture(scope="module")
 def hub(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
-    server = HubServer()
-    for repo in standard_repos(tmp_path_factory.mktemp("cli-hub"), smollm2_gguf):
-        server.add(repo)
-    server.start()
-    yield server
-    server.stop()
+    with serving_standard_repos(tmp_path_factory.mktemp("cli-hub"), smollm2_gguf) as server:
+        yield server
 
 
 def modelyard(hub: HubServer, tmp_path: Path, *args: str,

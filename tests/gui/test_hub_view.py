@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from gui_helpers import open_window, settle
-from hub_server import HubServer, standard_repos, use_test_hub
+from hub_server import HubServer, serving_standard_repos, use_test_hub
 from PySide6.QtCore import QMimeData, QPointF, Qt
 from PySide6.QtGui import QDropEvent
 
@@ -26,12 +26,8 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @pytest.fixture(scope="module")
 def served(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
-    server = HubServer()
-    for repo in standard_repos(tmp_path_factory.mktemp("gui-hub"), smollm2_gguf):
-        server.add(repo)
-    server.start()
-    yield server
-    server.stop()
+    with serving_standard_repos(tmp_path_factory.mktemp("gui-hub"), smollm2_gguf) as server:
+        yield server
 
 
 @pytest.fixture()

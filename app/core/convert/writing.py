@@ -9,7 +9,7 @@ import os
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -147,9 +147,18 @@ class GGUFSink(_StreamSink):
 SAFETENSORS_DTYPE = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
 
 
-def assign_shards(tensors: Sequence[TensorPlan], shard_bytes: int = SHARD_BYTES
-                  ) -> list[list[TensorPlan]]:
-    shards: list[list[TensorPlan]] = [[]]
+class _Sized(Protocol):
+    @property
+    def n_bytes(self) -> int: ...
+
+
+SizedT = TypeVar("SizedT", bound=_Sized)
+
+
+def assign_shards(tensors: Sequence[SizedT], shard_bytes: int = SHARD_BYTES
+                  ) -> list[list[SizedT]]:
+    """Tensors in order, a new shard whenever the next one would pass `shard_bytes`."""
+    shards: list[list[SizedT]] = [[]]
     size = 0
     for tensor in tensors:
         if shards[-1] and size + tensor.n_bytes > shard_bytes:

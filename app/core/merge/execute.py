@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from app.core.convert.reading import TORCH_DTYPES
 from app.core.convert.writing import disk_error
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter, atomic_output, check_cancel
@@ -21,7 +22,7 @@ from app.core.merge.chunked import merge_into
 from app.core.merge.job import check_resources
 from app.core.merge.plan import MergePlan, TensorAction
 from app.core.merge.sources import ModelSource
-from app.core.merge.writer import OUT_TORCH_DTYPES, ShardWriter, encode
+from app.core.merge.writer import ShardWriter, encode
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
@@ -79,7 +80,7 @@ def merge_tensor(plan: MergePlan, action: TensorAction, device: torch.device) ->
     tensors = [assemble(plan.models[ref.model], action.layout, ref.layer, device).reshape(-1)
                for ref in action.inputs]
     method = "passthrough" if action.action == "copied" else plan.config.merge_method
-    out = torch.empty(action.n_elements, dtype=OUT_TORCH_DTYPES[action.dtype], device=device)
+    out = torch.empty(action.n_elements, dtype=TORCH_DTYPES[action.dtype], device=device)
     merge_into(method, tensors, action.params, out)
     return out.reshape(action.shape)
 

@@ -15,44 +15,25 @@ from typing import BinaryIO
 
 import torch
 
-from app.core.convert.writing import disk_error
+from app.core.convert.reading import TORCH_DTYPES
+from app.core.convert.writing import assign_shards, disk_error, shard_names
 from app.core.errors import JobError
 from app.core.merge.plan import TensorAction
 
 INDEX_FILE = "model.safetensors.index.json"
-OUT_TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-def shard_file_names(count: int) -> list[str]:
-    if count == 1:
-        return ["model.safetensors"]
-    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
-
-
-def split_into_shards(actions: Sequence[TensorAction], shard_bytes: int
-                      ) -> list[list[TensorAction]]:
-    shards: list[list[TensorAction]] = [[]]
-    size = 0
-    for action in actions:
-        if shards[-1] and size + action.n_bytes > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(action)
-        size += action.n_bytes
-    return shards
 
 
 def encode(tensor: torch.Tensor, dtype: str) -> bytes:
     """A float32 result as the bytes of `dtype`, little-endian, on the CPU."""
-    out = tensor.to(OUT_TORCH_DTYPES[dtype]).contiguous().reshape(-1).cpu()
+    out = tensor.to(TORCH_DTYPES[dtype]).contiguous().reshape(-1).cpu()
     return out.view(torch.uint8).numpy().tobytes()
 
 
 class ShardWriter:
     def __init__(self, folder: Path, actions: Sequence[TensorAction], shard_bytes: int) -> None:
         self.folder = folder
-        self.shards = split_into_shards(actions, shard_bytes)
-        self.names = shard_file_names(len(self.shards))
+        self.shards = assign_shards(actions, shard_bytes)
+        self.names = shard_names(len(self.shards))
         self._shard_of = {a.name: i for i, shard in enumerate(self.shards) for a in shard}
         self._open = -1
         self._handle: BinaryIO | None = None
