@@ -7,7 +7,7 @@ from pathlib import Path
 
 from app.core.errors import InsufficientResourcesError, OptionFact
 from app.core.formats.model_info import format_bytes
-from app.core.resources import probe_disk
+from app.core.resources import probe_disk, probe_gpus
 
 # Room left on the disk beyond the output: file systems misbehave when completely full.
 DISK_MARGIN = 64 * 1024 * 1024
@@ -25,11 +25,15 @@ def require_disk(folder: Path, output_bytes: int, what: str = "the output") -> N
 
 
 def require_memory(device: str, ram_bytes: int, vram_bytes: int, what: str = "the job") -> None:
-    """VRAM on a CUDA device (`cuda`, `cuda:N`), then RAM, against what is free now."""
-    if device.startswith("cuda"):
-        import torch
+    """VRAM on a CUDA device (`cuda`, `cuda:N`), then RAM, against what is free now.
 
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
+    Free VRAM comes from the driver (NVML), not torch: the window checks plans too, and must
+    not load torch or create a CUDA context."""
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        gpus, _problem = probe_gpus()
+        gpu = next((g for g in gpus if g.index == index), None)
+        free = gpu.free_bytes if gpu is not None else 0
         if free < vram_bytes:
             raise InsufficientResourcesError(
                 f"not enough free VRAM: {what} needs about {format_bytes(vram_bytes)}, "
