@@ -42,6 +42,9 @@ path, ctx = sys.argv[1].encode(), int(sys.argv[2])
 L.llama_backend_init()
 params = L.llama_model_default_params()
 params.n_gpu_layers = 0
+# As Modelyard's open_llama: on AMX CPUs llama.cpp's extra buffer types crash quantized models.
+if any(line.startswith("flags") and " amx_tile" in line for line in open("/proc/cpuinfo")):
+    params.use_extra_bufts = False
 model = L.llama_model_load_from_file(path, params)
 cparams = L.llama_context_default_params()
 cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = ctx, 512, 512
