@@ -16,6 +16,7 @@ from app.core.errors import word_option
 from app.core.formats.model_info import format_bytes
 from app.core.generate.compare import CompareRequest, CompareResult
 from app.core.generate.compare_metrics import percent_floor
+from app.core.generate.compare_severity import severity_legend
 from app.core.generate.doctor import DoctorReport, DoctorRequest
 from app.core.generate.request import GenerateRequest, GenerateResult
 from app.core.jobs import LogLevel
@@ -68,7 +69,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     compare = commands.add_parser(
         "compare", help="perplexity, KL divergence and top-1 agreement of a candidate "
-                        "against its reference")
+                        "against its reference",
+        epilog="severity: " + "; ".join(f"{name}: {rule}" for name, rule in severity_legend()))
     compare.add_argument("reference", type=Path, metavar="REF")
     compare.add_argument("candidate", type=Path, metavar="CANDIDATE")
     compare.add_argument("--text", type=Path, metavar="FILE",
@@ -190,6 +192,9 @@ def print_compare_result(value: CompareResult) -> None:
     ]
     for key, text in rows:
         print(f"{key:<16} {text}")
+    print(f"{'severity':<16} {value.severity}")
+    for name, rule in severity_legend():
+        print(f"{'':<16}   {name:<18} {rule}")
     for note in value.notes:
         print(f"note: {note}")
     print(value.verdict)

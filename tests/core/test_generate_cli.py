@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from app.core.generate.compare import CompareResult
+from app.core.generate.compare_severity import SEVERITIES
 from factories import drop_tensors
 
 needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
@@ -55,11 +57,27 @@ def test_compare_json_keys(tiny_models: dict[str, Path], tiny_llama_ggufs: dict[
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     for key in ("ppl_ref", "ppl_candidate", "kl_mean", "kl_p99", "top1_agreement", "n_tokens",
-                "per_token_kl", "verdict"):
+                "per_token_kl", "verdict", "severity"):
         assert key in data
+    assert data["severity"] in SEVERITIES
     assert len(data["per_token_kl"]) == data["n_tokens"] > 100
     assert data["text_source"] == str(text)
     assert data["verdict"].startswith("Q8_0 keeps")
+
+
+def test_compare_text_prints_the_severity_and_its_thresholds(capsys) -> None:  # type: ignore[no-untyped-def]
+    from app.cli.generate import print_compare_result
+
+    print_compare_result(CompareResult(
+        ppl_ref=10.0, ppl_candidate=11.0, kl_mean=0.3, kl_p99=1.0, top1_agreement=0.7,
+        n_tokens=2, per_token_kl=(0.2, 0.4), verdict="Q2_K keeps 70 % …", reference="a",
+        candidate="b", ref_backend="transformers", candidate_backend="llama.cpp",
+        text_source="t", window_tokens=512, n_windows=1, peak_bytes=1, noise_floor=3e-3))
+    lines = capsys.readouterr().out.splitlines()
+    assert "severity         degraded" in lines
+    legend = [line.split() for line in lines if line.startswith(" " * 16)]
+    assert [words[0] for words in legend] == list(SEVERITIES)
+    assert any("0.05" in line and "90%" in line for line in lines)
 
 
 def test_doctor_names_missing_tensors_and_exits_2(tiny_models: dict[str, Path],

@@ -34,6 +34,7 @@ from app.core.generate.compare_metrics import (
     plan_windows,
     verdict,
 )
+from app.core.generate.compare_severity import Severity, severity_of
 from app.core.generate.loader import BackendChoice, choose_backend, open_model, open_tokenizer
 from app.core.generate.memory import PeakMemory
 from app.core.jobs import ProgressUnit, Reporter, check_cancel
@@ -71,8 +72,14 @@ class CompareResult:
     reference_dtype: str = "auto"  # what the reference was computed in ("auto": its runtime's)
     noise_floor: float = 0.0  # the smallest mean KL this comparison can tell from zero
 
+    @property
+    def severity(self) -> Severity:
+        """The verdict's category, from the thresholds in compare_severity.py."""
+        return severity_of(self.kl_mean, self.top1_agreement, self.noise_floor)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data["severity"] = self.severity
         data["per_token_kl"] = list(self.per_token_kl)
         data["notes"] = list(self.notes)
         return data

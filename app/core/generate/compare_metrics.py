@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.core.generate.compare_severity import severity_words
+
 
 @dataclass(frozen=True)
 class Window:
@@ -84,22 +86,7 @@ def percent_floor(fraction: float) -> str:
     return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
 
 
-def quality_words(kl_mean: float) -> str:
-    # Rough bands from llama.cpp's KL tables: Q8_0/Q6_K sit below 0.005, Q4/Q5 K-quants
-    # around 0.01-0.05, 3-bit and 2-bit quants well above.
-    if kl_mean < 0.005:
-        return "practically lossless"
-    if kl_mean < 0.05:
-        return "close to the reference"
-    if kl_mean < 0.2:
-        return "noticeably degraded"
-    return "heavily degraded"
-
-
 def verdict(label: str, kl_mean: float, top1: float, floor: float | None = None) -> str:
-    words = quality_words(kl_mean)
-    if floor is not None and kl_mean <= floor:
-        words = (f"indistinguishable from the reference at this comparison's resolution "
-                 f"(noise floor KL {floor:.0e})")
+    words = severity_words(kl_mean, top1, floor)
     return (f"{label} keeps {percent_floor(top1)} % top-1 agreement with the reference "
             f"(mean KL {kl_mean:.4f}): {words}")
