@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QPointF, Qt, Signal
-from PySide6.QtGui import QColor, QPainter, QPainterPath, QPaintEvent, QTextCursor
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
-    QSizePolicy,
     QSpinBox,
     QTabWidget,
     QVBoxLayout,
@@ -32,11 +31,18 @@ from PySide6.QtWidgets import (
 
 from app.core.formats.model_info import ModelInfo, format_bytes
 from app.core.generate.compare import CompareRequest, CompareResult
+from app.core.generate.compare_severity import Severity
 from app.core.generate.request import GenerateRequest, GenerateResult
 from app.core.jobs import JobResult
+from app.gui.fit_badge import COLORS
+from app.gui.kl_plot import KLPlot
 from app.gui.worker import JobQueue
 
 DEFAULT_PROMPT = "What is the capital of France?"
+# The fit badges' meanings carry over: green is fine, amber is a compromise, red is trouble.
+SEVERITY_COLORS: dict[Severity, str] = {
+    "indistinguishable": COLORS["gpu"], "minor": COLORS["gpu"],
+    "noticeable": COLORS["partial"], "degraded": COLORS["none"]}
 # Before a job starts its models are checked against this machine: the gate calls `proceed`
 # with the request to start, or None when the user decides not to.
 Gate = Callable[[Any, list[ModelInfo], Callable[[Any], None]], None]
@@ -49,46 +55,6 @@ class TextRelay(QObject):
 
     def emit_text(self, piece: str) -> None:
         self.text.emit(piece)
-
-
-class KLPlot(QWidget):
-    """Per-token KL divergence of the candidate from the reference, one bar per token."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.values: tuple[float, ...] = ()
-        self.setMinimumHeight(120)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-
-    def set_values(self, values: tuple[float, ...]) -> None:
-        self.values = values
-        top = max(values, default=0.0)
-        self.setToolTip(f"{len(values)} tokens; highest KL {top:.4g}" if values else "")
-        self.update()
-
-    def paintEvent(self, event: QPaintEvent) -> None:
-        painter = QPainter(self)
-        painter.fillRect(self.rect(), self.palette().base())
-        if not self.values:
-            painter.setPen(self.palette().placeholderText().color())
-            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
-                             "per-token KL appears here")
-            return
-        rect = self.rect().adjusted(4, 4, -4, -16)
-        top = max(max(self.values), 1e-12)
-        path = QPainterPath(QPointF(rect.left(), rect.bottom()))
-        step = rect.width() / max(len(self.values) - 1, 1)
-        for index, value in enumerate(self.values):
-            path.lineTo(rect.left() + index * step, rect.bottom() - rect.height() * value / top)
-        path.lineTo(rect.right(), rect.bottom())
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        painter.fillPath(path, QColor(214, 69, 65, 90))
-        painter.setPen(QColor("#d64541"))
-        painter.drawPath(path)
-        painter.setPen(self.palette().text().color())
-        painter.drawText(self.rect().adjusted(6, 0, -6, 0),
-                         Qt.AlignmentFlag.AlignBottom | Qt.AlignmentFlag.AlignLeft,
-                         f"token 1 … {len(self.values)}   max KL {top:.3g}")
 
 
 def no_gate(request: Any, models: list[ModelInfo], proceed: Callable[[Any], None]) -> None:
@@ -249,6 +215,9 @@ class ComparePanel(_JobPanel):
         self.text_button = QPushButton("Bundled sample text")
         self.verdict = QLabel("Pick the reference this model came from, then Compare.")
         self.verdict.setWordWrap(True)
+        self.severity = QLabel()
+        self.severity.setObjectName("severity")
+        self.severity.hide()
         self.noise_floor = QLabel("")
         self.noise_floor.setWordWrap(True)
         self.numbers: dict[str, QLabel] = {}
@@ -272,7 +241,10 @@ class ComparePanel(_JobPanel):
         buttons.addWidget(self.stop_button)
         results = QGroupBox("Result")
         results_layout = QVBoxLayout(results)
-        results_layout.addWidget(self.verdict)
+        verdict_row = QHBoxLayout()
+        verdict_row.addWidget(self.severity, 0, Qt.AlignmentFlag.AlignTop)
+        verdict_row.addWidget(self.verdict, 1)
+        results_layout.addLayout(verdict_row)
         results_layout.addWidget(self.noise_floor)
         results_layout.addLayout(grid)
         results_layout.addWidget(self.plot, 1)
@@ -328,12 +300,22 @@ class ComparePanel(_JobPanel):
         self.launch(request, models)
 
     def started(self) -> None:
+        self.severity.hide()
         self.verdict.setText("comparing… (the reference runs first, then this model)")
 
     def show_status(self, text: str) -> None:
+        self.severity.hide()
         self.verdict.setText(text)
 
+    def show_severity(self, severity: Severity) -> None:
+        self.severity.setText(severity)
+        self.severity.setStyleSheet(
+            f"QLabel#severity {{ background: {SEVERITY_COLORS[severity]}; color: white; "
+            "border-radius: 8px; padding: 1px 8px; font-weight: bold; }")
+        self.severity.show()
+
     def show_result(self, value: CompareResult) -> None:
+        self.show_severity(value.severity)
         self.verdict.setText(value.verdict)
         self.noise_floor.setText(
             f"Noise floor: KL {value.noise_floor:.0e} (reference in {value.reference_dtype}); "
@@ -342,7 +324,7 @@ class ComparePanel(_JobPanel):
                    "kl_p99": "{:.3g}", "top1_agreement": "{:.1%}", "n_tokens": "{:,}"}
         for key, label in self.numbers.items():
             label.setText(formats[key].format(getattr(value, key)))
-        self.plot.set_values(value.per_token_kl)
+        self.plot.set_values(value.per_token_kl, value.noise_floor)
 
 
 class TestTab(QTabWidget):
