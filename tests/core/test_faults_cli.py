@@ -61,8 +61,11 @@ def test_scan_lists_leftover_parts_as_incomplete_outputs(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert [m["name"] for m in data["models"]] == ["good"]
-    assert data["incomplete"] == [{"path": str(tmp_path / "half.gguf.part"), "bytes": 100},
-                                  {"path": str(tmp_path / "hf-out.part"), "bytes": 2}]
+    assert [{k: v for k, v in i.items() if k != "modified"} for i in data["incomplete"]] == [
+        {"path": str(tmp_path / "half.gguf.part"), "bytes": 100},
+        {"path": str(tmp_path / "hf-out.part"), "bytes": 2}]
+    written = (tmp_path / "half.gguf.part").stat().st_mtime
+    assert data["incomplete"][0]["modified"] == written
     text = run_cli("scan", str(tmp_path), "--no-hf-cache", cwd=tmp_path).stdout
     assert f"{tmp_path / 'half.gguf.part'} (100 B): incomplete output" in text
 

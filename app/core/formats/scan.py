@@ -17,7 +17,7 @@ from app.core.formats.gguf_header import has_gguf_magic
 from app.core.formats.gguf_model import describe_gguf, group_gguf_files, split_shard_info
 from app.core.formats.hf_model import describe_hf_folder, looks_like_hf_folder
 from app.core.formats.model_info import ModelInfo, Problem, broken_model
-from app.core.jobs import NullReporter, ProgressUnit, Reporter, check_cancel
+from app.core.jobs import NullReporter, ProgressUnit, Reporter, check_cancel, remove_output
 
 MAX_DEPTH = 12
 
@@ -40,9 +40,10 @@ class IncompleteOutput:
 
     path: Path
     size_bytes: int
+    modified: float = 0.0  # when it was last written to (seconds since the epoch; 0: unknown)
 
     def to_json(self) -> dict[str, object]:
-        return {"path": str(self.path), "bytes": self.size_bytes}
+        return {"path": str(self.path), "bytes": self.size_bytes, "modified": self.modified}
 
 
 INCOMPLETE_TEXT = ("incomplete output: a job stopped while writing it; it is safe to delete, "
@@ -57,13 +58,37 @@ def is_incomplete_output(path: Path, is_dir: bool) -> bool:
     return is_dir or Path(path.stem).suffix in (".gguf", ".safetensors", ".dat")
 
 
-def _tree_size(path: Path) -> int:
+def incomplete_output_at(path: Path) -> IncompleteOutput:
+    """The leftover at `path` with its size and the time it was last written to (for a
+    folder, its newest file's)."""
     try:
         if not path.is_dir():
-            return path.stat().st_size
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            stat = path.stat()
+            return IncompleteOutput(path, stat.st_size, stat.st_mtime)
+        stats = [p.stat() for p in path.rglob("*") if p.is_file()]
+        newest = max((s.st_mtime for s in stats), default=path.stat().st_mtime)
+        return IncompleteOutput(path, sum(s.st_size for s in stats), newest)
     except OSError:
-        return 0
+        return IncompleteOutput(path, 0)
+
+
+def delete_incomplete_output(path: Path) -> int:
+    """Remove the leftover `.part` at `path` and nothing else; the bytes it freed.
+
+    Refuses a path that is not one (a finished model is never deleted through here), so a
+    stale list cannot turn a click into the loss of a model."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise BadInputError("is no longer there", path=path)
+    if not is_incomplete_output(path, path.is_dir()):
+        raise BadInputError("is not an incomplete output (NAME.gguf.part or a NAME.part "
+                            "folder); nothing was deleted", path=path)
+    freed = incomplete_output_at(path).size_bytes if not path.is_symlink() else 0
+    remove_output(path)
+    if os.path.lexists(path):
+        raise BadInputError("could not be deleted completely", path=path,
+                            hint="check the folder's permissions")
+    return freed
 
 
 @dataclass(frozen=True)
@@ -138,7 +163,7 @@ class _Walker:
                     self.problems.append(ScanProblem(path, _describe_error(exc)))
                 continue
             if is_incomplete_output(path, is_dir):
-                self.incomplete.append(IncompleteOutput(path, _tree_size(path)))
+                self.incomplete.append(incomplete_output_at(path))
             elif is_dir and not entry.name.startswith("."):
                 subdirs.append(path)
             elif is_file:
@@ -232,7 +257,7 @@ def scan_paths(paths: Iterable[str | Path], *, include_hf_cache: bool = False,
         if not os.path.lexists(path):
             walker.problems.append(ScanProblem(path, "does not exist"))
         elif is_incomplete_output(path, path.is_dir()):
-            walker.incomplete.append(IncompleteOutput(path, _tree_size(path)))
+            walker.incomplete.append(incomplete_output_at(path))
         elif path.is_dir():
             walker.walk(path)
         elif path.is_file():
