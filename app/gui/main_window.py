@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QSplitter,
     QStackedWidget,
     QToolBar,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -49,6 +50,7 @@ from app.gui.download_queue import DownloadQueue
 from app.gui.fit_controller import FitController, make_target
 from app.gui.fit_tab import TargetSpec
 from app.gui.hub_view import HubView, hub_reference_in
+from app.gui.incomplete_banner import IncompleteBanner, may_be_writing
 from app.gui.jobs_panel import JobsPanel, is_background_job, job_output, job_seconds
 from app.gui.menus import build_menus
 from app.gui.merge_dialog import MergeController
@@ -110,9 +112,19 @@ class MainWindow(QMainWindow):
         self.center = QStackedWidget()
         self.center.addWidget(self.table)
         self.center.addWidget(self.hub_view)
+        # Leftover .part outputs of stopped jobs, above whatever the centre shows.
+        self.leftovers = IncompleteBanner(self.background, self._part_in_use)
+        self.leftovers.deleted.connect(lambda key, _path: self.scan_source(key))
+        self.queue.job_added.connect(self.leftovers.refresh_busy)
+        self.queue.job_finished.connect(self.leftovers.refresh_busy)
+        middle = QWidget()
+        middle_layout = QVBoxLayout(middle)
+        middle_layout.setContentsMargins(0, 0, 0, 0)
+        middle_layout.addWidget(self.leftovers)
+        middle_layout.addWidget(self.center, 1)
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.sources)
-        splitter.addWidget(self.center)
+        splitter.addWidget(middle)
         splitter.addWidget(self.details)
         splitter.setStretchFactor(0, 0)
         splitter.setStretchFactor(1, 3)
@@ -255,6 +267,7 @@ class MainWindow(QMainWindow):
         self.settings.set_folders(folders)
         self.sources.set_folders(folders)
         self.table_model.remove_source(key)
+        self.leftovers.set_outputs(key, ())
 
     def rescan_all(self) -> None:
         for folder in self.settings.folders():
@@ -282,6 +295,11 @@ class MainWindow(QMainWindow):
         self._update_empty_reason()
         return job_id
 
+    def _part_in_use(self, part: Path) -> bool:
+        """Whether a job of this window that has not finished may be writing `part`."""
+        return any(may_be_writing(r.request, part) for r in self.queue.active()
+                   if not is_background_job(r))
+
     def _job_added(self, job_id: int) -> None:
         if not is_background_job(self.queue.jobs[job_id]):
             self.jobs_dock.show()
@@ -305,6 +323,7 @@ class MainWindow(QMainWindow):
         if result.status == "done":
             found: ScanResult = result.value
             self.table_model.set_source_models(key, found.models)
+            self.leftovers.set_outputs(key, found.incomplete)
             self.sources.set_count(key, len(found.models))
             self.fits.refresh_table()
             self.details.test.compare.set_references(self.table_model.models())

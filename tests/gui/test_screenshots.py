@@ -238,3 +238,15 @@ def test_compare_done(qtbot, settings: AppSettings, folder: Path,  # type: ignor
     settle(qtbot, window)
     save(window, "compare", tmp_path, size)
     assert problems_in(window) == []
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_models_view_with_incomplete_outputs(qtbot, settings: AppSettings, folder: Path,  # type: ignore[no-untyped-def]
+                                             tmp_path: Path, size: tuple[int, int]) -> None:
+    (folder / "tiny-llama-Q8_0.gguf.part").write_bytes(b"\0" * 300_000)
+    (folder / "tiny-merge.part").mkdir()
+    (folder / "tiny-merge.part" / "model.safetensors").write_bytes(b"\0" * 120_000)
+    window = sized(qtbot, settings, size, folder)
+    assert window.leftovers.isVisible() and len(window.leftovers.rows) == 2
+    save(window, "incomplete-outputs", tmp_path, size)
+    assert problems_in(window) == []
