@@ -13,6 +13,10 @@ from app.core.formats.model_info import ModelInfo, format_bytes, format_count
 from app.core.formats.scan import INCOMPLETE_TEXT, ScanRequest, ScanResult, inspect_path
 from app.core.resources import probe_resources
 
+# The JSON's `source` values as the table shows them.
+SOURCE_WORDS = {"folder": "folder", "hf-cache": "HF cache", "ollama": "Ollama",
+                "lmstudio": "LM Studio", "hub": "Hub"}
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     scan = commands.add_parser(
@@ -56,10 +60,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
                      "incomplete": [i.to_json() for i in found.incomplete]})
         return 0
     rows = [(m.name, m.format.upper(), m.architecture or "?", format_count(m.parameters),
-             m.quantization or "?", format_bytes(m.file_size), len(m.problems))
+             m.quantization or "?", format_bytes(m.file_size), len(m.problems),
+             SOURCE_WORDS.get(m.source, m.source))
             for m in found.models]
-    print(render_table(("Name", "Format", "Arch", "Params", "Quant", "Size", "Problems"), rows,
-                       right_align=(3, 5, 6)) if rows else "no models found")
+    print(render_table(("Name", "Format", "Arch", "Params", "Quant", "Size", "Problems",
+                        "Source"), rows, right_align=(3, 5, 6)) if rows else "no models found")
     for model in found.models:
         for problem in model.problems:
             print(f"  {model.name}: {problem.text}")

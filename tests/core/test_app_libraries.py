@@ -130,6 +130,12 @@ def test_cli_scan_fit_inspect_convert_on_app_libraries(libraries: dict[str, Path
     sources = {m["name"]: m["source"] for m in json.loads(scanned.stdout)["models"]}
     assert sources["lmstudio-community/Tiny-GGUF"] == "lmstudio"
     assert "ollama" in sources.values()
+    table = run_cli("scan", str(tmp_path / "src"), env=env, cwd=tmp_path).stdout.splitlines()
+    assert table[0].split()[-1] == "Source"
+    source_of = {line.split()[0]: line.split()[-1] for line in table[2:] if line.strip()}
+    assert source_of["tiny"] == "folder" and source_of["smollm2:135m"] == "Ollama"
+    assert any(line.startswith("lmstudio-community/Tiny-GGUF") and
+               line.rstrip().endswith("LM Studio") for line in table)
     without = run_cli("scan", "--json", "--no-app-libraries", env=env, cwd=tmp_path)
     assert json.loads(without.stdout)["models"] == []
 
