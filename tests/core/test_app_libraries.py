@@ -172,3 +172,41 @@ def test_a_blob_without_suffix_and_an_ollama_name_are_models(libraries: dict[str
     with pytest.raises(BadInputError, match="no such file"):
         inspect_path("nosuch:7b")
     assert tree_digest(libraries["ollama"]) == before
+
+
+def _hub_model(home: Path, publisher: str, model: str, text: str) -> Path:
+    path = home / ".lmstudio" / "hub" / "models" / publisher / model / "model.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_lm_studio_hub_names_its_downloads(libraries: dict[str, Path]) -> None:
+    home = libraries["home"]
+    # LM Studio's model.yaml: the model's name, and its concrete downloads under `base`.
+    _hub_model(home, "acme", "tiny", """\
+model: acme/tiny
+base:
+  - key: lmstudio-community/tiny-gguf
+    sources:
+      - type: huggingface
+        user: lmstudio-community
+        repo: Tiny-GGUF
+  - key: lmstudio-community/tiny-mlx
+    sources:
+      - type: huggingface
+        user: lmstudio-community
+        repo: Tiny-MLX-4bit
+metadataOverrides:
+  domain: llm
+""")
+    _hub_model(home, "evil", "escape", "model: evil/escape\nbase:\n  - key: x\n    sources:\n"
+                                      "      - {type: huggingface, user: '..', repo: '..'}\n")
+    _hub_model(home, "other", "alias", "model: other/alias\nbase: acme/tiny\n")
+    broken = _hub_model(home, "broken", "one", "model: [unclosed\n")
+    before = tree_digest(home)
+    result = scan_paths([], include_app_libraries=True)
+    lms = sorted(m.name for m in result.models if m.source == "lmstudio")
+    assert lms == ["acme/Two-GGUF · two-F16", "acme/Two-GGUF · two-F32", "acme/tiny"]
+    assert any(p.path == broken and "not YAML" in p.text for p in result.problems)
+    assert tree_digest(home) == before  # read in place, nothing written

@@ -5,7 +5,11 @@ content-addressed `blobs/sha256-<digest>`; the layer with media type
 `application/vnd.ollama.image.model` is the GGUF. Its models are listed under Ollama's own
 names (`smollm2:135m`; the default registry and the `library` namespace are left out).
 LM Studio keeps plain files under `<publisher>/<repo>/…` in `~/.lmstudio/models` (and the older
-`~/.cache/lm-studio/models`).
+`~/.cache/lm-studio/models`). Its newer catalogue names models in `~/.lmstudio/hub/models/…/
+model.yaml` (LM Studio's model.yaml format: `model: qwen/qwen3-8b`, and under `base` the
+concrete downloads, each `key` with `sources` such as `{type: huggingface, user, repo}`); the
+weights stay in the models folder under `<user>/<repo>`, and are listed under the hub's name as
+LM Studio lists them.
 """
 
 from __future__ import annotations
@@ -46,6 +50,65 @@ def ollama_root() -> Path:
 def lmstudio_roots() -> list[Path]:
     home = Path.home()
     return [home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"]
+
+
+def lmstudio_hub_root() -> Path:
+    return Path.home() / ".lmstudio" / "hub" / "models"
+
+
+MAX_MODEL_YAML_BYTES = 1 << 20  # real ones are a few kilobytes
+HUB_DEPTH = 4  # hub/models/<publisher>/<model>/model.yaml, with room for one more level
+
+
+def _hub_definition(path: Path) -> tuple[str, list[tuple[str, str]]]:
+    """A model.yaml's name and the Hugging Face (user, repo) of each concrete download it
+    names; ValueError with the reason when it cannot be read."""
+    import yaml
+
+    if path.stat().st_size > MAX_MODEL_YAML_BYTES:
+        raise ValueError("model.yaml is implausibly large")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"model.yaml is not YAML ({str(exc).splitlines()[0]})") from None
+    name = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("model.yaml names no model")
+    repos = []
+    base = data.get("base")
+    # A string base names another hub model, which has a model.yaml of its own.
+    for entry in base if isinstance(base, list) else []:
+        sources = entry.get("sources") if isinstance(entry, dict) else None
+        for source in sources if isinstance(sources, list) else []:
+            if isinstance(source, dict) and source.get("type") == "huggingface":
+                user, repo = source.get("user"), source.get("repo")
+                if isinstance(user, str) and isinstance(repo, str) and "/" not in user + repo \
+                        and ".." not in (user, repo):
+                    repos.append((user, repo))
+    return name.strip(), repos
+
+
+def lmstudio_hub_names(hub: Path, models_root: Path) -> tuple[dict[Path, str],
+                                                             list[tuple[Path, str]]]:
+    """The hub's name of each download folder under `models_root` that a model.yaml in `hub`
+    names; (names, problems)."""
+    names: dict[Path, str] = {}
+    problems: list[tuple[Path, str]] = []
+    if not hub.is_dir():
+        return names, problems
+    found = [p for depth in range(1, HUB_DEPTH + 1)
+             for p in hub.glob("/".join(["*"] * depth) + "/model.yaml")]
+    for path in sorted(found):
+        try:
+            name, repos = _hub_definition(path)
+        except (OSError, ValueError) as exc:
+            problems.append((path, f"LM Studio hub model: {exc}"))
+            continue
+        for user, repo in repos:
+            folder = models_root / user / repo
+            if folder.is_dir():
+                names.setdefault(folder, name)
+    return names, problems
 
 
 def default_app_libraries() -> list[AppLibrary]:
@@ -143,6 +206,8 @@ def scan_lmstudio(root: Path, reporter: Reporter) -> tuple[list[ModelInfo],
     from app.core.formats.scan import scan_paths
 
     found = scan_paths([root], reporter=reporter)
+    hub_names, problems = ({}, []) if root != lmstudio_roots()[0] else \
+        lmstudio_hub_names(lmstudio_hub_root(), root)
     models = []
     for model in found.models:
         try:
@@ -150,10 +215,12 @@ def scan_lmstudio(root: Path, reporter: Reporter) -> tuple[list[ModelInfo],
         except ValueError:
             parts = ()
         repo = "/".join(parts[:2]) if len(parts) >= 2 else model.name
+        if len(parts) >= 3:
+            repo = hub_names.get(root / parts[0] / parts[1], repo)
         siblings = [m for m in found.models if m.path.parent == model.path.parent]
         name = repo if len(siblings) == 1 or len(parts) < 3 else f"{repo} · {model.name}"
         models.append(replace(model, name=name, source="lmstudio"))
-    return models, [(p.path, p.text) for p in found.problems]
+    return models, [(p.path, p.text) for p in found.problems] + problems
 
 
 def scan_app_library(library: AppLibrary, reporter: Reporter) -> tuple[
