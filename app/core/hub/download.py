@@ -198,9 +198,16 @@ class DownloadRequest:
         if already:
             reporter.log("info", f"resuming {label} from {format_bytes(already)} of "
                                  f"{format_bytes(size)}")
-        self._transfer(meta.location or url, url, partial, already, size, reporter, label)
-        checksum = _checksum(partial, etag, size, reporter, label)
-        os.replace(partial, final)
+        from app.core.hub.unfinished import forget_record, write_record
+
+        write_record(partial, self, size)  # found again after a restart, to resume
+        try:
+            self._transfer(meta.location or url, url, partial, already, size, reporter, label)
+            checksum = _checksum(partial, etag, size, reporter, label)
+            os.replace(partial, final)
+        finally:
+            if not partial.exists():  # finished, or deleted as corrupt: nothing to resume
+                forget_record(partial)
         path = final if cached is None else self._link_into_cache(cached)
         reporter.log("info", f"downloaded {label} ({format_bytes(size)}, {checksum[:18]}…) "
                              f"to {path}")
