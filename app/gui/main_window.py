@@ -69,6 +69,7 @@ from app.gui.sources import (
     key_folder,
 )
 from app.gui.status_bar import ResourceStatusBar
+from app.gui.unfinished_downloads import UnfinishedDownloadsBanner
 from app.gui.worker import JobQueue
 
 
@@ -121,6 +122,11 @@ class MainWindow(QMainWindow):
         middle_layout = QVBoxLayout(middle)
         middle_layout.setContentsMargins(0, 0, 0, 0)
         middle_layout.addWidget(self.leftovers)
+        # Downloads that stopped before the end (found at start): Resume or Discard.
+        self.unfinished = UnfinishedDownloadsBanner(self.background, self.downloads)
+        self.unfinished.resumed.connect(lambda download: self.statusBar().showMessage(
+            f"Resuming {download.label}; its progress shows under Hub → Search", 10000))
+        middle_layout.addWidget(self.unfinished)
         middle_layout.addWidget(self.center, 1)
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.sources)
@@ -172,6 +178,7 @@ class MainWindow(QMainWindow):
         self.sources.set_app_libraries(True)
         self.sources.add_hub()
         self.rescan_all()
+        self.unfinished.look(self.settings.hf_cache_dir(), self.settings.folders())
 
     # ---- construction -------------------------------------------------------------------
     def _make_table(self) -> ModelsView:
