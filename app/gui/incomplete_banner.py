@@ -44,6 +44,14 @@ def format_age(seconds: float) -> str:
     return f"{hours / 24:.0f} days ago"
 
 
+def breakable(name: str) -> str:
+    """`name` with a zero-width space after each separator, so a long file name wraps in a
+    narrow window instead of widening it."""
+    for separator in "-._/":
+        name = name.replace(separator, separator + "\u200b")
+    return name
+
+
 def may_be_writing(request: Any, part: Path) -> bool:
     """Whether a job with this request could be writing `part`: its output's own `.part`
     (shards included), or for a job whose output is named when it runs, any part beside
@@ -71,14 +79,63 @@ def ask_to_delete(parent: QWidget, output: IncompleteOutput) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
+class RowsBanner(QFrame):
+    """A titled list of rows above the models table: at most VISIBLE_ROWS rows high (more
+    scroll), each row a wrapped label and its buttons; hidden while empty."""
+
+    def __init__(self, name: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName(name)
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.title = QLabel()
+        self.title.setWordWrap(True)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.status.hide()
+        self._list = QWidget()
+        self._list_layout = QVBoxLayout(self._list)
+        self._list_layout.setContentsMargins(0, 0, 0, 0)
+        self._list_layout.addStretch(1)
+        self._scroll = QScrollArea()
+        self._scroll.setWidget(self._list)
+        self._scroll.setWidgetResizable(True)
+        self._scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self._scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 6, 8, 6)
+        layout.addWidget(self.title)
+        layout.addWidget(self._scroll)
+        layout.addWidget(self.status)
+        self.hide()
+
+    def set_rows(self, rows: list[QWidget]) -> None:
+        """Replace the rows; the list is as high as its rows up to VISIBLE_ROWS of two-line
+        rows, so a long list never pushes the table out of a small window."""
+        while self._list_layout.count() > 1:
+            item = self._list_layout.takeAt(0)
+            widget = item.widget() if item is not None else None
+            if widget is not None:
+                widget.setParent(None)
+                widget.deleteLater()
+        for index, row in enumerate(rows):
+            self._list_layout.insertWidget(index, row)
+        line = self.fontMetrics().lineSpacing()
+        button = QPushButton("Delete…").sizeHint().height()
+        row_height = max(button, 2 * line) + self._list_layout.spacing()
+        self._scroll.setFixedHeight(min(len(rows), VISIBLE_ROWS) * row_height)
+        self.setVisible(bool(rows))
+
+
 class _Row(QWidget):
     def __init__(self, output: IncompleteOutput, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.output = output
         age = (f", {format_age(time.time() - output.modified)}" if output.modified else "")
         where = output.path.parent.name or str(output.path.parent)
-        self.label = QLabel(f"<b>{escape(output.path.name)}</b> — "
-                            f"{format_bytes(output.size_bytes)}{age}, in {escape(where)}")
+        self.label = QLabel(f"<b>{escape(breakable(output.path.name))}</b> — "
+                            f"{format_bytes(output.size_bytes)}{age}, in "
+                            f"{escape(breakable(where))}")
+        self.label.setWordWrap(True)
         self.label.setToolTip(str(output.path))
         self.label.setTextFormat(Qt.TextFormat.RichText)
         self.delete_button = QPushButton("Delete…")
@@ -94,39 +151,19 @@ class _Row(QWidget):
         self.delete_button.setText("Being written" if busy else "Delete…")
 
 
-class IncompleteBanner(QFrame):
+class IncompleteBanner(RowsBanner):
     """Leftover `.part` outputs from every scanned source; hidden when there are none."""
 
     deleted = Signal(str, object)  # source key, path
 
     def __init__(self, background: Background, is_busy: Callable[[Path], bool],
                  parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("incomplete-banner")
-        self.setFrameShape(QFrame.Shape.StyledPanel)
+        super().__init__("incomplete-banner", parent)
         self.background = background
         self.is_busy = is_busy
         self.confirm: Callable[[IncompleteOutput], bool] = lambda o: ask_to_delete(self, o)
         self._by_source: dict[str, tuple[IncompleteOutput, ...]] = {}
         self.rows: dict[Path, _Row] = {}
-        self.title = QLabel()
-        self.title.setWordWrap(True)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.hide()
-        self._list = QWidget()
-        self._list_layout = QVBoxLayout(self._list)
-        self._list_layout.setContentsMargins(0, 0, 0, 0)
-        self._scroll = QScrollArea()
-        self._scroll.setWidget(self._list)
-        self._scroll.setWidgetResizable(True)
-        self._scroll.setFrameShape(QFrame.Shape.NoFrame)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(8, 6, 8, 6)
-        layout.addWidget(self.title)
-        layout.addWidget(self._scroll)
-        layout.addWidget(self.status)
-        self.hide()
 
     def outputs(self) -> list[tuple[str, IncompleteOutput]]:
         seen: set[Path] = set()
@@ -147,26 +184,19 @@ class IncompleteBanner(QFrame):
         self._rebuild()
 
     def _rebuild(self) -> None:
-        for row in self.rows.values():
-            row.setParent(None)
-            row.deleteLater()
-        self.rows = {}
         found = self.outputs()
+        self.rows = {}
         for key, output in found:
             row = _Row(output)
             row.delete_button.clicked.connect(
                 lambda _checked=False, k=key, o=output: self.delete(k, o))
-            self._list_layout.addWidget(row)
             self.rows[output.path] = row
         total = sum(o.size_bytes for _, o in found)
         self.title.setText(
             f"<b>{len(found)} incomplete output(s)</b>, {format_bytes(total)}: jobs stopped "
             "while writing these, so they are not usable models. Deleting them is safe.")
-        row_height = max((r.sizeHint().height() for r in self.rows.values()), default=0)
-        spacing = self._list_layout.spacing()
-        self._scroll.setFixedHeight(min(len(found), VISIBLE_ROWS) * (row_height + spacing))
+        self.set_rows(list(self.rows.values()))
         self.refresh_busy()
-        self.setVisible(bool(found))
 
     def refresh_busy(self, *_: object) -> None:
         for path, row in self.rows.items():

@@ -110,27 +110,27 @@ class MainWindow(QMainWindow):
         self.downloads.job_finished.connect(self._download_finished)
         self.hub_view = HubView(self.background, self.downloads,
                                 lambda: make_target(self.fits.spec), self.settings.hf_cache_dir)
-        self.center = QStackedWidget()
-        self.center.addWidget(self.table)
-        self.center.addWidget(self.hub_view)
-        # Leftover .part outputs of stopped jobs, above whatever the centre shows.
+        # Above the table: leftover .part outputs of stopped jobs, and downloads that stopped
+        # before the end (found at start), each with what can be done about it.
         self.leftovers = IncompleteBanner(self.background, self._part_in_use)
         self.leftovers.deleted.connect(lambda key, _path: self.scan_source(key))
         self.queue.job_added.connect(self.leftovers.refresh_busy)
         self.queue.job_finished.connect(self.leftovers.refresh_busy)
-        middle = QWidget()
-        middle_layout = QVBoxLayout(middle)
-        middle_layout.setContentsMargins(0, 0, 0, 0)
-        middle_layout.addWidget(self.leftovers)
-        # Downloads that stopped before the end (found at start): Resume or Discard.
         self.unfinished = UnfinishedDownloadsBanner(self.background, self.downloads)
         self.unfinished.resumed.connect(lambda download: self.statusBar().showMessage(
             f"Resuming {download.label}; its progress shows under Hub → Search", 10000))
-        middle_layout.addWidget(self.unfinished)
-        middle_layout.addWidget(self.center, 1)
+        self.table_page = QWidget()
+        page_layout = QVBoxLayout(self.table_page)
+        page_layout.setContentsMargins(0, 0, 0, 0)
+        page_layout.addWidget(self.leftovers)
+        page_layout.addWidget(self.unfinished)
+        page_layout.addWidget(self.table, 1)
+        self.center = QStackedWidget()
+        self.center.addWidget(self.table_page)
+        self.center.addWidget(self.hub_view)
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.sources)
-        splitter.addWidget(middle)
+        splitter.addWidget(self.center)
         splitter.addWidget(self.details)
         splitter.setStretchFactor(0, 0)
         splitter.setStretchFactor(1, 3)
@@ -347,7 +347,7 @@ class MainWindow(QMainWindow):
         self._update_empty_reason()
 
     def _source_selected(self, key: str | None) -> None:
-        self.center.setCurrentWidget(self.hub_view if key == HUB else self.table)
+        self.center.setCurrentWidget(self.hub_view if key == HUB else self.table_page)
         self.details.setVisible(key != HUB)  # the Hub view shows its own details
         if key == HUB:
             self.hub_view.context = self.fits.context  # judged like the local models

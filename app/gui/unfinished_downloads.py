@@ -15,12 +15,10 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
-    QFrame,
     QHBoxLayout,
     QLabel,
     QMessageBox,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -31,10 +29,8 @@ from app.core.hub.unfinished import (
     find_unfinished_downloads,
 )
 from app.gui.background import Background
-from app.gui.incomplete_banner import format_age
+from app.gui.incomplete_banner import RowsBanner, breakable, format_age
 from app.gui.worker import JobQueue
-
-MAX_ROWS = 4
 
 
 def ask_to_discard(parent: QWidget, download: UnfinishedDownload) -> bool:
@@ -54,7 +50,8 @@ class _Row(QWidget):
         done = format_bytes(download.done_bytes)
         amount = f"{done} of {format_bytes(download.size)}" if download.size else done
         age = format_age(time.time() - download.modified)
-        self.label = QLabel(f"<b>{escape(download.label)}</b> — {amount}, {age}")
+        self.label = QLabel(f"<b>{escape(breakable(download.label))}</b> — {amount}, {age}")
+        self.label.setWordWrap(True)
         self.label.setToolTip(str(download.partial))
         self.resume_button = QPushButton("Resume")
         self.resume_button.setVisible(download.request is not None)
@@ -71,35 +68,21 @@ class _Row(QWidget):
         self.resume_button.setText("Downloading" if busy else "Resume")
 
 
-class UnfinishedDownloadsBanner(QFrame):
+class UnfinishedDownloadsBanner(RowsBanner):
     """Unfinished downloads; hidden when there are none."""
 
     resumed = Signal(object)  # the UnfinishedDownload whose request was queued
 
     def __init__(self, background: Background, downloads: JobQueue,
                  parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("unfinished-downloads")
-        self.setFrameShape(QFrame.Shape.StyledPanel)
+        super().__init__("unfinished-downloads", parent)
         self.background = background
         self.downloads = downloads
         self.confirm: Callable[[UnfinishedDownload], bool] = lambda d: ask_to_discard(self, d)
         self.rows: dict[Path, _Row] = {}
         self._where: tuple[Path | None, tuple[Path, ...]] = (None, ())
-        self.title = QLabel()
-        self.title.setWordWrap(True)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.hide()
-        self._list = QVBoxLayout()
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(8, 6, 8, 6)
-        layout.addWidget(self.title)
-        layout.addLayout(self._list)
-        layout.addWidget(self.status)
         downloads.job_added.connect(self.refresh_busy)
         downloads.job_finished.connect(lambda *_: self.look())
-        self.hide()
 
     def look(self, cache_dir: Path | None = None, folders: list[Path] | None = None) -> None:
         """Look for unfinished downloads in the HF cache and the download folders (the last
@@ -111,21 +94,16 @@ class UnfinishedDownloadsBanner(QFrame):
                                lambda: find_unfinished_downloads(cache, where), self.show_found)
 
     def show_found(self, found: list[UnfinishedDownload]) -> None:
-        for row in self.rows.values():
-            row.setParent(None)
-            row.deleteLater()
         self.rows = {}
-        for download in found[:MAX_ROWS]:
+        for download in found:
             row = _Row(download)
             row.resume_button.clicked.connect(lambda _c=False, d=download: self.resume(d))
             row.discard_button.clicked.connect(lambda _c=False, d=download: self.discard(d))
-            self._list.addWidget(row)
             self.rows[download.partial] = row
-        more = f" (the {MAX_ROWS} newest shown)" if len(found) > MAX_ROWS else ""
-        self.title.setText(f"<b>{len(found)} unfinished download(s)</b>{more}: they stopped "
-                           "before the end and can continue where they stopped.")
+        self.title.setText(f"<b>{len(found)} unfinished download(s)</b>: they stopped before "
+                           "the end and can continue where they stopped.")
+        self.set_rows(list(self.rows.values()))
         self.refresh_busy()
-        self.setVisible(bool(found))
 
     def is_busy(self, download: UnfinishedDownload) -> bool:
         """Whether a download job that has not finished may be writing this partial."""

@@ -138,7 +138,7 @@ def test_window_opens_a_dropped_hub_url_and_lists_the_download(  # type: ignore[
     qtbot.waitUntil(lambda: any(m.repo_id == SMOL for m in window.table_model.models()),
                     timeout=30000)
     window.sources.select(HF_CACHE)
-    assert window.center.currentWidget() is window.table
+    assert window.center.currentWidget() is window.table_page
     assert [m.repo_id for m in window.table_model.models() if m.source == "hf-cache"] == [SMOL]
 
 

@@ -244,9 +244,14 @@ def test_compare_done(qtbot, settings: AppSettings, folder: Path,  # type: ignor
 def test_models_view_with_incomplete_outputs(qtbot, settings: AppSettings, folder: Path,  # type: ignore[no-untyped-def]
                                              tmp_path: Path, size: tuple[int, int]) -> None:
     (folder / "tiny-llama-Q8_0.gguf.part").write_bytes(b"\0" * 300_000)
+    # A long name wraps in the banner instead of widening the window.
+    long_name = "Meta-Llama-3.1-70B-Instruct-abliterated-Q4_K_M-00001-of-00005.gguf.part"
+    (folder / long_name).write_bytes(b"\0" * 1000)
     (folder / "tiny-merge.part").mkdir()
     (folder / "tiny-merge.part" / "model.safetensors").write_bytes(b"\0" * 120_000)
     window = sized(qtbot, settings, size, folder)
-    assert window.leftovers.isVisible() and len(window.leftovers.rows) == 2
+    assert window.leftovers.isVisible() and len(window.leftovers.rows) == 3
+    assert window.minimumSizeHint().width() <= size[0]
+    assert window.size().width() == size[0] and window.size().height() == size[1]
     save(window, "incomplete-outputs", tmp_path, size)
     assert problems_in(window) == []

@@ -55,8 +55,8 @@ def test_resume_finishes_the_download(qtbot, settings: AppSettings, cache: Path,
     qtbot.waitUntil(lambda: len(banner.rows) == 1, timeout=10000)
     assert banner.isVisible() and "1 unfinished download(s)" in banner.title.text()
     [row] = banner.rows.values()
-    assert GGUF in row.label.text() and REPO in row.label.text()
-    assert " of 93.8 MiB" in row.label.text()
+    text = row.label.text().replace("\u200b", "")  # break opportunities in long names
+    assert GGUF in text and REPO in text and " of 93.8 MiB" in text
     row.resume_button.click()
     assert not row.resume_button.isEnabled()  # the download queue has it now
     qtbot.waitUntil(lambda: not window.downloads.active(), timeout=60000)
