@@ -28,7 +28,10 @@ from app.core.resources import probe_disk
 from app.gui.background import Background
 from app.gui.convert_dialog import ConvertDialog
 from app.gui.fit_controller import FitController, make_target
+from app.gui.fit_tab import TargetSpec
 from app.gui.worker import JobQueue
+
+THIS_MACHINE = TargetSpec("machine")
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,12 @@ class ConvertController(QObject):
 
     def open_sheet(self, model: ModelInfo, preselect: str | None = None) -> ConvertDialog:
         dialog = ConvertDialog(model, preselect, self.window)
-        spec, context = self.fits.spec, self.fits.context
+        # The sheet writes a file for this machine: the Fit tab's "what if" target answers a
+        # question about another one and must not choose the type made here.
+        context = self.fits.context
         self.background.submit(
             f"convert-estimates-{id(dialog)}",
-            lambda: recommend(conversion_candidates(model), make_target(spec), context),
+            lambda: recommend(conversion_candidates(model), make_target(THIS_MACHINE), context),
             dialog.show_estimates)
         checked_last: list[Checked] = []  # the sheet's latest plan, handed to the job
 
