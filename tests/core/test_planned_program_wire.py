@@ -37,3 +37,36 @@ def test_an_object_array_is_not_rebuilt() -> None:
     with pytest.raises(WireError):
         decode(data)
     assert decode(encode(np.float32(2.5))) == 2.5  # a scalar stays a number
+
+
+def test_the_fitted_program_comes_back_from_the_job_process(tmp_path: Path) -> None:
+    from app.core.convert import ConvertRequest
+    from app.core.convert.plan_fitted import FitToSizeRequest
+    from app.core.jobs import RecordingReporter
+    from app.core.jobs_process import run_in_child
+
+    request = ConvertRequest(DATA / "tiny-llama-2l-rows32-F32.gguf", tmp_path / "out.gguf",
+                             "Q8_0", device="cpu", imatrix=DATA / "imatrix.gguf")
+    plan = request.plan()
+    q4 = plan_conversion(request.source, request.target, out_type="Q4_K_M",
+                         imatrix=request.imatrix)
+    budget = (plan.output_bytes + q4.output_bytes) // 2
+    result = run_in_child(FitToSizeRequest(
+        ConvertRequest(request.source, request.target, "Q8_0", device="cpu",
+                       imatrix=request.imatrix, target_size=budget), plan),
+        RecordingReporter())
+    assert result.status == "done", result.error
+    fitted = result.value
+    assert fitted.output_bytes <= budget < plan.output_bytes
+    assert fitted.notes[-1].startswith("size target")
+    assert fitted.importance is not None and fitted.importance.covered == plan.importance.covered
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_the_window_knows_which_types_a_matrix_weights() -> None:
+    from app.core.convert.importance import WEIGHTED_TYPES, importance_applies
+    from app.core.quant.weighted import WEIGHTED_QUANTIZERS
+
+    assert frozenset(WEIGHTED_QUANTIZERS) == WEIGHTED_TYPES
+    assert importance_applies("Q4_K_M") and importance_applies("q4_0")
+    assert not importance_applies("Q8_0") and not importance_applies("F16")
