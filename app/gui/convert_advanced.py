@@ -230,10 +230,11 @@ class TensorPanel(QWidget):
         self.table.setUniformRowHeights(True)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         header = self.table.header()
+        header.setStretchLastSection(False)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for column in (1, 2, 3):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
-        self.table.setMinimumHeight(self.fontMetrics().lineSpacing() * 6)
+        self.table.setMinimumHeight(self.fontMetrics().lineSpacing() * 9)
         self.empty = _wrapped("The plan's tensors appear here once it is checked.")
         types = valid_override_types()
         self.selected_type = QComboBox()

@@ -7,9 +7,10 @@ only builds the ConvertRequest the user asked for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QSize, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -46,6 +47,41 @@ from app.gui.quant_guide import GROUPS, bits_per_weight, group_of, type_note
 
 HF_DTYPES = ("BF16", "F16", "F32")
 PER_ROW = 4  # type buttons per row within a group: the sheet fits a 1024-wide screen
+
+
+class FullScrollArea(QScrollArea):
+    """Asks for its whole content (a plain QScrollArea asks for at most 24 lines) and
+    scrolls only when it gets less."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.height_limit: Callable[[], int] | None = None
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the content's size changed: so does what this asks for
+        return super().eventFilter(watched, event)
+
+    def sizeHint(self) -> QSize:
+        widget = self.widget()
+        if widget is None:
+            return super().sizeHint()
+        hint = widget.sizeHint()
+        return QSize(hint.width() + self.verticalScrollBar().sizeHint().width(),
+                     hint.height())
+
+    def minimumSizeHint(self) -> QSize:
+        """All of the content while it fits in `height_limit`, then that much (scrolling)."""
+        widget = self.widget()
+        if widget is None:
+            return super().minimumSizeHint()
+        need = widget.minimumSizeHint()
+        height = need.height() if self.height_limit is None else max(
+            min(need.height(), self.height_limit()), self.fontMetrics().lineSpacing() * 12)
+        return QSize(need.width() + self.verticalScrollBar().sizeHint().width(), height)
 
 
 class ConvertDialog(QDialog):
@@ -159,6 +195,9 @@ class ConvertDialog(QDialog):
         fold.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         fold.setArrowType(Qt.ArrowType.RightArrow)
         fold.toggled.connect(advanced.setVisible)
+        # Opened on a small screen, the options are below the fold of the scrolling part.
+        fold.toggled.connect(lambda on: on and QTimer.singleShot(
+            0, lambda: self.body.ensureWidgetVisible(advanced, 0, 0)))
         fold.toggled.connect(lambda on: fold.setArrowType(
             Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow))
         self.fold = fold
@@ -183,13 +222,39 @@ class ConvertDialog(QDialog):
         bottom = QHBoxLayout()
         bottom.addWidget(self.start_reason, 1)
         bottom.addWidget(self.buttons)
+        body = QWidget()
+        body_layout = QVBoxLayout(body)
+        body_layout.setContentsMargins(0, 0, 0, 0)
+        body_layout.addLayout(form)
+        body_layout.addWidget(summary_area, 1)
+        body_layout.addWidget(fold)
+        body_layout.addWidget(advanced)
+        # With the advanced options open, the sheet can be taller than a small window: it
+        # then scrolls as a whole, so that no control is squeezed below its size.
+        self.body = FullScrollArea()
+        self.body.setWidget(body)
+        self.body.height_limit = self._body_height_limit
         layout = QVBoxLayout(self)
         layout.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
-        layout.addLayout(form)
-        layout.addWidget(summary_area, 1)
-        layout.addWidget(fold)
-        layout.addWidget(advanced)
+        layout.addWidget(self.body, 1)
         layout.addLayout(bottom)
+
+    def _body_height_limit(self) -> int:
+        """What the window this sheet covers leaves for the scrolling part."""
+        parent = self.parentWidget()
+        if parent is None:
+            return 10**6
+        margins = self.layout().contentsMargins()
+        return (parent.window().height() - self.buttons.sizeHint().height() - margins.top()
+                - margins.bottom() - self.layout().spacing())
+
+    def sizeHint(self) -> QSize:
+        """All of the sheet, but never taller than the window it is a sheet of."""
+        hint = super().sizeHint()
+        parent = self.parentWidget()
+        if parent is not None:
+            hint.setHeight(min(hint.height(), parent.window().height()))
+        return hint
 
     # ---- quant buttons -------------------------------------------------------------------
     def _fill_types(self, fits: list[CandidateFit]) -> None:
@@ -264,7 +329,11 @@ class ConvertDialog(QDialog):
         lines = []
         keep = self._keep
         recommended = next((f for f in fits if f.recommended), None)
-        if keep is not None and keep.recommended:
+        if keep is not None and keep.recommended and not self.source_quantized:
+            lines.append(f"This {keep.candidate.quant} file already fits this machine "
+                         f"({keep.verdict.text.split(':')[0]}): choose a type to make it "
+                         "smaller or faster, or for a runtime that needs one.")
+        elif keep is not None and keep.recommended:
             lines.append(f"This {keep.candidate.quant} file already fits this machine "
                          f"({keep.verdict.text.split(':')[0]}). Converting quantized weights "
                          "again adds a second error: choose a type only if a runtime needs it.")

@@ -225,3 +225,31 @@ def test_the_window_plans_a_matrix_without_torch(tmp_path: Path,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_a_matrix_computed_from_a_text_is_used(qtbot, settings: AppSettings, tmp_path: Path,
+                                              tiny_models: dict[str, Path]) -> None:
+    root = tmp_path / "hf"
+    root.mkdir()
+    shutil.copytree(tiny_models["llama"], root / "tiny-llama")
+    text = tmp_path / "calibration.txt"
+    text.write_text(" ".join(f"The river {n} runs past the mill and the bridge." for n in
+                             range(400)))
+    window = open_window(qtbot, settings, root)
+    dialog = sheet(qtbot, window, root / "tiny-llama")
+    choose(qtbot, window, dialog, "Q4_K_M")
+    panel = dialog.importance
+    assert panel.from_text.isEnabled() and not panel.compute.isEnabled()  # no text yet
+    panel.text.setText(str(text))
+    assert panel.compute.isEnabled()
+    panel.compute.click()
+    settle(qtbot, window)
+    settle(qtbot, window)
+    record = next(r for r in window.queue.jobs.values() if r.title.startswith("Importance"))
+    assert record.state == "done", record.text
+    matrix = root / "tiny-llama.imatrix.gguf"
+    assert matrix.is_file()
+    assert panel.from_file.isChecked() and panel.file.text() == str(matrix)
+    assert "weights" in panel.status.text()
+    assert dialog.request().imatrix == matrix and dialog.start.isEnabled()
+    dialog.reject()
