@@ -15,7 +15,6 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QButtonGroup,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
@@ -355,8 +354,9 @@ class SizePanel(QWidget):
         for button in (self.standard, self.to_size, self.to_gpu):
             self.modes.addButton(button)
         self.standard.setChecked(True)
-        self.size = QDoubleSpinBox(suffix=" GiB", decimals=2, minimum=0.01, maximum=4096,
-                                   value=4.0)
+        self.size = QLineEdit(placeholderText="e.g. 4.2GiB or 900MiB")
+        self.size_problem = _wrapped()
+        self.size_problem.setVisible(False)
         self.context = QComboBox()
         for tokens in CONTEXTS:
             self.context.addItem(f"{tokens:,} tokens", tokens)
@@ -379,13 +379,14 @@ class SizePanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.reason)
         layout.addLayout(grid)
+        layout.addWidget(self.size_problem)
         layout.addWidget(self.gpu_reason)
         layout.addWidget(self.about)
         layout.addStretch(1)
         self._gpu_free: int | None = None
         self._reason: str | None = None
         self.modes.buttonToggled.connect(lambda _b, on: on and self._update())
-        self.size.valueChanged.connect(lambda _v: self.to_size.isChecked() and self.changed.emit())
+        self.size.editingFinished.connect(self._size_edited)
         self.context.currentIndexChanged.connect(
             lambda _i: self.to_gpu.isChecked() and self.changed.emit())
         self._update(emit=False)
@@ -401,15 +402,36 @@ class SizePanel(QWidget):
         self._reason = reason
         self._update(emit=False)
 
-    def choose_size(self, size_bytes: int) -> None:
-        """Fit to `size_bytes` (the Fit tab's offer): shown in GiB, as the spin box has it."""
-        self.size.setValue(size_bytes / 2**30)
-        self.to_size.setChecked(True)
+    def choose_size(self, size_text: str) -> None:
+        """Fit to `size_text` (the Fit tab's offer, as the core wrote it)."""
+        self.size.setText(size_text)
+        if self.to_size.isChecked():
+            self.changed.emit()
+        else:
+            self.to_size.setChecked(True)
+
+    def problem(self) -> str | None:
+        """Why the size cannot be used, shown under it; None when it can (or is not used)."""
+        text = None
+        if self._reason is None and self.to_size.isChecked():
+            try:
+                parse_size(self.size.text())
+            except OptionError as exc:
+                text = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        self.size_problem.setText(_error(text[:1].upper() + text[1:] + ".") if text else "")
+        self.size_problem.setVisible(text is not None)
+        return text
 
     def target_size(self) -> int | None:
-        if self._reason is not None or not self.to_size.isChecked():
+        if self._reason is not None or not self.to_size.isChecked() or self.problem():
             return None
-        return parse_size(f"{self.size.value():.2f}GiB")
+        return parse_size(self.size.text())
+
+    def _size_edited(self) -> None:
+        if not self.to_size.isChecked():
+            self.to_size.setChecked(True)  # typing a size chooses it; emits changed
+        else:
+            self.changed.emit()
 
     def gpu(self) -> tuple[int, int] | None:
         """(free VRAM bytes, context) to fit, or None."""

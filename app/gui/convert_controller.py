@@ -24,6 +24,7 @@ from app.core.convert.importance import attach_importance
 from app.core.convert.plan_fitted import FitToSizeRequest
 from app.core.errors import BadInputError, InsufficientResourcesError, ModelyardError
 from app.core.estimate.candidates import conversion_candidates
+from app.core.estimate.size_offer import SizeOffer
 from app.core.estimate.verdict import recommend
 from app.core.formats.model_info import ModelInfo
 from app.core.imatrix import ImatrixRequest
@@ -127,9 +128,21 @@ class ConvertController(QObject):
         # with their result.
         self._callbacks: dict[int, Callable[[JobResult], None]] = {}
         queue.job_finished.connect(self._finished)
+        fits.tab.size_offer_requested.connect(self._convert_to_offer)
 
-    def open_sheet(self, model: ModelInfo, preselect: str | None = None) -> ConvertDialog:
+    def _convert_to_offer(self, offer: SizeOffer) -> None:
+        """The Fit tab's custom mix: the sheet opens on its type with the size target set, so
+        the fitted plan is measured and shown before anything is written."""
+        if self.fits.model is not None:
+            self.open_sheet(self.fits.model, offer.preferred, size_text=offer.size_text)
+
+    def open_sheet(self, model: ModelInfo, preselect: str | None = None,
+                   size_text: str | None = None) -> ConvertDialog:
         dialog = ConvertDialog(model, preselect, self.window)
+        if size_text is not None:
+            dialog.fold.setChecked(True)
+            dialog.advanced.setCurrentWidget(dialog.sizing)
+            dialog.sizing.choose_size(size_text)
         # The sheet writes a file for this machine: the Fit tab's "what if" target answers a
         # question about another one and must not choose the type made here.
         context = self.fits.context

@@ -476,6 +476,8 @@ class ConvertDialog(QDialog):
             self.tensors.overrides()
         except OptionError:
             return "Correct the per-tensor rules in the advanced options to start."
+        if self.sizing.problem() is not None:
+            return "Correct the size target in the advanced options to start."
         return None
 
     def _request_plan(self, *_: object) -> None:

@@ -192,8 +192,12 @@ def test_fit_to_size_shows_the_fitted_plan_before_writing(qtbot, window: MainWin
     choose(qtbot, window, dialog, "Q8_0")
     q8 = plan_conversion(folder / SOURCE, folder / "x.gguf", out_type="Q8_0").output_bytes
     q4 = plan_conversion(folder / SOURCE, folder / "x.gguf", out_type="Q4_K_M").output_bytes
-    dialog.sizing.size.setValue((q8 + q4) / 2 / 2**30)
+    dialog.sizing.size.setText("4.2 parsecs")
     dialog.sizing.to_size.setChecked(True)
+    assert not dialog.start.isEnabled()
+    assert "not a size" in dialog.sizing.size_problem.text()
+    assert "size target" in dialog.start_reason.text()
+    dialog.sizing.choose_size(str((q8 + q4) // 2))
     settle(qtbot, window)
     summary = dialog.summary.text()
     assert "Size target" in summary, summary
