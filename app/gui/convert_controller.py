@@ -124,6 +124,7 @@ class ConvertController(QObject):
         super().__init__(parent)
         self.queue, self.background, self.fits, self.window = queue, background, fits, window
         self._jobs: dict[int, Path] = {}  # job id → source
+        self._fitting: dict[ConvertDialog, int] = {}  # a sheet's running size measurement
         # Jobs the sheet started for itself (fitting a size, computing a matrix) → what to do
         # with their result.
         self._callbacks: dict[int, Callable[[JobResult], None]] = {}
@@ -155,6 +156,8 @@ class ConvertController(QObject):
         checked_last: list[Checked] = []  # the sheet's latest plan, handed to the job
 
         def show(checked: Checked) -> None:
+            if checked.request != dialog.request():
+                return  # the user has changed something since; a newer plan is coming
             checked_last[:] = [checked]
             if checked.needs_fitting:
                 dialog.show_fitting(checked.request, "Measuring each weight's error in each "
@@ -171,6 +174,7 @@ class ConvertController(QObject):
         dialog.importance.compute_wanted.connect(
             lambda text: self._compute_imatrix(dialog, text))
         dialog.accepted.connect(lambda: self._accept(dialog.request(), checked_last))
+        dialog.rejected.connect(lambda: self._stop_fitting(dialog))
         dialog.open()
         return dialog
 
@@ -181,6 +185,10 @@ class ConvertController(QObject):
         request = checked.request
 
         def done(result: JobResult) -> None:
+            if self._fitting.get(dialog) == job_id:
+                del self._fitting[dialog]
+            if result.status == "cancelled":
+                return
             if result.status != "done":
                 dialog.show_plan(request, None, result.error or "fitting the size stopped",
                                  None)
@@ -189,8 +197,18 @@ class ConvertController(QObject):
             self.background.submit(f"convert-plan-{id(dialog)}",
                                    lambda: check(request, fitted, checked.base), show)
 
+        # One measurement per sheet: a newer request makes the one running useless.
+        running = self._fitting.pop(dialog, None)
+        if running is not None:
+            self.queue.cancel(running)
         job_id = self.queue.submit(FitToSizeRequest(request, checked.plan))
+        self._fitting[dialog] = job_id
         self._callbacks[job_id] = done
+
+    def _stop_fitting(self, dialog: ConvertDialog) -> None:
+        job_id = self._fitting.pop(dialog, None)
+        if job_id is not None:
+            self.queue.cancel(job_id)
 
     def _compute_imatrix(self, dialog: ConvertDialog, text: Path) -> None:
         """Run the imatrix job on the calibration text; the sheet then uses its output."""
@@ -234,6 +252,11 @@ class ConvertController(QObject):
             QMessageBox.warning(self.window, "Cannot convert", checked.error)
             return
         request = checked.request
+        if checked.needs_fitting:
+            # Not measured yet (started before the sheet showed the fitted plan): the job
+            # fits the size itself, from the request.
+            self._submit(request)
+            return
         if checked.memory_shortfall is not None:
             answer = QMessageBox.question(
                 self.window, "Not enough memory?",
