@@ -257,3 +257,24 @@ def test_a_matrix_computed_from_a_text_is_used(qtbot, settings: AppSettings, tmp
     assert "weights" in panel.status.text()
     assert dialog.request().imatrix == matrix and dialog.start.isEnabled()
     dialog.reject()
+
+
+def test_fit_this_gpu_and_a_size_too_small(qtbot, window: MainWindow, folder: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.gui.convert_controller as controller
+
+    monkeypatch.setattr(controller, "first_gpu", lambda: (2 * 2**30, "Test GPU"))
+    dialog = sheet(qtbot, window, folder / SOURCE)
+    choose(qtbot, window, dialog, "Q4_K_M")
+    sizing = dialog.sizing
+    assert sizing.to_gpu.isEnabled() and "Test GPU" in sizing.gpu_reason.text()
+    sizing.to_gpu.setChecked(True)
+    request = dialog.request()
+    assert request.fit_gpu_vram == 2 * 2**30 and request.fit_gpu_context == 4096
+    settle(qtbot, window)
+    assert "Size target" in dialog.summary.text() and dialog.start.isEnabled()
+    sizing.choose_size("1KiB")
+    settle(qtbot, window)
+    assert "below the smallest" in dialog.summary.text()
+    assert not dialog.start.isEnabled()
+    dialog.reject()
