@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gui_helpers import open_window, settle
 from PySide6.QtWidgets import QApplication
+from test_screenshots import problems_in, save
 
 from app.core.estimate.candidates import conversion_candidates
 from app.core.estimate.report import fit_report
@@ -49,6 +50,11 @@ def test_the_fit_tab_offers_a_custom_mix_and_the_sheet_fits_it(
     assert "Q4_K_M does not fit" in tab.offer.text() and "Q3_K_L" in tab.offer.text()
     assert not tab.offer_action.isHidden()
     assert format_bytes(offer.size_bytes) in tab.offer_action.text()
+    window.resize(1024, 640)
+    window.details.setCurrentWidget(tab)
+    qtbot.wait(30)
+    save(window, "fit-size-offer", tmp_path, (1024, 640))
+    assert problems_in(tab) == []
     tab.offer_action.click()
     dialog = next(w for w in QApplication.topLevelWidgets()
                   if isinstance(w, ConvertDialog) and w.isVisible())
