@@ -126,12 +126,16 @@ class ImportancePanel(QWidget):
         self._update_enabled()
         self.status.setText(_error(text))
 
-    def show_plan(self, plan: ConversionPlan | None, error: str | None) -> None:
-        """What the chosen matrix covers in the checked plan, or why it was refused."""
+    def show_plan(self, plan: ConversionPlan | None, refused: str | None) -> None:
+        """What the chosen matrix covers in the checked plan, or `refused`: why the core
+        refused the matrix itself."""
         if self.path() is None:
             return
+        if refused is not None:
+            self.status.setText(_error(refused))
+            return
         if plan is None:
-            self.status.setText(_error(error or "the matrix was refused"))
+            self.status.setText("Checked with the plan once the plan can be made.")
             return
         importance = plan.importance
         if importance is None:

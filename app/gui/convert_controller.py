@@ -34,6 +34,7 @@ from app.gui.background import Background
 from app.gui.convert_dialog import ConvertDialog
 from app.gui.fit_controller import FitController, make_target
 from app.gui.fit_tab import TargetSpec
+from app.gui.option_words import gui_words
 from app.gui.worker import JobQueue
 
 THIS_MACHINE = TargetSpec("machine")
@@ -51,6 +52,7 @@ class Checked:
     # The request's program before the matrix and the size target: retyped for the next
     # request that differs only in its type or output, without reading the source again.
     base: ConversionPlan | None = None
+    error_file: Path | None = None  # the file the error is about (the matrix, the output…)
 
     @property
     def needs_fitting(self) -> bool:
@@ -82,7 +84,7 @@ def plan_and_check(request: ConvertRequest, previous: Checked | None = None) -> 
         plan = attach_importance(base, request.imatrix) if request.imatrix else base
         return check(request, plan, base)
     except ModelyardError as exc:
-        return Checked(request, None, exc.message, None, None, base)
+        return Checked(request, None, exc.worded(gui_words), None, None, base, exc.path)
 
 
 def check(request: ConvertRequest, plan: ConversionPlan,
@@ -91,7 +93,7 @@ def check(request: ConvertRequest, plan: ConversionPlan,
     try:
         check_disk(plan)
     except ModelyardError as exc:
-        return Checked(request, None, exc.message, None, None, base)
+        return Checked(request, None, exc.worded(gui_words), None, None, base, exc.path)
     shortfall = None
     try:
         check_memory(plan)
@@ -166,7 +168,8 @@ class ConvertController(QObject):
                 self._fit(checked, dialog, show)
                 return
             dialog.show_plan(checked.request, checked.plan,
-                             checked.error or checked.memory_shortfall, checked.disk_free)
+                             checked.error or checked.memory_shortfall, checked.disk_free,
+                             checked.error_file)
 
         dialog.plan_wanted.connect(lambda request: self.background.submit(
             f"convert-plan-{id(dialog)}",

@@ -494,10 +494,12 @@ class ConvertDialog(QDialog):
         self.plan_wanted.emit(request)
 
     def show_plan(self, request: ConvertRequest, plan: ConversionPlan | None,
-                  error: str | None, disk_free: int | None) -> None:
+                  error: str | None, disk_free: int | None,
+                  error_file: Path | None = None) -> None:
         if request != self.request():
             return  # the user has changed something since
-        self.importance.show_plan(plan, error)
+        self.importance.show_plan(plan, error if error_file is not None
+                                  and error_file == request.imatrix else None)
         self.tensors.show_plan(plan if plan is not None and plan.to == "gguf" else None)
         if plan is None:
             self.summary.setText(f"<span style='color:{COLORS['none']}'>{error}</span>")
