@@ -228,15 +228,16 @@ class TensorPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.table = QTreeWidget()
-        self.table.setHeaderLabels(["Tensor", "Shape", "Type", "Size"])
+        self.table.setHeaderLabels(["Tensor", "Shape", "Type", "Size", "Matrix"])
         self.table.setRootIsDecorated(False)
         self.table.setUniformRowHeights(True)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         header = self.table.header()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for column in (1, 2, 3):
+        for column in (1, 2, 3, 4):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setColumnHidden(4, True)
         self.table.setMinimumHeight(self.fontMetrics().lineSpacing() * 9)
         self.empty = _wrapped("The plan's tensors appear here once it is checked.")
         types = valid_override_types()
@@ -313,11 +314,17 @@ class TensorPanel(QWidget):
         if plan is None:
             return
         overridden = plan.type_rules.overrides if plan.type_rules is not None else None
+        importance = plan.importance
+        weighted = set(importance.covered) if importance is not None else set()
+        unweighted = set(importance.uncovered) if importance is not None else set()
+        self.table.setColumnHidden(4, importance is None)
         items = []
         for tensor in plan.tensors:
+            matrix = ("weighted" if tensor.name in weighted else
+                      "not covered" if tensor.name in unweighted else "")
             # GGUF's own order, row length first, as `modelyard inspect` prints the file.
             item = QTreeWidgetItem([tensor.name, "×".join(map(str, reversed(tensor.shape))),
-                                    tensor.out_type, format_bytes(tensor.n_bytes)])
+                                    tensor.out_type, format_bytes(tensor.n_bytes), matrix])
             item.setTextAlignment(3, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             if overridden is not None and overridden.matching_rule(tensor.name) is not None:
                 item.setToolTip(2, "your rule")

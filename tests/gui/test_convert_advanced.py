@@ -88,6 +88,12 @@ def test_a_chosen_matrix_is_checked_and_the_job_writes_with_it(
     assert "Importance matrix imatrix.gguf" in status and "weights 6 of 7" in status
     assert "token_embd.weight" in status  # the one tensor it does not cover, named
     assert "importance matrix" in dialog.summary.text().lower()
+    table = dialog.tensors.table
+    coverage = {table.topLevelItem(i).text(0): table.topLevelItem(i).text(4)
+                for i in range(table.topLevelItemCount())}
+    assert not table.isColumnHidden(4)
+    assert coverage["token_embd.weight"] == "not covered"
+    assert coverage["blk.0.attn_k.weight"] == "weighted"
     read = len(plans)
     output = start(qtbot, window, dialog)
     assert len(plans) == read  # the job ran the checked program
