@@ -53,13 +53,13 @@ class Checked:
     # request that differs only in its type or output, without reading the source again.
     base: ConversionPlan | None = None
     error_file: Path | None = None  # the file the error is about (the matrix, the output…)
+    fitted: bool = False  # `plan` is the program fitted to the request's size target
 
     @property
     def needs_fitting(self) -> bool:
         """The standard program is checked; the size target still has to be measured."""
         fitting = self.request.target_size is not None or self.request.fit_gpu_vram is not None
-        return fitting and self.plan is not None and not any(
-            note.startswith("size target") for note in self.plan.notes)
+        return fitting and self.plan is not None and not self.fitted
 
 
 def _unfitted(request: ConvertRequest) -> ConvertRequest:
@@ -87,8 +87,8 @@ def plan_and_check(request: ConvertRequest, previous: Checked | None = None) -> 
         return Checked(request, None, exc.worded(gui_words), None, None, base, exc.path)
 
 
-def check(request: ConvertRequest, plan: ConversionPlan,
-          base: ConversionPlan | None = None) -> Checked:
+def check(request: ConvertRequest, plan: ConversionPlan, base: ConversionPlan | None = None,
+          fitted: bool = False) -> Checked:
     """`plan` checked against the disk (an error) and memory (a risk the user may take)."""
     try:
         check_disk(plan)
@@ -100,7 +100,7 @@ def check(request: ConvertRequest, plan: ConversionPlan,
     except InsufficientResourcesError as exc:
         shortfall = exc.message
     return Checked(request, plan, None, shortfall, probe_disk(plan.target.parent).free_bytes,
-                   base)
+                   base, fitted=fitted)
 
 
 def free_imatrix_path(model: ModelInfo) -> Path:
@@ -198,7 +198,7 @@ class ConvertController(QObject):
                 return
             fitted: ConversionPlan = result.value
             self.background.submit(f"convert-plan-{id(dialog)}",
-                                   lambda: check(request, fitted, checked.base), show)
+                                   lambda: check(request, fitted, checked.base, True), show)
 
         # One measurement per sheet: a newer request makes the one running useless.
         running = self._fitting.pop(dialog, None)
