@@ -7,10 +7,9 @@ only builds the ConvertRequest the user asked for.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QObject, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -42,46 +41,12 @@ from app.core.estimate.originals import is_quantized
 from app.core.estimate.verdict import CandidateFit
 from app.core.formats.model_info import ModelInfo, format_bytes
 from app.gui.convert_advanced import ImportancePanel, SizePanel, TensorPanel
+from app.gui.convert_scroll import FullScrollArea
 from app.gui.fit_badge import COLORS, fit_short_text
 from app.gui.quant_guide import GROUPS, bits_per_weight, group_of, type_note
 
 HF_DTYPES = ("BF16", "F16", "F32")
 PER_ROW = 4  # type buttons per row within a group: the sheet fits a 1024-wide screen
-
-
-class FullScrollArea(QScrollArea):
-    """Asks for its whole content (a plain QScrollArea asks for at most 24 lines) and
-    scrolls only when it gets less."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setWidgetResizable(True)
-        self.setFrameShape(QScrollArea.Shape.NoFrame)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.height_limit: Callable[[], int] | None = None
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
-            self.updateGeometry()  # the content's size changed: so does what this asks for
-        return super().eventFilter(watched, event)
-
-    def sizeHint(self) -> QSize:
-        widget = self.widget()
-        if widget is None:
-            return super().sizeHint()
-        hint = widget.sizeHint()
-        return QSize(hint.width() + self.verticalScrollBar().sizeHint().width(),
-                     hint.height())
-
-    def minimumSizeHint(self) -> QSize:
-        """All of the content while it fits in `height_limit`, then that much (scrolling)."""
-        widget = self.widget()
-        if widget is None:
-            return super().minimumSizeHint()
-        need = widget.minimumSizeHint()
-        height = need.height() if self.height_limit is None else max(
-            min(need.height(), self.height_limit()), self.fontMetrics().lineSpacing() * 12)
-        return QSize(need.width() + self.verticalScrollBar().sizeHint().width(), height)
 
 
 class ConvertDialog(QDialog):
