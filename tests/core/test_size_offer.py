@@ -58,3 +58,24 @@ def test_q4_k_m_short_of_room_gets_a_custom_mix_between(tmp_path: Path) -> None:
     written = inspect_path(tmp_path / "custom.gguf")
     assert q3 < written.file_size <= offer.size_bytes
     assert judge(written, target, CONTEXT).kind == "ram"
+
+
+def test_fit_prints_the_offer_as_convert_options(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = make_gguf(tmp_path / "m.gguf", n_layers=4, n_embd=256, n_ff=512, n_vocab=512)
+    model = inspect_path(path)
+    by_quant = {c.quant: c for c in conversion_candidates(model)}
+    big = Machine("big", 64 * 2**30)
+    q3, q4_0 = (judge(by_quant[q].model, big, CONTEXT).estimate.ram.total
+                for q in ("Q3_K_L", "Q4_0"))
+    ram = ram_for((q3 + 4 * q4_0) // 5)
+    result = subprocess.run([sys.executable, "-m", "app", "fit", str(path), "--cpu-only",
+                             "--ram", repr(ram / 2**30), "--ctx", str(CONTEXT)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "custom mix does" in line)
+    assert line.startswith("Q4_K_M does not fit; a ")
+    size = line.rsplit("--target-size ", 1)[1]
+    assert "--type Q4_K_M" in line and parse_size(size) > by_quant["Q3_K_L"].model.file_size
