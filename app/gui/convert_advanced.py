@@ -240,9 +240,13 @@ class TensorPanel(QWidget):
         self.table.setColumnHidden(4, True)
         self.table.setMinimumHeight(self.fontMetrics().lineSpacing() * 9)
         self.empty = _wrapped("The plan's tensors appear here once it is checked.")
+        self.how = _wrapped("Select tensors in the list, pick a type and “Set for selected”: "
+                            "each becomes a rule (a pattern searched in the tensor's name, "
+                            "the first match wins).")
         types = valid_override_types()
         self.selected_type = QComboBox()
         self.selected_type.addItems(types)
+        self.selected_type.setCurrentText("Q8_0")  # the usual choice for a tensor kept finer
         self.set_selected = QPushButton("Set for selected")
         self.set_selected.setEnabled(False)
         self.rules = QLineEdit(placeholderText="PATTERN=TYPE … e.g. attn_v=Q8_0 ffn_down=Q6_K")
@@ -273,6 +277,7 @@ class TensorPanel(QWidget):
         layout.addWidget(self.reason)
         layout.addWidget(self.empty)
         layout.addWidget(self.table, 1)
+        layout.addWidget(self.how)
         layout.addLayout(selected_row)
         layout.addLayout(rules_row)
         layout.addWidget(self.problem)
