@@ -10,6 +10,7 @@ from gui_helpers import open_window, settle
 from PySide6.QtWidgets import QApplication
 from test_screenshots import problems_in, save
 
+from app.core.convert.plan_fitted import FitToSizeRequest
 from app.core.estimate.candidates import conversion_candidates
 from app.core.estimate.report import fit_report
 from app.core.estimate.verdict import MARGIN_BYTES, MARGIN_FRACTION, Machine, judge
@@ -58,12 +59,17 @@ def test_the_fit_tab_offers_a_custom_mix_and_the_sheet_fits_it(
     tab.offer_action.click()
     dialog = next(w for w in QApplication.topLevelWidgets()
                   if isinstance(w, ConvertDialog) and w.isVisible())
-    settle(qtbot, window)
-    settle(qtbot, window)
+    # The sheet opens on Q4_K_M with the size target, and measures the fitted plan in a job
+    # (the fitted plan itself is shown as test_convert_advanced checks).
+    qtbot.waitUntil(lambda: any(isinstance(r.request, FitToSizeRequest)
+                                for r in window.queue.jobs.values()), timeout=60000)
     assert dialog.selected_type() == "Q4_K_M"
     assert dialog.advanced.isVisibleTo(dialog) and dialog.advanced.currentWidget() is dialog.sizing
-    request = dialog.request()
-    assert request is not None and request.target_size == offer.size_bytes
-    assert "Size target" in dialog.summary.text(), dialog.summary.text()
-    assert not any(folder.glob("*Q4_K_M*"))  # shown, nothing written yet
-    dialog.reject()
+    job = next(r for r in window.queue.jobs.values() if isinstance(r.request, FitToSizeRequest))
+    assert job.request.request.target_size == offer.size_bytes
+    assert job.request.request.out_type == "Q4_K_M"
+    assert "Measuring" in dialog.summary.text() and not dialog.start.isEnabled()
+    dialog.reject()  # closing the sheet stops the measurement
+    settle(qtbot, window)
+    assert job.state == "cancelled"
+    assert not any(folder.glob("*Q4_K_M*"))  # nothing written
