@@ -119,6 +119,10 @@ def print_report(report: FitReport) -> None:
     recommended = report.recommended
     if recommended is not None:
         print(f"recommended: {recommended.candidate.label}")
+    offer = report.size_offer
+    if offer is not None:
+        print(f"{offer.text} ({offer.verdict.text.split(':')[0]}): convert --type "
+              f"{offer.preferred} --target-size {offer.size_text}")
     if report.max_context:
         print(f"longest context at which {report.max_context_of} fully fits: "
               f"{report.max_context} tokens")

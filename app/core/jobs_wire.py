@@ -20,6 +20,7 @@ Events are the CLI's `--json-progress` lines plus a few of the child's own:
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import importlib
@@ -139,6 +140,10 @@ def encode(value: Any) -> Any:
             fields[f.name] = {CALLBACK: f.name} if callable(item) and not isinstance(
                 item, type) else encode(item)
         return {"__dataclass__": _class_name(type(value)), "fields": fields}
+    if type(value).__module__ == "numpy" and hasattr(value, "tobytes") and value.ndim:
+        # An array (an importance matrix's weights in a planned program): its bytes, exactly.
+        return {"__ndarray__": value.dtype.str, "shape": list(value.shape),
+                "data": base64.b64encode(value.tobytes(order="C")).decode("ascii")}
     if type(value).__module__ == "numpy" and hasattr(value, "item"):
         return encode(value.item())  # a numpy scalar
     raise WireError(f"a {type(value).__name__} cannot be sent to or from a job's process")
@@ -163,6 +168,8 @@ def decode(data: Any, callbacks: Callbacks = None) -> Any:
         return float(data["__float__"])
     if "__dict__" in data:
         return {_hashable(decode(k, callbacks)): decode(v, callbacks) for k, v in data["__dict__"]}
+    if "__ndarray__" in data:
+        return _decode_array(data)
     if "__enum__" in data:
         cls = _resolve(data["__enum__"])
         if not issubclass(cls, enum.Enum):
@@ -171,6 +178,20 @@ def decode(data: Any, callbacks: Callbacks = None) -> Any:
     if "__dataclass__" in data:
         return _decode_dataclass(data, callbacks)
     raise WireError(f"cannot decode an object with keys {sorted(data)[:5]}")
+
+
+def _decode_array(data: dict[str, Any]) -> Any:
+    import numpy as np
+
+    try:
+        dtype = np.dtype(data["__ndarray__"])
+        if dtype.hasobject:
+            raise TypeError("object arrays are not data")
+        shape = tuple(int(n) for n in data["shape"])
+        raw = base64.b64decode(data["data"], validate=True)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    except (TypeError, ValueError, KeyError) as exc:
+        raise WireError(f"not an array: {exc}") from exc
 
 
 def _hashable(value: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -27,14 +27,21 @@ from PySide6.QtWidgets import (
     QPushButton,
     QRadioButton,
     QScrollArea,
+    QTabWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from app.core.convert import ConversionPlan, ConvertRequest, default_output_path
+from app.core.convert.importance import importance_applies
+from app.core.convert.plan_hf import BNB_QUANTIZATIONS
+from app.core.errors import OptionError
+from app.core.estimate.originals import is_quantized
 from app.core.estimate.verdict import CandidateFit
 from app.core.formats.model_info import ModelInfo, format_bytes
+from app.gui.convert_advanced import ImportancePanel, SizePanel, TensorPanel
+from app.gui.convert_scroll import FullScrollArea
 from app.gui.fit_badge import COLORS, fit_short_text
 from app.gui.quant_guide import GROUPS, bits_per_weight, group_of, type_note
 
@@ -88,6 +95,15 @@ class ConvertDialog(QDialog):
         if model.format != "gguf":
             self.keep_type.setPlaceholderText("only for a GGUF source: an HF model's tensors "
                                               "are all converted")
+        self.importance = ImportancePanel()
+        self.tensors = TensorPanel()
+        self.sizing = SizePanel()
+        self.source_quantized = is_quantized(model) or model.quantization in BNB_QUANTIZATIONS
+        self.importance.set_compute_unavailable(
+            None if model.format == "hf" and not self.source_quantized else
+            "Computing a matrix runs the original model from its Hugging Face folder; this "
+            f"source is {'a GGUF file' if model.format == 'gguf' else 'a quantized checkpoint'}"
+            ".")
         self.overwrite = QCheckBox("Replace the output if it exists")
         self.require_tokenizer = QCheckBox("Stop if the model has no tokenizer")
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
@@ -102,10 +118,13 @@ class ConvertDialog(QDialog):
         for box in (self.pure, self.overwrite, self.require_tokenizer):
             box.toggled.connect(self._request_plan)
         self.keep_type.editingFinished.connect(self._request_plan)
+        for panel in (self.importance, self.tensors, self.sizing):
+            panel.changed.connect(self._request_plan)
         self.output.editingFinished.connect(self._request_plan)
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         self._fill_types([])
+        self._update_panels()
         if self.to_gguf.isChecked():
             self.advice.setText("Estimating the size and fit of each type…")
             self.advice.setVisible(True)
@@ -121,22 +140,32 @@ class ConvertDialog(QDialog):
         output_row = QHBoxLayout()
         output_row.addWidget(self.output, 1)
         output_row.addWidget(browse)
-        advanced = QGroupBox()
-        advanced_form = QFormLayout(advanced)
+        options = QGroupBox()
+        advanced_form = QFormLayout(options)
         advanced_form.addRow("Device:", self.device)
         advanced_form.addRow("", self.pure)
         advanced_form.addRow("Keep type:", self.keep_type)
         advanced_form.addRow("", self.overwrite)
         advanced_form.addRow("", self.require_tokenizer)
+        advanced = QTabWidget()
+        advanced.addTab(options, "Options")
+        advanced.addTab(self.importance, "Importance matrix")
+        advanced.addTab(self.tensors, "Tensors")
+        advanced.addTab(self.sizing, "Size target")
         advanced.setVisible(False)
+        self.advanced = advanced
         fold = QToolButton()
         fold.setText("Advanced options")
         fold.setCheckable(True)
         fold.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         fold.setArrowType(Qt.ArrowType.RightArrow)
         fold.toggled.connect(advanced.setVisible)
+        # Opened on a small screen, the options are below the fold of the scrolling part.
+        fold.toggled.connect(lambda on: on and QTimer.singleShot(
+            0, lambda: self.body.ensureWidgetVisible(advanced, 0, 0)))
         fold.toggled.connect(lambda on: fold.setArrowType(
             Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow))
+        self.fold = fold
         types = QVBoxLayout()
         types.addLayout(self.type_grid)
         types.addWidget(self.type_note)
@@ -158,13 +187,39 @@ class ConvertDialog(QDialog):
         bottom = QHBoxLayout()
         bottom.addWidget(self.start_reason, 1)
         bottom.addWidget(self.buttons)
+        body = QWidget()
+        body_layout = QVBoxLayout(body)
+        body_layout.setContentsMargins(0, 0, 0, 0)
+        body_layout.addLayout(form)
+        body_layout.addWidget(summary_area, 1)
+        body_layout.addWidget(fold)
+        body_layout.addWidget(advanced)
+        # With the advanced options open, the sheet can be taller than a small window: it
+        # then scrolls as a whole, so that no control is squeezed below its size.
+        self.body = FullScrollArea()
+        self.body.setWidget(body)
+        self.body.height_limit = self._body_height_limit
         layout = QVBoxLayout(self)
         layout.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
-        layout.addLayout(form)
-        layout.addWidget(summary_area, 1)
-        layout.addWidget(fold)
-        layout.addWidget(advanced)
+        layout.addWidget(self.body, 1)
         layout.addLayout(bottom)
+
+    def _body_height_limit(self) -> int:
+        """What the window this sheet covers leaves for the scrolling part."""
+        parent = self.parentWidget()
+        if parent is None:
+            return 10**6
+        margins = self.layout().contentsMargins()
+        return (parent.window().height() - self.buttons.sizeHint().height() - margins.top()
+                - margins.bottom() - self.layout().spacing())
+
+    def sizeHint(self) -> QSize:
+        """All of the sheet, but never taller than the window it is a sheet of."""
+        hint = super().sizeHint()
+        parent = self.parentWidget()
+        if parent is not None:
+            hint.setHeight(min(hint.height(), parent.window().height()))
+        return hint
 
     # ---- quant buttons -------------------------------------------------------------------
     def _fill_types(self, fits: list[CandidateFit]) -> None:
@@ -239,7 +294,11 @@ class ConvertDialog(QDialog):
         lines = []
         keep = self._keep
         recommended = next((f for f in fits if f.recommended), None)
-        if keep is not None and keep.recommended:
+        if keep is not None and keep.recommended and not self.source_quantized:
+            lines.append(f"This {keep.candidate.quant} file already fits this machine "
+                         f"({keep.verdict.text.split(':')[0]}): choose a type to make it "
+                         "smaller or faster, or for a runtime that needs one.")
+        elif keep is not None and keep.recommended:
             lines.append(f"This {keep.candidate.quant} file already fits this machine "
                          f"({keep.verdict.text.split(':')[0]}). Converting quantized weights "
                          "again adds a second error: choose a type only if a runtime needs it.")
@@ -303,8 +362,31 @@ class ConvertDialog(QDialog):
         self._fill_types(self._estimates if self.to_gguf.isChecked() else [])
         self._type_changed()
 
+    def _update_panels(self) -> None:
+        """Say in each advanced panel why it does not apply to the chosen output."""
+        out_type = self.selected_type()
+        gguf = self.to_gguf.isChecked()
+        not_gguf = "Only for a GGUF output."
+        if not gguf:
+            importance: str | None = not_gguf
+        elif out_type is None:
+            importance = "Choose a type first."
+        elif self.source_quantized:
+            importance = (f"The source is already quantized ({self.model.quantization}): a "
+                          "matrix weighs the error of quantizing original weights.")
+        elif not importance_applies(out_type):
+            importance = (f"{out_type} does not use one: a matrix weighs only K-quants "
+                          "(Q2_K to Q6_K) and the legacy 4- and 5-bit types.")
+        else:
+            importance = None
+        self.importance.set_unavailable(importance)
+        self.tensors.set_unavailable(None if gguf else not_gguf + " An HF folder keeps one "
+                                                              "data type for every weight.")
+        self.sizing.set_unavailable(None if gguf else not_gguf)
+
     def _type_changed(self, *_: object) -> None:
         self._update_type_note()
+        self._update_panels()
         out_type = self.selected_type()
         if out_type is None:
             self.start.setEnabled(False)
@@ -331,31 +413,59 @@ class ConvertDialog(QDialog):
     # ---- the request ---------------------------------------------------------------------
     def request(self) -> ConvertRequest | None:
         out_type = self.selected_type()
-        if out_type is None or not self.output.text().strip():
+        if out_type is None or not self.output.text().strip() or self._incomplete():
             return None
+        try:
+            overrides = self.tensors.overrides()
+        except OptionError:
+            return None
+        gpu = self.sizing.gpu()
         return ConvertRequest(
             Path(self.model.path), Path(self.output.text().strip()), out_type,
             to=self.target(),  # type: ignore[arg-type]
             device=self.device.currentData(),
             keep_type=self.keep_type.text().strip() or None,
             overwrite=self.overwrite.isChecked(),
-            require_tokenizer=self.require_tokenizer.isChecked(), pure=self.pure.isChecked())
+            require_tokenizer=self.require_tokenizer.isChecked(), pure=self.pure.isChecked(),
+            type_overrides=overrides, imatrix=self.importance.path(),
+            target_size=self.sizing.target_size(),
+            fit_gpu_vram=gpu[0] if gpu else None,
+            fit_gpu_context=gpu[1] if gpu else 4096)
+
+    def _incomplete(self) -> str | None:
+        """Why the advanced options do not make a request yet."""
+        missing = self.importance.missing()
+        if missing is not None:
+            return missing
+        try:
+            self.tensors.overrides()
+        except OptionError:
+            return "Correct the per-tensor rules in the advanced options to start."
+        if self.sizing.problem() is not None:
+            return "Correct the size target in the advanced options to start."
+        return None
 
     def _request_plan(self, *_: object) -> None:
         request = self.request()
         self.start.setEnabled(False)
         if request is None:
-            self.start_reason.setText("Choose a type above to start." if self.selected_type()
-                                      is None else "Give the output a name to start.")
+            self.start_reason.setText(
+                "Choose a type above to start." if self.selected_type() is None else
+                "Give the output a name to start." if not self.output.text().strip() else
+                self._incomplete() or "")
             return
         self.summary.setText("Checking the plan…")
         self.start_reason.setText("Checking the plan…")
         self.plan_wanted.emit(request)
 
     def show_plan(self, request: ConvertRequest, plan: ConversionPlan | None,
-                  error: str | None, disk_free: int | None) -> None:
+                  error: str | None, disk_free: int | None,
+                  error_file: Path | None = None) -> None:
         if request != self.request():
             return  # the user has changed something since
+        self.importance.show_plan(plan, error if error_file is not None
+                                  and error_file == request.imatrix else None)
+        self.tensors.show_plan(plan if plan is not None and plan.to == "gguf" else None)
         if plan is None:
             self.summary.setText(f"<span style='color:{COLORS['none']}'>{error}</span>")
             self.start.setEnabled(False)
@@ -370,9 +480,19 @@ class ConvertDialog(QDialog):
         if plan.fallbacks:
             lines.append(f"{len(plan.fallbacks)} tensor(s) fall back to another type "
                          f"(e.g. {plan.fallbacks[0]}).")
+        lines += [note[:1].upper() + note[1:] + "." for note in plan.notes
+                  if note.startswith(("size target", "importance matrix"))]
         lines += list(plan.warnings)
         if error:  # a memory shortfall: the user may still start, at their risk
             lines.insert(0, f"<span style='color:{COLORS['partial']}'>{error}</span>")
         self.summary.setText("<br>".join(lines))
         self.start.setEnabled(True)
         self.start_reason.setText("")
+
+    def show_fitting(self, request: ConvertRequest, text: str) -> None:
+        """The standard plan is checked; the fitted one is being measured in a job."""
+        if request != self.request():
+            return
+        self.summary.setText(text)
+        self.start.setEnabled(False)
+        self.start_reason.setText("Fitting the size: the plan appears when it is measured.")

@@ -130,6 +130,7 @@ class FitTab(QWidget):
     convert_requested = Signal(str)  # quant type
     select_requested = Signal(str)  # path of an existing file
     test_requested = Signal()  # the selected file, as it is
+    size_offer_requested = Signal(object)  # SizeOffer: convert to that custom mix
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -171,6 +172,9 @@ class FitTab(QWidget):
         self.action_reason.setWordWrap(True)
         self.notes = QLabel()
         self.notes.setWordWrap(True)
+        self.offer = QLabel()
+        self.offer.setWordWrap(True)
+        self.offer_action = QPushButton()
         self._build_layout()
         self.target_box.currentIndexChanged.connect(self._changed)
         self.judge_table.toggled.connect(self._changed)
@@ -179,6 +183,7 @@ class FitTab(QWidget):
         self.context.valueChanged.connect(self._changed)
         self.quants.currentItemChanged.connect(self._update_action)
         self.action.clicked.connect(self._act)
+        self.offer_action.clicked.connect(self._offer_clicked)
         self._update_custom_visibility()
         self.context_label.setText(f"{self.context_value():,} tokens")
         self.show_report(None)
@@ -214,6 +219,10 @@ class FitTab(QWidget):
         layout.addWidget(self.quants_title)
         layout.addWidget(self.quants, 1)
         layout.addLayout(buttons)
+        offer_row = QHBoxLayout()
+        offer_row.addWidget(self.offer, 1)
+        offer_row.addWidget(self.offer_action)
+        layout.addLayout(offer_row)
         layout.addWidget(self.action_reason)
         layout.addWidget(self.notes)
 
@@ -274,8 +283,26 @@ class FitTab(QWidget):
         for widget in (self.vram_bar, self.vram_text):
             self.form.setRowVisible(widget, visible and gpu)
 
+    def _show_offer(self, report: FitReport | None) -> None:
+        """The custom mix that fits where the preferred standard one does not."""
+        offer = report.size_offer if report is not None else None
+        self.offer.setVisible(offer is not None)
+        self.offer_action.setVisible(offer is not None)
+        if offer is None:
+            return
+        self.offer.setText(f"<b>{offer.text}</b> ({offer.verdict.text.split(':')[0]}): each "
+                           f"weight gets the type with the least error within "
+                           f"{format_bytes(offer.size_bytes)}, more quality than "
+                           f"{offer.below}.")
+        self.offer_action.setText(f"Convert to a {format_bytes(offer.size_bytes)} mix…")
+
+    def _offer_clicked(self) -> None:
+        if self.report is not None and self.report.size_offer is not None:
+            self.size_offer_requested.emit(self.report.size_offer)
+
     def show_report(self, report: FitReport | None) -> None:
         self.report = report
+        self._show_offer(report)
         self.quants.clear()
         self.longest.clear()
         self.notes.clear()

@@ -137,3 +137,30 @@ def test_dropping_a_model_opens_the_sheet(qtbot, window: MainWindow, tmp_path: P
     assert [b.property("quant") for b in dialog.types.buttons()] == ["BF16", "F16", "F32"]
     assert dialog.output.text().endswith("-hf")
     dialog.reject()
+
+
+def test_the_sheet_judges_fit_for_this_machine_not_the_what_if_target(
+        qtbot, window: MainWindow) -> None:
+    from app.core.estimate.candidates import conversion_candidates
+    from app.core.estimate.verdict import recommend
+    from app.gui.fit_controller import make_target
+    from app.gui.fit_tab import TargetSpec
+
+    folder = window.settings.folders()[0]
+    assert window.select_model_path(folder / "tiny-llama")
+    tab = window.details.fit
+    tab.target_box.setCurrentIndex(tab.target_box.findData("custom"))
+    tab.vram.setValue(4000)
+    settle(qtbot, window)
+    model = window.selected_model()
+    here = recommend(conversion_candidates(model), make_target(TargetSpec("machine")),
+                     window.fits.context)
+    what_if = [f.verdict.kind for f in tab.report.candidates if not f.candidate.keep]
+    assert set(what_if) == {"gpu"}  # the Fit tab answers its "what if"
+    window.convert_action.trigger()
+    dialog = open_dialog()
+    assert dialog is not None
+    settle(qtbot, window)
+    assert [(f.candidate.quant, f.verdict.kind) for f in dialog._estimates] == \
+        [(f.candidate.quant, f.verdict.kind) for f in here]
+    dialog.reject()

@@ -26,6 +26,21 @@ if TYPE_CHECKING:
 _MAX_STRING = 127
 
 
+# The types ggml quantizes with importance weights (the paths of quant/weighted.py); for the
+# others (Q8_0 and the float types) llama-quantize ignores a matrix. Plain data: a window
+# decides with it whether a matrix can matter before anything is planned.
+WEIGHTED_TYPES = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                            "Q6_K"})
+
+
+def importance_applies(out_type: str) -> bool:
+    """Whether a matrix weights the quantizer of most tensors of the target `out_type`."""
+    from app.core.quant import TARGETS
+
+    target = TARGETS.get(str(out_type).upper())
+    return target is not None and target.default_type.name in WEIGHTED_TYPES
+
+
 @dataclass(frozen=True, eq=False)
 class ImportancePlan:
     """The matrix a plan quantizes with, and the weights of each tensor it covers."""

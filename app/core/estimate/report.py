@@ -10,6 +10,7 @@ from typing import Any
 from app.core.errors import ModelyardError
 from app.core.estimate.candidates import keep_candidate
 from app.core.estimate.originals import hub_original, is_quantized
+from app.core.estimate.size_offer import SizeOffer, size_offer
 from app.core.estimate.verdict import (
     DEFAULT_CONTEXT,
     Candidate,
@@ -45,6 +46,8 @@ class FitReport:
     max_context_of: str | None = None  # which candidate (or the model) max_context is for
     convert: JobEstimate | None = None
     notes: tuple[str, ...] = field(default=())
+    # When the preferred standard mix does not fit: the custom mix (a size target) that does.
+    size_offer: SizeOffer | None = None
 
     @property
     def recommended(self) -> CandidateFit | None:
@@ -67,6 +70,7 @@ class FitReport:
             "max_context_of": self.max_context_of,
             "candidates": [_candidate_json(c) for c in self.candidates],
             "notes": list(self.notes),
+            "size_offer": self.size_offer.to_json() if self.size_offer else None,
         }
         if self.convert is not None:
             data["convert_peak_bytes"] = self.convert.peak_bytes
@@ -122,7 +126,9 @@ def fit_report(model: ModelInfo, target: Machine, context: int = DEFAULT_CONTEXT
         notes += _original_notes(model, originals)
     of = model.name if recommended is None or recommended.candidate.keep \
         else recommended.candidate.label
-    return FitReport(model, target, context, verdict, fits, longest, of, convert, tuple(notes))
+    offer = size_offer(fits, target, context, **options) if fits else None
+    return FitReport(model, target, context, verdict, fits, longest, of, convert, tuple(notes),
+                     offer)
 
 
 def _original_notes(model: ModelInfo, originals: Sequence[ModelInfo]) -> list[str]:
