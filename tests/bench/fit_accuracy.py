@@ -82,9 +82,11 @@ path = sys.argv[1]
 if path.endswith(".gguf"):
     model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
                                                  gguf_file=os.path.basename(path),
-                                                 dtype=getattr(torch, sys.argv[3]))
+                                                 dtype=getattr(torch, sys.argv[3]),
+                                                 attn_implementation=sys.argv[4])
 else:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, sys.argv[3]))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, sys.argv[3]),
+                                                 attn_implementation=sys.argv[4])
 ctx = int(sys.argv[2])
 ids = torch.randint(5, model.config.vocab_size - 5, (1, ctx - 8))
 with torch.no_grad():
@@ -163,14 +165,24 @@ def row(label: str, estimate: int, measured: int) -> float:
     return error
 
 
-def bench_llama_cpp(tmp: Path, quick: bool) -> list[float]:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        print("llama.cpp: llama-cpp-python is not installed; skipped")
-        return []
-    from app.core.estimate import estimate_gguf_run
-    from app.core.formats.scan import inspect_path
+def write_sliding_window(path: Path, window: int = 256) -> Path:
+    """A Gemma 2 GGUF (every other layer attends a `window`-token window) that llama.cpp loads:
+    tied embeddings and the post-attention and post-FFN norms gemma2 requires."""
+    import numpy as np
+
+    from factories import make_gguf
+
+    n_layers, n_embd = 4, 1024
+    norms = [(f"blk.{layer}.{name}.weight", np.ones(n_embd, np.float32))
+             for layer in range(n_layers) for name in ("post_attention_norm", "post_ffw_norm")]
+    return make_gguf(path, arch="gemma2", n_layers=n_layers, n_embd=n_embd, n_ff=4096,
+                     n_vocab=8000, n_head=8, n_head_kv=4, f16=True, context_length=32768,
+                     tied_embeddings=True, extra_tensors=norms,
+                     extra_kv={"gemma2.attention.sliding_window": window})
+
+
+def bench_models(tmp: Path, quick: bool) -> list[Path]:
+    """SmolLM2 (real, Q4_1), dense llamas, a mixture of experts and a sliding-window model."""
     from factories import make_gguf, smollm2_gguf
 
     models = [smollm2_gguf()]
@@ -181,12 +193,24 @@ def bench_llama_cpp(tmp: Path, quick: bool) -> list[float]:
     models.append(make_gguf(tmp / "moe-8x.gguf", n_layers=4, n_embd=1024, n_ff=1024,
                             n_vocab=8000, n_head=8, n_head_kv=8, n_experts=8, f16=True,
                             context_length=32768))
-    contexts = (512, 2048) if quick else (512, 1024, 2048, 4096)
+    models.append(write_sliding_window(tmp / "gemma2-swa256.gguf"))
+    return models
+
+
+def bench_llama_cpp(tmp: Path, quick: bool) -> list[float]:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama.cpp: llama-cpp-python is not installed; skipped")
+        return []
+    from app.core.estimate import estimate_gguf_run
+    from app.core.formats.scan import inspect_path
+
     print("llama.cpp, CPU only, context filled:")
     errors = []
-    for path in models:
+    for path in bench_models(tmp, quick):
         model = inspect_path(path)
-        for ctx in contexts:
+        for ctx in (512, 2048):
             estimate = estimate_gguf_run(model, ctx).ram.total
             errors.append(row(f"{path.name[:34]} ctx {ctx}", estimate,
                               measure(LLAMA_CHILD, str(path), str(ctx))))
@@ -203,12 +227,15 @@ def bench_transformers(tmp: Path, quick: bool) -> list[float]:
                            vocab_size=32000, max_position_embeddings=4096)
     model = inspect_path(folder)
     print("transformers, CPU, generate after a full context:")
+    dtypes = ("float32",) if quick else ("float32", "bfloat16")
+    runs = [("sdpa", dtype, ctx) for dtype in dtypes for ctx in (512, 2048)]
+    if not quick:
+        runs.append(("eager", "float32", 2048))  # the score matrix the default never holds
     errors = []
-    for dtype in ("float32",) if quick else ("float32", "bfloat16"):
-        for ctx in (512, 2048):
-            estimate = estimate_hf_load(model, ctx, dtype=dtype).ram.total
-            errors.append(row(f"llama 512x8 vocab 32000 {dtype} ctx {ctx}", estimate,
-                              measure(HF_CHILD, str(folder), str(ctx), dtype)))
+    for attention, dtype, ctx in runs:
+        estimate = estimate_hf_load(model, ctx, dtype=dtype, attention=attention).ram.total
+        errors.append(row(f"llama 512x8 vocab 32000 {dtype} {attention} ctx {ctx}", estimate,
+                          measure(HF_CHILD, str(folder), str(ctx), dtype, attention)))
     return errors
 
 
@@ -224,7 +251,7 @@ def bench_transformers_gguf(quick: bool) -> list[float]:
     for ctx in (512,) if quick else (512, 2048):
         estimate = estimate_hf_load(model, ctx).ram.total
         errors.append(row(f"{path.name[:34]} float32 ctx {ctx}", estimate,
-                          measure(HF_CHILD, str(path), str(ctx), "float32")))
+                          measure(HF_CHILD, str(path), str(ctx), "float32", "sdpa")))
     return errors
 
 
