@@ -165,25 +165,9 @@ def row(label: str, estimate: int, measured: int) -> float:
     return error
 
 
-def write_sliding_window(path: Path, window: int = 256) -> Path:
-    """A Gemma 2 GGUF (every other layer attends a `window`-token window) that llama.cpp loads:
-    tied embeddings and the post-attention and post-FFN norms gemma2 requires."""
-    import numpy as np
-
-    from factories import make_gguf
-
-    n_layers, n_embd = 4, 1024
-    norms = [(f"blk.{layer}.{name}.weight", np.ones(n_embd, np.float32))
-             for layer in range(n_layers) for name in ("post_attention_norm", "post_ffw_norm")]
-    return make_gguf(path, arch="gemma2", n_layers=n_layers, n_embd=n_embd, n_ff=4096,
-                     n_vocab=8000, n_head=8, n_head_kv=4, f16=True, context_length=32768,
-                     tied_embeddings=True, extra_tensors=norms,
-                     extra_kv={"gemma2.attention.sliding_window": window})
-
-
 def bench_models(tmp: Path, quick: bool) -> list[Path]:
     """SmolLM2 (real, Q4_1), dense llamas, a mixture of experts and a sliding-window model."""
-    from factories import make_gguf, smollm2_gguf
+    from factories import make_gguf, make_sliding_window_gguf, smollm2_gguf
 
     models = [smollm2_gguf()]
     shapes = [(1024, 8, 8, 4096, 8000), (2048, 16, 8, 5632, 32000)]
@@ -193,7 +177,8 @@ def bench_models(tmp: Path, quick: bool) -> list[Path]:
     models.append(make_gguf(tmp / "moe-8x.gguf", n_layers=4, n_embd=1024, n_ff=1024,
                             n_vocab=8000, n_head=8, n_head_kv=8, n_experts=8, f16=True,
                             context_length=32768))
-    models.append(write_sliding_window(tmp / "gemma2-swa256.gguf"))
+    # Gemma 2: every other layer attends a 256-token window (llama-cpp-python: full-size cache).
+    models.append(make_sliding_window_gguf(tmp / "gemma2-swa256.gguf"))
     return models
 
 
