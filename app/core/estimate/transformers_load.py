@@ -115,6 +115,26 @@ def conversion_transient(model: ModelInfo, load_dtype: str) -> int:
     return sum(t.n_bytes for t in stored)
 
 
+def work_bytes(model: ModelInfo, shape: ModelShape, context: int, load_dtype: str,
+               kv_bytes: int, attention: str = "sdpa", on_cpu: bool = True) -> int:
+    """Memory beyond weights and KV cache at the peak, on the CPU or a GPU: either generating
+    (activations) or loading (the cast's source bytes, which the KV cache does not yet use)."""
+    working = (activation_bytes(shape, context, DTYPE_BYTES[load_dtype], attention, on_cpu)
+               if shape.n_embd else 0)
+    return max(working, conversion_transient(model, load_dtype) - kv_bytes)
+
+
+def gpu_work_bytes(model: ModelInfo, context: int, dtype: str = "auto",
+                   attention: str = "sdpa") -> int:
+    """What `estimate_hf_load` keeps free on a GPU for activations: the loader's placement
+    reserves the same."""
+    load_dtype = checkpoint_dtype(model) if dtype == "auto" else dtype
+    shape = model_shape(model)
+    kv = (hf_kv_cache_bytes(shape, context, DTYPE_BYTES[load_dtype]) // shape.n_layer
+          * shape.n_layer if shape.n_layer and shape.n_head else 0)
+    return work_bytes(model, shape, context, load_dtype, kv, attention, on_cpu=False)
+
+
 def estimate_hf_load(model: ModelInfo, context: int, dtype: str = "auto",
                      gpu_free: Sequence[int] = (), gpu_layers: int | None = None,
                      attention: str = "sdpa") -> RunEstimate:
@@ -142,13 +162,10 @@ def estimate_hf_load(model: ModelInfo, context: int, dtype: str = "auto",
     other, layers = layer_bytes(model, shape.n_layer, dtype_bytes)
     kv_per_layer = (hf_kv_cache_bytes(shape, context, dtype_bytes) // shape.n_layer
                     if shape.n_layer and shape.n_head else 0)
-    transient = conversion_transient(model, load_dtype) - kv_per_layer * shape.n_layer
 
     def peak_work(on_cpu: bool) -> int:
-        """The peak is either generating (activations) or loading (the cast's source bytes)."""
-        working = (activation_bytes(shape, context, dtype_bytes, attention, on_cpu)
-                   if shape.n_embd else 0)
-        return max(working, transient)
+        return work_bytes(model, shape, context, load_dtype, kv_per_layer * shape.n_layer,
+                          attention, on_cpu)
 
     n_layer = shape.n_layer
     if not gpu_free:
