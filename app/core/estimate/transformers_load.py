@@ -91,8 +91,10 @@ def activation_bytes(shape: ModelShape, context: int, dtype_bytes: int,
     glibc keeps a layer's freed intermediates on its heap while the next layer's are made (its
     mmap threshold follows the freed blocks up to 32 MiB), so peak RSS holds about two sets.
     Measured, llama 512x8 float32, sdpa: 584/617/656/771/1030 MiB at context
-    512/1024/2048/4096/8192 against 589/617/673/785/1009 estimated; eager at 2048: 913 MiB
-    (tests/bench/fit_accuracy.py)."""
+    512/1024/2048/4096/8192 against 589/617/673/785/1009 estimated; eager at 2048: 913-915
+    MiB against 929 (tests/bench/fit_accuracy.py). Peak RSS varies from run to run with the
+    allocator's arenas: 624-720 MiB over six runs at 2048 on a loaded machine, and 600 MiB with
+    glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_), which is the live peak."""
     experts = max(shape.n_experts_used, 1)
     per_token = 4 * shape.n_embd + 2 * shape.n_ff * experts
     intermediates = context * per_token * dtype_bytes * (2 if on_cpu else 1)
