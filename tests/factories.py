@@ -232,6 +232,19 @@ def make_gguf(path: Path, *, arch: str = "llama", n_layers: int = 2, n_embd: int
     return path
 
 
+def make_sliding_window_gguf(path: Path, *, n_layers: int = 4, n_embd: int = 1024,
+                             n_ff: int = 4096, n_vocab: int = 8000, n_head: int = 8,
+                             n_head_kv: int = 4, window: int = 256, f16: bool = True) -> Path:
+    """A Gemma 2 GGUF that llama.cpp loads: every other layer attends a `window`-token window;
+    tied embeddings and the post-attention and post-FFN norms gemma2 requires."""
+    norms = [(f"blk.{layer}.{name}.weight", np.ones(n_embd, np.float32))
+             for layer in range(n_layers) for name in ("post_attention_norm", "post_ffw_norm")]
+    return make_gguf(path, arch="gemma2", n_layers=n_layers, n_embd=n_embd, n_ff=n_ff,
+                     n_vocab=n_vocab, n_head=n_head, n_head_kv=n_head_kv, f16=f16,
+                     context_length=32768, tied_embeddings=True, extra_tensors=norms,
+                     extra_kv={"gemma2.attention.sliding_window": window})
+
+
 def make_split_gguf(folder: Path, base: str, n_shards: int = 3) -> list[Path]:
     """A model split into shards the way gguf-split names and marks them."""
     import gguf

@@ -1,11 +1,18 @@
 """CUDA without surprises: an out-of-memory error becomes a resource error with the numbers and
-what to try, a device index is checked before a job starts, and the allocator's cache goes back
-to the driver after each job. torch is only looked at when a job has imported it."""
+what to try, a device is chosen and checked before a job starts, and the allocator's cache goes
+back to the driver after each job.
+
+Choosing the device happens in the window too (it plans conversions), so it asks the driver
+(NVML) and looks at the installed torch's files, never importing torch: that would load it and
+create a CUDA context in the window. The job's child makes the final check with torch itself
+(`torch_device`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from app.core.errors import InsufficientResourcesError, OptionError, OptionFact
@@ -56,6 +63,64 @@ def check_cuda_device(device: str, n_gpus: int) -> str:
         raise OptionError(f"device {device!r}: there is no GPU {index} (GPUs here: "
                           f"{n_gpus})", option=OptionFact("device", "cuda"))
     return device
+
+
+# torch/version.py names the CUDA version the build was made for, or None for a CPU build:
+# `cuda: Optional[str] = '12.8'` (older builds: `cuda = '11.8'`).
+_TORCH_CUDA = re.compile(r"^cuda\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+
+
+def torch_build_has_cuda() -> bool:
+    """Whether the installed torch was built with CUDA, read from its files without importing
+    it (a CPU build cannot use a GPU however many the driver reports)."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    version = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    try:
+        return _TORCH_CUDA.search(version.read_text(encoding="utf-8")) is not None
+    except OSError:
+        return False
+
+
+def resolve_device(device: str) -> str:
+    """`cpu`, `cuda` or `cuda:N` for a job; `auto` is CUDA when the driver reports a GPU and
+    torch was built with CUDA. A CUDA device without a GPU, or one that does not exist, is
+    refused. Imports no torch (see the module's note)."""
+    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
+        raise OptionError(f"device {device!r} is not one of cpu, cuda, cuda:N or auto",
+                          option=OptionFact("device"))
+    if device == "cpu":
+        return "cpu"
+    from app.core.resources import probe_gpus
+
+    gpus, _note = probe_gpus()
+    usable = bool(gpus) and torch_build_has_cuda()
+    if device == "auto":
+        return "cuda" if usable else "cpu"
+    if not gpus:
+        raise OptionError("the CUDA device was chosen, but there is no CUDA GPU here",
+                          hint="convert on the CPU", option=OptionFact("device", "cpu"))
+    if not usable:
+        raise OptionError("the CUDA device was chosen, but the installed torch is a CPU build "
+                          "and cannot use the GPU", hint="install a CUDA build of torch, or "
+                          "convert on the CPU", option=OptionFact("device", "cpu"))
+    return check_cuda_device(device, len(gpus))
+
+
+def torch_device(device: str) -> Any:
+    """The torch device a job runs on, checked by torch itself: the job's child process makes
+    this call, so a GPU the driver reports but CUDA cannot use fails with a sentence."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError(f"the job was planned for {device}, but torch sees no usable CUDA GPU "
+                          "(the driver may be too old for this torch build)",
+                          hint="run on the CPU", option=OptionFact("device", "cpu"))
+    return torch.device(device)
 
 
 def empty_cuda_cache() -> None:

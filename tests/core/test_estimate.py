@@ -250,3 +250,22 @@ def test_max_context_is_the_largest_that_fits(smollm2_gguf: Path) -> None:
 def test_vocabulary_overhead_scales_with_vocab(smollm2_gguf: Path) -> None:
     run = estimate_gguf_run(inspect_path(smollm2_gguf), 512)
     assert run.ram.overhead > 49152 * VOCAB_BYTES_PER_TOKEN
+
+
+def test_transformers_attention_scores_only_with_eager(tiny_models: dict[str, Path]) -> None:
+    # transformers' default (sdpa) attention works in tiles: activations grow linearly with the
+    # context. Eager attention holds the masked scores and their float32 softmax: 8 bytes for
+    # each of n_head x context x context scores. (The old quadratic term overestimated a
+    # 512x8 llama by 14 % at context 2048.)
+    model = inspect_path(tiny_models["llama"])
+    shape = model_shape(model)
+    logits = shape.n_vocab * 4
+
+    def compute(context: int, attention: str = "sdpa") -> int:
+        return estimate_hf_load(model, context, dtype="float32",
+                                attention=attention).ram.compute - logits
+
+    assert compute(2048) == 2 * compute(1024) == 4 * compute(512)
+    assert compute(2048, "eager") - compute(2048) == 8 * shape.n_head * 2048 * 2048
+    with pytest.raises(OptionError, match="attention implementation"):
+        estimate_hf_load(model, 512, attention="flash")

@@ -22,6 +22,7 @@ from app.core.convert.sizing import (
     row_alignment,
     rows_per_chunk,
 )
+from app.core.cuda import torch_device
 from app.core.jobs import Reporter, check_cancel
 from app.core.quant import quantize
 
@@ -128,7 +129,7 @@ def run_plan(plan: ConversionPlan, sink: Sink, reporter: Reporter) -> int:
     `compute_workers` threads read and encode chunks a few ahead; this thread writes them in
     order, reports progress and checks for cancel between chunks.
     """
-    device = torch.device(plan.device)
+    device = torch_device(plan.device)
     workers = compute_workers(plan)
     total, done = plan.tensor_bytes, 0
     work = iter([(tensor, chunk) for tensor in plan.tensors for chunk in chunks_of(tensor)])

@@ -10,34 +10,11 @@ from pathlib import Path
 from app.core.convert.naming import default_output_name
 from app.core.convert.plan import ConversionPlan, Device, OutputFormat
 from app.core.convert.tensor_types import parse_output_type
+from app.core.cuda import resolve_device
 from app.core.errors import BadInputError, FormatError, OptionError, OptionFact, UnsupportedError
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.scan import inspect_path
 from app.core.quant.overrides import TypeOverrides
-
-
-def resolve_device(device: str) -> Device:
-    """`auto` is CUDA when torch sees a GPU; `cuda` (or `cuda:N`) without one is refused."""
-    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
-        raise OptionError(f"device {device!r} is not one of cpu, cuda, cuda:N or auto",
-                          option=OptionFact("device"))
-    if device == "cpu":
-        return "cpu"
-    from app.core.resources import nvidia_driver_present
-
-    available = False
-    if nvidia_driver_present():
-        import torch
-
-        available = torch.cuda.is_available()
-    if device.startswith("cuda") and not available:
-        raise OptionError("the CUDA device was chosen, but torch sees no CUDA GPU here",
-                          hint="convert on the CPU", option=OptionFact("device", "cpu"))
-    if device.startswith("cuda"):
-        from app.core.cuda import check_cuda_device
-
-        return check_cuda_device(device, torch.cuda.device_count())
-    return "cuda" if available else "cpu"
 
 
 def load_source(source: str | Path | ModelInfo) -> ModelInfo:

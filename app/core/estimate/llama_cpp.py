@@ -25,8 +25,11 @@ from app.core.formats.model_info import ModelInfo
 N_UBATCH = 512
 KV_PAD = 256
 # Measured with llama-cpp-python 0.3.36 on SmolLM2 (tests/bench/fit_accuracy.py): ~28 MiB for
-# the library and its threads, ~370 bytes per vocabulary entry (token strings, merges, maps).
-RUNTIME_OVERHEAD = 28 * MIB
+# the library and its threads, ~370 bytes per vocabulary entry (token strings, merges, maps),
+# and ~2 MiB for a context beyond its KV cache and compute buffer (graph metadata, threadpool):
+# RSS rose 28.6 MiB at import, then 1.8 MiB more than the KV and output buffers at context
+# creation, for generated llama and gemma2 models at n_ctx 512 and 2048.
+RUNTIME_OVERHEAD = 30 * MIB
 VOCAB_BYTES_PER_TOKEN = 384
 # A CUDA context plus cuBLAS workspaces; not measured here (no GPU on the build machines).
 GPU_OVERHEAD = 400 * MIB
@@ -129,19 +132,25 @@ def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
     kv = padded_context(context)
     ubatch = min(context, n_ubatch)
     f32 = 4
+    # Sliding-window models keep a second KQ mask for their windowed layers (llama_kv_cache_iswa).
+    masks = 2 if any(shape.swa_layers) else 1
     if flash_attention:
-        attention = 2 * kv * ubatch * 2 + 8 * shape.n_embd * ubatch * f32
+        attention = 2 * kv * ubatch * 2 * masks + 8 * shape.n_embd * ubatch * f32
         conversion = 0
     else:
-        # KQ scores for every head plus the mask, both f32 ...
-        attention = (shape.n_head + 1) * kv * ubatch * f32 + 6 * shape.n_embd * ubatch * f32
+        # KQ scores for every head plus the masks, all f32 ...
+        attention = ((shape.n_head + masks) * kv * ubatch * f32
+                     + 6 * shape.n_embd * ubatch * f32)
         # ... and on the CPU the softmax converted to f16 for the V product (ggml's wdata).
         conversion = shape.n_head * kv * ubatch * 2
     experts = max(shape.n_experts_used, 1)
     ffn = (4 * shape.n_ff * experts + 2 * shape.n_embd) * ubatch * f32
+    # The CPU converts the down projection's input to the weights' dot-product type (f16 for
+    # F16 weights, about a byte for Q8_0/Q8_1) in the same work buffer.
+    ffn_conversion = shape.n_ff * experts * ubatch * 2
     logits = shape.n_vocab * ubatch * f32 + 3 * shape.n_embd * ubatch * f32
     layer = max(attention, ffn)
-    return ComputeBuffers(layer, max(attention + conversion, ffn), logits,
+    return ComputeBuffers(layer, max(attention + conversion, ffn + ffn_conversion), logits,
                           2 * shape.n_embd * ubatch * f32)
 
 

@@ -28,6 +28,13 @@ DEFAULT_SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "gp
                        "llama4": 4, "exaone4": 4}
 # llama.cpp marks the first layer of each pattern as the dense one for these.
 DENSE_FIRST_SWA = frozenset({"cohere2moe", "smallthinker"})
+# Hugging Face model types whose config.json uses the keys read below (hidden_size,
+# num_attention_heads, num_key_value_heads, head_dim, intermediate_size, sliding_window and
+# layer_types, expert counts) with their usual meaning, and whose blocks are plain attention
+# plus a (gated or expert) MLP. Any other type is estimated the same way but flagged.
+KNOWN_HF_MODEL_TYPES = frozenset({
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
+    "gemma2", "gemma3_text", "phi3", "granite", "olmo", "olmo2", "starcoder2", "smollm3"})
 GGUF_BLOCK = re.compile(r"^blk\.(\d+)\.")
 HF_LAYER = re.compile(r"\.layers\.(\d+)\.")
 
@@ -141,6 +148,10 @@ def shape_from_gguf(model: ModelInfo) -> ModelShape:
 def shape_from_hf(model: ModelInfo) -> ModelShape:
     config = model.metadata
     notes: list[str] = []
+    if model.architecture not in KNOWN_HF_MODEL_TYPES:
+        shown = repr(model.architecture) if model.architecture else "(none in config.json)"
+        notes.append(f"architecture {shown} is unknown to the estimator: its layers are sized "
+                     "as plain transformer blocks from config.json")
     names = [t.name for t in model.tensors]
     n_layer = config_int(config, *LAYER_KEYS) or _layers_from_tensors(names, HF_LAYER)
     n_embd = config_int(config, "hidden_size", "n_embd", "d_model") or 0

@@ -15,6 +15,7 @@ import torch
 
 from app.core.convert.reading import TORCH_DTYPES
 from app.core.convert.writing import disk_error
+from app.core.cuda import torch_device
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter, atomic_output, check_cancel
 from app.core.merge.canonical import Layout, with_layer
@@ -146,7 +147,7 @@ def run_merge(plan: MergePlan, reporter: Reporter, *, check_memory: bool = True
     if check_memory:
         check_resources(plan)
     log_plan(plan, reporter)
-    device = torch.device(plan.device)
+    device = torch_device(plan.device)
     actions = plan.written
     total = sum(a.n_bytes for a in actions)
     done = 0

@@ -108,7 +108,11 @@ def plan_hf_placement(info: ModelInfo, dtype_name: str, gpus: tuple[DeviceBudget
     """Sequential placement for this checkpoint on these GPUs, the rest in RAM, by the Fit
     estimate: its margins on each GPU and on RAM, each layer with its KV cache, and the CUDA
     context and activations kept free on the GPUs (as `estimate_hf_load` counts them)."""
-    from app.core.estimate.transformers_load import CUDA_CONTEXT, estimate_hf_load
+    from app.core.estimate.transformers_load import (
+        CUDA_CONTEXT,
+        estimate_hf_load,
+        gpu_work_bytes,
+    )
     from app.core.estimate.verdict import usable
 
     units = hf_placement_units(info, DTYPE_BYTES[dtype_name])
@@ -121,7 +125,7 @@ def plan_hf_placement(info: ModelInfo, dtype_name: str, gpus: tuple[DeviceBudget
     kv_per_layer = run.ram.kv_cache // n_layers if n_layers else 0
     units = [PlacementUnit(u.name, u.modules, u.n_bytes + kv_per_layer, True) if u.is_layer
              else u for u in units]
-    fixed = CUDA_CONTEXT + run.ram.compute
+    fixed = CUDA_CONTEXT + gpu_work_bytes(info, context, dtype_name)
     budgets = [DeviceBudget(g.index, max(usable(g.free_bytes) - fixed, 0), g.name)
                for g in gpus]
     return plan_placement(units, budgets, cpu_bytes=usable(ram_available),

@@ -1,0 +1,117 @@
+"""The llama.cpp estimate against what llama.cpp itself reports allocating for the suite's models:
+its model buffer, KV cache, output and compute buffers, as logged while Modelyard opens the
+model. These sizes are deterministic (no RSS noise), so the bound is the issue's: within 5 %
+over and never more than 3 % under. Peak RSS with the whole context used is measured by
+tests/bench/fit_accuracy.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from app.core.estimate import estimate_gguf_run
+from app.core.estimate.breakdown import MIB
+from app.core.estimate.llama_cpp import compute_buffers
+from app.core.estimate.shape import model_shape
+from app.core.formats.scan import inspect_path
+from factories import make_gguf, make_sliding_window_gguf
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                reason="llama-cpp-python is not installed")
+
+BUFFER = re.compile(r"CPU(?:_Mapped)?\s+(model|KV|output|compute) buffer size =\s+([\d.]+) MiB")
+CONTEXTS = (512, 2048)
+
+
+@dataclass(frozen=True)
+class Reported:
+    model: int
+    kv: int
+    output: int
+    compute: int
+
+    @property
+    def total(self) -> int:
+        return self.model + self.kv + self.output + self.compute
+
+
+def reported_buffers(path: Path, context: int) -> Reported:
+    """Open the model as Modelyard does and add up the buffers llama.cpp logs."""
+    from app.core.generate.backends import llama_cpp as backend
+
+    captures = []
+    original = backend.captured_llama_log
+
+    @contextmanager
+    def recording() -> Iterator[object]:
+        with original() as capture:
+            captures.append(capture)
+            yield capture
+
+    backend.captured_llama_log = recording
+    try:
+        llm = backend.open_llama(path, n_ctx=context, n_batch=512, n_ubatch=512,
+                                 n_gpu_layers=0, n_threads=1)
+    finally:
+        backend.captured_llama_log = original
+    llm.close()
+    sizes = {"model": 0.0, "KV": 0.0, "output": 0.0, "compute": 0.0}
+    for match in BUFFER.finditer(captures[0].text()):
+        sizes[match[1]] += float(match[2])
+    assert sizes["model"] and sizes["KV"] and sizes["compute"], captures[0].text()[-3000:]
+    return Reported(*(int(sizes[k] * MIB) for k in ("model", "KV", "output", "compute")))
+
+
+@pytest.fixture(scope="module")
+def suite_models(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
+                 ) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fit-reports")
+    return {
+        "smollm2": smollm2_gguf,
+        "llama": make_gguf(root / "llama.gguf", n_layers=4, n_embd=256, n_ff=1024,
+                           n_vocab=2000, n_head=4, n_head_kv=4, context_length=4096),
+        "moe": make_gguf(root / "moe.gguf", n_layers=2, n_embd=256, n_ff=512, n_vocab=2000,
+                         n_head=4, n_head_kv=4, n_experts=4, f16=True, context_length=4096),
+        "swa": make_sliding_window_gguf(root / "gemma2.gguf", n_layers=2, n_embd=512,
+                                        n_ff=2048, n_vocab=2000, n_head=8, n_head_kv=4,
+                                        window=128),
+    }
+
+
+def estimated_buffers(path: Path, context: int) -> int:
+    """What the estimate says llama.cpp allocates: weights, KV cache, and the compute buffer
+    it reserves for a whole micro-batch (llama.cpp reserves the larger of the layer's graph
+    and the output's)."""
+    model = inspect_path(path)
+    run = estimate_gguf_run(model, context)
+    buffers = compute_buffers(model_shape(model), context, flash_attention=False)
+    return run.ram.weights + run.ram.kv_cache + max(buffers.layer_gpu, buffers.logits)
+
+
+@pytest.mark.parametrize("name", ["smollm2", "llama", "moe", "swa"])
+def test_estimate_is_within_five_percent_of_llama_cpps_buffers(
+        name: str, suite_models: dict[str, Path]) -> None:
+    for context in CONTEXTS:
+        reported = reported_buffers(suite_models[name], context)
+        estimate = estimated_buffers(suite_models[name], context)
+        error = (estimate - reported.total) / reported.total
+        assert -0.03 <= error <= 0.05, (
+            f"{name} at n_ctx {context}: estimate {estimate / MIB:.1f} MiB, llama.cpp "
+            f"{reported.total / MIB:.1f} MiB ({error:+.1%}; {reported})")
+
+
+def test_the_kv_term_decides_the_bound(suite_models: dict[str, Path]) -> None:
+    # The comparison above must fail when the KV cache is dropped or doubled.
+    path = suite_models["smollm2"]
+    reported = reported_buffers(path, 2048)
+    run = estimate_gguf_run(inspect_path(path), 2048)
+    assert abs(run.ram.kv_cache - reported.kv) <= 0.01 * reported.kv
+    estimate = estimated_buffers(path, 2048)
+    for wrong in (estimate - run.ram.kv_cache, estimate + run.ram.kv_cache):
+        assert not -0.03 <= (wrong - reported.total) / reported.total <= 0.05
