@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from app.core.convert.allocator import keep_freed_buffers
 from app.core.convert.importance import quantize_with_importance
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 from app.core.convert.reading import TORCH_DTYPES, SourceReader, decode_bnb_rows, decode_rows
@@ -128,6 +129,7 @@ def run_plan(plan: ConversionPlan, sink: Sink, reporter: Reporter) -> int:
     `compute_workers` threads read and encode chunks a few ahead; this thread writes them in
     order, reports progress and checks for cancel between chunks.
     """
+    keep_freed_buffers()
     device = torch.device(plan.device)
     workers = compute_workers(plan)
     total, done = plan.tensor_bytes, 0
