@@ -184,8 +184,10 @@ def quantizer_speeds(folder: Path, types: list[str]) -> None:
     import torch
     from safetensors import safe_open
 
+    from app.core.convert.allocator import keep_freed_buffers
     from app.core.quant import can_quantize, quantize
 
+    keep_freed_buffers()  # as the convert job runs its chunks
     names = ["model.layers.0.mlp.gate_proj.weight", "model.layers.0.self_attn.q_proj.weight"]
     with safe_open(folder / "model-00001-of-00002.safetensors", "pt") as handle:
         tensors = [handle.get_tensor(n).float() for n in names]
