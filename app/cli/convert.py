@@ -26,11 +26,23 @@ from app.core.jobs import Reporter
 from app.core.quant.overrides import TypeOverrides
 from app.core.quant.size_target import parse_size
 
+# Stands for the writable types in the help text: finding them plans a set of models for every
+# target, work only `--help` needs, so the help formatter fills it in when help is printed.
+_WRITABLE = "<writable types>"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text is not None and _WRITABLE in text:
+            text = text.replace(_WRITABLE, ", ".join(writable_output_types()))
+        return text
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     convert = commands.add_parser(
-        "convert", help="convert a model: HF/bnb/GGUF → GGUF of a type, or GGUF/bnb → HF "
-                        "safetensors",
+        "convert", formatter_class=_HelpFormatter,
+        help="convert a model: HF/bnb/GGUF → GGUF of a type, or GGUF/bnb → HF safetensors",
         description="Convert an HF safetensors folder (plain or bitsandbytes 4/8-bit) or a GGUF "
                     "file to a GGUF of type T, or a GGUF or bitsandbytes checkpoint to a plain "
                     "HF safetensors folder with --to hf. Streams one chunk of rows at a time; "
@@ -46,7 +58,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help=f"GGUF type: {', '.join(GGUF_OUTPUT_TYPES)} (required for a GGUF "
                               "source; for an HF source the default is the best type that "
                               "fits this machine; "
-                              f"writable today: {', '.join(writable_output_types())}); each "
+                              f"writable today: {_WRITABLE}); each "
                               "tensor gets the type llama-quantize gives it for T; with --to hf "
                               f"the dtype: {', '.join(HF_OUTPUT_DTYPES)}")
     convert.add_argument("--pure", action="store_true",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import struct
 import subprocess
@@ -183,8 +184,10 @@ def quantizer_speeds(folder: Path, types: list[str]) -> None:
     import torch
     from safetensors import safe_open
 
+    from app.core.convert.allocator import keep_freed_buffers
     from app.core.quant import can_quantize, quantize
 
+    keep_freed_buffers()  # as the convert job runs its chunks
     names = ["model.layers.0.mlp.gate_proj.weight", "model.layers.0.self_attn.q_proj.weight"]
     with safe_open(folder / "model-00001-of-00002.safetensors", "pt") as handle:
         tensors = [handle.get_tensor(n).float() for n in names]
@@ -211,16 +214,20 @@ def quantizer_speeds(folder: Path, types: list[str]) -> None:
               f"Modelyard torch {ours}")
 
 
-def timed(command: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS of one whole process."""
+def timed(command: list[str]) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS and CPU seconds (user + system, all threads) of one whole
+    process. On a shared machine the CPU seconds are the steadier figure."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     seconds = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command[:6])} ... failed:\n{done.stderr[-2000:]}")
     peak = next((int(line.split()[1]) for line in done.stderr.splitlines()
                  if line.startswith("BENCH_PEAK_RSS ")), 0)
-    return seconds, peak
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, peak, cpu
 
 
 def converter_commands(model: Path, target: Path, out_type: str,
@@ -235,14 +242,15 @@ def converter_commands(model: Path, target: Path, out_type: str,
     return commands
 
 
-def median_of(command: list[str], runs: int, target: Path) -> tuple[float, float, int]:
-    """(median wall s, fastest wall s, median peak RSS) over `runs` runs."""
+def median_of(command: list[str], runs: int, target: Path) -> tuple[float, float, int, float]:
+    """(median wall s, fastest wall s, median peak RSS, median CPU s) over `runs` runs."""
     results = []
     for _ in range(runs):
         results.append(timed(command))
         target.unlink(missing_ok=True)
     seconds = [r[0] for r in results]
-    return statistics.median(seconds), min(seconds), int(statistics.median(r[1] for r in results))
+    return (statistics.median(seconds), min(seconds), int(statistics.median(r[1] for r in results)),
+            statistics.median(r[2] for r in results))
 
 
 def startup_times(model: Path, work: Path, runs: int) -> None:
@@ -283,20 +291,23 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f}; {args.runs} run(s) each, warm page cache")
     startup_times(model, work, args.runs)
     print(f"{'type':<6} {'converter':<10} {'median s':>9} {'best s':>7} {'MB/s in':>8} "
-          f"{'peak RSS MiB':>13}")
+          f"{'peak RSS MiB':>13} {'CPU s':>6}")
     for out_type in args.types:
         target = work / f"llama-{args.size}-{out_type}.gguf"
-        medians = {}
+        medians: dict[str, float] = {}
+        cpus: dict[str, float] = {}
         for name, command in converter_commands(model, target, out_type, llama_cpp).items():
             timed(command)  # warms the page cache and the imports
             target.unlink(missing_ok=True)
-            median, best, peak = median_of(command, args.runs, target)
+            median, best, peak, cpu = median_of(command, args.runs, target)
             medians[name] = median
+            cpus[name] = cpu
             print(f"{out_type:<6} {name:<10} {median:9.1f} {best:7.1f} {size / median / 1e6:8.0f} "
-                  f"{peak / 2**20:13.0f}")
+                  f"{peak / 2**20:13.0f} {cpu:6.1f}")
         if len(medians) == 2:
             print(f"{out_type:<6} llama.cpp / modelyard: "
-                  f"{medians['llama.cpp'] / medians['modelyard']:.2f}x")
+                  f"{medians['llama.cpp'] / medians['modelyard']:.2f}x wall, "
+                  f"{cpus['llama.cpp'] / cpus['modelyard']:.2f}x CPU")
     quantizer_speeds(model, args.types)
 
 

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from app.core.convert.allocator import keep_freed_buffers
 from app.core.convert.importance import quantize_with_importance
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 from app.core.convert.reading import TORCH_DTYPES, SourceReader, decode_bnb_rows, decode_rows
@@ -69,11 +70,25 @@ def permute_rows(values: torch.Tensor, n_heads: int, inverse: bool) -> torch.Ten
     return shaped.swapaxes(1, 2).reshape(rows, cols)
 
 
+# Float types a 16-bit source converts to directly: widening to float32 first is exact, so one
+# conversion gives the same bytes as two, in one pass instead of two.
+_DIRECT_FLOATS = frozenset({"F32", "F16", "BF16"})
+_SIXTEEN_BIT = frozenset({"F16", "BF16"})
+
+
 def encode(values: torch.Tensor, out_type: str, to: str,
            tensor: str | None = None) -> torch.Tensor:
-    if to == "hf":
+    if to == "hf" or (out_type in _DIRECT_FLOATS and values.dtype != torch.float32):
         return values.to(TORCH_DTYPES[out_type]).contiguous().view(torch.uint8)
     return quantize(values, out_type, tensor=tensor)
+
+
+def _decoded(raw: torch.Tensor, piece: SourceSlice, n_rows: int, out_type: str) -> torch.Tensor:
+    """The chunk's values: float32, or left in their 16-bit type when a float output type
+    takes them as they are."""
+    if piece.dtype in _SIXTEEN_BIT and out_type in _DIRECT_FLOATS:
+        return raw.view(TORCH_DTYPES[piece.dtype]).reshape(n_rows, piece.row_length)
+    return decode_rows(raw, piece.dtype, n_rows, piece.row_length)
 
 
 def _source(reader: SourceReader, chunk: Chunk) -> torch.Tensor:
@@ -90,14 +105,16 @@ def _process(reader: SourceReader, raw: torch.Tensor, chunk: Chunk, tensor: Tens
         return raw
     piece = chunk.piece
     on_device = raw.to(device, non_blocking=True)
+    weights = plan.importance.weights_for(tensor) if plan.importance is not None else None
     if piece.bnb is not None:
         values = decode_bnb_rows(reader, piece, chunk.first_row, chunk.n_rows, on_device)
+    elif weights is None:
+        values = _decoded(on_device, piece, chunk.n_rows, tensor.out_type)
     else:
         values = decode_rows(on_device, piece.dtype, chunk.n_rows, piece.row_length)
     if tensor.permute:
         heads = chunk.n_rows // head_rows(tensor, piece)
         values = permute_rows(values, heads, inverse=tensor.permute == "unqk")
-    weights = plan.importance.weights_for(tensor) if plan.importance is not None else None
     if weights is not None:
         return quantize_with_importance(values, tensor, piece, chunk.first_row, weights).cpu()
     return encode(values, tensor.out_type, plan.to, tensor.name).cpu()
@@ -129,6 +146,7 @@ def run_plan(plan: ConversionPlan, sink: Sink, reporter: Reporter) -> int:
     `compute_workers` threads read and encode chunks a few ahead; this thread writes them in
     order, reports progress and checks for cancel between chunks.
     """
+    keep_freed_buffers()
     device = torch_device(plan.device)
     workers = compute_workers(plan)
     total, done = plan.tensor_bytes, 0

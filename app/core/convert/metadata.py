@@ -4,12 +4,13 @@ source file with gguf-py's reader, written back with `GGUFWriter.add_key_value`.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGUFEndian, GGUFReader, GGUFValueType, GGUFWriter
 
 from app.core.errors import FormatError
 
@@ -30,9 +31,58 @@ class MetaEntry:
         return text if len(text) <= 80 else text[:77] + "..."
 
 
+_LENGTH = struct.Struct("<Q")
+_ITEM_TYPES = {str: GGUFValueType.STRING, float: GGUFValueType.FLOAT32,
+               bool: GGUFValueType.BOOL, int: GGUFValueType.INT32}
+
+
+def _pack_array(values: list[Any] | tuple[Any, ...], sub_type: GGUFValueType | None
+                ) -> bytes | None:
+    """The bytes gguf-py packs for a little-endian array (item type, count, items), in one
+    struct call or one join; None for what the fast path leaves to gguf-py (empty, nested or
+    mixed arrays, which it refuses or handles itself)."""
+    if not values:
+        return None
+    item_type = sub_type
+    if item_type is None:
+        first = type(values[0])
+        item_type = _ITEM_TYPES.get(first)
+        if item_type is None or not all(type(v) is first for v in values):
+            return None
+    head = struct.pack("<IQ", item_type, len(values))
+    if item_type == GGUFValueType.STRING:
+        parts = [head]
+        for value in values:
+            encoded = value.encode("utf-8") if isinstance(value, str) else value
+            if not isinstance(encoded, (bytes, bytearray)):
+                return None
+            parts.append(_LENGTH.pack(len(encoded)))
+            parts.append(encoded)
+        return b"".join(parts)
+    fmt = GGUFWriter._simple_value_packing.get(item_type)
+    if fmt is None:
+        return None
+    return head + struct.pack(f"<{len(values)}{fmt}", *values)
+
+
+class FastGGUFWriter(GGUFWriter):
+    """gguf-py's writer, packing metadata arrays whole instead of item by item: the same bytes,
+    many times faster for a vocabulary of tens of thousands of tokens (packed twice: once to
+    size the plan, once to write)."""
+
+    def _pack_val(self, val: Any, vtype: GGUFValueType, add_vtype: bool,
+                  sub_type: GGUFValueType | None = None) -> bytes:
+        if (vtype == GGUFValueType.ARRAY and self.endianess == GGUFEndian.LITTLE
+                and isinstance(val, (list, tuple))):
+            packed = _pack_array(val, sub_type)
+            if packed is not None:
+                return struct.pack("<I", vtype) + packed if add_vtype else packed
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
 def recording_writer(arch: str) -> GGUFWriter:
     """A GGUFWriter with no file: its `add_*` methods only record typed key/values."""
-    return GGUFWriter(None, arch)
+    return FastGGUFWriter(None, arch)
 
 
 def entries_of(writer: GGUFWriter) -> tuple[MetaEntry, ...]:

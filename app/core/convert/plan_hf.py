@@ -196,7 +196,7 @@ def plan_hf_to_gguf(model: ModelInfo, target: Path, out_type: str, device: Devic
         input_bytes=model.file_size, notes=tuple(notes),
         warnings=tuple(vocab.warnings),
         type_rules=TypeRules(hparams, pure, "F32", type_overrides),
-        loads_transformers=vocab.kind != "none")
+        loads_transformers=vocab.loads_transformers)
 
 
 def _single(name: str, mapped: MappedName, source: Source, spec: hf_arch.ArchSpec,

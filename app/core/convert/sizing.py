@@ -49,8 +49,13 @@ METADATA_OVERHEAD = 4
 SAFETENSORS_BYTES = {"F32": 4.0, "F16": 2.0, "BF16": 2.0, "F64": 8.0}
 # bitsandbytes weights (without their scales, which are read a chunk's worth at a time).
 BNB_BYTES = {"NF4": 0.5, "FP4": 0.5, "INT8": 1.0}
-# Decoding temporaries per element of a bitsandbytes chunk: the int64 codes and block indices.
-BNB_DECODE_TEMP = 16.0
+# What decoding a bitsandbytes chunk holds at its peak, per element (quant/bnb.py): 4-bit,
+# during the code-table lookup, the codes unpacked to a byte each, their int64 indices and the
+# float32 values (1 + 8 + 4), plus the hole the two unpacked halves leave (measured 13.9 in all,
+# tests/core/test_convert_bnb_memory.py); 8-bit, the float32 product int8 · SCB and its copy
+# scaled by 1/127 (measured 8.0). Decoding ends before encoding starts, so a chunk needs the
+# larger of the two phases, not both.
+BNB_DECODE_PEAK = {"NF4": 14.0, "FP4": 14.0, "INT8": 8.0}
 
 
 def element_bytes(dtype: str) -> float:
@@ -120,8 +125,10 @@ def _per_element(tensor: TensorPlan, piece: SourceSlice, to: str) -> float:
     out = element_bytes(tensor.out_type)
     temp = QUANT_TEMP_BYTES.get(tensor.out_type, DEFAULT_QUANT_TEMP)
     permute = 4.0 if tensor.permute else 0.0
-    decode = BNB_DECODE_TEMP if piece.bnb is not None else 0.0
-    return 2 * source + 4.0 + permute + decode + temp + out
+    encode = 4.0 + permute + temp + out
+    if piece.bnb is not None:
+        return 2 * source + max(BNB_DECODE_PEAK[piece.dtype], encode)
+    return 2 * source + encode
 
 
 def working_set(plan: ConversionPlan) -> tuple[int, int]:

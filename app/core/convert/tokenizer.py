@@ -1,7 +1,8 @@
 """A Hugging Face tokenizer as GGUF metadata, through gguf-py's vocabulary classes.
 
 Order as llama.cpp's converter (LlamaModel.set_vocab): SentencePiece `tokenizer.model` →
-`tokenizer.ggml.model = llama` with scores; a byte-fallback BPE `tokenizer.json` (Llama 2 style
+`tokenizer.ggml.model = llama` with scores, read as that converter reads it (spm_vocab.py, no
+transformers); a byte-fallback BPE `tokenizer.json` (Llama 2 style
 in HF form) → llama via `LlamaHfVocab`; a byte-level BPE `tokenizer.json` or vocab.json +
 merges.txt → gpt2 with merges and a pre-tokenizer name (see pretokenizers.py). Special token ids,
 add_bos/add_eos and the chat template come from `gguf.SpecialVocab`.
@@ -27,6 +28,7 @@ class TokenizerResult:
     n_tokens: int = 0
     notes: list[str] = field(default_factory=list)  # decisions, for the job's log
     warnings: list[str] = field(default_factory=list)
+    loads_transformers: bool = False  # the tokenizer had to be loaded through transformers
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -109,7 +111,7 @@ def _add_bpe(writer: GGUFWriter, folder: Path, data: dict[str, Any] | None,
     padded = _pad(tokens, types, None, vocab_size, folder)
     if padded:
         result.notes.append(f"vocabulary padded with {padded} unused token(s) to {vocab_size}")
-    loaded = _load_hf_tokenizer(folder)
+    loaded = _load_hf_tokenizer(folder, result)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(_pre_name(data, folder, loaded, result))
     writer.add_token_list(tokens)
@@ -172,10 +174,11 @@ def _file_tokenizer(folder: Path) -> FileTokenizer | None:
         return None
 
 
-def _load_hf_tokenizer(folder: Path) -> Any | None:
+def _load_hf_tokenizer(folder: Path, result: TokenizerResult) -> Any | None:
     fast = _file_tokenizer(folder)
     if fast is not None:
         return fast
+    result.loads_transformers = True
     try:
         from transformers import AutoTokenizer
 
@@ -243,8 +246,29 @@ def _pre_name(data: dict[str, Any] | None, folder: Path, loaded: Any | None,
 
 
 def _add_sentencepiece(writer: GGUFWriter, folder: Path, vocab_size: int) -> TokenizerResult:
-    vocab = gguf.SentencePieceVocab(folder)
-    return _add_llama(writer, folder, vocab, vocab_size, "SentencePiece tokenizer.model")
+    """As llama.cpp's converter (`_set_vocab_sentencepiece`): the vocabulary and the special
+    tokens the files declare, read without transformers."""
+    from app.core.convert.spm_vocab import read_sentencepiece
+
+    vocab = read_sentencepiece(folder, vocab_size)
+    result = TokenizerResult("llama", len(vocab.tokens))
+    if vocab.ignored:
+        result.warnings.append(f"{len(vocab.ignored)} token id(s) past the model's "
+                               f"{len(vocab.tokens)} vocabulary rows left out "
+                               f"(first: {vocab.ignored[0]})")
+    padded = len(vocab.tokens) - vocab.n_pieces
+    if padded > 0:
+        result.notes.append(f"vocabulary of {vocab.n_pieces} pieces padded to "
+                            f"{len(vocab.tokens)} rows")
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.types)
+    gguf.SpecialVocab(folder, n_vocab=len(vocab.tokens)).add_to_gguf(writer, quiet=True)
+    result.notes.append(f"tokenizer: llama SentencePiece from tokenizer.model, "
+                        f"{vocab.n_pieces} pieces")
+    return result
 
 
 def _add_llama_hf(writer: GGUFWriter, folder: Path, vocab_size: int) -> TokenizerResult:
@@ -274,7 +298,7 @@ def _add_llama(writer: GGUFWriter, folder: Path, vocab: Any, vocab_size: int,
     writer.add_token_scores(scores)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(folder, n_vocab=len(tokens))
-    _add_special_flags(special, _load_hf_tokenizer(folder))
+    _add_special_flags(special, _load_hf_tokenizer(folder, result))
     special.add_to_gguf(writer, quiet=True)
     result.notes.append(f"tokenizer: llama SentencePiece from the {source}, "
                         f"{vocab.vocab_size} tokens")

@@ -13,9 +13,9 @@ from typing import BinaryIO, Protocol, TypeVar
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
-from app.core.convert.metadata import MetaEntry, add_entries
+from app.core.convert.metadata import FastGGUFWriter, MetaEntry, add_entries
 from app.core.convert.plan import TensorPlan
 from app.core.errors import JobError
 
@@ -96,7 +96,7 @@ class GGUFSink(_StreamSink):
     def __init__(self, path: Path, arch: str, entries: Iterable[MetaEntry],
                  tensors: Sequence[TensorPlan]) -> None:
         self.path = self.where = path
-        self.writer = GGUFWriter(path, arch)
+        self.writer = FastGGUFWriter(path, arch)
         add_entries(self.writer, entries)
         for tensor in tensors:
             self.writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.float32),

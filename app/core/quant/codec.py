@@ -110,10 +110,17 @@ def quantize(weights: torch.Tensor, qtype: str | QuantType, *, tensor: str | Non
     step = max(1, CHUNK_ELEMENTS // (spec.block_size * _CHUNK_DIVISOR.get(spec.name, 1)))
     for start in range(0, blocks.shape[0], step):
         chunk = blocks[start:start + step].to(torch.float32)
-        if spec.is_quantized and not bool(torch.isfinite(chunk).all()):
+        if spec.is_quantized and not _all_finite(chunk):
             _refuse_non_finite(chunk, start, spec, tensor)
         out[start:start + step] = quantizer(chunk)
     return out.reshape(*weights.shape[:-1], row_bytes)
+
+
+def _all_finite(chunk: torch.Tensor) -> bool:
+    """Whether every value is finite. A NaN or an infinity makes the sum non-finite, and a sum
+    is several times cheaper than isfinite().all(); only a sum that overflows (or a real bad
+    value) takes the full look."""
+    return bool(torch.isfinite(chunk.sum())) or bool(torch.isfinite(chunk).all())
 
 
 def _refuse_non_finite(chunk: torch.Tensor, start: int, spec: QuantType,

@@ -9,11 +9,14 @@ Every function takes and returns tensors on the caller's device.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 BLOCK = 32
 _SIGN_BIT = -(1 << 31)  # 0x80000000 as an int32
 _JUST_BELOW_HALF = 0x3EFFFFFF  # the bits of nextafterf(0.5f, 0) = 0.49999997f
+_ALMOST_HALF = torch.tensor(_JUST_BELOW_HALF, dtype=torch.int32).view(torch.float32)
 
 
 def _away_from_zero(values: torch.Tensor) -> torch.Tensor:
@@ -123,10 +126,18 @@ def _unpack_high_bits(raw4: torch.Tensor) -> torch.Tensor:
 
 def quantize_q8_0(blocks: torch.Tensor) -> torch.Tensor:
     scale = _absmax(blocks) / 127
-    # Through int32: a non-finite product (blocks of subnormals) becomes 0 as in numpy on x86.
-    quants = _away_from_zero(blocks * _inverse(scale)).to(torch.int32).to(torch.int8)
-    quants = quants.view(torch.uint8)
-    return torch.cat([f16_bytes(scale), quants], dim=1)
+    # gguf-py's `d ? 1/d : 0`; where 1/d overflows (subnormal d) numpy's products become
+    # inf or NaN and cast to 0, which an inverse of 0 gives too, without a pass over the values.
+    inverse = 1 / scale
+    inverse.masked_fill_(inverse == math.inf, 0)
+    values = blocks * inverse
+    # Round half away from zero (see _away_from_zero) in two passes: copysign, add in place.
+    values.add_(torch.copysign(_ALMOST_HALF.to(values.device), values))
+    out = torch.empty((blocks.shape[0], 2 + BLOCK), dtype=torch.uint8, device=blocks.device)
+    out[:, :2] = f16_bytes(scale)
+    # |values| < 128: the cast truncates, straight into the output bytes.
+    out[:, 2:].view(torch.int8).copy_(values)
+    return out
 
 
 def quantize_q4_0(blocks: torch.Tensor) -> torch.Tensor:
