@@ -130,3 +130,12 @@ def test_the_child_refuses_a_gpu_torch_cannot_use(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(OptionError, match="torch sees no usable CUDA GPU"):
         torch_device("cuda:0")
     assert torch_device("cpu") == torch.device("cpu")
+
+
+def test_planning_a_gguf_requantization_imports_no_torch(tmp_path: Path) -> None:
+    """The window plans GGUF → GGUF too: whether a type can be read is a plain table."""
+    from factories import make_gguf
+
+    source = make_gguf(tmp_path / "src.gguf")
+    result = _plan_in_child(tmp_path, source, FAKE_NVML.format(count=0), fake_torch_cuda=None)
+    assert result["torch"] is False

@@ -133,3 +133,9 @@ def test_wrong_byte_counts_are_rejected() -> None:
         dequantize(torch.zeros(143, dtype=torch.uint8), "Q4_K", shape=(256,))
     with pytest.raises(TypeError, match="uint8"):
         dequantize(torch.zeros(34), "Q8_0")
+
+
+def test_the_torch_free_table_of_readable_types_matches_the_dequantizers() -> None:
+    from app.core.quant.readable import TORCH_DEQUANTIZED
+
+    assert set(DEQUANTIZERS) == TORCH_DEQUANTIZED

@@ -20,6 +20,7 @@ without loading it); quantize/dequantize load it on first use.
 from typing import TYPE_CHECKING, Any
 
 from app.core.quant.mixes import ModelPlan, TensorPlan, plan_tensor_types
+from app.core.quant.readable import can_dequantize
 from app.core.quant.specs import (
     ModelHparams,
     TensorSpec,
@@ -40,9 +41,9 @@ from app.core.quant.types import (
 )
 
 if TYPE_CHECKING:
-    from app.core.quant.codec import can_dequantize, dequantize, quantize
+    from app.core.quant.codec import dequantize, quantize
 
-_FROM_CODEC = {"can_dequantize", "dequantize", "quantize"}
+_FROM_CODEC = {"dequantize", "quantize"}
 
 
 def __getattr__(name: str) -> Any:

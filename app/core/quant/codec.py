@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import cache
 
 import numpy as np
 import torch
@@ -11,6 +10,7 @@ from gguf import quants as gguf_quants
 
 from app.core.errors import FormatError, UnsupportedError
 from app.core.quant import floats, kquant_writers, kquants, legacy, weighted
+from app.core.quant.readable import can_dequantize, gguf_py_dequantizes, has_fast_dequantizer
 from app.core.quant.types import QuantType, can_quantize, get_type
 
 __all__ = ["can_dequantize", "can_quantize", "dequantize", "has_fast_dequantizer", "quantize"]
@@ -57,17 +57,6 @@ DEQUANTIZERS: dict[str, Dequantizer] = {
     "Q6_K": kquants.dequantize_q6_k,
     "Q8_K": kquants.dequantize_q8_k,
 }
-
-
-def can_dequantize(qtype: str | QuantType) -> bool:
-    """Whether Modelyard can read this type: in torch, or through gguf-py's slow path."""
-    spec = get_type(qtype)
-    return spec.name in DEQUANTIZERS or _gguf_py_dequantizes(spec)
-
-
-def has_fast_dequantizer(qtype: str | QuantType) -> bool:
-    """Whether this type dequantizes in torch on the tensor's device (not through numpy)."""
-    return get_type(qtype).name in DEQUANTIZERS
 
 
 def quantize(weights: torch.Tensor, qtype: str | QuantType, *, tensor: str | None = None,
@@ -178,7 +167,7 @@ def _dequantize_with_gguf_py(raw: torch.Tensor, spec: QuantType,
                              tensor: str | None) -> torch.Tensor:
     # The slow path, for the types without a torch kernel here (IQ*, TQ*, MXFP4, ...): gguf-py's
     # numpy code on the CPU, then back to the device the bytes came from.
-    if not _gguf_py_dequantizes(spec):
+    if not gguf_py_dequantizes(spec):
         raise UnsupportedError(f"Modelyard cannot read {spec.name} tensors", tensor=tensor)
     if raw.is_meta:  # shapes only: numpy cannot see a meta tensor, and needs not
         n_rows = raw.numel() // raw.shape[-1]
@@ -187,12 +176,3 @@ def _dequantize_with_gguf_py(raw: torch.Tensor, spec: QuantType,
     rows = raw.detach().reshape(-1, raw.shape[-1]).cpu().numpy()
     values = gguf_quants.dequantize(rows, spec.ggml_type)
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(raw.device)
-
-
-@cache
-def _gguf_py_dequantizes(spec: QuantType) -> bool:
-    try:
-        gguf_quants.dequantize(np.zeros((1, spec.type_size), dtype=np.uint8), spec.ggml_type)
-    except NotImplementedError:
-        return False
-    return True
