@@ -46,7 +46,7 @@ rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
 "$PY" -m pip install --quiet --upgrade pip
-echo "== $TORCH_SPEC from ${TORCH_INDEX:-pip's configured indexes}"
+echo "== $TORCH_SPEC from ${TORCH_INDEX:-the configured indexes of pip}"
 if [[ -n "$TORCH_INDEX" ]]; then
   "$PY" -m pip install --quiet "$TORCH_SPEC" --index-url "$TORCH_INDEX"
 else
