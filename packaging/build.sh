@@ -18,8 +18,8 @@
 #
 # Result: dist/modelyard/modelyard (without arguments it opens the window; with a command it is
 # the CLI). The script ends by running the built app's --version, --self-test (scan, convert and
-# generate on a bundled tiny model) and --window-check (opens the main window offscreen), so a
-# bundle that cannot do those fails the build.
+# generate on a bundled tiny model), a generation in transformers and --window-check (opens the
+# main window offscreen), so a bundle that cannot do those fails the build.
 set -euo pipefail
 
 VARIANT=cpu
@@ -82,5 +82,7 @@ echo "== checks of the built app"
 APP="dist/modelyard/modelyard"
 "$APP" --version
 "$APP" --self-test
+# The self-test generates with llama.cpp; the HF folder runs in transformers, lazily imported.
+"$APP" generate resources/selftest/tiny-llama --prompt Hello --max-tokens 4 --cpu
 QT_QPA_PLATFORM=offscreen "$APP" --window-check
 echo "built $APP ($VARIANT): $(du -sh dist/modelyard | cut -f1) in $((SECONDS - STARTED)) s"

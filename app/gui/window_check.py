@@ -7,6 +7,7 @@ It uses throwaway settings, HF cache and logs: nothing of the user's is read or 
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +19,25 @@ from PySide6.QtGui import QGuiApplication
 # Long enough for the first layout and paint, short enough for a build step.
 SHOW_MS = 500
 GIVE_UP_MS = 60_000
+# The About box's libraries (by its labels) and the module each is imported as.
+MODULES = {"torch": "torch", "transformers": "transformers", "gguf": "gguf",
+           "llama.cpp (llama-cpp-python)": "llama_cpp", "huggingface_hub": "huggingface_hub",
+           "safetensors": "safetensors", "bitsandbytes": "bitsandbytes", "PySide6": "PySide6"}
+
+
+def about_versions(out: TextIO) -> bool:
+    """Write the About box's library versions; False when a library that can be imported has
+    no version (a bundle without its metadata, which transformers also reads)."""
+    from app.gui.about import library_versions
+
+    versions = library_versions()
+    out.write("window check: about: " + ", ".join(f"{label} {version}"
+                                                 for label, version in versions) + "\n")
+    unknown = [label for label, version in versions if version == "not installed"
+               and importlib.util.find_spec(MODULES.get(label, label)) is not None]
+    if unknown:
+        out.write(f"window check: FAILED: installed without a version: {', '.join(unknown)}\n")
+    return not unknown
 
 
 def run_window_check(out: TextIO = sys.stdout) -> int:
@@ -41,15 +61,16 @@ def run_window_check(out: TextIO = sys.stdout) -> int:
         window = MainWindow(settings)
 
         def check() -> None:
-            picture = window.grab()
+            versions_known = about_versions(out)
+            shown = window.isVisible() and not window.grab().isNull()
             size = window.size()
-            if window.isVisible() and not picture.isNull():
-                out.write(f"window check: ok, {window.windowTitle()!r} shown at "
+            if shown:
+                out.write(f"window check: {window.windowTitle()!r} shown at "
                           f"{size.width()}×{size.height()} on the "
                           f"{QGuiApplication.platformName()} platform\n")
-                result["code"] = 0
             else:
                 out.write("window check: FAILED: the main window was not shown\n")
+            result["code"] = 0 if shown and versions_known else 1
             window.close()
             app.quit()
 
