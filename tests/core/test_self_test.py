@@ -7,8 +7,10 @@ import io
 
 import pytest
 
+import app.core.jobs_process
 import app.self_test
 from app.core.generate.backends.llama_cpp import llama_cpp_available
+from app.core.jobs import run_job
 from app.self_test import run_self_test
 
 
@@ -29,10 +31,14 @@ def generate_line(lines: list[str]) -> str:
 @pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python is not installed")
 def test_self_test_generates_with_llama_cpp_from_the_converted_gguf() -> None:
     line = generate_line(self_test_lines())
-    assert "with llama.cpp from tiny-llama-Q8_0.gguf" in line, line
+    assert "with llama.cpp from tiny-llama-Q8_0.gguf in a job process" in line, line
 
 
 def test_without_llama_cpp_the_self_test_generates_with_transformers(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(app.self_test, "llama_cpp_available", lambda: False)
+    # The job process is checked above; here the generation runs in this process, which has
+    # torch and transformers loaded already (a child would load them again, for seconds).
+    monkeypatch.setattr(app.core.jobs_process, "run_in_child", run_job)
     line = generate_line(self_test_lines())
-    assert "with transformers from tiny-llama, llama-cpp-python not installed" in line, line
+    expected = "with transformers from tiny-llama in a job process, llama-cpp-python not installed"
+    assert expected in line, line
