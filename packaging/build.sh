@@ -64,6 +64,20 @@ echo "== PyInstaller"
 "$PY" -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist \
   --workpath build/pyinstaller packaging/modelyard.spec
 
+echo "== system libraries the window's Qt plugins need that the bundle lacks"
+# PyInstaller bundles the libraries it finds on this machine; the rest must be on each user's.
+INTERNAL="dist/modelyard/_internal"
+MISSING=$(for plugin in "$INTERNAL"/PySide6/Qt/plugins/platforms/lib*.so; do
+  LD_LIBRARY_PATH="$INTERNAL:$INTERNAL/PySide6/Qt/lib" ldd "$plugin" 2>/dev/null || true
+done | awk '/not found/ {print $1}' | sort -u | tr '\n' ' ')
+if [[ -n "$MISSING" ]]; then
+  echo "users need from their system: $MISSING"
+  echo "(on Debian/Ubuntu the packages libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1"
+  echo " libwayland-cursor0; installed on the build machine, they travel in the bundle)"
+else
+  echo "none"
+fi
+
 echo "== checks of the desktop files"
 if command -v desktop-file-validate >/dev/null; then
   desktop-file-validate packaging/modelyard.desktop
