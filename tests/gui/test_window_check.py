@@ -4,6 +4,9 @@ reports it shown and exits 0, with settings of its own."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 from app.gui.window_check import run_window_check
 
@@ -24,3 +27,11 @@ def test_a_library_without_its_version_fails_the_check(monkeypatch) -> None:  # 
     out = io.StringIO()
     assert run_window_check(out) == 1
     assert "FAILED: installed without a version: torch" in out.getvalue(), out.getvalue()
+
+
+def test_the_entry_point_runs_the_window_check() -> None:
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    done = subprocess.run([sys.executable, "-m", "app", "--window-check"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "'Modelyard' shown at" in done.stdout, done.stdout
