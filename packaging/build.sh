@@ -52,9 +52,15 @@ if [[ -n "$TORCH_INDEX" ]]; then
 else
   "$PY" -m pip install --quiet "$TORCH_SPEC"
 fi
-echo "== Modelyard, $LLAMA_SPEC and PyInstaller"
+echo "== $LLAMA_SPEC${CMAKE_ARGS:+ with CMAKE_ARGS=$CMAKE_ARGS}"
+LLAMA_OPTIONS=()
+# pip's wheel cache does not tell builds with different CMAKE_ARGS apart: with a backend asked
+# for, a cached CPU build must not be taken.
+[[ -n "${CMAKE_ARGS:-}" ]] && LLAMA_OPTIONS=(--no-cache-dir)
+"$PY" -m pip install --quiet "${LLAMA_OPTIONS[@]}" "$LLAMA_SPEC"
+echo "== Modelyard and PyInstaller"
 # The torch just installed already satisfies the project's requirement, so pip keeps it.
-"$PY" -m pip install --quiet . "$LLAMA_SPEC" "pyinstaller>=6.10"
+"$PY" -m pip install --quiet . "pyinstaller>=6.10"
 
 echo "== the self-test's tiny model"
 rm -rf resources/selftest/tiny-llama
