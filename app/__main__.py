@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 
 JOB_CHILD_FLAG = "--job-child"
+# Opens the main window, reports it and closes it: the desktop build's check of its bundle.
+WINDOW_CHECK_FLAG = "--window-check"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,6 +20,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from app.core.jobs_child import main as job_child_main
 
         return job_child_main()
+    if args == [WINDOW_CHECK_FLAG]:
+        from app.gui.window_check import run_window_check
+
+        return run_window_check()
     if not args:
         from app.gui.application import run_gui
 

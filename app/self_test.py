@@ -1,6 +1,10 @@
 """`modelyard --self-test`: prove an installed (or bundled) Modelyard works end to end on a tiny
 model: scan it, convert it to a GGUF, generate a few tokens. Exit 0 when every step passes.
 
+The generation runs the converted GGUF in llama.cpp, the runtime a user's tests use; only where
+llama-cpp-python is not installed does it run the HF folder in transformers. The step's line
+names the runtime either way. It runs in a job process, as the window's generations do.
+
 The tiny model is the one bundled under resources/selftest/ (the build writes it there with
 `python -m app.self_test --write-model DIR`); without it, one is written to a temporary folder.
 """
@@ -14,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from app.core.generate.backends.llama_cpp import llama_cpp_available
 from app.resource_files import resource_path
 
 BUNDLED = ("selftest", "tiny-llama")
@@ -65,6 +70,7 @@ def run_self_test(out: TextIO = sys.stdout) -> int:
     from app.core.formats.scan import ScanRequest
     from app.core.generate.request import GenerateRequest
     from app.core.jobs import RecordingReporter
+    from app.core.jobs_process import run_in_child
 
     with tempfile.TemporaryDirectory(prefix="modelyard-self-test-") as tmp:
         work = Path(tmp)
@@ -84,18 +90,28 @@ def run_self_test(out: TextIO = sys.stdout) -> int:
                 raise RuntimeError(f"the scan of {model.parent} did not find {model.name}")
             return f"found {names[0]}"
 
+        gguf = work / "tiny-llama-Q8_0.gguf"
+
         def convert() -> str:
-            target = work / "tiny-llama-Q8_0.gguf"
-            result = ConvertRequest(model, target, "Q8_0", device="cpu").run(
-                RecordingReporter())
-            return f"{result.tensors_written} tensors to {target.name}"
+            result = ConvertRequest(model, gguf, "Q8_0", device="cpu").run(RecordingReporter())
+            return f"{result.tensors_written} tensors to {gguf.name}"
 
         def generate() -> str:
-            result = GenerateRequest(model, "Hello", max_tokens=4, backend="transformers",
-                                     use_gpu=False).run(RecordingReporter())
+            if llama_cpp_available():
+                source, backend, why = gguf, "llama.cpp", ""
+            else:
+                source, backend, why = model, "transformers", ", llama-cpp-python not installed"
+            # In a job process, as the window runs it: a bundle's way of starting one is checked.
+            outcome = run_in_child(GenerateRequest(source, "Hello", max_tokens=4,
+                                                   backend=backend, use_gpu=False),
+                                   RecordingReporter())
+            if outcome.status != "done":
+                raise RuntimeError(f"the job process {outcome.status}: {outcome.error}")
+            result = outcome.value
             if result.n_generated <= 0:
-                raise RuntimeError("no token was generated")
-            return f"{result.n_generated} tokens with {result.backend}"
+                raise RuntimeError(f"{result.backend} generated no token from {source.name}")
+            return (f"{result.n_generated} tokens with {result.backend} from {source.name} in a "
+                    f"job process{why}")
 
         steps = (("model", prepare), ("scan", scan), ("convert", convert),
                  ("generate", generate))

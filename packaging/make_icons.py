@@ -1,5 +1,6 @@
 """Render resources/modelyard.svg to the PNG sizes desktops and PyInstaller want:
-resources/icons/hicolor/NxN/modelyard.png (the freedesktop icon theme layout)."""
+resources/icons/hicolor/NxN/modelyard.png (the freedesktop icon theme layout). The PNGs are
+committed, so the build needs no SVG renderer: run this after changing the SVG."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ checkout and inside a PyInstaller bundle."""
 from __future__ import annotations
 
 import configparser
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -38,7 +39,23 @@ def test_the_spec_bundles_resources_and_the_build_checks_the_app() -> None:
     spec = (PACKAGING / "modelyard.spec").read_text()
     assert '"resources"' in spec and "launcher.py" in spec
     build = (PACKAGING / "build.sh").read_text()
-    assert "--self-test" in build and "--version" in build and "modelyard.spec" in build
+    for check in ("--version", "--self-test", "--window-check"):
+        assert f'"$APP" {check}' in build, check
+    assert "modelyard.spec" in build
+
+
+def test_the_build_pins_torch_and_llama_cpp_and_the_script_parses() -> None:
+    build = PACKAGING / "build.sh"
+    text = build.read_text()
+    assert 'TORCH_SPEC="${TORCH_SPEC:-torch==' in text
+    assert 'LLAMA_SPEC="${LLAMA_SPEC:-llama-cpp-python==' in text
+    assert subprocess.run(["bash", "-n", str(build)], capture_output=True).returncode == 0
+
+
+def test_the_build_stays_out_of_git() -> None:
+    ignored = (ROOT / ".gitignore").read_text().split()
+    for path in ("build/", "dist/", "resources/selftest/"):
+        assert path in ignored, path
 
 
 def test_resources_in_a_bundle(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
