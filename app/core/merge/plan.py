@@ -83,15 +83,19 @@ class MergePlan:
 
     @property
     def estimated_peak_bytes(self) -> int:
-        """Working memory at the largest tensor: each input as stored (float32 when it is
-        dequantized or adapted), the output in its dtype, and float32 chunks of each."""
-        chunk = 1 << 22  # chunked.CHUNK_ELEMENTS, without importing torch to plan
+        """Working memory at the largest tensor: float32 chunks of each input and of the
+        output, and each input that cannot be read a chunk at a time from its file whole, as
+        stored (float32 when it is dequantized or adapted)."""
+        chunk = 1 << 20  # chunked.CHUNK_ELEMENTS, without importing torch to plan
         peak = 0
         for action in self.written:
-            held = action.n_bytes
+            held = 0
             for ref in action.inputs:
                 model = self.models[ref.model]
                 stored = model.tensors.get(ref.name)
+                if stored is not None and model.streams(ref.name) and \
+                        model.stored_as(action.layout, ref.layer) == ref.name:
+                    continue
                 size = 4 if stored is None or stored.ggml or model.adapter is not None \
                     else SAFETENSORS_BYTES.get(stored.dtype, 4)
                 held += action.n_elements * size
