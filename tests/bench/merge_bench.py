@@ -2,7 +2,7 @@
 and peak RSS of `modelyard merge`, and of `mergekit-yaml` on the same YAML when mergekit is
 importable (it is not a dependency; e.g. `pip install --target DIR mergekit` and PYTHONPATH=DIR).
 
-    .venv/bin/python tests/bench/merge_bench.py [--size 1b|small] [--keep DIR]
+    .venv/bin/python tests/bench/merge_bench.py [--size 1b|small] [--keep DIR] [--generate-only]
 
 `--size 1b` is the issue's case: hidden 2048, 16 layers, FFN 5632, vocab 49152 (~0.9 B
 parameters, 1.8 GB each); `small` (hidden 256, 2 layers, vocab 4096) proves the script works in
@@ -134,6 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="1b")
     parser.add_argument("--keep", type=Path, help="generate the models here and keep them")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="write the models and configs, measure nothing")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="merge-bench-"))
     start = time.monotonic()
@@ -151,10 +153,16 @@ def main() -> None:
     except ImportError:
         tools = ["modelyard"]
         print("mergekit is not importable: measuring Modelyard only")
-    print(f"{'method':<10} {'tool':<10} {'wall s':>7} {'peak RSS MB':>12}")
+    configs = {}
     for method in ("ties", "dare_ties"):
-        config = work / f"{method}.yaml"
-        config.write_text(yaml_text(method, models))
+        configs[method] = work / f"{method}.yaml"
+        configs[method].write_text(yaml_text(method, models))
+    if args.generate_only:
+        print(f"configs: {', '.join(str(c) for c in configs.values())}")
+        return
+    print(f"{'method':<10} {'tool':<10} {'wall s':>7} {'peak RSS MB':>12}")
+    for method, config in configs.items():
+        measured: dict[str, tuple[float, int]] = {}
         for tool in tools:
             out = work / f"{method}-{tool}"
             if tool == "modelyard":
@@ -167,7 +175,14 @@ def main() -> None:
                 print(f"{method:<10} {tool:<10} {result}")
                 continue
             seconds, peak = result
+            measured[tool] = result
             print(f"{method:<10} {tool:<10} {seconds:7.1f} {peak / 2**20:12.0f}")
+        if len(measured) == 2:
+            (ours, our_peak), (theirs, their_peak) = measured["modelyard"], measured["mergekit"]
+            # The targets: no slower than mergekit, at most 0.3x its peak RSS.
+            print(f"{method:<10} {'ratio':<10} {ours / theirs:7.2f} {our_peak / their_peak:12.2f}"
+                  f"  (targets: time <= 1.00, RSS <= 0.30: "
+                  f"{'met' if ours <= theirs and our_peak <= 0.3 * their_peak else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -138,16 +138,39 @@ def _write_side_files(plan: MergePlan, folder: Path, reporter: Reporter) -> None
     generation = base / "generation_config.json"
     if generation.is_file():
         shutil.copyfile(generation, folder / generation.name)
+    elif base.is_file():  # a GGUF: the generation defaults its config implies
+        import transformers
+
+        config = transformers.AutoConfig.for_model(**plan.hf_config)
+        transformers.GenerationConfig.from_model_config(config).save_pretrained(folder)
     tokenizer = plan.models[plan.tokenizer_from].path
-    copied = [name for name in TOKENIZER_FILES if (tokenizer / name).is_file()]
-    for name in copied:
-        shutil.copyfile(tokenizer / name, folder / name)
+    if tokenizer.is_file():
+        _gguf_tokenizer(tokenizer, folder, reporter)
+        copied = ["tokenizer.json"] if (folder / "tokenizer.json").is_file() else []
+    else:
+        copied = [name for name in TOKENIZER_FILES if (tokenizer / name).is_file()]
+        for name in copied:
+            shutil.copyfile(tokenizer / name, folder / name)
     if not copied:
         reporter.log("warning", f"{tokenizer} has no tokenizer files; the merged model has "
                                 "none")
     (folder / CONFIG_NAME).write_text(plan.config.text if plan.config.text.endswith("\n")
                                       else plan.config.text + "\n")
     (folder / REPORT_NAME).write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+
+
+def _gguf_tokenizer(gguf_path: Path, folder: Path, reporter: Reporter) -> None:
+    """The GGUF's vocabulary as tokenizer.json (as a GGUF → HF conversion writes it), when it
+    can be one."""
+    from app.core.convert.hf_tokenizer import save_tokenizer
+    from app.core.merge.gguf_source import tokenizer_problem
+
+    problem = tokenizer_problem(gguf_path)
+    if problem is not None:
+        reporter.log("warning", f"{gguf_path}: {problem}")
+        return
+    for note in save_tokenizer(folder, gguf_path):
+        reporter.log("info", note)
 
 
 def log_plan(plan: MergePlan, reporter: Reporter) -> None:

@@ -366,10 +366,10 @@ def _open_models(config: MergeConfig) -> tuple[ModelSource, ...]:
         wanted.update(source.units)
     for ref in refs:
         if _is_gguf(ref):
-            if ref == config.base_model or ref == config.tokenizer_source or \
-                    ref == config.slices[0].sources[0].model and config.base_model is None:
-                open_source(ref)  # raises: the base and the tokenizer come from HF folders
-            opened[ref] = open_gguf_source(ref, wanted)
+            # Where the output's config and tokenizer come from, read through transformers.
+            describes = ref in (config.base_model, config.tokenizer_source) or \
+                ref == config.slices[0].sources[0].model and config.base_model is None
+            opened[ref] = open_gguf_source(ref, wanted, describes=describes)
     return tuple(opened[ref] for ref in refs)
 
 

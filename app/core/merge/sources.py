@@ -193,13 +193,9 @@ def open_source(ref: ModelRef) -> ModelSource:
     """Read the headers of one input; refuse what cannot be merged before anything is read."""
     path = ref.path
     if path.is_file() and path.suffix == ".gguf":
-        if ref.adapter is not None:
-            raise UnsupportedError("a LoRA adapter applies to a Hugging Face folder, not a "
-                                   "GGUF", path=path)
-        raise BadInputError("a GGUF cannot be the base model or the tokenizer source (their "
-                            "config and tokenizer are written beside the merge)", path=path,
-                            hint="make a Hugging Face folder the base, or convert the GGUF to "
-                                 "one first")
+        from app.core.merge.gguf_source import open_gguf_source
+
+        return open_gguf_source(ref, (), describes=True)
     if not path.is_dir():
         raise BadInputError("is not a model folder", path=path)
     files = _weight_files(path)
@@ -234,11 +230,14 @@ def open_source(ref: ModelRef) -> ModelSource:
 
 
 def dominant_float_dtype(source: ModelSource) -> str:
-    """The dtype most of a model's parameters are stored in (F32 when it has none)."""
+    """The dtype most of a model's parameters are stored in (F32 when it has none; F16 for a
+    quantized GGUF, whose blocks are scaled by F16 numbers)."""
     sizes: dict[str, int] = {}
     for tensor in source.tensors.values():
-        if tensor.is_float and tensor.dtype != "F64":
+        if tensor.dtype in FLOAT_DTYPES and tensor.dtype != "F64":
             sizes[tensor.dtype] = sizes.get(tensor.dtype, 0) + tensor.n_bytes
+        elif tensor.ggml:
+            sizes["F16"] = sizes.get("F16", 0) + tensor.n_bytes
     return max(sizes, key=lambda d: sizes[d]) if sizes else "F32"
 
 
