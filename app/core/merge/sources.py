@@ -143,7 +143,7 @@ class ModelSource:
         and not changed by an adapter."""
         tensor = self.tensors[name]
         return tensor.dtype in FLOAT_DTYPES and not tensor.ggml and not (
-            self.adapter is not None and name in self.adapter.modules)
+            self.adapter is not None and self.adapter.changes(name))
 
     def stored_as(self, layout: Layout, layer: int | None) -> str | None:
         """The one stored tensor that holds `layout`'s units (at `layer`) in their order, if
@@ -169,7 +169,7 @@ class ModelSource:
         import torch
 
         values = self.slices(name, device)[:].reshape(tensor.shape)
-        if self.adapter is not None and name in self.adapter.modules:
+        if self.adapter is not None and self.adapter.changes(name):
             return self.adapter.apply(name, values.to(torch.float32))
         return values.to(torch.float32) if float32 else values
 
