@@ -114,7 +114,7 @@ def write_tensor(plan: MergePlan, action: TensorAction, device: torch.device,
     """Compute one output tensor chunk by chunk (inputs as stored, arithmetic in float32) and
     write it; bytes that nothing would change are copied through unchanged."""
     writer.begin(action)
-    if action.action == "copied" and len(action.inputs) == 1:
+    if action.action == "copied" and len(action.inputs) == 1 and not plan.in_union(action):
         ref = action.inputs[0]
         source = plan.models[ref.model]
         stored = source.tensors.get(ref.name)
@@ -126,7 +126,14 @@ def write_tensor(plan: MergePlan, action: TensorAction, device: torch.device,
                 writer.append(memoryview(data[start:end].view(torch.uint8).numpy()))
             writer.end()
             return
-    inputs = [flat_input(plan, ref, action.layout, device) for ref in action.inputs]
+    inputs: list[torch.Tensor | StoredSlices]
+    if plan.in_union(action):
+        whole = [assemble(plan.models[ref.model], action.layout, ref.layer, device).float()
+                 for ref in action.inputs]
+        inputs = [t.reshape(-1) for t in plan.vocab.permuted(
+            [ref.model for ref in action.inputs], whole)]
+    else:
+        inputs = [flat_input(plan, ref, action.layout, device) for ref in action.inputs]
     method = "passthrough" if action.action == "copied" else plan.config.merge_method
     merge_into(method, inputs, action.params, ChunkSink(writer, action, device))
     writer.end()
@@ -144,7 +151,10 @@ def _write_side_files(plan: MergePlan, folder: Path, reporter: Reporter) -> None
         config = transformers.AutoConfig.for_model(**plan.hf_config)
         transformers.GenerationConfig.from_model_config(config).save_pretrained(folder)
     tokenizer = plan.models[plan.tokenizer_from].path
-    if tokenizer.is_file():
+    if plan.vocab is not None:
+        plan.vocab.tokenizer.save_pretrained(folder)
+        copied = ["tokenizer.json"]
+    elif tokenizer.is_file():
         _gguf_tokenizer(tokenizer, folder, reporter)
         copied = ["tokenizer.json"] if (folder / "tokenizer.json").is_file() else []
     else:

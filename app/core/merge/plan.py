@@ -67,6 +67,11 @@ class MergePlan:
     overwrite: bool = False
     shard_bytes: int = 5 * 1000**3
     gguf_type: str | None = None
+    vocab: Any = None  # a UnionVocab for `tokenizer_source: union`
+
+    def in_union(self, action: TensorAction) -> bool:
+        """Whether the tensor's rows are tokens of the union vocabulary (read permuted)."""
+        return self.vocab is not None and bool(action.params.get("vocabulary"))
 
     @property
     def refused(self) -> list[TensorAction]:
@@ -90,7 +95,10 @@ class MergePlan:
         peak = 0
         for action in self.written:
             held = 0
-            for ref in action.inputs:
+            if self.in_union(action):
+                # Each input read whole, gathered into the union's order, and its stand-ins.
+                held = 3 * 4 * action.n_elements * len(action.inputs)
+            for ref in () if self.in_union(action) else action.inputs:
                 model = self.models[ref.model]
                 stored = model.tensors.get(ref.name)
                 if stored is not None and model.streams(ref.name) and \
