@@ -2,11 +2,15 @@
 and peak RSS of `modelyard merge`, and of `mergekit-yaml` on the same YAML when mergekit is
 importable (it is not a dependency; e.g. `pip install --target DIR mergekit` and PYTHONPATH=DIR).
 
-    .venv/bin/python tests/bench/merge_bench.py [--size 1b|small] [--keep DIR] [--generate-only]
+    .venv/bin/python tests/bench/merge_bench.py [--size 1b|layers2|small] [--keep DIR]
+        [--generate-only]
 
 `--size 1b` is the issue's case: hidden 2048, 16 layers, FFN 5632, vocab 49152 (~0.9 B
-parameters, 1.8 GB each); `small` (hidden 256, 2 layers, vocab 4096) proves the script works in
-seconds. Models are written tensor by tensor, so generating them needs little RAM.
+parameters, 1.8 GB each); `layers2` has the same tensors but 2 layers (0.6 GB each), so its
+peak RSS (set by the largest tensor) compares as the 1 B one does, in an eighth of the time;
+`small` (hidden 256, 2 layers, vocab 4096) proves the script works in seconds, its RSS mostly
+the interpreter and torch. Models are written tensor by tensor, so generating them needs little
+RAM. The issue's targets (time <= mergekit's, peak RSS <= 0.3x) are judged at `1b`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SIZES = {"1b": (2048, 16, 5632, 49152, 32, 4), "small": (256, 2, 688, 4096, 4, 2)}
+SIZES = {"1b": (2048, 16, 5632, 49152, 32, 4), "layers2": (2048, 2, 5632, 49152, 32, 4),
+         "small": (256, 2, 688, 4096, 4, 2)}
 
 # Run a console entry point in a fresh interpreter and report its own peak RSS (VmHWM is per
 # process image, so the bench's memory never counts).
@@ -180,9 +185,10 @@ def main() -> None:
         if len(measured) == 2:
             (ours, our_peak), (theirs, their_peak) = measured["modelyard"], measured["mergekit"]
             # The issue's targets: no slower than mergekit, at most 0.3x its peak RSS.
+            verdict = "met" if ours <= theirs and our_peak <= 0.3 * their_peak else "NOT met"
             print(f"{method:<10} {'ratio':<10} {ours / theirs:7.2f} {our_peak / their_peak:12.2f}"
-                  f"  (targets: time <= 1.00, RSS <= 0.30: "
-                  f"{'met' if ours <= theirs and our_peak <= 0.3 * their_peak else 'NOT met'})")
+                  + (f"  (targets: time <= 1.00, RSS <= 0.30: {verdict})"
+                     if args.size == "1b" else ""))
 
 
 if __name__ == "__main__":
