@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import gguf
 
-from app.core.errors import UnsupportedError
+from app.core.errors import FormatError, UnsupportedError
 from app.core.formats.gguf_header import GGUFHeader, read_gguf_header
 from app.core.merge.canonical import layout_of
 from app.core.merge.config import ModelRef
@@ -51,7 +51,13 @@ class GGUFSource(ModelSource):
         from app.core.convert.reading import decode_rows
 
         tensor = self.tensors[name]
-        raw = torch.frombuffer(bytearray(self.read_raw(name)), dtype=torch.uint8).to(device)
+        raw = torch.empty(tensor.n_bytes, dtype=torch.uint8)
+        with open(tensor.file, "rb") as handle:
+            handle.seek(tensor.offset)
+            if handle.readinto(raw.numpy()) != tensor.n_bytes:
+                raise FormatError("tensor data is truncated", path=tensor.file, tensor=name,
+                                  hint="re-download the file")
+        raw = raw.to(device)
         row = tensor.shape[-1] if tensor.shape else 1
         values = decode_rows(raw, tensor.dtype, math.prod(tensor.shape) // row, row)
         values = values.reshape(tensor.shape)

@@ -23,11 +23,6 @@ from app.core.merge.plan import TensorAction
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def encode(tensor: torch.Tensor, dtype: str) -> bytes:
-    """A float32 result as the bytes of `dtype`, little-endian, on the CPU."""
-    return encoded_view(tensor, dtype).tobytes()
-
-
 def encoded_view(tensor: torch.Tensor, dtype: str) -> memoryview:
     """The bytes of `tensor` in `dtype` (little-endian, on the CPU) without copying them when
     they are already so."""
