@@ -1,6 +1,7 @@
-"""Run a merge plan: one output tensor at a time, each input's piece of it read, merged on the
-job's device in float32, written in the output dtype; then config, tokenizer, the config used
-and `merge_report.json` beside the weights. All of it goes to `OUT.part`, renamed when done."""
+"""Run a merge plan: one output tensor at a time, a chunk of elements at a time: each input's
+chunk read, merged on the job's device in float32 and written in the output dtype at once; then
+config, tokenizer, the config used and `merge_report.json` beside the weights. All of it goes
+to `OUT.part`, renamed when done."""
 
 from __future__ import annotations
 

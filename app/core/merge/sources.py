@@ -1,9 +1,11 @@
-"""The inputs of a merge: HF safetensors folders (single or sharded), read one tensor at a time.
+"""The inputs of a merge: HF safetensors folders (single or sharded), read a piece at a time.
 
-Headers tell every tensor's name, dtype, shape and place before anything is read; a tensor is
-read with explicit reads into a fresh buffer (no memory map growing the resident set), decoded
-to float32 and moved to the job's device. A model given with a LoRA adapter returns its weights
-with the adapter's update added as they are read.
+Headers tell every tensor's name, dtype, shape and place before anything is read. A tensor
+stored as the merge needs it is read a slice of elements at a time (`StoredSlices`), with
+explicit reads into a fresh buffer (no memory map growing the resident set), so a merge holds
+chunks, never whole tensors; others (assembled from several, or changed by an adapter) are read
+whole. A model given with a LoRA adapter returns its weights with the adapter's update added as
+they are read.
 """
 
 from __future__ import annotations
