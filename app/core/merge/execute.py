@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from app.core.convert.execute import _torch_threads
 from app.core.convert.writing import disk_error
 from app.core.errors import JobError
 from app.core.formats.model_info import format_bytes
@@ -216,7 +217,10 @@ def run_merge(plan: MergePlan, reporter: Reporter, *, check_memory: bool = True
     total = sum(a.n_bytes for a in actions)
     done = 0
     check_cancel(reporter)
-    with atomic_output(plan.target, overwrite=plan.overwrite) as part:
+    # Chunk-sized float work gains little from torch's threads on an idle CPU, and on a busy
+    # one their barriers made it several times slower (as conversions found): one thread.
+    threads = _torch_threads(1 if device.type == "cpu" else None)
+    with atomic_output(plan.target, overwrite=plan.overwrite) as part, threads:
         part.mkdir()
         writer = ShardWriter(part, actions, plan.shard_bytes)
         try:
