@@ -98,6 +98,10 @@ class MergeDialog(QDialog):
             self.dtype.addItem(label, value)
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
+        self.union_vocabulary = QCheckBox("Union of the models' vocabularies")
+        self.union_vocabulary.setToolTip(
+            "Every model's tokens in the merged tokenizer, as mergekit's tokenizer_source: "
+            "union; otherwise the base model's tokenizer is kept")
         self.output = QLineEdit(str(output_folder / "merged-model"))
         self.gguf = QComboBox()
         self.gguf.addItem("No GGUF", None)
@@ -157,6 +161,7 @@ class MergeDialog(QDialog):
         form.addRow("", self.normalize)
         form.addRow("Output dtype", self.dtype)
         form.addRow("DARE seed", self.seed)
+        form.addRow("Tokenizer", self.union_vocabulary)
         yaml_page = QWidget()
         yaml_layout = QVBoxLayout(yaml_page)
         yaml_layout.addWidget(self.yaml_note)
@@ -182,6 +187,7 @@ class MergeDialog(QDialog):
         self.normalize.toggled.connect(self._changed)
         self.dtype.currentIndexChanged.connect(self._changed)
         self.seed.valueChanged.connect(self._changed)
+        self.union_vocabulary.toggled.connect(self._changed)
         self.output.textChanged.connect(lambda _t: self.timer.start())
         self.gguf.currentIndexChanged.connect(lambda _i: self.timer.start())
         self.yaml.textChanged.connect(self._yaml_edited)
@@ -274,7 +280,8 @@ class MergeDialog(QDialog):
         base = self.base.currentData()
         return MergeSpec(self.method.currentText(), models, Path(base) if base else None,
                          self.t_slider.value() / 100, self.normalize.isChecked(),
-                         self.dtype.currentData(), self.seed.value())
+                         self.dtype.currentData(), self.seed.value(),
+                         self.union_vocabulary.isChecked())
 
     def _mark_base(self) -> None:
         """The base of a delta method takes no weight or density: its row says so."""
@@ -334,6 +341,7 @@ class MergeDialog(QDialog):
             self.normalize.setChecked(spec.normalize)
         self.dtype.setCurrentIndex(max(self.dtype.findData(spec.dtype), 0))
         self.seed.setValue(spec.seed)
+        self.union_vocabulary.setChecked(spec.union_vocabulary)
         self._changed()
 
     # --- the plan -------------------------------------------------------------------------

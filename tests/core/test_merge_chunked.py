@@ -61,3 +61,24 @@ def test_dare_masks_do_not_depend_on_chunking() -> None:
     start, end = methods.MASK_BLOCK - 3, 2 * methods.MASK_BLOCK + 4
     assert torch.equal(methods.mask_range(5, start, end, 0.5, torch.device("cpu")),
                        whole[start:end])
+
+
+def test_stored_tensors_read_in_slices(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import load_file
+
+    import factories
+    from app.core.merge.config import ModelRef
+    from app.core.merge.sources import open_source
+
+    folder = factories.make_hf_model(tmp_path / "m", "llama", dtype="bfloat16",
+                                     with_tokenizer=False)
+    source = open_source(ModelRef(folder))
+    stored = load_file(folder / "model.safetensors")
+    for name in ("model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"):
+        whole = stored[name].reshape(-1)
+        slices = source.slices(name, torch.device("cpu"))
+        assert slices.numel() == whole.numel()
+        for start, end in chunked.chunks(whole.numel(), 1000):
+            piece = slices[start:end]
+            assert piece.dtype == torch.bfloat16 and torch.equal(piece, whole[start:end])
+        assert torch.equal(slices[:], whole)

@@ -23,6 +23,12 @@ def make_adapter(base: Path, folder: Path, **lora: object) -> dict[str, torch.Te
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     config = peft.LoraConfig(init_lora_weights=False, **lora)  # type: ignore[arg-type]
     wrapped = peft.get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            # DoRA starts with m = ‖W + ΔW‖ and saved modules as copies of the base's: moved
+            # as training would, so that merging them right can be told from leaving them.
+            if "lora_magnitude_vector" in name or "modules_to_save" in name:
+                param.mul_(1 + 0.2 * torch.randn_like(param))
     wrapped.save_pretrained(folder)
     merged = wrapped.merge_and_unload()
     return {k: v.detach().clone() for k, v in merged.state_dict().items()}
@@ -38,6 +44,12 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     {"r": 8, "lora_alpha": 16, "use_rslora": True, "target_modules": ["q_proj", "up_proj"],
      "rank_pattern": {"up_proj": 2}, "alpha_pattern": {"layers.1.self_attn.q_proj": 3}},
     {"r": 4, "lora_alpha": 4, "target_modules": ["embed_tokens", "k_proj"]},
+    {"r": 4, "lora_alpha": 8, "use_dora": True, "target_modules": ["q_proj", "down_proj"]},
+    {"r": 8, "lora_alpha": 8, "use_dora": True, "use_rslora": True,
+     "target_modules": ["embed_tokens", "v_proj"], "rank_pattern": {"v_proj": 2},
+     "modules_to_save": ["lm_head"]},
+    {"r": 4, "lora_alpha": 8, "target_modules": ["up_proj"],
+     "modules_to_save": ["lm_head", "model.norm"]},
 ])
 def test_lora_merge_matches_peft(llama: Path, tmp_path: Path, lora: dict) -> None:
     adapter = tmp_path / "adapter"

@@ -22,6 +22,9 @@ def test_spec_yaml_exact_and_round_trip(tmp_path: Path) -> None:
     slerp = MergeSpec("slerp", (SpecModel(a), SpecModel(b)), base=a, t=0.25)
     assert "parameters:\n  t: 0.25\n" in slerp.to_yaml()
     assert spec_from_config(parse_config(slerp.to_yaml())) == slerp
+    union = MergeSpec("linear", (SpecModel(a), SpecModel(b)), union_vocabulary=True)
+    assert union.to_yaml().endswith("tokenizer_source: union\n")
+    assert spec_from_config(parse_config(union.to_yaml())) == union
 
 
 def test_configs_the_form_cannot_hold_stay_yaml(tmp_path: Path) -> None:
@@ -33,3 +36,6 @@ def test_configs_the_form_cannot_hold_stay_yaml(tmp_path: Path) -> None:
     slices = (f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {a}\n"
               "        layer_range: [0, 1]\n")
     assert spec_from_config(parse_config(slices)) is None
+    # The form has no place for a tokenizer taken from one model: kept as YAML, not lost.
+    tokenizer = f"merge_method: linear\nmodels:\n  - model: {a}\ntokenizer_source: {a}\n"
+    assert spec_from_config(parse_config(tokenizer)) is None

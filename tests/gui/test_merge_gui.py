@@ -48,8 +48,13 @@ def test_merge_sheet_shows_the_plan_runs_and_lists_the_result(
     dialog.set_weight(1, 0.7, 0.4)
     dialog.output.setText(str(folder / "merged"))
     wait_plan(qtbot, window, dialog)
+    dialog.union_vocabulary.setChecked(True)
+    assert parse_config(dialog.yaml.toPlainText()).tokenizer_union
+    dialog.union_vocabulary.setChecked(False)
+    wait_plan(qtbot, window, dialog)
     config = parse_config(dialog.yaml.toPlainText())
     assert config.merge_method == "ties" and config.base_model.path == folder / "llama-a"
+    assert not config.tokenizer_union
     other = config.slices[0].sources[1]
     assert other.parameters["weight"].value == 0.7
     assert other.parameters["density"].value == 0.4

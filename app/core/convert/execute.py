@@ -126,7 +126,7 @@ def _produce(reader: SourceReader, tensor: TensorPlan, chunk: Chunk, plan: Conve
 
 
 @contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
+def torch_threads(count: int | None) -> Iterator[None]:
     """Each worker runs single-threaded torch ops: workers on separate chunks scale without
     OpenMP barriers, which on a busy 2-core machine made every op ~10x slower (measured)."""
     if count is None:
@@ -153,7 +153,7 @@ def run_plan(plan: ConversionPlan, sink: Sink, reporter: Reporter) -> int:
     work = iter([(tensor, chunk) for tensor in plan.tensors for chunk in chunks_of(tensor)])
     pending: deque[tuple[TensorPlan, Future[torch.Tensor]]] = deque()
     current: TensorPlan | None = None
-    with _torch_threads(1 if plan.device == "cpu" else None), SourceReader() as reader, \
+    with torch_threads(1 if plan.device == "cpu" else None), SourceReader() as reader, \
             ThreadPoolExecutor(workers, "convert") as pool:
 
         def submit_next() -> None:

@@ -17,7 +17,7 @@ import torch
 
 from app.core.merge import methods
 
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 20
 
 Chunk = tuple[int, int]
 
@@ -65,8 +65,11 @@ class _TopK:
         keep = magnitude > self.threshold
         equal = magnitude == self.threshold
         if self.ties_left > 0:
-            taken = equal & (torch.cumsum(equal, 0) <= self.ties_left)
-            self.ties_left -= int(taken.sum())
+            count = int(equal.sum())
+            # Only the chunk where the ties run out needs to know which come first.
+            taken = equal if count <= self.ties_left else \
+                equal & (torch.cumsum(equal, 0) <= self.ties_left)
+            self.ties_left -= min(count, self.ties_left)
             keep |= taken
         return keep
 

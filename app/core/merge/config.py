@@ -80,6 +80,7 @@ class MergeConfig:
     text: str = ""  # the YAML as given, saved beside the output
     path: Path | None = None
     lines: dict[str, int] = field(default_factory=dict)
+    tokenizer_union: bool = False  # `tokenizer_source: union`: every model's tokens
 
     def all_models(self) -> list[ModelRef]:
         seen: list[ModelRef] = []
@@ -278,13 +279,12 @@ def parse_config(text: str, path: Path | None = None) -> MergeConfig:
                               hint="use float32, float16 or bfloat16")
         dtype = DTYPES[name]
     tokenizer_source = None
+    union = False
     if "tokenizer_source" in top:
         node = top["tokenizer_source"][1]
         name = reader.string(node, "tokenizer_source")
-        if name == "union":
-            raise reader.fail(node, "tokenizer_source: union is not supported",
-                              hint="use base or the path of one of the models")
-        if name != "base":
+        union = name == "union"
+        if name not in ("base", "union"):
             tokenizer_source = reader.model_ref(node, "tokenizer_source")
     seed = 0
     if "seed" in top:
@@ -292,7 +292,7 @@ def parse_config(text: str, path: Path | None = None) -> MergeConfig:
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise reader.fail(top["seed"][1], f"seed {seed!r} must be a whole number >= 0")
     config = MergeConfig(method, slices, base_model, parameters, dtype, tokenizer_source, seed,
-                         "models" in top, text, path, lines)
+                         "models" in top, text, path, lines, union)
     _check_method_inputs(config, reader, top)
     return config
 

@@ -1,6 +1,7 @@
-"""Run a merge plan: one output tensor at a time, each input's piece of it read, merged on the
-job's device in float32, written in the output dtype; then config, tokenizer, the config used
-and `merge_report.json` beside the weights. All of it goes to `OUT.part`, renamed when done."""
+"""Run a merge plan: one output tensor at a time, a chunk of elements at a time: each input's
+chunk read, merged on the job's device in float32 and written in the output dtype at once; then
+config, tokenizer, the config used and `merge_report.json` beside the weights. All of it goes
+to `OUT.part`, renamed when done."""
 
 from __future__ import annotations
 
@@ -13,17 +14,18 @@ from typing import Any
 
 import torch
 
-from app.core.convert.reading import TORCH_DTYPES
+from app.core.convert.execute import torch_threads
 from app.core.convert.writing import disk_error
 from app.core.cuda import torch_device
+from app.core.errors import JobError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter, atomic_output, check_cancel
 from app.core.merge.canonical import Layout, with_layer
-from app.core.merge.chunked import merge_into
+from app.core.merge.chunked import chunks, merge_into
 from app.core.merge.job import check_resources
-from app.core.merge.plan import MergePlan, TensorAction
-from app.core.merge.sources import ModelSource
-from app.core.merge.writer import ShardWriter, encode
+from app.core.merge.plan import InputRef, MergePlan, TensorAction
+from app.core.merge.sources import ModelSource, StoredSlices
+from app.core.merge.writer import ShardWriter, encoded_view
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
@@ -76,30 +78,68 @@ def assemble(source: ModelSource, layout: Layout, layer: int | None,
     return torch.stack([torch.cat([unit(k) for k in row], dim=0) for row in keys])
 
 
-def merge_tensor(plan: MergePlan, action: TensorAction, device: torch.device) -> torch.Tensor:
-    """The output tensor in its dtype: inputs held as stored, arithmetic in float32 chunks."""
-    tensors = [assemble(plan.models[ref.model], action.layout, ref.layer, device).reshape(-1)
-               for ref in action.inputs]
-    method = "passthrough" if action.action == "copied" else plan.config.merge_method
-    out = torch.empty(action.n_elements, dtype=TORCH_DTYPES[action.dtype], device=device)
-    merge_into(method, tensors, action.params, out)
-    return out.reshape(action.shape)
+def flat_input(plan: MergePlan, ref: InputRef, layout: Layout,
+               device: torch.device) -> torch.Tensor | StoredSlices:
+    """One input of an output tensor in flat element order: read a slice at a time from its
+    file when it is stored exactly so, otherwise assembled whole."""
+    source = plan.models[ref.model]
+    name = source.stored_as(layout, ref.layer)
+    if name is not None and source.streams(name):
+        return source.slices(name, device)
+    return assemble(source, layout, ref.layer, device).reshape(-1)
 
 
-def tensor_bytes(plan: MergePlan, action: TensorAction, device: torch.device) -> bytes:
-    if action.action == "copied" and len(action.inputs) == 1:
+class ChunkSink:
+    """The flat output of `chunked.merge_into`: each chunk, assigned in order, is written to the
+    shard in the output dtype at once, so no whole output tensor is ever held."""
+
+    def __init__(self, writer: ShardWriter, action: TensorAction, device: torch.device) -> None:
+        self.writer = writer
+        self.action = action
+        self.device = device
+        self.count = action.n_elements
+        self.next = 0
+
+    def numel(self) -> int:
+        return self.count
+
+    def __setitem__(self, index: slice, value: torch.Tensor) -> None:
+        start, stop, _ = index.indices(self.count)
+        if start != self.next or value.numel() != stop - start:
+            raise JobError(f"chunk [{start}, {stop}) of {self.action.name} out of order",
+                           path=self.writer.folder)
+        self.writer.append(encoded_view(value, self.action.dtype))
+        self.next = stop
+
+
+def write_tensor(plan: MergePlan, action: TensorAction, device: torch.device,
+                 writer: ShardWriter) -> None:
+    """Compute one output tensor chunk by chunk (inputs as stored, arithmetic in float32) and
+    write it; bytes that nothing would change are copied through unchanged."""
+    writer.begin(action)
+    if action.action == "copied" and len(action.inputs) == 1 and not plan.in_union(action):
         ref = action.inputs[0]
         source = plan.models[ref.model]
         stored = source.tensors.get(ref.name)
-        # Bytes move unchanged when nothing would change them: same dtype, same layout.
-        if stored is not None and not stored.ggml and stored.dtype == action.dtype \
-                and source.adapter is None \
-                and stored.shape == action.shape and \
-                source.layout(ref.name).keys() == [
-                    with_layer(u.key, ref.layer) if ref.layer is not None else u.key
-                    for row in action.layout.units for u in row]:
-            return source.read_raw(ref.name)
-    return encode(merge_tensor(plan, action, device), action.dtype)
+        if stored is not None and stored.dtype == action.dtype and source.streams(ref.name) \
+                and stored.shape == action.shape \
+                and source.stored_as(action.layout, ref.layer) == ref.name:
+            data = source.slices(ref.name, torch.device("cpu"))
+            for start, end in chunks(action.n_elements):
+                writer.append(memoryview(data[start:end].view(torch.uint8).numpy()))
+            writer.end()
+            return
+    inputs: list[torch.Tensor | StoredSlices]
+    if plan.in_union(action):
+        whole = [assemble(plan.models[ref.model], action.layout, ref.layer, device).float()
+                 for ref in action.inputs]
+        inputs = [t.reshape(-1) for t in plan.vocab.permuted(
+            [ref.model for ref in action.inputs], whole)]
+    else:
+        inputs = [flat_input(plan, ref, action.layout, device) for ref in action.inputs]
+    method = "passthrough" if action.action == "copied" else plan.config.merge_method
+    merge_into(method, inputs, action.params, ChunkSink(writer, action, device))
+    writer.end()
 
 
 def _write_side_files(plan: MergePlan, folder: Path, reporter: Reporter) -> None:
@@ -108,16 +148,42 @@ def _write_side_files(plan: MergePlan, folder: Path, reporter: Reporter) -> None
     generation = base / "generation_config.json"
     if generation.is_file():
         shutil.copyfile(generation, folder / generation.name)
+    elif base.is_file():  # a GGUF: the generation defaults its config implies
+        import transformers
+
+        config = transformers.AutoConfig.for_model(**plan.hf_config)
+        transformers.GenerationConfig.from_model_config(config).save_pretrained(folder)
     tokenizer = plan.models[plan.tokenizer_from].path
-    copied = [name for name in TOKENIZER_FILES if (tokenizer / name).is_file()]
-    for name in copied:
-        shutil.copyfile(tokenizer / name, folder / name)
+    if plan.vocab is not None:
+        plan.vocab.tokenizer.save_pretrained(folder)
+        copied = ["tokenizer.json"]
+    elif tokenizer.is_file():
+        _gguf_tokenizer(tokenizer, folder, reporter)
+        copied = ["tokenizer.json"] if (folder / "tokenizer.json").is_file() else []
+    else:
+        copied = [name for name in TOKENIZER_FILES if (tokenizer / name).is_file()]
+        for name in copied:
+            shutil.copyfile(tokenizer / name, folder / name)
     if not copied:
         reporter.log("warning", f"{tokenizer} has no tokenizer files; the merged model has "
                                 "none")
     (folder / CONFIG_NAME).write_text(plan.config.text if plan.config.text.endswith("\n")
                                       else plan.config.text + "\n")
     (folder / REPORT_NAME).write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+
+
+def _gguf_tokenizer(gguf_path: Path, folder: Path, reporter: Reporter) -> None:
+    """The GGUF's vocabulary as tokenizer.json (as a GGUF → HF conversion writes it), when it
+    can be one."""
+    from app.core.convert.hf_tokenizer import save_tokenizer
+    from app.core.merge.gguf_source import tokenizer_problem
+
+    problem = tokenizer_problem(gguf_path)
+    if problem is not None:
+        reporter.log("warning", f"{gguf_path}: {problem}")
+        return
+    for note in save_tokenizer(folder, gguf_path):
+        reporter.log("info", note)
 
 
 def log_plan(plan: MergePlan, reporter: Reporter) -> None:
@@ -152,13 +218,16 @@ def run_merge(plan: MergePlan, reporter: Reporter, *, check_memory: bool = True
     total = sum(a.n_bytes for a in actions)
     done = 0
     check_cancel(reporter)
-    with atomic_output(plan.target, overwrite=plan.overwrite) as part:
+    # Chunk-sized float work gains little from torch's threads on an idle CPU, and on a busy
+    # one their barriers made it several times slower (as conversions found): one thread.
+    threads = torch_threads(1 if device.type == "cpu" else None)
+    with atomic_output(plan.target, overwrite=plan.overwrite) as part, threads:
         part.mkdir()
         writer = ShardWriter(part, actions, plan.shard_bytes)
         try:
             for action in actions:
                 check_cancel(reporter)
-                writer.write(action, tensor_bytes(plan, action, device))
+                write_tensor(plan, action, device, writer)
                 done += action.n_bytes
                 reporter.progress(done, total, action.name)
         finally:

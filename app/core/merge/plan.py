@@ -67,6 +67,11 @@ class MergePlan:
     overwrite: bool = False
     shard_bytes: int = 5 * 1000**3
     gguf_type: str | None = None
+    vocab: Any = None  # a UnionVocab for `tokenizer_source: union`
+
+    def in_union(self, action: TensorAction) -> bool:
+        """Whether the tensor's rows are tokens of the union vocabulary (read permuted)."""
+        return self.vocab is not None and bool(action.params.get("vocabulary"))
 
     @property
     def refused(self) -> list[TensorAction]:
@@ -83,15 +88,22 @@ class MergePlan:
 
     @property
     def estimated_peak_bytes(self) -> int:
-        """Working memory at the largest tensor: each input as stored (float32 when it is
-        dequantized or adapted), the output in its dtype, and float32 chunks of each."""
-        chunk = 1 << 22  # chunked.CHUNK_ELEMENTS, without importing torch to plan
+        """Working memory at the largest tensor: float32 chunks of each input and of the
+        output, and each input that cannot be read a chunk at a time from its file whole, as
+        stored (float32 when it is dequantized or adapted)."""
+        chunk = 1 << 20  # chunked.CHUNK_ELEMENTS, without importing torch to plan
         peak = 0
         for action in self.written:
-            held = action.n_bytes
-            for ref in action.inputs:
+            held = 0
+            if self.in_union(action):
+                # Each input read whole, gathered into the union's order, and its stand-ins.
+                held = 3 * 4 * action.n_elements * len(action.inputs)
+            for ref in () if self.in_union(action) else action.inputs:
                 model = self.models[ref.model]
                 stored = model.tensors.get(ref.name)
+                if stored is not None and model.streams(ref.name) and \
+                        model.stored_as(action.layout, ref.layer) == ref.name:
+                    continue
                 size = 4 if stored is None or stored.ggml or model.adapter is not None \
                     else SAFETENSORS_BYTES.get(stored.dtype, 4)
                 held += action.n_elements * size

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,14 @@ class _Planner:
         self.out_dtype = config.dtype or dominant_float_dtype(models[base])
         self.tokenizer_from = model_index(models, config.tokenizer_source) \
             if config.tokenizer_source else base
+        self.vocab: Any = None
+        if config.tokenizer_union:
+            from app.core.merge.vocab import build_union
+
+            order = [base] + [i for i in sorted({model_index(models, s.model)
+                                                 for p in config.slices for s in p.sources})
+                              if i != base]
+            self.vocab = build_union(models, order, base, config.base_model is not None)
 
     def index(self, source: SliceSource) -> int:
         return model_index(self.models, source.model)
@@ -162,10 +171,25 @@ class _Planner:
 
     def tensor(self, out_name: str, template_name: str, template: int, template_layer: int |
                None, piece: OutputSlice, offset: int | None, t: float) -> None:
+        count = len(self.actions)
+        self._tensor(out_name, template_name, template, template_layer, piece, offset, t)
+        action = self.actions[-1]
+        if len(self.actions) > count and self.vocab is not None and action.action != \
+                "refused" and len(action.shape) == 2 and \
+                any(w in out_name for w in VOCAB_WORDS) and not action.layout.fused:
+            self.actions[-1] = replace(action, shape=(self.vocab.size, action.shape[1]),
+                                       params={**action.params, "vocabulary": True})
+
+    def _tensor(self, out_name: str, template_name: str, template: int, template_layer: int |
+                None, piece: OutputSlice, offset: int | None, t: float) -> None:
         model = self.models[template]
         stored = model.tensors[template_name]
         layout = model.layout(template_name)
         shape = stored.shape
+        # With a union vocabulary, token rows are laid out anew: only the rest must agree.
+        in_union = self.vocab is not None and len(shape) == 2 and \
+            any(w in out_name for w in VOCAB_WORDS) and not layout.fused
+        rest = 1 if in_union else 0
         participants: list[tuple[SliceSource, int, int | None]] = []
         for source in piece.sources:
             index = self.index(source)
@@ -188,7 +212,7 @@ class _Planner:
                 if have is None:
                     problem = "missing"
                     break
-                if have != want:
+                if have[rest:] != want[rest:]:
                     problem = f"{other.label} has {list(have)}, {model.label} {list(want)}"
                     break
             if problem is None:
@@ -318,6 +342,8 @@ class _Planner:
 
 def output_config(planner: _Planner) -> dict[str, Any]:
     config = copy.deepcopy(planner.models[planner.base].config)
+    if planner.vocab is not None:
+        config["vocab_size"] = planner.vocab.size
     dtype = TORCH_DTYPE_NAMES[planner.out_dtype]
     for key in ("torch_dtype", "dtype"):
         if key in config or key == "dtype":
@@ -366,10 +392,10 @@ def _open_models(config: MergeConfig) -> tuple[ModelSource, ...]:
         wanted.update(source.units)
     for ref in refs:
         if _is_gguf(ref):
-            if ref == config.base_model or ref == config.tokenizer_source or \
-                    ref == config.slices[0].sources[0].model and config.base_model is None:
-                open_source(ref)  # raises: the base and the tokenizer come from HF folders
-            opened[ref] = open_gguf_source(ref, wanted)
+            # Where the output's config and tokenizer come from, read through transformers.
+            describes = ref in (config.base_model, config.tokenizer_source) or \
+                ref == config.slices[0].sources[0].model and config.base_model is None
+            opened[ref] = open_gguf_source(ref, wanted, describes=describes)
     return tuple(opened[ref] for ref in refs)
 
 
@@ -404,7 +430,7 @@ def plan_merge(config: MergeConfig, target: str | Path, *, device: str = "cpu",
         raise OptionError(f"dtype {config.dtype} is not supported", path=config.path)
     return MergePlan(config, target, models, base, planner.tokenizer_from,
                      tuple(planner.actions), planner.out_dtype, device, output_config(planner),
-                     tuple(planner.warnings), overwrite, shard_bytes, gguf_type)
+                     tuple(planner.warnings), overwrite, shard_bytes, gguf_type, planner.vocab)
 
 
 def check_plan(plan: MergePlan) -> None:

@@ -1,9 +1,11 @@
-"""The inputs of a merge: HF safetensors folders (single or sharded), read one tensor at a time.
+"""The inputs of a merge: HF safetensors folders (single or sharded), read a piece at a time.
 
-Headers tell every tensor's name, dtype, shape and place before anything is read; a tensor is
-read with explicit reads into a fresh buffer (no memory map growing the resident set), decoded
-to float32 and moved to the job's device. A model given with a LoRA adapter returns its weights
-with the adapter's update added as they are read.
+Headers tell every tensor's name, dtype, shape and place before anything is read. A tensor
+stored as the merge needs it is read a slice of elements at a time (`StoredSlices`), with
+explicit reads into a fresh buffer (no memory map growing the resident set), so a merge holds
+chunks, never whole tensors; others (assembled from several, or changed by an adapter) are read
+whole. A model given with a LoRA adapter returns its weights with the adapter's update added as
+they are read.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from app.core.errors import BadInputError, FormatError, UnsupportedError
 from app.core.formats.hf_config import load_json_object
 from app.core.formats.safetensors_header import read_safetensors_header
-from app.core.merge.canonical import Layout, Unit, layout_of, unit_shape
+from app.core.merge.canonical import Layout, Unit, layout_of, unit_shape, with_layer
 from app.core.merge.config import ModelRef
 
 if TYPE_CHECKING:
@@ -41,6 +43,40 @@ class StoredTensor:
     @property
     def is_float(self) -> bool:
         return self.ggml or self.dtype in FLOAT_DTYPES
+
+
+class StoredSlices:
+    """A stored float tensor in flat element order, read one slice at a time (`x[s:e]`, on
+    `device`, in the stored dtype), so a merge holds only the chunk it computes on however
+    large the tensor is; reads of a tensor already read come from the page cache."""
+
+    def __init__(self, tensor: StoredTensor, device: torch.device) -> None:
+        import torch
+
+        self.tensor = tensor
+        self.device = device
+        self.dtype = getattr(torch, FLOAT_DTYPES[tensor.dtype])
+        self.itemsize = self.dtype.itemsize
+        self.count = tensor.n_bytes // self.itemsize
+
+    def numel(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        import torch
+
+        start, stop, step = index.indices(self.count)
+        if step != 1:
+            raise ValueError("stored tensors are read in contiguous slices")
+        stop = max(start, stop)
+        raw = torch.empty((stop - start) * self.itemsize, dtype=torch.uint8)
+        with open(self.tensor.file, "rb") as handle:
+            handle.seek(self.tensor.offset + start * self.itemsize)
+            got = handle.readinto(raw.numpy())
+        if got != raw.numel():
+            raise FormatError("tensor data is truncated", path=self.tensor.file,
+                              tensor=self.tensor.name, hint="re-download the file")
+        return raw.view(self.dtype).to(self.device)
 
 
 @dataclass
@@ -104,6 +140,27 @@ class ModelSource:
                               hint="re-download the file")
         return data
 
+    def streams(self, name: str) -> bool:
+        """Whether the tensor can be read a slice at a time: stored as floats, not dequantized,
+        and not changed by an adapter."""
+        tensor = self.tensors[name]
+        return tensor.dtype in FLOAT_DTYPES and not tensor.ggml and not (
+            self.adapter is not None and self.adapter.changes(name))
+
+    def stored_as(self, layout: Layout, layer: int | None) -> str | None:
+        """The one stored tensor that holds `layout`'s units (at `layer`) in their order, if
+        any: then it is read as it is, not assembled."""
+        keys = [with_layer(u.key, layer) if layer is not None else u.key
+                for row in layout.units for u in row]
+        owners = {self.units[k][0] for k in keys}
+        if len(owners) != 1:
+            return None
+        name = next(iter(owners))
+        return name if name in self.tensors and self.layout(name).keys() == keys else None
+
+    def slices(self, name: str, device: torch.device) -> StoredSlices:
+        return StoredSlices(self.tensors[name], device)
+
     def read(self, name: str, device: torch.device, float32: bool = True) -> torch.Tensor:
         """One stored tensor on `device`, as float32 or (`float32=False`) as stored; with the
         adapter's update (in float32) when it has one."""
@@ -113,10 +170,8 @@ class ModelSource:
                                    tensor=name)
         import torch
 
-        buffer = torch.frombuffer(bytearray(self.read_raw(name)), dtype=torch.uint8)
-        values = buffer.view(getattr(torch, FLOAT_DTYPES[tensor.dtype])).reshape(tensor.shape)
-        values = values.to(device)
-        if self.adapter is not None and name in self.adapter.modules:
+        values = self.slices(name, device)[:].reshape(tensor.shape)
+        if self.adapter is not None and self.adapter.changes(name):
             return self.adapter.apply(name, values.to(torch.float32))
         return values.to(torch.float32) if float32 else values
 
@@ -140,13 +195,9 @@ def open_source(ref: ModelRef) -> ModelSource:
     """Read the headers of one input; refuse what cannot be merged before anything is read."""
     path = ref.path
     if path.is_file() and path.suffix == ".gguf":
-        if ref.adapter is not None:
-            raise UnsupportedError("a LoRA adapter applies to a Hugging Face folder, not a "
-                                   "GGUF", path=path)
-        raise BadInputError("a GGUF cannot be the base model or the tokenizer source (their "
-                            "config and tokenizer are written beside the merge)", path=path,
-                            hint="make a Hugging Face folder the base, or convert the GGUF to "
-                                 "one first")
+        from app.core.merge.gguf_source import open_gguf_source
+
+        return open_gguf_source(ref, (), describes=True)
     if not path.is_dir():
         raise BadInputError("is not a model folder", path=path)
     files = _weight_files(path)
@@ -181,11 +232,14 @@ def open_source(ref: ModelRef) -> ModelSource:
 
 
 def dominant_float_dtype(source: ModelSource) -> str:
-    """The dtype most of a model's parameters are stored in (F32 when it has none)."""
+    """The dtype most of a model's parameters are stored in (F32 when it has none; F16 for a
+    quantized GGUF, whose blocks are scaled by F16 numbers)."""
     sizes: dict[str, int] = {}
     for tensor in source.tensors.values():
-        if tensor.is_float and tensor.dtype != "F64":
+        if tensor.dtype in FLOAT_DTYPES and tensor.dtype != "F64":
             sizes[tensor.dtype] = sizes.get(tensor.dtype, 0) + tensor.n_bytes
+        elif tensor.ggml:
+            sizes["F16"] = sizes.get("F16", 0) + tensor.n_bytes
     return max(sizes, key=lambda d: sizes[d]) if sizes else "F32"
 
 

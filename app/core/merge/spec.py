@@ -30,6 +30,7 @@ class MergeSpec:
     normalize: bool | None = None  # None: the method's default
     dtype: str | None = None  # F32/F16/BF16; None: the base model's
     seed: int = 0
+    union_vocabulary: bool = False  # tokenizer_source: union (else the base's tokenizer)
 
     def to_yaml(self) -> str:
         """The mergekit YAML of this form, in a stable order (a pure function of the form)."""
@@ -61,6 +62,8 @@ class MergeSpec:
             doc["dtype"] = DTYPE_NAMES[self.dtype]
         if method.startswith("dare"):
             doc["seed"] = self.seed
+        if self.union_vocabulary:
+            doc["tokenizer_source"] = "union"
         return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
@@ -69,7 +72,7 @@ def spec_from_config(config: MergeConfig) -> MergeSpec | None:
     per-layer gradients, filtered values): the YAML is then run as written."""
     if not config.uses_models_form or len(config.slices) != 1:
         return None
-    if config.merge_method == "passthrough":
+    if config.merge_method == "passthrough" or config.tokenizer_source is not None:
         return None
     scalars = {"weight", "density"}
     models = []
@@ -96,4 +99,4 @@ def spec_from_config(config: MergeConfig) -> MergeSpec | None:
     base = config.base_model.path if config.base_model else None
     dtype = config.dtype if config.dtype in DTYPES.values() else None
     return MergeSpec(config.merge_method, tuple(models), base, float(t), normalize, dtype,
-                     config.seed)
+                     config.seed, config.tokenizer_union)

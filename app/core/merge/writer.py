@@ -23,10 +23,11 @@ from app.core.merge.plan import TensorAction
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def encode(tensor: torch.Tensor, dtype: str) -> bytes:
-    """A float32 result as the bytes of `dtype`, little-endian, on the CPU."""
+def encoded_view(tensor: torch.Tensor, dtype: str) -> memoryview:
+    """The bytes of `tensor` in `dtype` (little-endian, on the CPU) without copying them when
+    they are already so."""
     out = tensor.to(TORCH_DTYPES[dtype]).contiguous().reshape(-1).cpu()
-    return out.view(torch.uint8).numpy().tobytes()
+    return memoryview(out.view(torch.uint8).numpy())
 
 
 class ShardWriter:
@@ -37,6 +38,8 @@ class ShardWriter:
         self._shard_of = {a.name: i for i, shard in enumerate(self.shards) for a in shard}
         self._open = -1
         self._handle: BinaryIO | None = None
+        self._action: TensorAction | None = None
+        self._action_bytes = 0
         self.bytes_written = 0
 
     def _header(self, shard: list[TensorAction]) -> bytes:
@@ -51,9 +54,12 @@ class ShardWriter:
         return struct.pack("<Q", len(raw)) + raw
 
     def write(self, action: TensorAction, data: bytes) -> None:
-        if len(data) != action.n_bytes:
-            raise JobError(f"computed {len(data)} bytes for {action.name}, planned "
-                           f"{action.n_bytes}", path=self.folder)
+        self.begin(action)
+        self.append(data)
+        self.end()
+
+    def begin(self, action: TensorAction) -> None:
+        """Start `action`'s data: its bytes follow through `append`, then `end`."""
         index = self._shard_of[action.name]
         try:
             if index != self._open:
@@ -61,11 +67,27 @@ class ShardWriter:
                 self._handle = open(self.folder / self.names[index], "wb")  # noqa: SIM115
                 self._open = index
                 self._handle.write(self._header(self.shards[index]))
-            assert self._handle is not None
+        except OSError as exc:
+            raise disk_error(exc, self.folder) from None
+        self._action = action
+        self._action_bytes = 0
+
+    def append(self, data: bytes | memoryview) -> None:
+        assert self._handle is not None
+        try:
             self._handle.write(data)
         except OSError as exc:
             raise disk_error(exc, self.folder) from None
-        self.bytes_written += len(data)
+        self._action_bytes += memoryview(data).nbytes
+
+    def end(self) -> None:
+        action = self._action
+        assert action is not None
+        if self._action_bytes != action.n_bytes:
+            raise JobError(f"computed {self._action_bytes} bytes for {action.name}, planned "
+                           f"{action.n_bytes}", path=self.folder)
+        self.bytes_written += self._action_bytes
+        self._action = None
 
     def close(self) -> None:
         if self._handle is not None:
