@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from app.core.jobs import RecordingReporter
+
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin")
 GOOD_TOKEN = "hf_test_token_that_works"
 
@@ -384,6 +386,26 @@ def use_test_hub(monkeypatch: Any, tmp_path: Path, server: HubServer) -> Path:
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
     return cache
+
+
+def fresh_test_hub(monkeypatch: Any, tmp_path: Path, server: HubServer) -> HubServer:
+    """`use_test_hub` for one test of a module-scoped server: its request log, cut connections
+    and checksums start empty; the HF cache folder is kept as `server.cache`."""
+    server.cache = use_test_hub(monkeypatch, tmp_path, server)  # type: ignore[attr-defined]
+    server.requests.clear()
+    server.cut_after.clear()
+    server._sha_cache.clear()
+    return server
+
+
+@dataclass
+class CancelHalfway(RecordingReporter):
+    """Cancels its job once half the bytes are reported."""
+
+    def progress(self, done: float, total: float, text: str = "") -> None:
+        super().progress(done, total, text)
+        if total and done >= total / 2:
+            self.token.cancel()
 
 
 def standard_repos(root: Path, smollm2: Path, tiny_hf: Path | None = None) -> list[HubRepo]:

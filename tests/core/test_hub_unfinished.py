@@ -6,11 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hub_server import HubRepo, HubServer, use_test_hub
+from hub_server import CancelHalfway, HubRepo, HubServer, fresh_test_hub
 
 from app.core.errors import BadInputError
 from app.core.hub.download import DownloadRequest
@@ -36,19 +35,7 @@ def served(smollm2_gguf: Path) -> Iterator[HubServer]:
 
 @pytest.fixture()
 def hub(served: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> HubServer:
-    served.cache = use_test_hub(monkeypatch, tmp_path, served)  # type: ignore[attr-defined]
-    served.requests.clear()
-    served.cut_after.clear()
-    served._sha_cache.clear()
-    return served
-
-
-@dataclass
-class CancelHalfway(RecordingReporter):
-    def progress(self, done: float, total: float, text: str = "") -> None:
-        super().progress(done, total, text)
-        if total and done >= total / 2:
-            self.token.cancel()
+    return fresh_test_hub(monkeypatch, tmp_path, served)
 
 
 def test_a_cancelled_cache_download_is_found_and_resumed(hub: HubServer,

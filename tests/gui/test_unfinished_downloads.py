@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from gui_helpers import open_window
-from hub_server import HubRepo, HubServer, use_test_hub
+from hub_server import CancelHalfway, HubRepo, HubServer, use_test_hub
 
 from app.core.hub.download import DownloadRequest
 from app.core.hub.unfinished import record_path
-from app.core.jobs import RecordingReporter, run_job
+from app.core.jobs import run_job
 from app.gui.settings import AppSettings
 
 REPO = "acme/SmolLM2-135M-Instruct-GGUF"
@@ -28,14 +27,6 @@ def served(smollm2_gguf: Path) -> Iterator[HubServer]:
     server.start()
     yield server
     server.stop()
-
-
-@dataclass
-class CancelHalfway(RecordingReporter):
-    def progress(self, done: float, total: float, text: str = "") -> None:
-        super().progress(done, total, text)
-        if total and done >= total / 2:
-            self.token.cancel()
 
 
 @pytest.fixture()
