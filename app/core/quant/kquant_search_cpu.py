@@ -138,3 +138,68 @@ class _Search:
             np.multiply(out, out, out=out)
         np.multiply(out, wt, out=out)
         return np.add.reduce(out, axis=0, initial=_NEG_ZERO)
+
+
+# Sub-blocks per group in qx_sums: its [19, 16, QX_LANES] planes stay in the L2 cache.
+QX_LANES = 256
+_POS_ZERO = f32(0.0)  # make_qx_quants' sums start from 0.0f
+
+
+def qx_sums(iscales: torch.Tensor, x: torch.Tensor,
+            weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_qx_quants' sums for every try at once, on the CPU: for iscales [tries, n] and
+    sub-blocks x [n, size] with weights [n, size] (at least two sub-blocks), (sumlx, suml2)
+    [tries, n] with l = MAX(-nmax, MIN(nmax - 1, nearest_int(iscale * x))) and, element by
+    element in order from 0.0f, sumlx += (w * x) * l and suml2 += (w * l) * l. nmax is 32."""
+    scales = iscales.detach().numpy()
+    values = x.detach().numpy()
+    importance = weights.detach().numpy()
+    tries, n = scales.shape
+    size = values.shape[1]
+    sums = np.empty((2, tries, n), f32)
+    groups = -(-n // QX_LANES)
+    bounds = [n * i // groups for i in range(groups + 1)]
+    lanes = -(-n // groups)
+    levels = np.empty((tries, size, lanes), f32)
+    products = np.empty((2, tries, size, lanes), f32)
+    xt = np.empty((size, lanes), f32)
+    wt = np.empty((size, lanes), f32)
+    with np.errstate(all="ignore"):
+        for start, stop in zip(bounds, bounds[1:], strict=False):
+            m = stop - start
+            np.copyto(xt[:, :m], values[start:stop].T)
+            np.copyto(wt[:, :m], importance[start:stop].T)
+            level = levels[:, :, :m]
+            np.multiply(scales[:, None, start:stop], xt[None, :, :m], out=level)
+            np.rint(level, out=level)  # nearest_int within its range
+            np.clip(level, -32, 31, out=level)
+            np.multiply(np.multiply(wt[:, :m], xt[:, :m]), level, out=products[0, :, :, :m])
+            np.multiply(wt[:, :m], level, out=products[1, :, :, :m])
+            np.multiply(products[1, :, :, :m], level, out=products[1, :, :, :m])
+            np.add.reduce(products[:, :, :, :m], axis=2, out=sums[:, :, start:stop],
+                          initial=_POS_ZERO)
+    return torch.from_numpy(sums[0]), torch.from_numpy(sums[1])
+
+
+def qx_choose(iscales: torch.Tensor, sum_lx: torch.Tensor,
+              sum_l2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_qx_quants' choice among its tries, on the CPU: try 0 first, then each later try
+    that has suml2 > 0 and sumlx*sumlx > best*suml2 (best = scale*sumlx of the last taken).
+    Returns (scale [n], the chosen try's iscale [n]); all [tries, n] inputs are float32."""
+    scales, lx, l2 = iscales.numpy(), sum_lx.numpy(), sum_l2.numpy()
+    with np.errstate(all="ignore"):
+        ratio = lx / l2  # every try's scale sumlx/suml2, taken only where it is defined
+        square = lx * lx
+        positive = l2 > 0
+        scale = np.where(l2[0] != 0, ratio[0], f32(0.0))
+        best = scale * lx[0]
+        chosen = scales[0].copy()
+        better = np.empty(best.shape, bool)
+        for k in range(1, scales.shape[0]):
+            np.greater(square[k], best * l2[k], out=better)
+            better &= positive[k]
+            # copyto with a mask is the cheap select here (np.where allocates and is slower).
+            np.copyto(scale, ratio[k], where=better)
+            np.copyto(best, scale * lx[k], where=better)
+            np.copyto(chosen, scales[k], where=better)
+    return torch.from_numpy(scale), torch.from_numpy(chosen)
