@@ -86,6 +86,8 @@ class _Search:
         self._levels(trial, xt, minimum, iscales[0])
         best_error = self._error(terms, scales[0], trial, minimum, xt, wt)
         chosen = np.zeros(m, np.intp)
+        better = np.empty(m, bool)
+        # Masked copies are the cheap select here (np.where allocates and is slower).
         for step, numerator in enumerate(self.numerators):
             # A better try replaces `min`, and the next tries start from the new one.
             iscale = np.divide(numerator, high - minimum, out=iscales[step + 1])
@@ -99,16 +101,17 @@ class _Search:
             numer = first * sums[[1, 2, 1]]
             numer -= sums[0] * sums[[0, 3, 2]]
             det = numer[0]
-            try_scale, try_min = numer[1] / det, numer[2] / det
+            try_scale = np.divide(numer[1], det, out=scales[step + 1])
+            try_min = np.divide(numer[2], det)
             clipped = try_min > 0
-            try_scale = np.where(clipped, sums[2] / sums[1], try_scale)
-            try_min = np.where(clipped, f32(0.0), try_min)
-            scales[step + 1] = try_scale
+            np.copyto(try_scale, sums[2] / sums[1], where=clipped)
+            np.copyto(try_min, f32(0.0), where=clipped)
             try_error = self._error(terms, try_scale, trial, try_min, xt, wt)
-            better = (det > 0) & (try_error < best_error)
-            best_error = np.where(better, try_error, best_error)
-            chosen[better] = step + 1
-            minimum = np.where(better, try_min, minimum)
+            np.less(try_error, best_error, out=better)
+            better &= det > 0
+            np.copyto(best_error, try_error, where=better)
+            np.copyto(chosen, step + 1, where=better)
+            np.copyto(minimum, try_min, where=better)
         lanes = np.arange(m)
         # The C keeps the codes of the winning try; recomputing them from its iscale and the
         # min it started from gives the same codes.
