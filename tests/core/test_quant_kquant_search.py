@@ -97,3 +97,23 @@ def test_numpy_and_torch_searches_agree_value_for_value() -> None:
     single = make_qkx2_quants(x[:1], weights[:1], 15, -1.0, 0.1, 20, False)
     assert torch.equal(single[0], kquant_search.make_qkx2_quants_torch(
         x[:1], weights[:1], 15, -1.0, 0.1, 20, False)[0])
+
+
+def test_q6_k_numpy_and_torch_sums_and_choices_agree() -> None:
+    from app.core.quant import kquants
+
+    rng = np.random.default_rng(9)
+    x = torch.from_numpy((rng.standard_normal((700, 16)) * 0.05).astype(np.float32))
+    x[3] = 0.0
+    x[4, :8] = 0.25
+    peak = x.abs().amax(dim=1).clamp(min=1e-3)
+    steps = torch.tensor([0] + [s for s in range(-9, 10) if s], dtype=torch.float32)
+    iscales = (-(32 + torch.tensor(0.1) * steps)).unsqueeze(1) / peak.unsqueeze(0)
+    fast = kquant_search_cpu.qx_sums(iscales, x, x * x)
+    reference = kquants.qx_sums(iscales, x)
+    for a, b in zip(fast, reference, strict=True):
+        assert torch.equal(a, b)
+    chosen_fast = kquant_search_cpu.qx_choose(iscales, *reference)
+    chosen_reference = kquants.qx_choose(iscales, *reference)
+    for a, b in zip(chosen_fast, chosen_reference, strict=True):
+        assert torch.equal(a, b)

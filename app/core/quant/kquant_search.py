@@ -1,15 +1,17 @@
 """ggml's K-quant scale searches (ggml-quants.c), vectorised over many sub-blocks at once.
 
 Bit-exactness with llama-quantize rests on doing what the C does in float32, in its order:
-each sum is accumulated element by element (a Python loop over the sub-block's positions,
-vectorised across sub-blocks), products are grouped as the C groups them (`w*l*x` is
-`(w*l)*x`), rounding is nearest_int()'s (half to even, and its exact bit trick wherever the
-value may leave nearest_int's range), and ties keep the first candidate. Any reordering of a
-sum changes the last bit of some scale and then the bytes.
+each sum is accumulated element by element (position after position, vectorised across
+sub-blocks: one NumPy reduction on the CPU, a loop of adds elsewhere), products are grouped
+as the C groups them (`w*l*x` is `(w*l)*x`), rounding is nearest_int()'s (half to even, and
+its exact bit trick wherever the value may leave nearest_int's range), and ties keep the
+first candidate. Any reordering of a sum changes the last bit of some scale and then the
+bytes.
 
 The searches take sub-blocks as rows ([n, size] float32) and importance weights of the same
 shape where the C takes them, so a weighted (importance-matrix) quantizer can call them with
-its own weights.
+its own weights. On the CPU, make_qkx2_quants runs the NumPy version in kquant_search_cpu
+(the same operations, far less time per call); the torch version serves every other device.
 """
 
 from __future__ import annotations

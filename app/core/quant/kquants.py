@@ -159,23 +159,30 @@ def _make_qx_quants(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sum_lx, sum_l2 = kquant_search_cpu.qx_sums(iscales, x, x * x)
         scale, chosen = kquant_search_cpu.qx_choose(iscales, sum_lx, sum_l2)
     else:
-        sum_lx, sum_l2 = _qx_sums(iscales, x)
-        scale = torch.where(sum_l2[0] != 0, sum_lx[0] / sum_l2[0], 0.0)
-        best = scale * sum_lx[0]
-        chosen = iscales[0]
-        for k in range(1, len(_STEPS)):
-            lx, l2 = sum_lx[k], sum_l2[k]
-            better = (l2 > 0) & (lx * lx > best * l2)
-            scale = torch.where(better, lx / l2, scale)
-            best = torch.where(better, scale * lx, best)
-            chosen = torch.where(better, iscales[k], chosen)
+        sum_lx, sum_l2 = qx_sums(iscales, x)
+        scale, chosen = qx_choose(iscales, sum_lx, sum_l2)
     # The C stores L for the winning try; recomputing it with that iscale gives the same codes.
     codes = _levels(chosen.unsqueeze(1), x) + _NMAX
     zero = zero.squeeze(1)
     return torch.where(zero, 0.0, scale), torch.where(zero.unsqueeze(1), 0.0, codes)
 
 
-def _qx_sums(iscales: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def qx_choose(iscales: torch.Tensor, sum_lx: torch.Tensor,
+              sum_l2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """kquant_search_cpu.qx_choose in torch, on any device: (scale [n], chosen iscale [n])."""
+    scale = torch.where(sum_l2[0] != 0, sum_lx[0] / sum_l2[0], 0.0)
+    best = scale * sum_lx[0]
+    chosen = iscales[0]
+    for k in range(1, iscales.shape[0]):
+        lx, l2 = sum_lx[k], sum_l2[k]
+        better = (l2 > 0) & (lx * lx > best * l2)
+        scale = torch.where(better, lx / l2, scale)
+        best = torch.where(better, scale * lx, best)
+        chosen = torch.where(better, iscales[k], chosen)
+    return scale, chosen
+
+
+def qx_sums(iscales: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """kquant_search_cpu.qx_sums in torch, on any device, with w = x * x: sumlx and suml2
     [19, n] of every try."""
     xt = x.t().contiguous()  # [16, n]
