@@ -46,6 +46,12 @@ def test_sequential_sum_adds_in_order(length: int, trailing: int) -> None:
     # A transposed view (the reduced axis innermost in memory) is summed in order too.
     view = terms[0].t().contiguous().t()
     assert torch.equal(sequential_sum(view), _in_order(view, 0))
+    # From 0.0f: the same sums, but an all-(-0.0) one is +0.0.
+    from_zero = torch.zeros(3, trailing).add_(terms[:, 0])
+    for i in range(1, length):
+        from_zero.add_(terms[:, i])
+    got = sequential_sum(terms, dim=1, from_zero=True)
+    assert torch.equal(got, from_zero) and torch.equal(got.signbit(), from_zero.signbit())
 
 
 def _awkward_rows(case: str, rng: np.random.Generator) -> np.ndarray:

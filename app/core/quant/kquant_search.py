@@ -47,11 +47,13 @@ def divide(numerator: float, denominator: torch.Tensor) -> torch.Tensor:
     return torch.div(top, denominator)
 
 
-def sequential_sum(terms: torch.Tensor, dim: int = 0,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+def sequential_sum(terms: torch.Tensor, dim: int = 0, out: torch.Tensor | None = None,
+                   from_zero: bool = False) -> torch.Tensor:
     """Sum over `dim` one element after another, like a C loop (torch.sum would pair them).
     Several sums stacked along other dimensions advance together, one add per position.
     `out`, when given, receives the sums (a contiguous tensor of the result's shape).
+    `from_zero` is `float s = 0; s += t[0]; ...` (an all-(-0.0) sum comes out +0.0) instead
+    of `float s = t[0]; s += t[1]; ...`.
 
     On the CPU this is one NumPy reduction: NumPy adds along an axis that is not the innermost
     in memory by sweeping the output row once per position, in order, which is the C's
@@ -62,14 +64,15 @@ def sequential_sum(terms: torch.Tensor, dim: int = 0,
     if _numpy_sums_in_order(terms, dim) and (out is None or out.is_contiguous()):
         if not terms.is_contiguous():
             terms = terms.contiguous()
-        total = np.add.reduce(terms.numpy(), axis=dim, initial=-0.0,
+        total = np.add.reduce(terms.numpy(), axis=dim, initial=0.0 if from_zero else -0.0,
                               out=None if out is None else out.numpy())
         return torch.from_numpy(total) if out is None else out
+    first = terms.select(dim, 0)
     if out is None:
-        out = terms.select(dim, 0).clone()
+        out = torch.zeros_like(first) if from_zero else first.clone()
     else:
-        out.copy_(terms.select(dim, 0))
-    for i in range(1, terms.shape[dim]):
+        out.zero_() if from_zero else out.copy_(first)
+    for i in range(0 if from_zero else 1, terms.shape[dim]):
         out.add_(terms.select(dim, i))
     return out
 

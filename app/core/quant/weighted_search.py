@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from app.core.quant.kquant_search import sequential_sum
+
 GROUP_MAX_EPS = 1e-15
 
 
@@ -26,11 +28,7 @@ def nearest_int(values: torch.Tensor) -> torch.Tensor:
 
 def ordered_sum(values: torch.Tensor) -> torch.Tensor:
     """sum over the last dimension as `float s = 0; for (...) s += v[i];` does it."""
-    columns = values.movedim(-1, 0).contiguous()
-    total = torch.zeros_like(columns[0])
-    for column in columns:
-        total.add_(column)
-    return total
+    return sequential_sum(values.movedim(-1, 0), from_zero=True)
 
 
 def _first_of_largest_magnitude(x: torch.Tensor) -> torch.Tensor:
@@ -87,10 +85,7 @@ def _running_min(x: torch.Tensor) -> torch.Tensor:
 
 def _column_sum(values: torch.Tensor) -> torch.Tensor:
     """ordered_sum for values already laid out [n, N] (element i of every group in row i)."""
-    total = torch.zeros_like(values[0])
-    for row in values:
-        total.add_(row)
-    return total
+    return sequential_sum(values, from_zero=True)
 
 
 def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: float,
