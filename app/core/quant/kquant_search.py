@@ -64,8 +64,9 @@ def sequential_sum(terms: torch.Tensor, dim: int = 0, out: torch.Tensor | None =
     if _numpy_sums_in_order(terms, dim) and (out is None or out.is_contiguous()):
         if not terms.is_contiguous():
             terms = terms.contiguous()
-        total = np.add.reduce(terms.numpy(), axis=dim, initial=0.0 if from_zero else -0.0,
-                              out=None if out is None else out.numpy())
+        with np.errstate(all="ignore"):  # overflow to inf is the C's result, silently
+            total = np.add.reduce(terms.numpy(), axis=dim, initial=0.0 if from_zero else -0.0,
+                                  out=None if out is None else out.numpy())
         return torch.from_numpy(total) if out is None else out
     first = terms.select(dim, 0)
     if out is None:
