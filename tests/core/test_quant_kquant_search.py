@@ -123,3 +123,21 @@ def test_q6_k_numpy_and_torch_sums_and_choices_agree() -> None:
     chosen_reference = kquants.qx_choose(iscales, *reference)
     for a, b in zip(chosen_fast, chosen_reference, strict=True):
         assert torch.equal(a, b)
+
+
+def test_weighted_search_numpy_and_torch_agree_value_for_value() -> None:
+    from app.core.quant.weighted_search import make_qkx3_quants, make_qkx3_quants_torch
+
+    rng = np.random.default_rng(12)
+    x = torch.from_numpy((rng.standard_normal((300, 32)) * 0.05).astype(np.float32))
+    x[5] = 0.0
+    x[6] = -0.25
+    x[7] = x[7].abs()
+    x[7, 3] = -0.0  # a zero minimum whose sign the stored minimum keeps
+    weights = torch.from_numpy(rng.lognormal(0, 2, (300, 32)).astype(np.float32))
+    weights[9] = 0.0
+    for nmax, rmin, nstep in ((15, -0.9, 36), (31, -0.9, 36), (3, -0.9, 36), (1, -0.5, 5)):
+        fast = make_qkx3_quants(x, weights, nmax, rmin, 0.05, nstep)
+        reference = make_qkx3_quants_torch(x, weights, nmax, rmin, 0.05, nstep)
+        for a, b in zip(fast, reference, strict=True):
+            assert torch.equal(a, b) and torch.equal(a.signbit(), b.signbit())

@@ -22,12 +22,19 @@ _NEG_ZERO = f32(-0.0)  # the start of every sum: -0.0 + v is v for every v, -0.0
 
 
 def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: float,
-                     rdelta: float, nstep: int, use_mad: bool,
+                     rdelta: float, nstep: int, use_mad: bool, *,
+                     low: torch.Tensor | None = None, from_zero: bool = False,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """kquant_search.make_qkx2_quants for CPU float32 tensors of at least two sub-blocks:
-    (scale [n], the_min [n], L [n, size] as float codes 0..nmax)."""
+    (scale [n], the_min [n], L [n, size] as float codes 0..nmax).
+
+    make_qkx3_quants is the same search: `low` [n] is its starting min (already <= 0, with
+    the sign of zero it must keep; else min(x, 0)), and `from_zero` starts every sum from
+    0.0f instead of from its first term.
+    """
     values = x.detach().numpy()
     importance = weights.detach().numpy()
+    lows = None if low is None else low.detach().numpy()
     n, size = values.shape
     scale = np.empty(n, f32)
     the_min = np.empty(n, f32)
@@ -36,11 +43,13 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
     # Groups of equal size: none of one sub-block, whose sums NumPy would add pairwise.
     groups = -(-n // LANES)
     bounds = [n * i // groups for i in range(groups + 1)]
-    search = _Search(size, -(-n // groups), nmax, numerators, use_mad)
+    search = _Search(size, -(-n // groups), nmax, numerators, use_mad,
+                     f32(0.0) if from_zero else _NEG_ZERO)
     # The C's divisions by zero, overflows and NaN are silent, and so are these.
     with np.errstate(all="ignore"):
         for start, stop in zip(bounds, bounds[1:], strict=False):
-            search.run(values[start:stop], importance[start:stop], scale[start:stop],
+            search.run(values[start:stop], importance[start:stop],
+                       None if lows is None else lows[start:stop], scale[start:stop],
                        the_min[start:stop], codes[start:stop])
     return torch.from_numpy(scale), torch.from_numpy(the_min), torch.from_numpy(codes)
 
@@ -49,8 +58,9 @@ class _Search:
     """The working arrays of one group of sub-blocks, reused from group to group."""
 
     def __init__(self, size: int, lanes: int, nmax: int, numerators: list[np.float32],
-                 use_mad: bool) -> None:
+                 use_mad: bool, start: np.float32) -> None:
         self.nmax, self.numerators, self.use_mad = nmax, numerators, use_mad
+        self.start = start  # every sum's first value
         # The try's codes and x (next to each other: one multiply makes (w*l)*l and (w*l)*x),
         # then the products w*l, (w*l)*l, (w*l)*x, then the error terms; and the weights.
         self.planes = np.empty((6, size, lanes), f32)
@@ -61,8 +71,8 @@ class _Search:
         self.scales = np.empty((tries, lanes), f32)
         self.sums = np.empty((4, lanes), f32)  # sum_l, sum_l2, sum_xl, sum_x
 
-    def run(self, x: np.ndarray, weights: np.ndarray, scale_out: np.ndarray,
-            min_out: np.ndarray, codes_out: np.ndarray) -> None:
+    def run(self, x: np.ndarray, weights: np.ndarray, low: np.ndarray | None,
+            scale_out: np.ndarray, min_out: np.ndarray, codes_out: np.ndarray) -> None:
         m = x.shape[0]
         planes = self.planes[:, :, :m]
         trial, xt, products, terms = planes[0], planes[1], planes[2:5], planes[5]
@@ -71,14 +81,17 @@ class _Search:
         sums = self.sums[:, :m]
         np.copyto(xt, x.T)
         np.copyto(wt, weights.T)
-        minimum = np.minimum(xt.min(axis=0), f32(0.0))  # `if (min > 0) min = 0`
+        if low is None:
+            minimum = np.minimum(xt.min(axis=0), f32(0.0))  # `if (min > 0) min = 0`
+        else:
+            minimum = low.copy()
         high = xt.max(axis=0)
         flat = high == minimum
         # A flat sub-block (the C returns early) gets a made-up finite span instead of 0: its
         # codes are all 0, so no try has D > 0 and nothing changes; its result is replaced.
         high = np.where(flat, f32(1.0) - minimum, high)
-        sum_w = np.add.reduce(wt, axis=0, initial=_NEG_ZERO)
-        np.add.reduce(np.multiply(wt, xt, out=terms), axis=0, out=sums[3], initial=_NEG_ZERO)
+        sum_w = np.add.reduce(wt, axis=0, initial=self.start)
+        np.add.reduce(np.multiply(wt, xt, out=terms), axis=0, out=sums[3], initial=self.start)
         first = np.stack([sum_w, sum_w, sums[3]])
         starts[0] = minimum
         np.divide(f32(self.nmax), high - minimum, out=iscales[0])
@@ -95,7 +108,7 @@ class _Search:
             self._levels(trial, xt, minimum, iscale)
             wl = np.multiply(wt, trial, out=products[0])
             np.multiply(wl, planes[0:2], out=products[1:3])  # (w*l)*l and (w*l)*x
-            np.add.reduce(products, axis=1, out=sums[0:3], initial=_NEG_ZERO)
+            np.add.reduce(products, axis=1, out=sums[0:3], initial=self.start)
             # [D, scale * D, min * D]: sum_w*sum_l2 - sum_l*sum_l,
             # sum_w*sum_xl - sum_x*sum_l, sum_x*sum_l2 - sum_l*sum_xl.
             numer = first * sums[[1, 2, 1]]
@@ -140,7 +153,7 @@ class _Search:
         else:
             np.multiply(out, out, out=out)
         np.multiply(out, wt, out=out)
-        return np.add.reduce(out, axis=0, initial=_NEG_ZERO)
+        return np.add.reduce(out, axis=0, initial=self.start)
 
 
 # Sub-blocks per group in qx_sums: its [19, 16, QX_LANES] planes stay in the L2 cache.

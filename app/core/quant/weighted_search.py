@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from app.core.quant import kquant_search_cpu
 from app.core.quant.kquant_search import sequential_sum
 
 GROUP_MAX_EPS = 1e-15
@@ -92,7 +93,24 @@ def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
                      rdelta: float, nstep: int) -> tuple[torch.Tensor, torch.Tensor,
                                                          torch.Tensor]:
     """make_qkx3_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep,
-    use_mad=false) → (scale [N], the_min [N], L [N, n] as float codes 0..nmax).
+    use_mad=false) → (scale [N], the_min [N], L [N, n] as float codes 0..nmax), on the device
+    of x: CPU tensors go through the NumPy search (kquant_search_cpu), others through
+    make_qkx3_quants_torch."""
+    if (x.device.type == "cpu" and x.dtype == weights.dtype == torch.float32
+            and weights.device.type == "cpu" and x.shape[0] >= 2):
+        low = _running_min(x)
+        low = torch.where(low > 0, 0.0, low)
+        # The same search as make_qkx2_quants', from this min and with sums from 0.0f.
+        return kquant_search_cpu.make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep,
+                                                  False, low=low, from_zero=True)
+    return make_qkx3_quants_torch(x, weights, nmax, rmin, rdelta, nstep)
+
+
+def make_qkx3_quants_torch(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: float,
+                           rdelta: float, nstep: int,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """make_qkx3_quants in torch, on any device: (scale [N], the_min [N], L [N, n] as float
+    codes 0..nmax).
 
     Works on the groups transposed ([n, N]: element i of every group contiguous), so the
     element-by-element sums need no copies; the levels are only ever finite and below 2**22
