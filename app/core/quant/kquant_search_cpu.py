@@ -43,11 +43,17 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
     # Groups of equal size: none of one sub-block, whose sums NumPy would add pairwise.
     groups = -(-n // LANES)
     bounds = [n * i // groups for i in range(groups + 1)]
-    search = _Search(size, -(-n // groups), nmax, numerators, use_mad,
-                     f32(0.0) if from_zero else _NEG_ZERO)
+    # One set of working arrays per group size (there are at most two), each exactly the
+    # group's size: NumPy runs its fast loops on whole contiguous arrays only.
+    searches: dict[int, _Search] = {}
+    start_value = f32(0.0) if from_zero else _NEG_ZERO
     # The C's divisions by zero, overflows and NaN are silent, and so are these.
     with np.errstate(all="ignore"):
         for start, stop in zip(bounds, bounds[1:], strict=False):
+            search = searches.get(stop - start)
+            if search is None:
+                search = _Search(size, stop - start, nmax, numerators, use_mad, start_value)
+                searches[stop - start] = search
             search.run(values[start:stop], importance[start:stop],
                        None if lows is None else lows[start:stop], scale[start:stop],
                        the_min[start:stop], codes[start:stop])
@@ -62,8 +68,9 @@ class _Search:
         self.nmax, self.numerators, self.use_mad = nmax, numerators, use_mad
         self.start = start  # every sum's first value
         # The try's codes and x (next to each other: one multiply makes (w*l)*l and (w*l)*x),
-        # then the products w*l, (w*l)*l, (w*l)*x, then the error terms; and the weights.
-        self.planes = np.empty((6, size, lanes), f32)
+        # then the products w*l, (w*l)*l, (w*l)*x, the first of which holds the error terms
+        # once the sums are taken; and the weights.
+        self.planes = np.empty((5, size, lanes), f32)
         self.wt = np.empty((size, lanes), f32)
         tries = len(numerators) + 1  # slot 0: the first guess; slot k + 1: try k
         self.iscales = np.empty((tries, lanes), f32)
@@ -73,12 +80,11 @@ class _Search:
 
     def run(self, x: np.ndarray, weights: np.ndarray, low: np.ndarray | None,
             scale_out: np.ndarray, min_out: np.ndarray, codes_out: np.ndarray) -> None:
-        m = x.shape[0]
-        planes = self.planes[:, :, :m]
-        trial, xt, products, terms = planes[0], planes[1], planes[2:5], planes[5]
-        wt = self.wt[:, :m]
-        iscales, starts, scales = self.iscales[:, :m], self.starts[:, :m], self.scales[:, :m]
-        sums = self.sums[:, :m]
+        m = x.shape[0]  # the lanes the arrays were made for
+        planes = self.planes
+        trial, xt, products, terms = planes[0], planes[1], planes[2:5], planes[2]
+        wt = self.wt
+        iscales, starts, scales, sums = self.iscales, self.starts, self.scales, self.sums
         np.copyto(xt, x.T)
         np.copyto(wt, weights.T)
         if low is None:
@@ -171,29 +177,21 @@ def qx_sums(iscales: torch.Tensor, x: torch.Tensor,
     values = x.detach().numpy()
     importance = weights.detach().numpy()
     tries, n = scales.shape
-    size = values.shape[1]
     sums = np.empty((2, tries, n), f32)
     groups = -(-n // QX_LANES)
     bounds = [n * i // groups for i in range(groups + 1)]
-    lanes = -(-n // groups)
-    levels = np.empty((tries, size, lanes), f32)
-    products = np.empty((2, tries, size, lanes), f32)
-    xt = np.empty((size, lanes), f32)
-    wt = np.empty((size, lanes), f32)
     with np.errstate(all="ignore"):
         for start, stop in zip(bounds, bounds[1:], strict=False):
-            m = stop - start
-            np.copyto(xt[:, :m], values[start:stop].T)
-            np.copyto(wt[:, :m], importance[start:stop].T)
-            level = levels[:, :, :m]
-            np.multiply(scales[:, None, start:stop], xt[None, :, :m], out=level)
+            xt = np.ascontiguousarray(values[start:stop].T)
+            wt = np.ascontiguousarray(importance[start:stop].T)
+            level = np.multiply(scales[:, None, start:stop], xt[None])  # [tries, size, m]
             np.rint(level, out=level)  # nearest_int within its range
             np.clip(level, -32, 31, out=level)
-            np.multiply(np.multiply(wt[:, :m], xt[:, :m]), level, out=products[0, :, :, :m])
-            np.multiply(wt[:, :m], level, out=products[1, :, :, :m])
-            np.multiply(products[1, :, :, :m], level, out=products[1, :, :, :m])
-            np.add.reduce(products[:, :, :, :m], axis=2, out=sums[:, :, start:stop],
-                          initial=_POS_ZERO)
+            products = np.empty((2, *level.shape), f32)
+            np.multiply(np.multiply(wt, xt), level, out=products[0])
+            np.multiply(wt, level, out=products[1])
+            np.multiply(products[1], level, out=products[1])
+            np.add.reduce(products, axis=2, out=sums[:, :, start:stop], initial=_POS_ZERO)
     return torch.from_numpy(sums[0]), torch.from_numpy(sums[1])
 
 
