@@ -10,7 +10,7 @@ import pytest
 import torch
 from ggml_reference import ggml_quantize
 
-from app.core.quant import kquant_search, kquant_search_cpu, kquant_writers, quantize
+from app.core.quant import kquant_search, kquant_search_cpu, quantize
 from app.core.quant.kquant_search import make_qkx2_quants, make_qkx2_quants_torch, sequential_sum
 
 
@@ -68,22 +68,29 @@ def _awkward_rows(case: str, rng: np.random.Generator) -> np.ndarray:
     return rows
 
 
+TYPES = ["Q2_K", "Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("path", ["numpy", "torch"])
 @pytest.mark.parametrize("case", ["normal", "zeros", "coarse"])
-@pytest.mark.parametrize("type_name", ["Q2_K", "Q4_K", "Q5_K"])
-def test_both_searches_give_ggml_bytes(type_name: str, case: str, path: str,
+@pytest.mark.parametrize("type_name", TYPES)
+def test_both_searches_give_ggml_bytes(type_name: str, case: str, path: str, weighted: bool,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(sorted(["Q2_K", "Q4_K", "Q5_K"]).index(type_name) * 10
+    rng = np.random.default_rng(TYPES.index(type_name) * 10
                                 + ["normal", "zeros", "coarse"].index(case))
     rows = _awkward_rows(case, rng)
-    if path == "torch":
-        monkeypatch.setattr(kquant_writers, "make_qkx2_quants", make_qkx2_quants_torch)
+    importance = rng.lognormal(0, 2, rows.shape[1]).astype(np.float32) if weighted else None
+    if path == "torch":  # what every other device runs
+        monkeypatch.setattr(kquant_search_cpu, "ENABLED", False)
     else:
         # Groups that do not divide the sub-blocks evenly (the last ones one larger).
         monkeypatch.setattr(kquant_search_cpu, "LANES", 50)
-    expected = ggml_quantize(rows, type_name, None)
-    ours = quantize(torch.from_numpy(rows), type_name).numpy()
-    differing = (ours != expected).any(axis=1).sum()
+        monkeypatch.setattr(kquant_search_cpu, "QX_LANES", 50)
+    expected = ggml_quantize(rows, type_name, importance)
+    ours = quantize(torch.from_numpy(rows), type_name,
+                    importance=None if importance is None else torch.from_numpy(importance))
+    differing = (ours.numpy() != expected).any(axis=1).sum()
     assert differing == 0, f"{differing} of {len(rows)} rows differ"
 
 

@@ -84,7 +84,8 @@ def _numpy_sums_in_order(terms: torch.Tensor, dim: int) -> bool:
     (a reduction along the innermost axis would be pairwise)."""
     if dim < 0:
         dim += terms.dim()
-    return (terms.device.type == "cpu" and terms.dtype == torch.float32
+    return (kquant_search_cpu.ENABLED and terms.device.type == "cpu"
+            and terms.dtype == torch.float32
             and not terms.requires_grad and terms.shape[dim] > 1
             and math.prod(terms.shape[dim + 1:]) >= 2)
 
@@ -106,7 +107,8 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
     0..nmax), on the device of x. `nstep` >= 1 (every K-quant uses 15 or 20 steps). CPU
     tensors go through the NumPy version (same results, several times faster there).
     """
-    if (x.device.type == "cpu" and x.dtype == weights.dtype == torch.float32
+    if (kquant_search_cpu.ENABLED and x.device.type == "cpu"
+            and x.dtype == weights.dtype == torch.float32
             and weights.device.type == "cpu" and x.shape[0] >= 2):
         return kquant_search_cpu.make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep,
                                                   use_mad)

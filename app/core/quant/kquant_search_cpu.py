@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 f32 = np.float32
+# Whether CPU tensors take these searches. The torch versions give the same results on every
+# device; tests turn this off to check them on the CPU.
+ENABLED = True
 # Sub-blocks searched together: their working arrays (six [size, LANES] float32 planes and a
 # few rows) fit the L2 cache of one core. Measured: 1024 sub-blocks of 32 beat 512 and equal
 # 2048 and 4096.
@@ -24,19 +27,21 @@ LANES = 1024
 _NEG_ZERO = f32(-0.0)  # the start of every sum: -0.0 + v is v for every v, -0.0 and +0.0 too
 
 
-def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: float,
+def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor | None, nmax: int, rmin: float,
                      rdelta: float, nstep: int, use_mad: bool, *,
                      low: torch.Tensor | None = None, from_zero: bool = False,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """kquant_search.make_qkx2_quants for CPU float32 tensors of at least two sub-blocks:
     (scale [n], the_min [n], L [n, size] as float codes 0..nmax).
 
+    `weights` None stands for Q4_K's and Q5_K's own, av_x + |x| with av_x = sqrtf(sum of x²
+    from 0.0f / 32) per sub-block, made here from the transposed copy the search holds anyway.
     make_qkx3_quants is the same search: `low` [n] is its starting min (already <= 0, with
     the sign of zero it must keep; else min(x, 0)), and `from_zero` starts every sum from
     0.0f instead of from its first term.
     """
     values = x.detach().numpy()
-    importance = weights.detach().numpy()
+    importance = None if weights is None else weights.detach().numpy()
     lows = None if low is None else low.detach().numpy()
     n, size = values.shape
     scale = np.empty(n, f32)
@@ -57,7 +62,8 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
             if search is None:
                 search = _Search(size, stop - start, nmax, numerators, use_mad, start_value)
                 searches[stop - start] = search
-            search.run(values[start:stop], importance[start:stop],
+            search.run(values[start:stop],
+                       None if importance is None else importance[start:stop],
                        None if lows is None else lows[start:stop], scale[start:stop],
                        the_min[start:stop], codes[start:stop])
     return torch.from_numpy(scale), torch.from_numpy(the_min), torch.from_numpy(codes)
@@ -81,7 +87,7 @@ class _Search:
         self.scales = np.empty((tries, lanes), f32)
         self.sums = np.empty((4, lanes), f32)  # sum_l, sum_l2, sum_xl, sum_x
 
-    def run(self, x: np.ndarray, weights: np.ndarray, low: np.ndarray | None,
+    def run(self, x: np.ndarray, weights: np.ndarray | None, low: np.ndarray | None,
             scale_out: np.ndarray, min_out: np.ndarray, codes_out: np.ndarray) -> None:
         m = x.shape[0]  # the lanes the arrays were made for
         planes = self.planes
@@ -89,7 +95,14 @@ class _Search:
         wt = self.wt
         iscales, starts, scales, sums = self.iscales, self.starts, self.scales, self.sums
         np.copyto(xt, x.T)
-        np.copyto(wt, weights.T)
+        if weights is None:
+            # sum_x2 from 0.0f, av_x = sqrtf(sum_x2 / 32) (NumPy's float32 root is correctly
+            # rounded, as sqrtf is), weights[l] = av_x + fabsf(x[l]).
+            sum_x2 = np.add.reduce(np.multiply(xt, xt, out=terms), axis=0, initial=f32(0.0))
+            av_x = np.sqrt(sum_x2 / f32(xt.shape[0]))
+            np.add(np.abs(xt, out=wt), av_x, out=wt)
+        else:
+            np.copyto(wt, weights.T)
         if low is None:
             minimum = np.minimum(xt.min(axis=0), f32(0.0))  # `if (min > 0) min = 0`
         else:

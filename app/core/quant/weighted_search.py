@@ -96,7 +96,8 @@ def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
     use_mad=false) → (scale [N], the_min [N], L [N, n] as float codes 0..nmax), on the device
     of x: CPU tensors go through the NumPy search (kquant_search_cpu), others through
     make_qkx3_quants_torch."""
-    if (x.device.type == "cpu" and x.dtype == weights.dtype == torch.float32
+    if (kquant_search_cpu.ENABLED and x.device.type == "cpu"
+            and x.dtype == weights.dtype == torch.float32
             and weights.device.type == "cpu" and x.shape[0] >= 2):
         low = _running_min(x)
         low = torch.where(low > 0, 0.0, low)
