@@ -20,7 +20,7 @@ f32 = np.float32
 # Whether CPU tensors take these searches. The torch versions give the same results on every
 # device; tests turn this off to check them on the CPU.
 ENABLED = True
-# Sub-blocks searched together: their working arrays (six [size, LANES] float32 planes and a
+# Sub-blocks searched together: their working arrays (five [size, LANES] float32 planes and a
 # few rows) fit the L2 cache of one core. Measured: 1024 sub-blocks of 32 beat 512 and equal
 # 2048 and 4096.
 LANES = 1024
@@ -76,22 +76,22 @@ class _Search:
                  use_mad: bool, start: np.float32) -> None:
         self.nmax, self.numerators, self.use_mad = nmax, numerators, use_mad
         self.start = start  # every sum's first value
-        # The try's codes and x (next to each other: one multiply makes (w*l)*l and (w*l)*x),
-        # then the products w*l, (w*l)*l, (w*l)*x, the first of which holds the error terms
-        # once the sums are taken; and the weights.
-        self.planes = np.empty((5, size, lanes), f32)
+        # The try's codes and x, then two planes of products: w*l (summed, then turned into
+        # (w*l)*x in place) and (w*l)*l; the first holds the error terms once the sums are
+        # taken. And the weights.
+        self.planes = np.empty((4, size, lanes), f32)
         self.wt = np.empty((size, lanes), f32)
         tries = len(numerators) + 1  # slot 0: the first guess; slot k + 1: try k
         self.iscales = np.empty((tries, lanes), f32)
         self.starts = np.empty((tries, lanes), f32)  # the min each try started from
         self.scales = np.empty((tries, lanes), f32)
-        self.sums = np.empty((4, lanes), f32)  # sum_l, sum_l2, sum_xl, sum_x
+        self.sums = np.empty((4, lanes), f32)  # sum_l, sum_xl, sum_l2, sum_x
 
     def run(self, x: np.ndarray, weights: np.ndarray | None, low: np.ndarray | None,
             scale_out: np.ndarray, min_out: np.ndarray, codes_out: np.ndarray) -> None:
         m = x.shape[0]  # the lanes the arrays were made for
         planes = self.planes
-        trial, xt, products, terms = planes[0], planes[1], planes[2:5], planes[2]
+        trial, xt, products, terms = planes[0], planes[1], planes[2:4], planes[2]
         wt = self.wt
         iscales, starts, scales, sums = self.iscales, self.starts, self.scales, self.sums
         np.copyto(xt, x.T)
@@ -129,17 +129,19 @@ class _Search:
             starts[step + 1] = minimum
             self._levels(trial, xt, minimum, iscale)
             wl = np.multiply(wt, trial, out=products[0])
-            np.multiply(wl, planes[0:2], out=products[1:3])  # (w*l)*l and (w*l)*x
-            np.add.reduce(products, axis=1, out=sums[0:3], initial=self.start)
+            np.add.reduce(wl, axis=0, out=sums[0], initial=self.start)  # sum_l
+            np.multiply(wl, trial, out=products[1])  # (w*l)*l
+            np.multiply(wl, xt, out=wl)  # (w*l)*x
+            np.add.reduce(products, axis=1, out=sums[1:3], initial=self.start)
             # [D, scale * D, min * D]: sum_w*sum_l2 - sum_l*sum_l,
             # sum_w*sum_xl - sum_x*sum_l, sum_x*sum_l2 - sum_l*sum_xl.
-            numer = first * sums[[1, 2, 1]]
-            numer -= sums[0] * sums[[0, 3, 2]]
+            numer = first * sums[[2, 1, 2]]
+            numer -= sums[0] * sums[[0, 3, 1]]
             det = numer[0]
             try_scale = np.divide(numer[1], det, out=scales[step + 1])
             try_min = np.divide(numer[2], det)
             clipped = try_min > 0
-            np.copyto(try_scale, sums[2] / sums[1], where=clipped)
+            np.copyto(try_scale, sums[1] / sums[2], where=clipped)
             np.copyto(try_min, f32(0.0), where=clipped)
             try_error = self._error(terms, try_scale, trial, try_min, xt, wt)
             np.less(try_error, best_error, out=better)
