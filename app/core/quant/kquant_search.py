@@ -107,9 +107,7 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
     0..nmax), on the device of x. `nstep` >= 1 (every K-quant uses 15 or 20 steps). CPU
     tensors go through the NumPy version (same results, several times faster there).
     """
-    if (kquant_search_cpu.ENABLED and x.device.type == "cpu"
-            and x.dtype == weights.dtype == torch.float32
-            and weights.device.type == "cpu" and x.shape[0] >= 2):
+    if kquant_search_cpu.handles(x, weights):
         return kquant_search_cpu.make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep,
                                                   use_mad)
     return make_qkx2_quants_torch(x, weights, nmax, rmin, rdelta, nstep, use_mad)

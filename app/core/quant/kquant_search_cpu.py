@@ -27,6 +27,14 @@ LANES = 1024
 _NEG_ZERO = f32(-0.0)  # the start of every sum: -0.0 + v is v for every v, -0.0 and +0.0 too
 
 
+def handles(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether these searches take sub-blocks `x` [n, size] (and the tensors that go with
+    them): float32 on the CPU, at least two sub-blocks (NumPy would add a lone row's sums
+    pairwise), and ENABLED."""
+    return (ENABLED and x.shape[0] >= 2
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, *others)))
+
+
 def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor | None, nmax: int, rmin: float,
                      rdelta: float, nstep: int, use_mad: bool, *,
                      low: torch.Tensor | None = None, from_zero: bool = False,

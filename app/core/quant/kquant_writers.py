@@ -99,8 +99,7 @@ def _k4_search(blocks: torch.Tensor, nmax: int, rmin: float, nstep: int,
     """Q4_K/Q5_K's per-sub-block search: weights av_x + |x| with av_x = sqrt(mean x²)."""
     n = blocks.shape[0]
     x = blocks.reshape(n * 8, 32)
-    if (kquant_search_cpu.ENABLED and x.device.type == "cpu" and x.dtype == torch.float32
-            and n * 8 >= 2):
+    if kquant_search_cpu.handles(x):
         # The CPU search makes these weights itself, from its own transposed copy of x.
         scales, mins, codes = kquant_search_cpu.make_qkx2_quants(x, None, nmax, rmin, 0.1,
                                                                  nstep, use_mad=False)

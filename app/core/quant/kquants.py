@@ -155,8 +155,7 @@ def _make_qx_quants(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # plain vector op. An all-zero sub-block divides by 1 instead of 0 (its result is replaced
     # at the end), which keeps NaN out of the sums.
     iscales = (-numerators).unsqueeze(1) / torch.where(zero, 1.0, peak).reshape(1, -1)
-    if (kquant_search_cpu.ENABLED and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.shape[0] >= 2):
+    if kquant_search_cpu.handles(x):
         sum_lx, sum_l2 = kquant_search_cpu.qx_sums(iscales, x, x * x)
         scale, chosen = kquant_search_cpu.qx_choose(iscales, sum_lx, sum_l2)
     else:

@@ -96,9 +96,7 @@ def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
     use_mad=false) → (scale [N], the_min [N], L [N, n] as float codes 0..nmax), on the device
     of x: CPU tensors go through the NumPy search (kquant_search_cpu), others through
     make_qkx3_quants_torch."""
-    if (kquant_search_cpu.ENABLED and x.device.type == "cpu"
-            and x.dtype == weights.dtype == torch.float32
-            and weights.device.type == "cpu" and x.shape[0] >= 2):
+    if kquant_search_cpu.handles(x, weights):
         low = _running_min(x)
         low = torch.where(low > 0, 0.0, low)
         # The same search as make_qkx2_quants', from this min and with sums from 0.0f.
