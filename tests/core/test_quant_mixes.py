@@ -302,3 +302,13 @@ def test_writable_types_are_the_quantizers() -> None:
     from app.core.quant import WRITABLE_TYPES, codec
 
     assert set(codec.QUANTIZERS) == WRITABLE_TYPES
+
+
+def test_the_quick_superset_holds_every_type_a_plan_gives() -> None:
+    from app.core.quant.mixes import types_a_plan_can_give, types_a_target_can_choose
+    from app.core.quant.types import can_quantize
+
+    for target in TARGETS.values():
+        assert types_a_target_can_choose(target) <= types_a_plan_can_give(target), target.name
+        # The quick answer is the one planning gives.
+        assert target.writable == all(can_quantize(t) for t in target.possible_types)

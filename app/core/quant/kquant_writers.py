@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from app.core.quant import kquant_search_cpu
 from app.core.quant.kquant_search import (
     GROUP_MAX_EPS,
     divide,
@@ -98,6 +99,11 @@ def _k4_search(blocks: torch.Tensor, nmax: int, rmin: float, nstep: int,
     """Q4_K/Q5_K's per-sub-block search: weights av_x + |x| with av_x = sqrt(mean x²)."""
     n = blocks.shape[0]
     x = blocks.reshape(n * 8, 32)
+    if kquant_search_cpu.handles(x):
+        # The CPU search makes these weights itself, from its own transposed copy of x.
+        scales, mins, codes = kquant_search_cpu.make_qkx2_quants(x, None, nmax, rmin, 0.1,
+                                                                 nstep, use_mad=False)
+        return scales.reshape(n, 8), mins.reshape(n, 8), codes.reshape(n, 8, 32)
     sum_x2 = sequential_sum((x * x).t())
     # sqrtf(): torch's float32 sqrt is off by one ulp now and then on the CPU; the float64
     # root rounded to float32 is the correctly rounded one, as the C computes it.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from app.core.quant import kquant_search_cpu
 from app.core.quant.legacy import f16_field, first_absmax
 
 
@@ -154,6 +155,36 @@ def _make_qx_quants(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # plain vector op. An all-zero sub-block divides by 1 instead of 0 (its result is replaced
     # at the end), which keeps NaN out of the sums.
     iscales = (-numerators).unsqueeze(1) / torch.where(zero, 1.0, peak).reshape(1, -1)
+    if kquant_search_cpu.handles(x):
+        sum_lx, sum_l2 = kquant_search_cpu.qx_sums(iscales, x, x * x)
+        scale, chosen = kquant_search_cpu.qx_choose(iscales, sum_lx, sum_l2)
+    else:
+        sum_lx, sum_l2 = qx_sums(iscales, x)
+        scale, chosen = qx_choose(iscales, sum_lx, sum_l2)
+    # The C stores L for the winning try; recomputing it with that iscale gives the same codes.
+    codes = _levels(chosen.unsqueeze(1), x) + _NMAX
+    zero = zero.squeeze(1)
+    return torch.where(zero, 0.0, scale), torch.where(zero.unsqueeze(1), 0.0, codes)
+
+
+def qx_choose(iscales: torch.Tensor, sum_lx: torch.Tensor,
+              sum_l2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """kquant_search_cpu.qx_choose in torch, on any device: (scale [n], chosen iscale [n])."""
+    scale = torch.where(sum_l2[0] != 0, sum_lx[0] / sum_l2[0], 0.0)
+    best = scale * sum_lx[0]
+    chosen = iscales[0]
+    for k in range(1, iscales.shape[0]):
+        lx, l2 = sum_lx[k], sum_l2[k]
+        better = (l2 > 0) & (lx * lx > best * l2)
+        scale = torch.where(better, lx / l2, scale)
+        best = torch.where(better, scale * lx, best)
+        chosen = torch.where(better, iscales[k], chosen)
+    return scale, chosen
+
+
+def qx_sums(iscales: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """kquant_search_cpu.qx_sums in torch, on any device, with w = x * x: sumlx and suml2
+    [19, n] of every try."""
     xt = x.t().contiguous()  # [16, n]
     weights = xt * xt
     weighted_x = weights * xt
@@ -165,19 +196,7 @@ def _make_qx_quants(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         levels.round_().clamp_(-_NMAX, _NMAX - 1)  # nearest_int() for finite values
         sum_lx.add_(torch.mul(weighted_x[i], levels, out=term))  # (w * x) * l
         sum_l2.add_(torch.mul(weights[i], levels, out=term).mul_(levels))  # (w * l) * l
-    scale = torch.where(sum_l2[0] != 0, sum_lx[0] / sum_l2[0], 0.0)
-    best = scale * sum_lx[0]
-    chosen = iscales[0]
-    for k in range(1, len(_STEPS)):
-        lx, l2 = sum_lx[k], sum_l2[k]
-        better = (l2 > 0) & (lx * lx > best * l2)
-        scale = torch.where(better, lx / l2, scale)
-        best = torch.where(better, scale * lx, best)
-        chosen = torch.where(better, iscales[k], chosen)
-    # The C stores L for the winning try; recomputing it with that iscale gives the same codes.
-    codes = _levels(chosen.unsqueeze(1), x) + _NMAX
-    zero = zero.squeeze(1)
-    return torch.where(zero, 0.0, scale), torch.where(zero.unsqueeze(1), 0.0, codes)
+    return sum_lx, sum_l2
 
 
 def quantize_q6_k(blocks: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cache
 
 from app.core.errors import UnsupportedError
 from app.core.quant.overrides import TypeOverrides
@@ -66,6 +67,7 @@ _70B_LAYERS = {"llama": 80, "qwen2": 80, "deci": 80, "olmo": 80, "jais2": 68}
 _LAYER = re.compile(r"blk\.\s*([+-]?\d+)")
 
 
+@cache
 def category_of(name: str) -> Category:
     if name == "output.weight":
         return Category.OUTPUT
@@ -80,9 +82,14 @@ def category_of(name: str) -> Category:
 def allows_quantization(spec: TensorSpec) -> bool:
     """Whether llama.cpp gives this tensor the target's types (1-D tensors, norms and the MoE
     router keep their own type)."""
-    name = spec.name
-    return (spec.n_dims >= 2 and name.endswith("weight")
-            and name not in ("position_embd.weight", "token_types.weight")
+    return spec.n_dims >= 2 and _quantizable_name(spec.name)
+
+
+@cache
+def _quantizable_name(name: str) -> bool:
+    # Cached: planning asks about the same names again and again (every target, every model
+    # shape `types_a_target_can_choose` tries).
+    return (name.endswith("weight") and name not in ("position_embd.weight", "token_types.weight")
             and not any(part in name for part in _NEVER_QUANTIZED))
 
 
@@ -307,6 +314,24 @@ def plan_tensor_types(target: str | Target, tensors: Iterable[TensorLike],
     if hparams.arch in _SPECIAL_ARCHS and target.is_mix and not pure:
         approximate = f"llama.cpp has type rules of its own for {hparams.arch} models"
     return ModelPlan(target, tuple(plans[i] for i in range(len(specs))), approximate)
+
+
+# Every type the rules of `_Walk.choose` can name besides the target's own.
+RULE_TYPES = frozenset({"Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"})
+
+
+def types_a_plan_can_give(target: Target) -> frozenset[str]:
+    """A superset of types_a_target_can_choose(target) found without planning (which takes
+    most of a second for all targets): the target's type, the rules' types, and the types
+    llama.cpp falls back to for rows that fit none of them."""
+    found = {target.default_type.name, *RULE_TYPES}
+    for name in list(found):
+        for n_per_row in (32, 1):  # rows that fit 32-element blocks only, and no block type
+            try:
+                found.add(fitting_type(name, n_per_row).chosen.name)
+            except UnsupportedError:
+                continue
+    return frozenset(found)
 
 
 def types_a_target_can_choose(target: Target) -> frozenset[str]:

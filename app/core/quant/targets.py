@@ -39,6 +39,12 @@ class Target:
     @property
     def writable(self) -> bool:
         """Whether Modelyard can write every tensor this target can choose, on any model."""
+        from app.core.quant.mixes import types_a_plan_can_give
+
+        # The superset answers at once when every type in it is writable; only otherwise are
+        # representative models planned (every CLI command asks, while building its parser).
+        if all(can_quantize(name) for name in types_a_plan_can_give(self)):
+            return True
         return all(can_quantize(name) for name in self.possible_types)
 
 

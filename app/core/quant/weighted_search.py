@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from app.core.quant import kquant_search_cpu
+from app.core.quant.kquant_search import sequential_sum
+
 GROUP_MAX_EPS = 1e-15
 
 
@@ -26,11 +29,7 @@ def nearest_int(values: torch.Tensor) -> torch.Tensor:
 
 def ordered_sum(values: torch.Tensor) -> torch.Tensor:
     """sum over the last dimension as `float s = 0; for (...) s += v[i];` does it."""
-    columns = values.movedim(-1, 0).contiguous()
-    total = torch.zeros_like(columns[0])
-    for column in columns:
-        total.add_(column)
-    return total
+    return sequential_sum(values.movedim(-1, 0), from_zero=True)
 
 
 def _first_of_largest_magnitude(x: torch.Tensor) -> torch.Tensor:
@@ -87,17 +86,30 @@ def _running_min(x: torch.Tensor) -> torch.Tensor:
 
 def _column_sum(values: torch.Tensor) -> torch.Tensor:
     """ordered_sum for values already laid out [n, N] (element i of every group in row i)."""
-    total = torch.zeros_like(values[0])
-    for row in values:
-        total.add_(row)
-    return total
+    return sequential_sum(values, from_zero=True)
 
 
 def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: float,
                      rdelta: float, nstep: int) -> tuple[torch.Tensor, torch.Tensor,
                                                          torch.Tensor]:
     """make_qkx3_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep,
-    use_mad=false) → (scale [N], the_min [N], L [N, n] as float codes 0..nmax).
+    use_mad=false) → (scale [N], the_min [N], L [N, n] as float codes 0..nmax), on the device
+    of x: CPU tensors go through the NumPy search (kquant_search_cpu), others through
+    make_qkx3_quants_torch."""
+    if kquant_search_cpu.handles(x, weights):
+        low = _running_min(x)
+        low = torch.where(low > 0, 0.0, low)
+        # The same search as make_qkx2_quants', from this min and with sums from 0.0f.
+        return kquant_search_cpu.make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep,
+                                                  False, low=low, from_zero=True)
+    return make_qkx3_quants_torch(x, weights, nmax, rmin, rdelta, nstep)
+
+
+def make_qkx3_quants_torch(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: float,
+                           rdelta: float, nstep: int,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """make_qkx3_quants in torch, on any device: (scale [N], the_min [N], L [N, n] as float
+    codes 0..nmax).
 
     Works on the groups transposed ([n, N]: element i of every group contiguous), so the
     element-by-element sums need no copies; the levels are only ever finite and below 2**22
