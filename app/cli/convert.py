@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from app.cli.options import add_device_option, add_output_job_flags
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.convert import (
@@ -90,26 +91,20 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="--fit-gpu for a GPU with this much free memory")
     convert.add_argument("--to", choices=("gguf", "hf"), default="gguf",
                          help="output format (default gguf)")
-    convert.add_argument("--device", default="auto", metavar="cpu|cuda|cuda:N|auto",
-                         help="where to (de)quantize: auto = CUDA when torch sees a GPU")
     convert.add_argument("--keep-type", metavar="PATTERN",
                          help="GGUF → GGUF: copy tensors whose name matches PATTERN unchanged; "
                               "a shell glob (e.g. '*attn_v*'), or a regular expression written "
                               "'re:...'")
-    convert.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     convert.add_argument("--require-tokenizer", action="store_true",
                          help="fail instead of converting without a tokenizer")
-    convert.add_argument("--ignore-memory-check", action="store_true",
-                         help="start even when the estimated peak memory exceeds what is free "
-                              "(the disk-space check still applies)")
     convert.add_argument("--dry-run", action="store_true",
                          help="print a summary of the plan (tensors by type, operations, output "
                               "size, peak memory, fallbacks) and write nothing")
     convert.add_argument("--json", action="store_true",
                          help="one JSON document on stdout: with --dry-run the whole plan, "
                               "tensor by tensor; else the result")
-    convert.add_argument("--json-progress", action="store_true",
-                         help="JSON lines on stdout: progress, log and a final result event")
+    add_device_option(convert, "(de)quantize")
+    add_output_job_flags(convert)
     convert.set_defaults(handler=cmd_convert)
 
 

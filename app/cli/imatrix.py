@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from app.cli.options import add_output_job_flags
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.imatrix import DEFAULT_CHUNK_SIZE, ImatrixRequest, ImatrixResult
 
@@ -28,9 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     imatrix.add_argument("--chunks", type=int, default=None, metavar="N",
                          help="use only the first N chunks of the text")
     imatrix.add_argument("--cpu", action="store_true", help="run on the CPU even with a GPU")
-    imatrix.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    imatrix.add_argument("--json-progress", action="store_true",
-                         help="JSON lines on stdout: progress, log and a final result event")
+    add_output_job_flags(imatrix, memory_check=False)
     imatrix.set_defaults(handler=cmd_imatrix)
 
 

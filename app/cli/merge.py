@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from app.cli.options import add_device_option, add_output_job_flags
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.errors import BadInputError, OptionError
@@ -39,8 +40,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     merge.add_argument("config", type=Path, metavar="CONFIG.yaml", help="mergekit YAML")
     merge.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                        help="the new model folder (written as OUT.part, renamed when done)")
-    merge.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                       help="where to compute: auto = CUDA when torch sees a GPU")
     merge.add_argument("--type", "-t", metavar="T",
                        help="also convert the merged model to a GGUF of type T "
                             "(OUT-T.gguf beside OUT)")
@@ -51,15 +50,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     merge.add_argument("--allow-partial", action="store_true",
                        help="merge a tensor some inputs lack from those that have it (copied "
                             "when only one has it) instead of refusing")
-    merge.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    merge.add_argument("--ignore-memory-check", action="store_true",
-                       help="start even when the estimated peak memory exceeds what is free")
     merge.add_argument("--dry-run", action="store_true",
                        help="print the plan (the action for every tensor) and write nothing")
     merge.add_argument("--json", action="store_true",
                        help="print the plan (--dry-run) or the result as one JSON document")
-    merge.add_argument("--json-progress", action="store_true",
-                       help="JSON lines on stdout: progress, log and a final result event")
+    add_device_option(merge, "compute")
+    add_output_job_flags(merge)
     merge.set_defaults(handler=cmd_merge)
 
 

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from app.cli.options import add_output_job_flags
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.convert.gguf_shards import parse_split_size
@@ -36,13 +37,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                           help="write shards of at most SIZE (e.g. 500M, 4G) named "
                                "OUT-00001-of-0000N.gguf, as gguf-split does; by default a split "
                                "input keeps its number of shards and one file stays one file")
-    relayout.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    relayout.add_argument("--ignore-memory-check", action="store_true",
-                          help="start even when the estimated peak memory exceeds what is free")
     relayout.add_argument("--dry-run", action="store_true",
                           help="print the plan as JSON and write nothing")
-    relayout.add_argument("--json-progress", action="store_true",
-                          help="JSON lines on stdout: progress, log and a final result event")
+    add_output_job_flags(relayout)
     relayout.set_defaults(handler=cmd_relayout)
 
 
