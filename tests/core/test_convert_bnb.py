@@ -14,7 +14,7 @@ import torch
 import factories
 from app.core.convert import ConvertRequest, plan_conversion
 from app.core.errors import FormatError
-from app.core.jobs import RecordingReporter
+from app.core.jobs import RecordingReporter, run_job
 
 
 def _convert(source: Path, target: Path, out_type: str, to: str = "gguf",
@@ -234,3 +234,19 @@ def test_retyping_a_bnb_to_hf_plan_updates_the_config_dtype(tiny_models: dict[st
     assert retyped.target == tmp_path / "hf-bf16"
     assert {t.out_type for t in retyped.tensors} == {"BF16"}
     assert "quantization_config" not in retyped.hf_output.config
+
+
+@pytest.mark.parametrize("model", ["llama-bnb4", "llama-bnb8"])
+def test_a_size_target_measures_bitsandbytes_weights(model: str, tiny_models: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    """The size target samples rows of every weight to measure its error: packed 4-bit and
+    int8 rows must be dequantized as the conversion itself does."""
+    from app.core.convert.planner import plan_for_type
+
+    base = plan_conversion(tiny_models[model], tmp_path / "x.gguf", out_type="Q8_0")
+    budget = plan_for_type(base, "Q4_0").output_bytes * 11 // 10
+    target = tmp_path / "fit.gguf"
+    result = run_job(ConvertRequest(tiny_models[model], target, "Q8_0", device="cpu",
+                                    target_size=budget), RecordingReporter())
+    assert result.status == "done", result.error
+    assert target.stat().st_size <= budget

@@ -123,3 +123,19 @@ def decode_bnb_rows(reader: SourceReader, piece: SourceSlice, first_row: int, n_
     values = bnb.dequantize_4bit(raw, scales, state, first_element=first, n_elements=count,
                                  tensor=piece.tensor)
     return values.to(torch.float32).reshape(n_rows, piece.row_length)
+
+
+def read_rows(reader: SourceReader, piece: SourceSlice, first_row: int, n_rows: int
+              ) -> torch.Tensor:
+    """Rows [first_row, first_row + n_rows) of one source slice → float32 on the CPU, whatever
+    holds them: inline values, a stored tensor of any readable type, or a bitsandbytes weight."""
+    if piece.values is not None:
+        raw = torch.tensor(piece.values, dtype=torch.float32).view(torch.uint8)
+        values = decode_rows(raw, piece.dtype, piece.n_rows, piece.row_length)
+        return values[first_row:first_row + n_rows]
+    assert piece.file is not None
+    raw = reader.read(piece.file, piece.offset + first_row * piece.row_bytes,
+                      n_rows * piece.row_bytes, piece.tensor)
+    if piece.bnb is not None:
+        return decode_bnb_rows(reader, piece, first_row, n_rows, raw)
+    return decode_rows(raw, piece.dtype, n_rows, piece.row_length)

@@ -120,7 +120,7 @@ def _measure(plan: ConversionPlan, tensor: TensorPlan, types: list[str]) -> list
     import torch
 
     from app.core.convert.importance import quantize_with_importance
-    from app.core.convert.reading import SourceReader, decode_rows
+    from app.core.convert.reading import SourceReader, read_rows
     from app.core.quant import dequantize, quantize
 
     n_rows = tensor.n_elements // tensor.shape[-1]
@@ -133,15 +133,7 @@ def _measure(plan: ConversionPlan, tensor: TensorPlan, types: list[str]) -> list
         for piece in tensor.slices:
             take = min(piece.n_rows, per_slice)
             start = (piece.n_rows - take) // 2
-            if piece.values is not None:
-                raw = torch.tensor(piece.values, dtype=torch.float32).view(torch.uint8)
-                values = decode_rows(raw, piece.dtype, piece.n_rows, piece.row_length)
-                values = values[start:start + take]
-            else:
-                assert piece.file is not None
-                raw = reader.read(piece.file, piece.offset + start * piece.row_bytes,
-                                  take * piece.row_bytes, piece.tensor)
-                values = decode_rows(raw, piece.dtype, take, piece.row_length)
+            values = read_rows(reader, piece, start, take)
             samples.append((piece, start, values))
             if weights is not None:
                 mats = (rows_before + start + torch.arange(take)) // rows_per_mat
