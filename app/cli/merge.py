@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 from app.cli.options import add_device_option, add_output_job_flags
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
-from app.core.errors import BadInputError, OptionError
+from app.core.convert.gguf_shards import parse_split_size
+from app.core.errors import BadInputError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter
 from app.core.merge import MergePlan, MergeRequest
 from app.core.merge.job import DEFAULT_SHARD_BYTES
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)B?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}
-
-
-def parse_size(text: str) -> int:
-    match = _SIZE.match(text)
-    if match is None or float(match[1]) <= 0:
-        raise OptionError(f"--shard-size {text!r}: give a size such as 5GB or 500MB")
-    return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -75,10 +65,11 @@ def describe_plan(plan: MergePlan) -> str:
 def cmd_merge(args: argparse.Namespace) -> int:
     if not args.config.is_file():
         raise BadInputError("merge configuration not found", path=args.config)
+    shard_bytes = (parse_split_size(args.shard_size, "shard_bytes") if args.shard_size
+                   else DEFAULT_SHARD_BYTES)
     request = MergeRequest(args.output, args.config, device=args.device, out_type=args.type,
                            overwrite=args.overwrite, allow_partial=args.allow_partial,
-                           shard_bytes=parse_size(args.shard_size) if args.shard_size
-                           else DEFAULT_SHARD_BYTES, seed=args.seed,
+                           shard_bytes=shard_bytes, seed=args.seed,
                            check_memory=not args.ignore_memory_check)
     plan = request.plan()  # bad input raises here: exit 2 with one line, nothing written
     if args.dry_run:

@@ -14,7 +14,8 @@ FLAGS = {"backend": "--backend", "device": "--device", "keep_type": "--keep-type
          "split_max_size": "--split-max-size", "experts": "--experts",
          "chunk_size": "--chunk-size", "max_chunks": "--chunks",
          "tensor_types": "--tensor-type", "output_tensor_type": "--output-tensor-type",
-         "token_embedding_type": "--token-embedding-type", "target_size": "--target-size"}
+         "token_embedding_type": "--token-embedding-type", "target_size": "--target-size",
+         "shard_bytes": "--shard-size"}
 
 
 def cli_words(option: OptionFact) -> str | None:

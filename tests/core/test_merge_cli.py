@@ -142,3 +142,16 @@ def test_config_checks_name_the_line() -> None:
                      "layer_range: [4, 2]}]}]\n")
     with pytest.raises(OptionError, match="ties needs a base_model"):
         parse_config("merge_method: ties\nmodels:\n  - model: .\n")
+
+
+def test_cli_a_bad_shard_size_names_its_flag(two_llamas: tuple[Path, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli import main
+
+    a, b = two_llamas
+    config = write(tmp_path, f"merge_method: linear\nmodels:\n  - model: {a}\n  - model: {b}\n")
+    target = tmp_path / "out"
+    assert main(["merge", str(config), "-o", str(target), "--shard-size", "lots"]) == 2
+    stderr = capsys.readouterr().err
+    assert "'lots' is not a size" in stderr and "--shard-size" in stderr
+    assert not target.exists()

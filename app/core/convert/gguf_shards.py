@@ -23,12 +23,13 @@ _UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}
 TENSOR_INFO_BYTES = 64
 
 
-def parse_split_size(text: str) -> int:
-    """`--split-max-size`: bytes, or a number with K, M or G (decimal, as gguf-split reads)."""
+def parse_split_size(text: str, option: str = "split_max_size") -> int:
+    """A largest shard size: bytes, or a number with K, M or G and an optional B (decimal, as
+    gguf-split reads it); `option` names the job option it sets, for the error."""
     match = _SIZE.match(str(text))
     if not match or float(match[1]) <= 0:
         raise OptionError(f"the shard size {text!r} is not a size such as 500M or 4G",
-                          option=OptionFact("split_max_size"))
+                          option=OptionFact(option))
     return int(float(match[1]) * _UNITS[match[2].upper()])
 
 

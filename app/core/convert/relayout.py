@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from app.core.convert.gguf_shards import assign_by_size, shard_plans
+from app.core.convert.gguf_shards import TENSOR_INFO_BYTES, assign_by_size, shard_plans
 from app.core.convert.job import ConvertResult, check_disk, execute_plan
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 from app.core.convert.planner import resolve_target
@@ -348,7 +348,7 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
         notes.append(f"written as {count} shards (split.no/split.count as gguf-split writes)")
     elif len(headers) > 1:
         notes.append(f"{len(headers)} split shards joined into one file")
-    extra_infos = 64 * max(0, len(tensors) - sum(len(h.tensors) for h in headers))
+    extra_infos = TENSOR_INFO_BYTES * max(0, len(tensors) - sum(len(h.tensors) for h in headers))
     plan = ConversionPlan(
         source=model.path, source_format="gguf", target=path, to="gguf",
         out_type=model.quantization or "mixed", architecture=main.architecture or "?",

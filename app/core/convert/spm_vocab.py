@@ -10,13 +10,13 @@ llama.cpp does (so runtimes see the same vocabulary from either converter).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gguf import TokenType
 
+from app.core.convert.tokenizer import load_tokenizer_json
 from app.core.errors import FormatError
 
 # Added tokens that models mark "not special" although they are control tokens
@@ -39,13 +39,6 @@ def looks_special(token: str) -> bool:
             or (token.startswith("<|") and token.endswith("|>"))
             or (token.startswith("<\uff5c") and token.endswith("\uff5c>"))  # deepseek-coder
             or (token.startswith("<unused") and token.endswith(">")))
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"unreadable tokenizer file ({exc})", path=path) from None
 
 
 def _piece_type(processor: Any, token_id: int) -> int:
@@ -83,9 +76,7 @@ def read_sentencepiece(folder: Path, vocab_size: int | None) -> SentencePieceVoc
 
     added_file = folder / "added_tokens.json"
     if added_file.is_file():
-        added = _json(added_file)
-        if not isinstance(added, dict):
-            raise FormatError("is not a JSON object", path=added_file)
+        added = load_tokenizer_json(added_file)
         for text, token_id in added.items():
             if not _in_range(token_id, size, vocab, added_file):
                 continue
@@ -95,8 +86,8 @@ def read_sentencepiece(folder: Path, vocab_size: int | None) -> SentencePieceVoc
 
     config_file = folder / "tokenizer_config.json"
     if config_file.is_file():
-        config = _json(config_file)
-        decoder = config.get("added_tokens_decoder", {}) if isinstance(config, dict) else {}
+        config = load_tokenizer_json(config_file)
+        decoder = config.get("added_tokens_decoder", {})
         for key, data in (decoder or {}).items():
             token_id = int(key) if str(key).isdigit() else -1
             text = data.get("content") if isinstance(data, dict) else None

@@ -31,7 +31,7 @@ class TokenizerResult:
     loads_transformers: bool = False  # the tokenizer had to be loaded through transformers
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def load_tokenizer_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -54,7 +54,7 @@ def add_tokenizer(writer: GGUFWriter, folder: Path, vocab_size: int,
     """Write the tokenizer of the HF model in `folder` into `writer`'s metadata."""
     tokenizer_json = folder / "tokenizer.json"
     spm_model = folder / "tokenizer.model"
-    data = _load_json(tokenizer_json) if tokenizer_json.is_file() else None
+    data = load_tokenizer_json(tokenizer_json) if tokenizer_json.is_file() else None
     model = (data or {}).get("model") or {}
     if spm_model.is_file() and _sentencepiece_available():
         return _add_sentencepiece(writer, folder, vocab_size)
@@ -141,7 +141,7 @@ class FileTokenizer:
 
         self.backend_tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         special_map = folder / "special_tokens_map.json"
-        specials = _load_json(special_map) if special_map.is_file() else {}
+        specials = load_tokenizer_json(special_map) if special_map.is_file() else {}
         self.bos_token_id = self._token_id(config.get("bos_token", specials.get("bos_token")))
         self.eos_token_id = self._token_id(config.get("eos_token", specials.get("eos_token")))
         clean = config.get("clean_up_tokenization_spaces")
@@ -163,8 +163,9 @@ def _file_tokenizer(folder: Path) -> FileTokenizer | None:
     if not (folder / "tokenizer.json").is_file() or not config_path.is_file() \
             or (folder / "tekken.json").exists():
         return None
-    config = _load_json(config_path)
-    model_type = _load_json(model_config).get("model_type") if model_config.is_file() else None
+    config = load_tokenizer_json(config_path)
+    model_type = (load_tokenizer_json(model_config).get("model_type") if model_config.is_file()
+                  else None)
     if config.get("tokenizer_class") not in GENERIC_TOKENIZER_CLASSES or "auto_map" in config \
             or model_type in OWN_TOKENIZER_TYPES:
         return None
@@ -230,7 +231,7 @@ def _pre_name(data: dict[str, Any] | None, folder: Path, loaded: Any | None,
         where = "the tokenizer transformers loads"
     else:
         config_path = folder / "tokenizer_config.json"
-        raw = _load_json(config_path).get("clean_up_tokenization_spaces") \
+        raw = load_tokenizer_json(config_path).get("clean_up_tokenization_spaces") \
             if config_path.is_file() else None
         pre_tokenizer, clean = data.get("pre_tokenizer"), raw if isinstance(raw, bool) else None
         where = "tokenizer.json"

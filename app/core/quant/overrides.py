@@ -20,9 +20,9 @@ def valid_override_types() -> list[str]:
 
 
 def parse_override_type(value: str, option: str) -> QuantType:
-    """`option` names the request's field the value came from (`tensor_types`, ...)."""
     """A type name as llama-quantize's parse_ggml_type takes it (any case); only types
-    Modelyard can write."""
+    Modelyard can write. `option` names the request's field the value came from
+    (`tensor_types`, ...)."""
     name = str(value).strip().upper()
     if name not in WRITABLE_TYPES:
         raise OptionError(f"unknown or unwritable tensor type {value!r}",
