@@ -225,7 +225,9 @@ def timed(command: list[str]) -> tuple[float, int, float]:
     if done.returncode:
         raise RuntimeError(f"{' '.join(command[:6])} ... failed:\n{done.stderr[-2000:]}")
     peak = next((int(line.split()[1]) for line in done.stderr.splitlines()
-                 if line.startswith("BENCH_PEAK_RSS ")), 0)
+                 if line.startswith("BENCH_PEAK_RSS ")), None)
+    if peak is None:  # never print a peak that was not measured
+        raise RuntimeError(f"{' '.join(command[:6])} ... reported no peak RSS")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return seconds, peak, cpu
 

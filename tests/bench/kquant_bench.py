@@ -9,7 +9,6 @@ then runs each tool --runs times in a fresh process, each reading its own peak R
 exit, and prints the median wall time and peak RSS of both, the speed ratio, and whether the
 two files hold the same tensors (types and bytes). Then the round-trip error of each type
 (relative RMS) on random normal weights and on real-valued ones (per-row scales, outliers).
-For scale: llama-quantize took 29.5 s and 692 MB for a 1 B Llama on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -131,7 +130,7 @@ def main() -> None:
         runs = [run_once(script, source, target) for _ in range(args.runs)]
         results[tool] = (statistics.median(s for s, _ in runs),
                          statistics.median(p for _, p in runs), target)
-    print(f"{'tool':<22} {'median s':>9} {'median peak MB':>15}")
+    print(f"{'tool':<22} {'median s':>9} {'median peak MiB':>15}")
     for tool, (seconds, peak, _) in results.items():
         print(f"{tool:<22} {seconds:9.1f} {peak / 2**20:15.0f}")
     ours, theirs = results["modelyard convert"], results["llama_model_quantize"]

@@ -174,7 +174,7 @@ def main() -> None:
     if args.generate_only:
         print(f"configs: {', '.join(str(c) for c in configs.values())}")
         return
-    print(f"{'method':<10} {'tool':<10} {'wall s':>7} {'peak RSS MB':>12} {'CPU s':>7}")
+    print(f"{'method':<10} {'tool':<10} {'wall s':>7} {'peak RSS MiB':>12} {'CPU s':>7}")
     for method, config in configs.items():
         measured: dict[str, tuple[float, int, float]] = {}
         for tool in tools:
