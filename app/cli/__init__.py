@@ -38,8 +38,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("generate", "perplexity, KL divergence and top-1 agreement of a candidate "
                             "against its reference"),
 }
-# Modules registered up front, whatever the command (none need to be).
-COMMAND_MODULES: tuple[ModuleType, ...] = ()
 
 
 def command_module(name: str) -> ModuleType:
@@ -62,7 +60,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--self-test", action="store_true",
                         help="scan, convert and test a tiny model; exit 0 when all works")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules = list(COMMAND_MODULES)
+    modules: list[ModuleType] = []
     if command == "all":
         modules += [command_module(name) for name in COMMANDS]
     elif command in COMMANDS:

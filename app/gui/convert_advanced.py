@@ -433,7 +433,7 @@ class SizePanel(QWidget):
             try:
                 parse_size(self.size.text())
             except OptionError as exc:
-                text = exc.message + (f" ({exc.hint})" if exc.hint else "")
+                text = exc.message  # the hint is part of the message
         self.size_problem.setText(_error(text[:1].upper() + text[1:] + ".") if text else "")
         self.size_problem.setVisible(text is not None)
         return text
