@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.core.errors import OptionFact
 from app.core.jobs import (
@@ -74,14 +74,16 @@ class JobRecord:
         return max(self.total - self.done, 0) / rate
 
 
-class _QtReporter(QObject):
-    """A Reporter that turns calls made on the worker thread into queued signals."""
+class _QtReporter:
+    """A Reporter that emits the worker's own signals (queued to the UI thread) from whichever
+    thread reports: the worker's, or a child supervisor's watcher. It makes no connections:
+    connecting signals on the worker thread while the UI thread delivered queued ones
+    deadlocked once (the worker held the GIL inside connect, the UI thread waited for it)."""
 
-    progressed = Signal(int, float, float, str)
-    logged = Signal(int, str, str)
-
-    def __init__(self, job_id: int, token: CancelToken, log_file: IO[str] | None) -> None:
-        super().__init__()
+    def __init__(self, worker: _Worker, job_id: int, token: CancelToken,
+                 log_file: IO[str] | None) -> None:
+        self.progressed = worker.progressed
+        self.logged = worker.logged
         self.job_id = job_id
         self.token = token
         self.log_file = log_file
@@ -131,11 +133,7 @@ class _Worker(QObject):
         self.started.emit(job_id)
         log_file = _open_log(log_path)
         try:
-            reporter = _QtReporter(job_id, token, log_file)
-            # Direct: a child's supervisor logs from its watcher thread while this thread is
-            # busy reading the child; queued here, those lines would arrive after the result.
-            reporter.progressed.connect(self.progressed, Qt.ConnectionType.DirectConnection)
-            reporter.logged.connect(self.logged, Qt.ConnectionType.DirectConnection)
+            reporter = _QtReporter(self, job_id, token, log_file)
             reporter.log("info", request.title)
             if runs_in_child_process(request):
                 try:
