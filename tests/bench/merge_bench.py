@@ -8,110 +8,37 @@ importable (it is not a dependency; e.g. `pip install --target DIR mergekit` and
 `--size 1b` is the issue's case: hidden 2048, 16 layers, FFN 5632, vocab 49152 (~0.9 B
 parameters, 1.8 GB each); `layers2` has the same tensors but 2 layers (0.6 GB each), so its
 peak RSS (set by the largest tensor) compares as the 1 B one does, in an eighth of the time;
-`small` (hidden 256, 2 layers, vocab 4096) proves the script works in seconds, its RSS mostly
-the interpreter and torch. Models are written tensor by tensor, so generating them needs little
-RAM. The issue's targets (time <= mergekit's, peak RSS <= 0.3x) are judged at `1b`.
+`small` (hidden 512, 2 layers, vocab 4096) proves the script works in seconds, its RSS mostly
+the interpreter and torch. The models come from tests/bench/llama_safetensors.py (written
+tensor by tensor, so generating them needs little RAM). The issue's targets (time <= mergekit's,
+peak RSS <= 0.3x) are judged at `1b`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import struct
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SIZES = {"1b": (2048, 16, 5632, 49152, 32, 4), "layers2": (2048, 2, 5632, 49152, 32, 4),
-         "small": (256, 2, 688, 4096, 4, 2)}
+sys.path.insert(0, str(ROOT / "tests"))
 
-# Run a console entry point in a fresh interpreter and report its own peak RSS (VmHWM is per
-# process image, so the bench's memory never counts).
-WRAPPER = """
-import atexit, importlib, sys
-def report():
-    hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status")
-               if l.startswith("VmHWM:"))
-    sys.stderr.write(f"\\nPEAK_RSS {hwm}\\n")
-atexit.register(report)
+from bench.llama_safetensors import write_llama  # noqa: E402
+from bench.measure import ProcessFailed, mib, run_measured  # noqa: E402
+
+SIZES = ("1b", "layers2", "small")
+
+# Runs a console entry point (module:function) in a fresh interpreter.
+ENTRY = """
+import importlib, sys
 module, function = sys.argv[1].split(":")
 sys.argv = sys.argv[1:]
 code = getattr(importlib.import_module(module), function)()
 sys.exit(code if isinstance(code, int) else 0)
 """
-
-
-def shapes(hidden: int, layers: int, ffn: int, vocab: int, heads: int, kv_heads: int
-           ) -> dict[str, tuple[int, ...]]:
-    kv = kv_heads * hidden // heads
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
-    for layer in range(layers):
-        p = f"model.layers.{layer}"
-        out.update({f"{p}.input_layernorm.weight": (hidden,),
-                    f"{p}.self_attn.q_proj.weight": (hidden, hidden),
-                    f"{p}.self_attn.k_proj.weight": (kv, hidden),
-                    f"{p}.self_attn.v_proj.weight": (kv, hidden),
-                    f"{p}.self_attn.o_proj.weight": (hidden, hidden),
-                    f"{p}.post_attention_layernorm.weight": (hidden,),
-                    f"{p}.mlp.gate_proj.weight": (ffn, hidden),
-                    f"{p}.mlp.up_proj.weight": (ffn, hidden),
-                    f"{p}.mlp.down_proj.weight": (hidden, ffn)})
-    out["model.norm.weight"] = (hidden,)
-    out["lm_head.weight"] = (vocab, hidden)
-    return out
-
-
-def make_model(folder: Path, size: str, seed: int) -> Path:
-    """A bf16 Llama: the same base weights in every model plus its own small difference, as
-    fine-tunes of one base are, written 4 Mi values at a time."""
-    import torch
-
-    if (folder / "config.json").exists():
-        return folder
-    folder.mkdir(parents=True)
-    hidden, layers, ffn, vocab, heads, kv_heads = SIZES[size]
-    table = shapes(hidden, layers, ffn, vocab, heads, kv_heads)
-    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape in table.items():
-        count = 1
-        for dim in shape:
-            count *= dim
-        header[name] = {"dtype": "BF16", "shape": list(shape),
-                        "data_offsets": [offset, offset + 2 * count]}
-        offset += 2 * count
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    base_gen = torch.Generator().manual_seed(0)
-    own_gen = torch.Generator().manual_seed(1000 + seed)
-    with open(folder / "model.safetensors", "wb") as handle:
-        handle.write(struct.pack("<Q", len(raw)) + raw)
-        for shape in table.values():
-            count = 1
-            for dim in shape:
-                count *= dim
-            done = 0
-            while done < count:
-                step = min(4 << 20, count - done)
-                values = torch.randn(step, generator=base_gen) * 0.02
-                values += torch.randn(step, generator=own_gen) * 0.002
-                if len(shape) == 1:
-                    values += 1
-                handle.write(values.to(torch.bfloat16).view(torch.uint8).numpy().tobytes())
-                done += step
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-              "hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": layers,
-              "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-              "vocab_size": vocab, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
-              "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-              "bos_token_id": 1, "eos_token_id": 2}
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return folder
 
 
 def yaml_text(method: str, models: list[Path]) -> str:
@@ -128,23 +55,16 @@ def measure(entry: str, args: list[str], env: dict[str, str]
             ) -> tuple[float, int, float] | str:
     """(wall seconds, peak RSS bytes, CPU seconds) of one run; CPU time is what to compare on
     a machine others are using."""
-    start = time.monotonic()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run([sys.executable, "-c", WRAPPER, entry, *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env)
-    seconds = time.monotonic() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    peak = [int(line.split()[1]) for line in done.stderr.splitlines()
-            if line.startswith("PEAK_RSS ")]
-    if done.returncode or not peak:
-        return f"failed ({done.returncode}): {done.stderr.strip()[-600:]}"
-    return seconds, peak[-1], cpu
+    try:
+        run = run_measured([sys.executable, "-c", ENTRY, entry, *args], cwd=ROOT, env=env)
+    except ProcessFailed as failure:
+        return f"failed ({failure.returncode}): {failure.stderr.strip()[-600:]}"
+    return run.seconds, run.peak_rss, run.cpu_seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="1b")
+    parser.add_argument("--size", choices=SIZES, default="1b")
     parser.add_argument("--keep", type=Path, help="generate the models here and keep them")
     parser.add_argument("--generate-only", action="store_true",
                         help="write the models and configs, measure nothing")
@@ -153,7 +73,9 @@ def main() -> None:
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="merge-bench-"))
     start = time.monotonic()
-    models = [make_model(work / f"llama-{args.size}-{i}", args.size, i) for i in range(3)]
+    # Three fine-tunes of one base, as the models a merge combines are.
+    models = [write_llama(work / f"llama-{args.size}-{i}", args.size, fine_tune=i)
+              for i in range(3)]
     size = sum((m / "model.safetensors").stat().st_size for m in models)
     print(f"models: 3 × {size / 3e9:.2f} GB bf16 in {work} (generated in "
           f"{time.monotonic() - start:.0f} s); {os.cpu_count()} CPUs, load average "
@@ -190,7 +112,7 @@ def main() -> None:
                 continue
             seconds, peak, cpu = result
             measured[tool] = result
-            print(f"{method:<10} {tool:<10} {seconds:7.1f} {peak / 2**20:12.0f} {cpu:7.1f}")
+            print(f"{method:<10} {tool:<10} {seconds:7.1f} {mib(peak, 12)} {cpu:7.1f}")
         if len(measured) == 2:
             (ours, our_peak, our_cpu), (theirs, their_peak, their_cpu) = \
                 measured["modelyard"], measured["mergekit"]
