@@ -5,8 +5,8 @@
 
 Generates a Llama-shaped F16 GGUF (1b: 16 layers, n_embd 2048, n_ff 8192, vocab 128256, GQA 4,
 about 1.2 B parameters, as Llama 3.2 1B; small: a 4-layer 512-wide model for a quick check),
-then runs each tool --runs times in a fresh process, each reading its own peak RSS (VmHWM) at
-exit, and prints the median wall time and peak RSS of both, the speed ratio, and whether the
+then runs each tool --runs times, each a whole process measured by tests/bench/measure.py, and
+prints the median wall time and peak RSS of both, the speed ratio, and whether the
 two files hold the same tensors (types and bytes). Then the round-trip error of each type
 (relative RMS) on random normal weights and on real-valued ones (per-row scales, outliers).
 """
@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,36 +27,30 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from bench.measure import mib, run_measured  # noqa: E402
+
 SIZES = {
     "1b": dict(n_layers=16, n_embd=2048, n_ff=8192, n_vocab=128256, n_head=32, n_head_kv=8),
     "small": dict(n_layers=4, n_embd=512, n_ff=1536, n_vocab=4096, n_head=8, n_head_kv=2),
 }
 
-# Each child reports its own peak RSS: ru_maxrss would carry the parent's over the fork.
-PEAK = ("import json, sys\n"
-        "def report_peak():\n"
-        "    hwm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status')\n"
-        "               if l.startswith('VmHWM'))\n"
-        "    sys.stderr.write('\\n' + json.dumps({'peak': hwm}) + '\\n')\n")
-MODELYARD = PEAK + (
-    "import runpy\n"
+MODELYARD = (
+    "import runpy, sys\n"
     "sys.argv = ['modelyard', 'convert', sys.argv[1], '-o', sys.argv[2], '--type', 'Q4_K_M',\n"
     "            '--overwrite', '--device', 'cpu']\n"
     "try:\n"
     "    runpy.run_module('app', run_name='__main__')\n"
     "except SystemExit as exc:\n"
     "    if exc.code:\n"
-    "        raise\n"
-    "report_peak()\n")
-LLAMA_CPP = PEAK + (
-    "import ctypes, llama_cpp\n"
+    "        raise\n")
+LLAMA_CPP = (
+    "import ctypes, sys, llama_cpp\n"
     "params = llama_cpp.llama_model_quantize_default_params()\n"
     "params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M\n"
     "params.nthread = 2\n"
     "status = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(),\n"
     "                                        ctypes.byref(params))\n"
-    "assert status == 0, status\n"
-    "report_peak()\n")
+    "assert status == 0, status\n")
 
 
 def make_source(path: Path, size: str) -> Path:
@@ -73,14 +66,8 @@ def make_source(path: Path, size: str) -> Path:
 
 
 def run_once(script: str, source: Path, target: Path) -> tuple[float, int]:
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", script, str(source), str(target)],
-                            capture_output=True, text=True, cwd=ROOT)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(result.stderr[-2000:])
-    last = [line for line in result.stderr.splitlines() if line.startswith('{"peak"')][-1]
-    return seconds, json.loads(last)["peak"]
+    run = run_measured([sys.executable, "-c", script, str(source), str(target)], cwd=ROOT)
+    return run.seconds, run.peak_rss
 
 
 def same_tensors(a: Path, b: Path) -> tuple[int, int]:
@@ -132,7 +119,7 @@ def main() -> None:
                          statistics.median(p for _, p in runs), target)
     print(f"{'tool':<22} {'median s':>9} {'median peak MiB':>15}")
     for tool, (seconds, peak, _) in results.items():
-        print(f"{tool:<22} {seconds:9.1f} {peak / 2**20:15.0f}")
+        print(f"{tool:<22} {seconds:9.1f} {mib(peak, 15)}")
     ours, theirs = results["modelyard convert"], results["llama_model_quantize"]
     print(f"speed: {theirs[0] / ours[0]:.2f}x llama.cpp's; peak RSS: "
           f"{ours[1] / theirs[1]:.2f}x llama.cpp's")
