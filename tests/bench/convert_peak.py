@@ -3,7 +3,7 @@
     .venv/bin/python tests/bench/convert_peak.py [--keep DIR]
 
 Builds a ~330 MB Llama (F32 and BF16 copies) and a GGUF from it, then runs each conversion in a
-fresh subprocess and reads its peak RSS (VmHWM of /proc/self/status). The constants in
+fresh process, whose peak RSS tests/bench/measure.py reads. The constants in
 app/core/convert/sizing.py are calibrated from this output.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+
+from bench.measure import mib, run_measured  # noqa: E402
 
 CHILD = """
 import json, sys
@@ -30,19 +31,16 @@ request = ConvertRequest(Path(source), Path(target), out_type, to=to, device="cp
                          overwrite=True)
 plan = request.plan()
 request.run(NullReporter())
-# VmHWM, not getrusage: ru_maxrss survives exec, so a child would report its parent's peak.
-hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
-           if line.startswith("VmHWM:"))
-print(json.dumps({"peak": hwm,
-                  "estimate": plan.estimated_peak_bytes, "naive": plan.naive_peak_bytes,
+print(json.dumps({"estimate": plan.estimated_peak_bytes, "naive": plan.naive_peak_bytes,
                   "input": plan.input_bytes}))
 """
 
 
 def measure(source: Path, target: Path, out_type: str, to: str = "gguf") -> dict[str, int]:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(source), str(target), out_type, to],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """The plan's figures and the whole conversion process's peak RSS ("peak")."""
+    run = run_measured([sys.executable, "-c", CHILD, str(source), str(target), out_type, to],
+                       cwd=ROOT)
+    return {**json.loads(run.stdout.strip().splitlines()[-1]), "peak": run.peak_rss}
 
 
 def main() -> None:
@@ -74,9 +72,9 @@ def main() -> None:
         target = folder / ("out-hf" if to == "hf" else f"out-{out_type}.gguf")
         m = measure(source, target, out_type, to)
         error = (m["estimate"] - m["peak"]) / m["peak"] * 100
-        print(f"{source.name:<22} {to + ' ' + out_type:<10} {m['input'] / 2**20:9.0f} "
-              f"{m['peak'] / 2**20:8.0f} {m['estimate'] / 2**20:9.0f} {error:+6.1f}% "
-              f"{m['naive'] / 2**20:9.0f}")
+        print(f"{source.name:<22} {to + ' ' + out_type:<10} {mib(m['input'], 9)} "
+              f"{mib(m['peak'], 8)} {mib(m['estimate'], 9)} {error:+6.1f}% "
+              f"{mib(m['naive'], 9)}")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench.measure import run_measured
 
 from app.core.estimate import estimate_hf_load
 from app.core.formats.scan import inspect_path
@@ -29,9 +29,7 @@ model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwar
 ids = torch.randint(5, model.config.vocab_size - 5, (1, ctx - 8))
 with torch.no_grad():
     model.generate(ids, max_new_tokens=8, do_sample=False)
-peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
-            if line.startswith("VmHWM"))
-print(json.dumps({"measured": peak - baseline}))
+print(json.dumps({"baseline": baseline}))
 """
 
 
@@ -41,10 +39,8 @@ def test_transformers_estimate_bounds_the_measured_peak(
         which: str, tiny_models: dict[str, Path], tiny_llama_ggufs: dict[str, Path]) -> None:
     path = tiny_models["llama"] if which == "hf" else tiny_llama_ggufs["F32"]
     estimate = estimate_hf_load(inspect_path(path), 256, dtype="float32").ram.total
-    result = subprocess.run([sys.executable, "-c", MEASURE, str(path), "256"],
-                            capture_output=True, text=True, timeout=200,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    measured = json.loads(result.stdout.strip().splitlines()[-1])["measured"]
+    run = run_measured([sys.executable, "-c", MEASURE, str(path), "256"], timeout=200,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    measured = run.peak_rss - json.loads(run.stdout.strip().splitlines()[-1])["baseline"]
     error = (estimate - measured) / measured
     assert -0.03 <= error <= 0.05, f"estimate {estimate}, measured {measured}: {error:+.1%}"
