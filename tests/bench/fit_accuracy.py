@@ -8,8 +8,8 @@
    a full-size cache for its windowed layers). Each run is a fresh process that loads the
    model, creates the context and decodes a full context of tokens in micro-batches (the worst
    case the estimate describes: KV cache full, attention over all of it). Measured = the
-   process's peak RSS (VmHWM: ru_maxrss would include the parent's RSS at fork) minus its RSS
-   before importing llama_cpp.
+   process's peak RSS (read by tests/bench/measure.py) minus its RSS before importing
+   llama_cpp.
 2. transformers: peak RSS of loading a generated Llama and generating from a full context
    (float32 with --quick; float32 and bfloat16, and eager attention, without), and of a GGUF
    read by transformers (what runs when llama-cpp-python is absent: dequantized to float32),
@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+
+from bench.measure import run_measured  # noqa: E402
 
 MIB = 1024**2
 
@@ -73,9 +75,7 @@ while position < ctx:
     assert L.llama_decode(context, batch) == 0
     L.llama_batch_free(batch)
     position += n
-peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
-            if line.startswith("VmHWM"))
-print(json.dumps({"measured": peak - baseline}))
+print(json.dumps({"baseline": baseline}))
 """
 
 HF_CHILD = r"""
@@ -98,18 +98,14 @@ ctx = int(sys.argv[2])
 ids = torch.randint(5, model.config.vocab_size - 5, (1, ctx - 8))
 with torch.no_grad():
     model.generate(ids, max_new_tokens=8, do_sample=False)
-peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
-            if line.startswith("VmHWM"))
-print(json.dumps({"measured": peak - baseline}))
+print(json.dumps({"baseline": baseline}))
 """
 
 
 def measure(code: str, *args: str) -> int:
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                            timeout=1800)
-    if result.returncode != 0:
-        raise RuntimeError(result.stderr[-2000:])
-    return int(json.loads(result.stdout.strip().splitlines()[-1])["measured"])
+    """The child's peak RSS above its RSS before it imported the runtime ("baseline")."""
+    run = run_measured([sys.executable, "-c", code, *args], timeout=1800)
+    return run.peak_rss - int(json.loads(run.stdout.strip().splitlines()[-1])["baseline"])
 
 
 def write_shape(path: Path, n_embd: int, n_head: int, n_head_kv: int, n_ff: int,
