@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import run_measured  # noqa: E402
+from bench.measure import mib, run_measured  # noqa: E402
 
 MIB = 1024**2
 
@@ -164,7 +164,7 @@ def bench_compute_buffers(tmp: Path, quick: bool) -> list[float]:
 def row(label: str, estimate: int, measured: int) -> float:
     error = (estimate - measured) / measured * 100
     outside = "" if -3 <= error <= 5 else "  OUTSIDE the target"
-    print(f"  {label:<46} estimate {estimate / MIB:8.1f} MiB  measured {measured / MIB:8.1f} MiB"
+    print(f"  {label:<46} estimate {mib(estimate, 8, 1)} MiB  measured {mib(measured, 8, 1)} MiB"
           f"  error {error:+6.1f} %{outside}", flush=True)
     return error
 
