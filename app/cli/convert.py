@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from app.cli.options import add_device_option, add_output_job_flags
@@ -14,16 +15,13 @@ from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.convert import (
     GGUF_OUTPUT_TYPES,
     HF_OUTPUT_DTYPES,
-    ConversionPlan,
     ConvertRequest,
     ConvertResult,
-    execute_plan,
     writable_output_types,
 )
 from app.core.convert.summary import summary_lines
 from app.core.errors import OptionError
 from app.core.formats.model_info import format_bytes
-from app.core.jobs import Reporter
 from app.core.quant.overrides import TypeOverrides
 from app.core.quant.size_target import parse_size
 
@@ -170,7 +168,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{request.title}: {len(plan.tensors)} tensors, "
                          f"{format_bytes(plan.output_bytes)}, peak memory about "
                          f"{format_bytes(plan.estimated_peak_bytes)} on {plan.device}\n")
-    result = run_in_console(_PlannedJob(request, plan), reporter)
+    result = run_in_console(replace(request, program=plan), reporter)
     if result.status != "done":
         return result.exit_code
     value: ConvertResult = result.value
@@ -197,15 +195,3 @@ def _fit_gpu_vram(args: argparse.Namespace) -> int:
                           hint="give the free memory of the GPU to fit with --vram GiB")
     return gpus[0].free_bytes
 
-
-class _PlannedJob:
-    """The request with its plan already made (the CLI plans first to fail fast)."""
-
-    def __init__(self, request: ConvertRequest, plan: ConversionPlan) -> None:
-        self.plan = plan
-        self.check_memory = request.check_memory
-        self.title = request.title
-        self.progress_unit = request.progress_unit
-
-    def run(self, reporter: Reporter) -> ConvertResult:
-        return execute_plan(self.plan, reporter, self.check_memory)
