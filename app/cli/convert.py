@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from app.cli import add_command
 from app.cli.options import add_device_option, add_output_job_flags
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
@@ -39,9 +40,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    convert = commands.add_parser(
-        "convert", formatter_class=_HelpFormatter,
-        help="convert a model: HF/bnb/GGUF → GGUF of a type, or GGUF/bnb → HF safetensors",
+    convert = add_command(
+        commands, "convert", formatter_class=_HelpFormatter,
         description="Convert an HF safetensors folder (plain or bitsandbytes 4/8-bit) or a GGUF "
                     "file to a GGUF of type T, or a GGUF or bitsandbytes checkpoint to a plain "
                     "HF safetensors folder with --to hf. Streams one chunk of rows at a time; "

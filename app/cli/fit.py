@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from app.cli import add_command
 from app.cli.output import print_json, render_table
 from app.core.errors import FormatError, OptionError
 from app.core.estimate.candidates import conversion_candidates
@@ -18,8 +19,7 @@ from app.core.resources import probe_resources
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    fit = commands.add_parser(
-        "fit", help="will it fit: memory needed per device, verdict, best quant")
+    fit = add_command(commands, "fit")
     fit.add_argument("path", type=Path, metavar="PATH",
                      help="a GGUF file, a model folder, or a folder of GGUF quants")
     fit.add_argument("--ctx", type=int, default=DEFAULT_CONTEXT,

@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from app.cli import add_command
 from app.cli.options import add_device_option, add_output_job_flags
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
@@ -19,9 +20,8 @@ from app.core.merge.job import DEFAULT_SHARD_BYTES
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    merge = commands.add_parser(
-        "merge", help="merge models from a mergekit YAML (linear, slerp, ties, dare, "
-                      "passthrough, LoRA)",
+    merge = add_command(
+        commands, "merge",
         description="Merge the models a mergekit YAML configuration names into a new "
                     "safetensors folder. Every tensor of the base model is merged, copied or "
                     "refused, and the merge does not start while any would be missing; "
