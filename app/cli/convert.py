@@ -183,15 +183,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _fit_gpu_vram(args: argparse.Namespace) -> int:
-    if args.vram is not None:
-        if args.vram <= 0:
-            raise OptionError(f"--vram must be more than 0 GiB, not {args.vram}")
-        return int(args.vram * 2**30)
-    from app.core.resources import probe_gpus
+    """The free VRAM of the GPU to fit: `--vram`'s, as `fit` reads it, or this machine's."""
+    from app.cli.fit import target_machine
 
-    gpus, _problem = probe_gpus()
+    gpus = target_machine(args.vram).gpu_free
     if not gpus:
         raise OptionError("--fit-gpu: no GPU found on this machine",
                           hint="give the free memory of the GPU to fit with --vram GiB")
-    return gpus[0].free_bytes
+    return gpus[0]
 

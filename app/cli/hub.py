@@ -97,7 +97,8 @@ def cmd_files(args: argparse.Namespace) -> int:
     reference = _reference(args.repo)
     if args.ctx <= 0:
         raise OptionError(f"--ctx must be positive, not {args.ctx}")
-    request = RepoFilesRequest(reference.repo_id, target_machine(args), args.ctx,
+    target = target_machine(args.vram, args.ram, args.cpu_only)
+    request = RepoFilesRequest(reference.repo_id, target, args.ctx,
                                args.revision or reference.revision,
                                read_headers=not args.no_headers)
     result = run_in_console(request, ConsoleReporter(verbose=args.verbose, unit="files"))
