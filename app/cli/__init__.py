@@ -14,12 +14,14 @@ import importlib
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 from app import __version__
 from app.cli.options import cli_words
 from app.core.errors import ModelyardError
 
 # Command → (module under app.cli that registers it, the one line `modelyard --help` shows).
+# Each module registers its commands with `add_command`, which takes the line from here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("inventory", "list models found under paths, in the HF cache, Ollama and LM Studio"),
     "inspect": ("inventory", "describe one model"),
@@ -38,6 +40,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("generate", "perplexity, KL divergence and top-1 agreement of a candidate "
                             "against its reference"),
 }
+
+
+def add_command(commands: argparse._SubParsersAction, name: str,
+                **options: Any) -> argparse.ArgumentParser:
+    """Register command `name` with its one-line help from `COMMANDS`, the only place it is
+    written (the full help lists every command from that table without importing modules)."""
+    return commands.add_parser(name, help=COMMANDS[name][1], **options)
 
 
 def command_module(name: str) -> ModuleType:

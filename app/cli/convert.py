@@ -6,24 +6,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from app.cli import add_command
 from app.cli.options import add_device_option, add_output_job_flags
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.convert import (
     GGUF_OUTPUT_TYPES,
     HF_OUTPUT_DTYPES,
-    ConversionPlan,
     ConvertRequest,
     ConvertResult,
-    execute_plan,
     writable_output_types,
 )
 from app.core.convert.summary import summary_lines
 from app.core.errors import OptionError
 from app.core.formats.model_info import format_bytes
-from app.core.jobs import Reporter
 from app.core.quant.overrides import TypeOverrides
 from app.core.quant.size_target import parse_size
 
@@ -41,9 +40,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    convert = commands.add_parser(
-        "convert", formatter_class=_HelpFormatter,
-        help="convert a model: HF/bnb/GGUF → GGUF of a type, or GGUF/bnb → HF safetensors",
+    convert = add_command(
+        commands, "convert", formatter_class=_HelpFormatter,
         description="Convert an HF safetensors folder (plain or bitsandbytes 4/8-bit) or a GGUF "
                     "file to a GGUF of type T, or a GGUF or bitsandbytes checkpoint to a plain "
                     "HF safetensors folder with --to hf. Streams one chunk of rows at a time; "
@@ -170,7 +168,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{request.title}: {len(plan.tensors)} tensors, "
                          f"{format_bytes(plan.output_bytes)}, peak memory about "
                          f"{format_bytes(plan.estimated_peak_bytes)} on {plan.device}\n")
-    result = run_in_console(_PlannedJob(request, plan), reporter)
+    result = run_in_console(replace(request, program=plan), reporter)
     if result.status != "done":
         return result.exit_code
     value: ConvertResult = result.value
@@ -185,27 +183,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _fit_gpu_vram(args: argparse.Namespace) -> int:
-    if args.vram is not None:
-        if args.vram <= 0:
-            raise OptionError(f"--vram must be more than 0 GiB, not {args.vram}")
-        return int(args.vram * 2**30)
-    from app.core.resources import probe_gpus
+    """The free VRAM of the GPU to fit: `--vram`'s, as `fit` reads it, or this machine's."""
+    from app.cli.fit import target_machine
 
-    gpus, _problem = probe_gpus()
+    gpus = target_machine(args.vram).gpu_free
     if not gpus:
         raise OptionError("--fit-gpu: no GPU found on this machine",
                           hint="give the free memory of the GPU to fit with --vram GiB")
-    return gpus[0].free_bytes
+    return gpus[0]
 
-
-class _PlannedJob:
-    """The request with its plan already made (the CLI plans first to fail fast)."""
-
-    def __init__(self, request: ConvertRequest, plan: ConversionPlan) -> None:
-        self.plan = plan
-        self.check_memory = request.check_memory
-        self.title = request.title
-        self.progress_unit = request.progress_unit
-
-    def run(self, reporter: Reporter) -> ConvertResult:
-        return execute_plan(self.plan, reporter, self.check_memory)

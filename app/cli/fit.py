@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from app.cli import add_command
 from app.cli.output import print_json, render_table
 from app.core.errors import FormatError, OptionError
 from app.core.estimate.candidates import conversion_candidates
@@ -18,8 +19,7 @@ from app.core.resources import probe_resources
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    fit = commands.add_parser(
-        "fit", help="will it fit: memory needed per device, verdict, best quant")
+    fit = add_command(commands, "fit")
     fit.add_argument("path", type=Path, metavar="PATH",
                      help="a GGUF file, a model folder, or a folder of GGUF quants")
     fit.add_argument("--ctx", type=int, default=DEFAULT_CONTEXT,
@@ -37,15 +37,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit.set_defaults(handler=cmd_fit)
 
 
-def target_machine(args: argparse.Namespace, disk_path: Path | None = None) -> Machine:
-    """The machine `--vram`, `--ram` and `--cpu-only` describe: this one, or a custom one."""
+def target_machine(vram: float | None = None, ram: float | None = None, cpu_only: bool = False,
+                   disk_path: Path | None = None) -> Machine:
+    """The machine `--vram`, `--ram` and `--cpu-only` (GiB, or None for this machine's)
+    describe: this one, or a custom one; a nonsense value is refused (exit 2)."""
     resources = probe_resources(disk_path)
-    if args.vram is not None or args.ram is not None:
-        if args.cpu_only and args.vram is not None:
+    if vram is not None or ram is not None:
+        if cpu_only and vram is not None:
             raise OptionError("--cpu-only and --vram contradict each other")
-        custom = Machine.custom(args.vram, args.ram, resources)
-        return Machine(custom.name, custom.ram_bytes, () if args.cpu_only else custom.gpu_free)
-    return Machine.from_resources(resources, cpu_only=args.cpu_only)
+        custom = Machine.custom(vram, ram, resources)
+        return Machine(custom.name, custom.ram_bytes, () if cpu_only else custom.gpu_free)
+    return Machine.from_resources(resources, cpu_only=cpu_only)
 
 
 def _primary_and_siblings(path: Path) -> tuple[ModelInfo, list[ModelInfo]]:
@@ -71,7 +73,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if model.fatal_problems:
         # A corrupt or truncated file has no meaningful estimate: say what the reader found.
         raise FormatError(model.fatal_problems[0].text, path=model.path)
-    target = target_machine(args, args.path if args.path.exists() else None)
+    target = target_machine(args.vram, args.ram, args.cpu_only,
+                            args.path if args.path.exists() else None)
     report = fit_report(model, target, args.ctx, args.gpu_layers, siblings,
                         conversions=conversion_candidates(model),
                         cache_type=args.cache_type, flash_attention=args.flash_attn)

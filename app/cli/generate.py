@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.cli import add_command
 from app.cli.options import cli_words
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
@@ -38,8 +39,7 @@ def _load_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    generate = commands.add_parser(
-        "generate", help="test generation: load a model and stream its reply to a prompt")
+    generate = add_command(commands, "generate")
     generate.add_argument("path", type=Path, metavar="PATH")
     generate.add_argument("--prompt", required=True, help="the user message")
     generate.add_argument("--system", help="a system message (with the chat template)")
@@ -57,8 +57,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _load_arguments(generate)
     generate.set_defaults(handler=cmd_generate)
 
-    doctor = commands.add_parser(
-        "doctor", help="why a model will not load here, and what to do (exit 2 on errors)")
+    doctor = add_command(commands, "doctor")
     doctor.add_argument("path", type=Path, metavar="PATH")
     doctor.add_argument("--trust-remote-code", action="store_true",
                         help="build the architecture from the model's own code to check "
@@ -67,9 +66,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     doctor.add_argument("--json", action="store_true", help="one JSON document on stdout")
     doctor.set_defaults(handler=cmd_doctor)
 
-    compare = commands.add_parser(
-        "compare", help="perplexity, KL divergence and top-1 agreement of a candidate "
-                        "against its reference",
+    compare = add_command(
+        commands, "compare",
         epilog="severity: " + "; ".join(f"{name}: {rule}" for name, rule in severity_legend()))
     compare.add_argument("reference", type=Path, metavar="REF")
     compare.add_argument("candidate", type=Path, metavar="CANDIDATE")

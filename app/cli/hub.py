@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from app.cli import add_command
 from app.cli.fit import target_machine
 from app.cli.output import print_json, render_table
 from app.cli.progress import ConsoleReporter, run_in_console
@@ -18,7 +19,7 @@ from app.core.hub.search import LIBRARIES, SORT_KEYS, SearchQuery, search_models
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    hub = commands.add_parser("hub", help="search, inspect and download models on the Hub")
+    hub = add_command(commands, "hub")
     actions = hub.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
     hub.set_defaults(handler=lambda _args: hub.error("choose an action: search, files or "
                                                          "download"))
@@ -96,7 +97,8 @@ def cmd_files(args: argparse.Namespace) -> int:
     reference = _reference(args.repo)
     if args.ctx <= 0:
         raise OptionError(f"--ctx must be positive, not {args.ctx}")
-    request = RepoFilesRequest(reference.repo_id, target_machine(args), args.ctx,
+    target = target_machine(args.vram, args.ram, args.cpu_only)
+    request = RepoFilesRequest(reference.repo_id, target, args.ctx,
                                args.revision or reference.revision,
                                read_headers=not args.no_headers)
     result = run_in_console(request, ConsoleReporter(verbose=args.verbose, unit="files"))

@@ -7,14 +7,15 @@ import json
 import sys
 from pathlib import Path
 
+from app.cli import add_command
 from app.cli.options import add_output_job_flags
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.imatrix import DEFAULT_CHUNK_SIZE, ImatrixRequest, ImatrixResult
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    imatrix = commands.add_parser(
-        "imatrix", help="compute an importance matrix (llama.cpp's imatrix format)",
+    imatrix = add_command(
+        commands, "imatrix",
         description="Run an HF model over a calibration text in chunks and write the summed "
                     "squared inputs of every weight matrix of its blocks, per column (per "
                     "expert for MoE), as llama.cpp's imatrix GGUF; `convert --imatrix` and "

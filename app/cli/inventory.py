@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from app.cli import add_command
 from app.cli.output import print_json, render_table
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.errors import BadInputError, FormatError
@@ -19,8 +20,7 @@ SOURCE_WORDS = {"folder": "folder", "hf-cache": "HF cache", "ollama": "Ollama",
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    scan = commands.add_parser(
-        "scan", help="list models found under paths, in the HF cache, Ollama and LM Studio")
+    scan = add_command(commands, "scan")
     scan.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     scan.add_argument("--no-hf-cache", action="store_true",
                       help="do not list the Hugging Face cache")
@@ -29,14 +29,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     scan.add_argument("--json", action="store_true", help="one JSON document on stdout")
     scan.set_defaults(handler=cmd_scan)
 
-    inspect = commands.add_parser("inspect", help="describe one model")
+    inspect = add_command(commands, "inspect")
     inspect.add_argument("path", type=Path, metavar="PATH")
     inspect.add_argument("--tensors", action="store_true",
                          help="list every tensor: name, type, shape, bytes")
     inspect.add_argument("--json", action="store_true", help="one JSON document on stdout")
     inspect.set_defaults(handler=cmd_inspect)
 
-    resources = commands.add_parser("resources", help="RAM, swap, GPUs and free disk")
+    resources = add_command(commands, "resources")
     resources.add_argument("--path", type=Path, default=Path.cwd(),
                            help="folder whose disk to measure (default: current folder)")
     resources.add_argument("--json", action="store_true", help="one JSON document on stdout")

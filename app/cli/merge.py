@@ -5,23 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from app.cli import add_command
 from app.cli.options import add_device_option, add_output_job_flags
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
 from app.core.convert.gguf_shards import parse_split_size
 from app.core.errors import BadInputError
 from app.core.formats.model_info import format_bytes
-from app.core.jobs import Reporter
 from app.core.merge import MergePlan, MergeRequest
 from app.core.merge.job import DEFAULT_SHARD_BYTES
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    merge = commands.add_parser(
-        "merge", help="merge models from a mergekit YAML (linear, slerp, ties, dare, "
-                      "passthrough, LoRA)",
+    merge = add_command(
+        commands, "merge",
         description="Merge the models a mergekit YAML configuration names into a new "
                     "safetensors folder. Every tensor of the base model is merged, copied or "
                     "refused, and the merge does not start while any would be missing; "
@@ -87,7 +87,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     check_plan(plan)  # a refused tensor: exit 2 before anything starts
     reporter = ConsoleReporter(json_lines=args.json_progress, verbose=args.verbose, unit="bytes")
-    result = run_in_console(_PlannedMerge(request, plan), reporter)
+    result = run_in_console(replace(request, program=plan), reporter)
     if result.status != "done":
         return result.exit_code
     value = result.value
@@ -101,17 +101,3 @@ def cmd_merge(args: argparse.Namespace) -> int:
               f"tensors, {value.seconds:.1f} s{gguf}")
     return 0
 
-
-class _PlannedMerge:
-    """The request with its plan already made (planned first to fail fast)."""
-
-    def __init__(self, request: MergeRequest, plan: MergePlan) -> None:
-        self.plan = plan
-        self.title = request.title
-        self.progress_unit = request.progress_unit
-        self.check_memory = request.check_memory
-
-    def run(self, reporter: Reporter) -> object:
-        from app.core.merge.execute import run_merge
-
-        return run_merge(self.plan, reporter, check_memory=self.check_memory)

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from app.cli import add_command
 from app.cli.options import add_output_job_flags
 from app.cli.output import print_json
 from app.cli.progress import ConsoleReporter, run_in_console
@@ -19,8 +20,8 @@ from app.core.formats.model_info import format_bytes
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    relayout = commands.add_parser(
-        "relayout", help="MoE GGUF: experts stacked (current llama.cpp) or one tensor each",
+    relayout = add_command(
+        commands, "relayout",
         description="Rewrite a mixture-of-experts GGUF with its experts in the other layout by "
                     "moving their quantized bytes: nothing is dequantized, every other tensor "
                     "and every metadata key is copied unchanged. "

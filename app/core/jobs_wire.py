@@ -125,10 +125,14 @@ def encode(value: Any) -> Any:
         return {"__float__": repr(float(value))} if not math.isfinite(value) else float(value)
     if isinstance(value, Path):
         return {"__path__": str(value)}
+    if isinstance(value, bytes):
+        return {"__bytes__": base64.b64encode(value).decode("ascii")}
     if isinstance(value, tuple):
         return {"__tuple__": [encode(v) for v in value]}
     if isinstance(value, list):
         return [encode(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return {"__set__": [encode(v) for v in value], "frozen": isinstance(value, frozenset)}
     if isinstance(value, dict):
         return {"__dict__": [[encode(k), encode(v)] for k, v in value.items()]}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -162,10 +166,18 @@ def decode(data: Any, callbacks: Callbacks = None) -> Any:
         raise WireError(f"cannot decode a {type(data).__name__}")
     if "__path__" in data:
         return Path(data["__path__"])
+    if "__bytes__" in data:
+        try:
+            return base64.b64decode(data["__bytes__"], validate=True)
+        except (TypeError, ValueError) as exc:
+            raise WireError(f"not bytes: {exc}") from exc
     if "__tuple__" in data:
         return tuple(decode(v, callbacks) for v in data["__tuple__"])
     if "__float__" in data:
         return float(data["__float__"])
+    if "__set__" in data:
+        items = (_hashable(decode(v, callbacks)) for v in data["__set__"])
+        return frozenset(items) if data.get("frozen") else set(items)
     if "__dict__" in data:
         return {_hashable(decode(k, callbacks)): decode(v, callbacks) for k, v in data["__dict__"]}
     if "__ndarray__" in data:

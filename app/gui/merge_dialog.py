@@ -3,11 +3,13 @@ the coverage plan (what happens to every tensor) shown before anything starts; t
 stands for, which can be imported, exported or edited as text.
 
 The sheet only builds requests. Planning, reading and writing YAML files happen off the UI
-thread in `MergeController`, which hands back plain data (the plan as JSON, the text read).
+thread in `MergeController`, which hands back plain data (the plan, the text read); the job
+runs the plan the sheet showed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +43,12 @@ from app.core.convert import writable_output_types
 from app.core.errors import ModelyardError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import JobResult
-from app.core.merge import MergeRequest
+from app.core.merge import MergePlan, MergeRequest
 from app.core.merge.config import GTA_METHODS, METHODS, NEEDS_BASE, parse_config
 from app.core.merge.spec import MergeSpec, SpecModel, spec_from_config
 from app.gui.background import Background
 from app.gui.fit_badge import COLORS
+from app.gui.option_words import merge_words
 from app.gui.worker import JobQueue
 
 DTYPE_CHOICES = (("Same as the base model", None), ("bfloat16", "BF16"), ("float16", "F16"),
@@ -76,7 +79,7 @@ class MergeDialog(QDialog):
         self.output_folder = output_folder
         self._custom_yaml = False  # the YAML tab is run as written, not the form
         self._config_path: Path | None = None
-        self._plan_ok = False
+        self._checked: CheckedMerge | None = None  # the plan shown, when it can start
         self.method = QComboBox()
         self.method.addItems(list(METHODS))
         self.method.setCurrentText("ties")
@@ -350,8 +353,17 @@ class MergeDialog(QDialog):
                             self.yaml.toPlainText(), device="auto",
                             out_type=self.gguf.currentData())
 
+    def checked_request(self) -> MergeRequest:
+        """The request with the plan the sheet showed, which the job runs without planning
+        again; the bare request (planned in the job) if the form changed since."""
+        request = self.request()
+        checked = self._checked
+        if checked is None or checked.request != request:
+            return request
+        return replace(request, program=checked.plan)
+
     def _request_plan(self) -> None:
-        self._plan_ok = False
+        self._checked = None
         self.start.setEnabled(False)
         if not self.output.text().strip():
             self.summary.setText("choose an output folder")
@@ -359,11 +371,11 @@ class MergeDialog(QDialog):
         self.summary.setText("checking the plan…")
         self.plan_wanted.emit(self.request())
 
-    def show_plan(self, request: MergeRequest, plan: dict[str, Any] | None,
-                  error: str | None) -> None:
-        if request != self.request():
+    def show_plan(self, checked: CheckedMerge) -> None:
+        if checked.request != self.request():
             return  # the form changed since; a newer plan is on its way
         self.plan.clear()
+        plan, error = checked.shown, checked.error
         if plan is None:
             self.summary.setText(f"<span style='color:{COLORS['none']}'>{error}</span>")
             return
@@ -384,27 +396,39 @@ class MergeDialog(QDialog):
         if error:
             lines.append(f"<span style='color:{COLORS['none']}'>{error}</span>")
         self.summary.setText("<br>".join(lines))
-        self._plan_ok = counts["refused"] == 0 and error is None
-        self.start.setEnabled(self._plan_ok)
+        can_start = counts["refused"] == 0 and error is None
+        self._checked = checked if can_start else None
+        self.start.setEnabled(can_start)
         if counts["refused"]:
             self.tabs.setCurrentWidget(self.plan)
 
 
-def plan_json(request: MergeRequest) -> tuple[MergeRequest, dict[str, Any] | None, str | None]:
-    """Plan off the UI thread: (request, the plan as plain data, why it cannot start)."""
+@dataclass(frozen=True)
+class CheckedMerge:
+    """A request planned off the UI thread: the plan, as the sheet shows it, and why it cannot
+    start (in the sheet's words), if it cannot."""
+
+    request: MergeRequest
+    plan: MergePlan | None
+    shown: dict[str, Any] | None
+    error: str | None
+
+
+def plan_and_check(request: MergeRequest) -> CheckedMerge:
+    """Plan (reads headers) and check memory and disk, off the UI thread."""
     from app.core.merge.job import check_resources
 
     try:
         plan = request.plan()
     except ModelyardError as exc:
-        return request, None, exc.message
+        return CheckedMerge(request, None, None, exc.worded(merge_words))
     error = None
     if not plan.refused:
         try:
             check_resources(plan)
         except ModelyardError as exc:
-            error = exc.message
-    return request, plan.to_json(), error
+            error = exc.worded(merge_words)
+    return CheckedMerge(request, plan, plan.to_json(), error)
 
 
 def read_yaml(path: Path) -> tuple[str, MergeSpec | None]:
@@ -429,8 +453,7 @@ class MergeController(QObject):
     def open_dialog(self, models: list[Path], output_folder: Path) -> MergeDialog:
         dialog = MergeDialog(models, output_folder, self.window)
         dialog.plan_wanted.connect(lambda request: self.background.submit(
-            f"merge-plan-{id(dialog)}", lambda: plan_json(request),
-            lambda result: dialog.show_plan(*result)))
+            f"merge-plan-{id(dialog)}", lambda: plan_and_check(request), dialog.show_plan))
         dialog.import_wanted.connect(lambda path: self.background.submit(
             f"merge-import-{id(dialog)}", lambda: read_yaml(Path(path)),
             lambda result: dialog.load_yaml(result[0], Path(path), result[1]),
@@ -439,7 +462,8 @@ class MergeController(QObject):
             f"merge-export-{id(dialog)}", lambda: Path(path).write_text(text, encoding="utf-8"),
             lambda _result: None,
             lambda error: QMessageBox.warning(dialog, "Cannot export", str(error))))
-        dialog.accepted.connect(lambda: self.start(dialog.request(), dialog.model_paths()))
+        dialog.accepted.connect(lambda: self.start(dialog.checked_request(),
+                                                   dialog.model_paths()))
         dialog.open()
         return dialog
 

@@ -36,6 +36,7 @@ from app.core.formats.gguf_model import GGUF_EXPERT_LAYOUTS
 from app.core.formats.model_info import ModelInfo
 from app.core.jobs import JobResult
 from app.gui.background import Background
+from app.gui.option_words import relayout_words
 from app.gui.worker import JobQueue
 
 # What each choice produces, in the sheet's words.
@@ -113,7 +114,7 @@ def plan_and_check(request: RelayoutRequest) -> CheckedRelayout:
         planned = request.plan()
         check_disk(planned.disk_check_plan())
     except ModelyardError as exc:
-        return CheckedRelayout(request, None, exc.message)
+        return CheckedRelayout(request, None, exc.worded(relayout_words))
     return CheckedRelayout(request, PlannedRelayout.of(request, planned), None)
 
 

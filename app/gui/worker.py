@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from app.core.errors import OptionFact
+from app.core.errors import OptionFact, OptionWords
 from app.core.jobs import (
     CancelToken,
     JobRequest,
@@ -32,7 +32,7 @@ from app.core.jobs import (
     runs_in_child_process,
 )
 from app.core.jobs_process import run_in_child
-from app.gui.option_words import gui_words
+from app.gui.option_words import gui_words, job_words
 
 JobState = str  # queued | running | done | failed | cancelled
 
@@ -81,7 +81,8 @@ class _QtReporter:
     deadlocked once (the worker held the GIL inside connect, the UI thread waited for it)."""
 
     def __init__(self, worker: _Worker, job_id: int, token: CancelToken,
-                 log_file: IO[str] | None) -> None:
+                 log_file: IO[str] | None, words: OptionWords = gui_words) -> None:
+        self.words = words
         self.progressed = worker.progressed
         self.logged = worker.logged
         self.job_id = job_id
@@ -109,7 +110,7 @@ class _QtReporter:
         return self.token.is_set()
 
     def word_option(self, option: OptionFact) -> str | None:
-        return gui_words(option)
+        return self.words(option)
 
 
 class _Worker(QObject):
@@ -133,7 +134,7 @@ class _Worker(QObject):
         self.started.emit(job_id)
         log_file = _open_log(log_path)
         try:
-            reporter = _QtReporter(self, job_id, token, log_file)
+            reporter = _QtReporter(self, job_id, token, log_file, job_words(request))
             reporter.log("info", request.title)
             if runs_in_child_process(request):
                 try:

@@ -141,7 +141,7 @@ def test_stand_in_rows(base_named: bool, stand_in_for_c: float) -> None:
 
     # Tokens: t0 in all three; t1 in the base and b; t2 in b and c; t3 in c only.
     ids = {0: [0, 1, -1, -1], 1: [0, 1, 2, -1], 2: [0, -1, 1, 2]}
-    vocab = UnionVocab(None, 4, ids, 0 if base_named else None)
+    vocab = UnionVocab({}, 4, ids, 0 if base_named else None)
     rows = [torch.tensor([[1.0], [2.0]]), torch.tensor([[10.0], [20.0], [30.0]]),
             torch.tensor([[100.0], [200.0], [300.0]])]
     a, b, c = vocab.permuted([0, 1, 2], rows)

@@ -42,6 +42,29 @@ def test_the_window_words_options_as_controls_or_not_at_all() -> None:
         assert not FLAG.search(gui_words(OptionFact(name, value)) or "")
 
 
+def test_each_sheet_words_the_option_as_its_own_control() -> None:
+    from app.core.convert import ConvertRequest
+    from app.core.convert.relayout import RelayoutRequest
+    from app.core.merge import MergeRequest
+    from app.gui.option_words import gui_words, job_words, merge_words, relayout_words
+
+    replace_it = OptionFact("overwrite", True)
+    assert "merge sheet" in (merge_words(replace_it) or "")
+    assert "Fix expert layout sheet" in (relayout_words(replace_it) or "")
+    assert "merge sheet" in (merge_words(OptionFact("out_type")) or "")
+    assert "layout" in (relayout_words(OptionFact("experts")) or "")
+    # Neither sheet has a device control: the convert sheet's is not offered in their place.
+    assert merge_words(OptionFact("device", "cpu")) is None
+    assert relayout_words(OptionFact("device", "cpu")) is None
+    for words in (merge_words, relayout_words):
+        for name in ("overwrite", "out_type", "experts", "device", "shard_bytes"):
+            assert not FLAG.search(words(OptionFact(name, True)) or "")
+    assert job_words(MergeRequest(Path("out"))) is merge_words
+    assert job_words(RelayoutRequest(Path("in.gguf"), Path("out.gguf"), "split")) is (
+        relayout_words)
+    assert job_words(ConvertRequest(Path("in"))) is gui_words
+
+
 def test_a_job_result_carries_the_option_and_the_reporters_words() -> None:
     plain = run_job(FailsWithOption(), RecordingReporter())
     assert plain.option == OptionFact("backend", "transformers")

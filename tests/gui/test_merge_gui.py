@@ -10,7 +10,7 @@ from gui_helpers import open_window, settle
 from PySide6.QtWidgets import QApplication
 
 import factories
-from app.core.merge import parse_config
+from app.core.merge import MergeRequest, parse_config
 from app.gui.main_window import MainWindow
 from app.gui.merge_dialog import MergeDialog
 
@@ -117,4 +117,52 @@ def test_a_broken_input_is_refused_in_the_plan(qtbot, window: MainWindow,  # typ
     wait_plan(qtbot, window, dialog)
     assert not dialog.tabs.widget(0).isEnabled()
     assert dialog.start.isEnabled()
+    dialog.reject()
+
+
+def test_the_job_runs_the_plan_the_sheet_checked(qtbot, window: MainWindow,  # type: ignore[no-untyped-def]
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = window.settings.folders()[0]
+    window.merge_action.trigger()
+    dialog = open_dialog()
+    assert dialog is not None
+    dialog.add_model(folder / "llama-a")
+    dialog.add_model(folder / "llama-b")
+    dialog.output.setText(str(folder / "checked"))
+    wait_plan(qtbot, window, dialog)
+    assert dialog.start.isEnabled()
+    shown = dialog.checked_request().program
+    assert shown is not None
+    submitted: list[object] = []
+    submit = window.queue.submit
+    monkeypatch.setattr(window.queue, "submit",
+                        lambda request: (submitted.append(request), submit(request))[1])
+    lines: list[str] = []
+    window.queue.job_logged.connect(lambda _job, _level, text: lines.append(text))
+    dialog.start.click()
+    settle(qtbot, window)
+    merges = [r for r in submitted if isinstance(r, MergeRequest)]
+    assert len(merges) == 1 and merges[0].program is shown
+    assert (folder / "checked" / "model.safetensors").is_file()
+    # The job's process ran that plan: it did not plan the merge again.
+    assert lines and not any(line.startswith("planning") for line in lines)
+
+
+def test_an_option_error_names_the_merge_sheets_control(qtbot, window: MainWindow,  # type: ignore[no-untyped-def]
+                                                        tmp_path: Path) -> None:
+    folder = window.settings.folders()[0]
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    window.merge_action.trigger()
+    dialog = open_dialog()
+    assert dialog is not None
+    dialog.add_model(folder / "llama-a")
+    dialog.add_model(folder / "llama-b")
+    dialog.output.setText(str(taken))
+    wait_plan(qtbot, window, dialog)
+    text = dialog.summary.text()
+    assert "output already exists" in text
+    assert "(choose another Output folder in the merge sheet)" in text
+    assert "--" not in text and "convert sheet" not in text
+    assert not dialog.start.isEnabled()
     dialog.reject()

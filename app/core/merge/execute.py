@@ -154,8 +154,9 @@ def _write_side_files(plan: MergePlan, folder: Path, reporter: Reporter) -> None
         transformers.GenerationConfig.from_model_config(config).save_pretrained(folder)
     tokenizer = plan.models[plan.tokenizer_from].path
     if plan.vocab is not None:
-        plan.vocab.tokenizer.save_pretrained(folder)
-        copied = ["tokenizer.json"]
+        for name, data in plan.vocab.tokenizer_files.items():
+            (folder / name).write_bytes(data)
+        copied = sorted(plan.vocab.tokenizer_files)
     elif tokenizer.is_file():
         _gguf_tokenizer(tokenizer, folder, reporter)
         copied = ["tokenizer.json"] if (folder / "tokenizer.json").is_file() else []

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from app.core.errors import OptionError
+from app.core.errors import OptionError, OptionFact
 from app.core.jobs import ProgressUnit, Reporter
 from app.core.merge.config import MergeConfig, parse_config, read_config
 from app.core.merge.plan import MergePlan
@@ -33,6 +33,9 @@ class MergeRequest:
     progress_unit: ProgressUnit = "bytes"
     # Loads torch and whole tensors: a crash must not take the window with it.
     runs_in_child_process: ClassVar[bool] = True
+    # The plan already made and checked for this request (the window's sheet, the CLI): the
+    # job runs it as it is instead of planning again.
+    program: MergePlan | None = field(default=None, compare=False, repr=False)
 
     @property
     def title(self) -> str:
@@ -56,10 +59,14 @@ class MergeRequest:
         from app.core.quant.targets import get_target
 
         # An unknown type is refused (OptionError listing the types) before anything starts.
-        out_type = get_target(self.out_type.strip().upper()).name if self.out_type else None
+        try:
+            out_type = get_target(self.out_type.strip().upper()).name if self.out_type else None
+        except OptionError as exc:
+            raise OptionError(exc.reason, hint=exc.hint, option=OptionFact("out_type")) from None
         if out_type is not None and out_type not in writable_output_types():
             raise OptionError(f"GGUF type {out_type} cannot be written yet",
-                              hint=f"writable: {', '.join(writable_output_types())}")
+                              hint=f"writable: {', '.join(writable_output_types())}",
+                              option=OptionFact("out_type"))
         return plan_merge(self.config(), self.target, device=resolve_device(self.device),
                           allow_partial=self.allow_partial, overwrite=self.overwrite,
                           shard_bytes=self.shard_bytes, gguf_type=out_type)
@@ -67,8 +74,11 @@ class MergeRequest:
     def run(self, reporter: Reporter):  # noqa: ANN201 - MergeResult, imported lazily (torch)
         from app.core.merge.execute import run_merge
 
-        reporter.log("info", f"planning {self.title.lower()}")
-        return run_merge(self.plan(), reporter, check_memory=self.check_memory)
+        plan = self.program
+        if plan is None:
+            reporter.log("info", f"planning {self.title.lower()}")
+            plan = self.plan()
+        return run_merge(plan, reporter, check_memory=self.check_memory)
 
 
 def check_resources(plan: MergePlan) -> None:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.core.errors import BadInputError, OptionError
+from app.core.errors import BadInputError, OptionError, OptionFact
 from app.core.merge.canonical import Layout, split_layer, unit_shape, with_layer
 from app.core.merge.config import (
     DTYPES,
@@ -411,7 +411,8 @@ def plan_merge(config: MergeConfig, target: str | Path, *, device: str = "cpu",
     for output in outputs:
         if output.exists() and not overwrite:
             raise BadInputError("output already exists", path=output,
-                                hint="choose another name or allow overwriting")
+                                hint="choose another name or allow overwriting",
+                                option=OptionFact("overwrite", True))
     if not target.parent.is_dir():
         raise BadInputError("output folder does not exist", path=target.parent)
     models = _open_models(config)

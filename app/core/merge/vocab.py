@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.core.errors import BadInputError
@@ -26,7 +27,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class UnionVocab:
-    tokenizer: Any  # transformers' fast tokenizer, saved beside the merge
+    # The union tokenizer as the files transformers saves (name → bytes), written beside the
+    # merge: plain data, so a plan made in one process runs in another.
+    tokenizer_files: dict[str, bytes]
     size: int
     # Per model (plan index): for each union token id, the model's own id, or -1.
     ids: dict[int, list[int]]
@@ -123,4 +126,7 @@ def build_union(models: Sequence[ModelSource], order: Sequence[int], base: int,
             old = own.get(token, -1)
             mapping[new] = old if 0 <= old < limits[i] else -1
         ids[i] = mapping
-    return UnionVocab(union, size, ids, base if base_named else None)
+    with tempfile.TemporaryDirectory() as folder:
+        union.save_pretrained(folder)
+        files = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+    return UnionVocab(files, size, ids, base if base_named else None)
