@@ -115,11 +115,10 @@ def test_moe_weights_per_layer_and_ffn_compute(tmp_path: Path) -> None:
     expert_bytes = tensor_bytes(moe, "blk.0.ffn_gate_exps")
     assert expert_bytes == 4 * tensor_bytes(dense, "blk.0.ffn_gate.")
     shape_moe, shape_dense = model_shape(moe), model_shape(dense)
-    ffn_moe = (4 * 512 * 2 + 2 * 64) * 256 * 4
-    ffn_dense = (4 * 512 + 2 * 64) * 256 * 4
-    assert compute_buffers(shape_moe, 256, False).layer_gpu >= ffn_moe
-    assert compute_buffers(shape_dense, 256, False).layer_gpu == max(
-        ffn_dense, (4 + 1) * 256 * 256 * 4 + 6 * 64 * 256 * 4)
+    # the up, gate and SwiGLU outputs of both experts used, for 256 tokens in f32
+    moe_buffers = compute_buffers(shape_moe, 256, False)
+    assert moe_buffers.layer_gpu >= 3 * 2 * 512 * 256 * 4
+    assert moe_buffers.layer_gpu > compute_buffers(shape_dense, 256, False).layer_gpu
 
 
 def test_layer_placement_follows_llama_cpp() -> None:
