@@ -146,9 +146,12 @@ def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
       hidden-state rows, one of which is a gap the allocator leaves between them;
     - the output: f32 logits for the whole micro-batch and two hidden-state rows (the inputs
       are freed by then).
-    Checked against the sizes llama.cpp 0.3.36 reports for hidden sizes 512-4096, 1-8 query
-    heads per KV head, experts, vocabularies of 2k-128k and contexts 256-8192: 84 shapes and
-    contexts with flash attention off within +3.8/-3.9 % (tests/bench/fit_accuracy.py)."""
+    Checked against the sizes llama.cpp 0.3.36 reports (tests/bench/fit_accuracy.py) for hidden
+    sizes 512-4096, 1-8 query heads per KV head, experts, vocabularies of 2k-128k and contexts
+    256-8192, flash attention off: 14 shapes the terms were read from within +4.2/-3.9 % at 6
+    contexts each, 6 other shapes within +2.7/-6.9 %. The misses are where the allocator puts
+    the logits above a gap the last layer left (up to 4 hidden-state rows) or, with flash
+    attention on, where the FFN is as narrow as the hidden state (over by half)."""
     kv = padded_context(context)
     ubatch = min(context, n_ubatch)
     f32, f16, i64 = 4, 2, 8
@@ -174,10 +177,10 @@ def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
         attention = inputs + scores + 5 * row
         # On the CPU the softmax is converted to f16 for the V product (ggml's work buffer).
         conversion = shape.n_head * kv * ubatch * f16
-        # The gap closes when the freed score block holds one and a half up projections; when
-        # it holds just one, the allocator reuses it in some layouts (counted as half a row;
+        # The gap closes when the freed score block holds two up projections; when it holds
+        # one, the allocator reuses it in some layouts and not others (counted as half a row;
         # an MoE's router tensors take that block first).
-        gap = (0 if 2 * scores >= 3 * ffn_row
+        gap = (0 if scores >= 2 * ffn_row
                else row // 2 if scores >= ffn_row and not shape.n_experts else row)
         ffn = inputs // caches * caches_later + 3 * ffn_row + 3 * row + gap
     # The CPU converts the down projection's input to the weights' dot-product type (f16 for
