@@ -23,7 +23,7 @@
 Modelyard's own jobs (conversion, requantization) are measured against their plans' estimates by
 tests/bench/convert_peak.py. Target: within 5 %, and never more than 3 % under (an
 under-estimate says "fits" when it does not); rows outside it are marked. The full run takes
-about five minutes on 2 idle cores.
+about seven minutes on 2 cores.
 """
 
 from __future__ import annotations

@@ -110,11 +110,11 @@ def activation_bytes(shape: ModelShape, context: int, dtype_bytes: int,
     On the CPU, glibc keeps a layer's freed intermediates on its heap while the next layer's
     are made (its mmap threshold follows the freed blocks up to 32 MiB), so peak RSS holds
     about two sets; so does it for score tensors up to 32 MiB, while larger ones are mapped and
-    unmapped on their own. Peak RSS
-    varies from run to run with the allocator's arenas (tests/bench/fit_accuracy.py takes the
-    median of several runs): llama 512x8 float32 at 2048, eight runs each on a shared machine,
-    sdpa 624-717 MiB (median 664) against 673 estimated, eager 837-930 MiB (median 908)
-    against 945; a single run of 845 MiB once read as a 10 % over-estimate."""
+    unmapped on their own. Peak RSS varies from run to run in float32 (not with
+    MALLOC_ARENA_MAX=1 alone), so tests/bench/fit_accuracy.py compares medians: llama 512x8
+    float32 at 2048 on a shared machine, sixteen sdpa runs 624-730 MiB (median 684) against 673
+    estimated, eleven eager runs 837-941 MiB (median 909) against 945; a single low run of 845
+    MiB once read as a 10 % over-estimate. bfloat16 runs vary by 1 %."""
     experts = max(shape.n_experts_used, 1)
     per_token = 4 * shape.n_embd + 2 * shape.n_ff * experts
     intermediates = context * per_token * dtype_bytes * (2 if on_cpu else 1)
