@@ -110,8 +110,8 @@ def activation_bytes(shape: ModelShape, context: int, dtype_bytes: int,
     On the CPU, glibc keeps a layer's freed intermediates on its heap while the next layer's
     are made (its mmap threshold follows the freed blocks up to 32 MiB), so peak RSS holds
     about two sets; so does it for score tensors up to 32 MiB, while larger ones are mapped and
-    unmapped on their own. Peak RSS varies from run to run in float32 (not with
-    MALLOC_ARENA_MAX=1 alone), so tests/bench/fit_accuracy.py compares medians: llama 512x8
+    unmapped on their own. Peak RSS varies from run to run in float32 (MALLOC_ARENA_MAX=1
+    does not steady it), so tests/bench/fit_accuracy.py compares medians: llama 512x8
     float32 at 2048 on a shared machine, sixteen sdpa runs 624-730 MiB (median 684) against 673
     estimated, eleven eager runs 837-941 MiB (median 909) against 945; a single low run of 845
     MiB once read as a 10 % over-estimate. bfloat16 runs vary by 1 %."""
