@@ -434,3 +434,68 @@ def tree_digest(*paths: Path) -> dict[str, str]:
                     digest.update(block)
             digests[str(file)] = digest.hexdigest()
     return digests
+
+
+def make_sparse_llama_gguf(path: Path, *, n_layers: int = 2, n_embd: int = 512,
+                           n_ff: int = 1024, n_vocab: int = 2000, n_head: int = 8,
+                           n_head_kv: int = 8, n_experts: int = 0,
+                           context_length: int = 32768) -> Path:
+    """A llama GGUF of any size that costs no disk: the header and tensor table of F16 weights
+    (F32 norms), then a sparse hole where the data would be. llama.cpp loads it (its weights
+    read as zeros), which is all a test of its buffer sizes needs."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(path.stem)
+    writer.add_block_count(n_layers)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(n_embd)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    if n_experts:
+        writer.add_expert_count(n_experts)
+        writer.add_expert_used_count(2)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([f"t{i}" for i in range(n_vocab)])
+    writer.add_token_types([1] * n_vocab)
+    writer.add_token_merges(["t 1"])
+    kv_width = n_embd // n_head * n_head_kv
+    tensors: list[tuple[str, tuple[int, ...], type]] = [
+        ("token_embd.weight", (n_vocab, n_embd), np.float16)]
+    for layer in range(n_layers):
+        prefix = f"blk.{layer}"
+        tensors += [(f"{prefix}.attn_norm.weight", (n_embd,), np.float32),
+                    (f"{prefix}.attn_q.weight", (n_embd, n_embd), np.float16),
+                    (f"{prefix}.attn_k.weight", (kv_width, n_embd), np.float16),
+                    (f"{prefix}.attn_v.weight", (kv_width, n_embd), np.float16),
+                    (f"{prefix}.attn_output.weight", (n_embd, n_embd), np.float16),
+                    (f"{prefix}.ffn_norm.weight", (n_embd,), np.float32)]
+        if n_experts:
+            tensors += [(f"{prefix}.ffn_gate_inp.weight", (n_experts, n_embd), np.float32)]
+            tensors += [(f"{prefix}.ffn_{kind}_exps.weight", (n_experts, *shape), np.float16)
+                        for kind, shape in (("gate", (n_ff, n_embd)), ("up", (n_ff, n_embd)),
+                                            ("down", (n_embd, n_ff)))]
+        else:
+            tensors += [(f"{prefix}.ffn_gate.weight", (n_ff, n_embd), np.float16),
+                        (f"{prefix}.ffn_up.weight", (n_ff, n_embd), np.float16),
+                        (f"{prefix}.ffn_down.weight", (n_embd, n_ff), np.float16)]
+    tensors += [("output_norm.weight", (n_embd,), np.float32),
+                ("output.weight", (n_vocab, n_embd), np.float16)]
+    data_bytes = 0
+    for name, shape, dtype in tensors:
+        n_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        writer.add_tensor_info(name, shape, np.dtype(dtype), n_bytes)
+        data_bytes += writer.ggml_pad(n_bytes, writer.data_alignment)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    handle = writer.fout[0]
+    writer.write_padding(handle, handle.tell())
+    data_start = handle.tell()
+    writer.close()
+    os.truncate(path, data_start + data_bytes)
+    return path

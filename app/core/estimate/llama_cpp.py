@@ -6,7 +6,7 @@ n_layer+1-k … n_layer, so the output layer is the first to go to the GPU and k
 offloads everything. Layers split across GPUs in proportion to their free memory. Each layer's KV
 cache lives with the layer. Compute-buffer sizes come from the graph shapes of one micro-batch
 (the worst case llama.cpp reserves), calibrated against the sizes llama.cpp itself reports for
-several model shapes and context lengths (within ~6 %, see tests/bench/fit_accuracy.py).
+several model shapes and context lengths (see `compute_buffers`).
 """
 
 from __future__ import annotations
@@ -125,33 +125,71 @@ class ComputeBuffers:
     logits: int  # the output layer's graph with logits for a whole micro-batch (GPU reserve)
     inputs: int
 
+    @property
+    def reserved(self) -> int:
+        """The one buffer llama.cpp reserves when the whole graph runs on one device."""
+        return max(self.layer_gpu, self.logits)
+
 
 def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
                     n_ubatch: int = N_UBATCH) -> ComputeBuffers:
-    """Worst-case compute buffers for one micro-batch attending to a full context."""
+    """Worst-case compute buffers for one micro-batch attending to a full context.
+
+    llama.cpp reserves the graph of a full micro-batch (n_ubatch = min(512, n_ctx) tokens, all
+    of them outputs) attending to every KV cell, and ggml's graph allocator sizes the buffer by
+    the largest set of tensors alive at once. That is the largest of three moments:
+    - attention without flash attention: the graph's inputs, which stay allocated until the last
+      layer has used them (the f32 KQ mask, n_kv x n_ubatch, and the int64 row indices that
+      scatter each value of V into its transposed cache), the f32 scores of every head
+      (n_head x n_kv x n_ubatch; the softmax runs in place) and five hidden-state rows;
+    - the FFN: the inputs, the up, gate and SwiGLU outputs (per expert used), and four
+      hidden-state rows, one of which is a gap the allocator leaves between them;
+    - the output: f32 logits for the whole micro-batch and two hidden-state rows (the inputs
+      are freed by then).
+    Checked against the sizes llama.cpp 0.3.36 reports (tests/bench/fit_accuracy.py) for hidden
+    sizes 512-4096, 1-8 query heads per KV head, experts, vocabularies of 2k-128k and contexts
+    256-8192, flash attention off: 14 shapes the terms were read from within +4.2/-3.9 % at 6
+    contexts each, 6 other shapes within +2.7/-6.9 %. The misses are where the allocator puts
+    the logits above a gap the last layer left (up to 4 hidden-state rows) or, with flash
+    attention on, where the FFN is as narrow as the hidden state (over by half)."""
     kv = padded_context(context)
     ubatch = min(context, n_ubatch)
-    f32 = 4
-    # Sliding-window models keep a second KQ mask for their windowed layers (llama_kv_cache_iswa).
-    masks = 2 if any(shape.swa_layers) else 1
-    if flash_attention:
-        attention = 2 * kv * ubatch * 2 * masks + 8 * shape.n_embd * ubatch * f32
-        conversion = 0
-    else:
-        # KQ scores for every head plus the masks, all f32 ...
-        attention = ((shape.n_head + masks) * kv * ubatch * f32
-                     + 6 * shape.n_embd * ubatch * f32)
-        # ... and on the CPU the softmax converted to f16 for the V product (ggml's wdata).
-        conversion = shape.n_head * kv * ubatch * 2
+    f32, f16, i64 = 4, 2, 8
+    # Sliding-window models keep a second KV cache with its own mask and indices
+    # (llama_kv_cache_iswa). A cache's inputs are freed after the last layer that reads them,
+    # so a layer's FFN sees only those of the caches later layers use.
+    kinds = shape.swa_layers or (False,) * shape.n_layer
+    caches = len(set(kinds)) or 1
+    caches_later = len(set(kinds[1:]))
+    row = shape.n_embd * ubatch * f32
     experts = max(shape.n_experts_used, 1)
-    ffn = (4 * shape.n_ff * experts + 2 * shape.n_embd) * ubatch * f32
+    ffn_row = shape.n_ff * experts * ubatch * f32
+    if flash_attention:
+        # The mask is f16 and V is stored untransposed (one index per token, negligible).
+        inputs = caches * kv * ubatch * f16
+        attention = inputs + 8 * row
+        conversion = 0
+        ffn = inputs // caches * caches_later + 3 * ffn_row + 4 * row
+    else:
+        v_width = max(shape.n_head_kv, default=0) * shape.head_dim_v
+        inputs = caches * (kv * ubatch * f32 + v_width * ubatch * i64)
+        scores = shape.n_head * kv * ubatch * f32
+        attention = inputs + scores + 5 * row
+        # On the CPU the softmax is converted to f16 for the V product (ggml's work buffer).
+        conversion = shape.n_head * kv * ubatch * f16
+        # The gap closes when the freed score block holds two up projections; when it holds
+        # one, the allocator reuses it in some layouts and not others (counted as half a row;
+        # an MoE's router tensors take that block first).
+        gap = (0 if scores >= 2 * ffn_row
+               else row // 2 if scores >= ffn_row and not shape.n_experts else row)
+        ffn = inputs // caches * caches_later + 3 * ffn_row + 3 * row + gap
     # The CPU converts the down projection's input to the weights' dot-product type (f16 for
-    # F16 weights, about a byte for Q8_0/Q8_1) in the same work buffer.
-    ffn_conversion = shape.n_ff * experts * ubatch * 2
-    logits = shape.n_vocab * ubatch * f32 + 3 * shape.n_embd * ubatch * f32
+    # F16 weights, about a byte for Q8_0/Q8_1) in its work buffer, outside this one.
+    ffn_conversion = shape.n_ff * experts * ubatch * f16
+    logits = shape.n_vocab * ubatch * f32 + 2 * row
     layer = max(attention, ffn)
     return ComputeBuffers(layer, max(attention + conversion, ffn + ffn_conversion), logits,
-                          2 * shape.n_embd * ubatch * f32)
+                          2 * row)
 
 
 def runtime_overhead(shape: ModelShape) -> int:

@@ -29,6 +29,9 @@ HF_LAYER = re.compile(r"\.layers\.(\d+)\.|^blk\.(\d+)\.")
 # transformers reads a GGUF with gguf-py and dequantizes it to float32 unless told otherwise.
 GGUF_LOAD_DTYPE = "float32"
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+# glibc serves blocks up to its mmap threshold from the heap, which keeps freed blocks
+# resident; the threshold follows freed blocks up to this (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit).
+GLIBC_MMAP_THRESHOLD_MAX = 32 * MIB
 
 
 def checkpoint_dtype(model: ModelInfo) -> str:
@@ -79,6 +82,17 @@ def hf_kv_cache_bytes(shape: ModelShape, context: int, dtype_bytes: int) -> int:
     return total * dtype_bytes
 
 
+def eager_score_bytes(dtype_bytes: int) -> int:
+    """Bytes each attention score holds at eager attention's peak.
+
+    transformers' `eager_attention_forward` keeps two [heads, q, k] tensors alive at each step
+    (the product and its scaled copy, then the scaled and the masked scores); its softmax runs
+    in float32 (`dtype=torch.float32`), so in half precision the masked scores (2 bytes), their
+    float32 copy and the float32 softmax (4 + 4) are alive together; in float32 the copy is the
+    input itself."""
+    return 8 if dtype_bytes == 4 else dtype_bytes + 8
+
+
 def activation_bytes(shape: ModelShape, context: int, dtype_bytes: int,
                      attention: str = "sdpa", on_cpu: bool = True) -> int:
     """Prefill of a whole context at once: hidden states and MLP intermediates, the attention
@@ -86,20 +100,31 @@ def activation_bytes(shape: ModelShape, context: int, dtype_bytes: int,
 
     transformers' default attention is torch's `scaled_dot_product_attention`, whose kernels
     (flash attention on the CPU, flash or memory-efficient on CUDA) work in tiles and never hold
-    the [heads, context, context] score matrix; `eager` attention holds it twice at its peak
-    (the masked scores and float32 softmax: 8 bytes a score whatever the dtype). On the CPU,
-    glibc keeps a layer's freed intermediates on its heap while the next layer's are made (its
-    mmap threshold follows the freed blocks up to 32 MiB), so peak RSS holds about two sets.
-    Measured, llama 512x8 float32, sdpa: 584/617/656/771/1030 MiB at context
-    512/1024/2048/4096/8192 against 589/617/673/785/1009 estimated; eager at 2048: 913-915
-    MiB against 929 (tests/bench/fit_accuracy.py). Peak RSS varies from run to run with the
-    allocator's arenas: 624-720 MiB over six runs at 2048 on a loaded machine, and 600 MiB with
-    glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_), which is the live peak."""
+    the [heads, context, context] score matrix, and which gets no mask (causal is a flag).
+    `eager` attention holds the scores (`eager_score_bytes`) one layer at a time, plus the 4-D
+    causal mask [1, 1, q, k] in the model's dtype that lives for the whole forward. Counted
+    with a TorchDispatchMode on llama 512x8 at context 2048: live peak 327 MiB in float32 (two
+    127 MiB score tensors, the 15.9 MiB mask, the KV cache) and 354 MiB in bfloat16 (63.5 MiB
+    of bf16 scores, 127 MiB each of their float32 copy and softmax, the mask). Generation asks
+    for the last token's logits only (`logits_to_keep`), so the vocabulary counts once.
+    On the CPU, glibc keeps a layer's freed intermediates on its heap while the next layer's
+    are made (its mmap threshold follows the freed blocks up to 32 MiB), so peak RSS holds
+    about two sets; so does it for score tensors up to 32 MiB, while larger ones are mapped and
+    unmapped on their own. Peak RSS varies from run to run in float32 (MALLOC_ARENA_MAX=1
+    does not steady it), so tests/bench/fit_accuracy.py compares medians: llama 512x8
+    float32 at 2048 on a shared machine, sixteen sdpa runs 624-730 MiB (median 684) against 673
+    estimated, eleven eager runs 837-941 MiB (median 909) against 945; a single low run of 845
+    MiB once read as a 10 % over-estimate. bfloat16 runs vary by 1 %."""
     experts = max(shape.n_experts_used, 1)
     per_token = 4 * shape.n_embd + 2 * shape.n_ff * experts
     intermediates = context * per_token * dtype_bytes * (2 if on_cpu else 1)
-    scores = 8 * shape.n_head * context * context if attention == "eager" else 0
-    return intermediates + scores + shape.n_vocab * 4
+    attention_bytes = 0
+    if attention == "eager":
+        scores = eager_score_bytes(dtype_bytes) * shape.n_head * context * context
+        if on_cpu and 4 * shape.n_head * context * context <= GLIBC_MMAP_THRESHOLD_MAX:
+            scores *= 2  # small enough for the heap, which keeps them as it keeps the MLP's
+        attention_bytes = scores + context * context * dtype_bytes
+    return intermediates + attention_bytes + shape.n_vocab * 4
 
 
 def conversion_transient(model: ModelInfo, load_dtype: str) -> int:
