@@ -190,9 +190,11 @@ def make_qkx2_quants_torch(x: torch.Tensor, weights: torch.Tensor, nmax: int, rm
 
 def _levels(out: torch.Tensor, xt: torch.Tensor, low: torch.Tensor, iscale: torch.Tensor,
             nmax: int) -> torch.Tensor:
-    """MAX(0, MIN(nmax, nearest_int(iscale * (x - min)))) into `out`; the product stays within
-    nearest_int's range, where torch.round agrees with it."""
-    return torch.sub(xt, low, out=out).mul_(iscale).round_().clamp_(0, nmax)
+    """MAX(0, MIN(nmax, nearest_int(iscale * (x - min)))) into `out`, with nearest_int's bit
+    trick: a span max - min that is denormal makes iscale inf, and the C's codes for inf and
+    NaN products are 0, not what round() and a clamp give."""
+    torch.sub(xt, low, out=out).mul_(iscale)
+    return out.copy_(nearest_int(out)).clamp_(0, nmax)
 
 
 def _error(out: torch.Tensor, scale: torch.Tensor, codes: torch.Tensor, minimum: torch.Tensor,

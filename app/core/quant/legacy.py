@@ -51,7 +51,8 @@ def _absmax(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def first_absmax(blocks: torch.Tensor) -> torch.Tensor:
-    """The signed value of largest magnitude in each block; the first one on ties, like ggml."""
+    """The signed value of largest magnitude in each block; the first one on ties, like ggml;
+    +0.0 for a block of zeros."""
     top = blocks.amax(dim=1, keepdim=True)
     bottom = blocks.amin(dim=1, keepdim=True)
     peak = torch.where(top > -bottom, top, bottom)
@@ -63,7 +64,9 @@ def first_absmax(blocks: torch.Tensor) -> torch.Tensor:
         rows = tied.nonzero().squeeze(1)
         subset = blocks[rows]
         peak[rows] = subset.gather(1, subset.abs().argmax(dim=1, keepdim=True))
-    return peak
+    # The C's `max` starts at +0.0 and only a larger magnitude replaces it: a block of zeros
+    # (-0.0 among them) gives +0.0, whose sign reaches d = max / -8 and the stored float16.
+    return peak.add_(0.0)
 
 
 def _to_codes(values: torch.Tensor, top: int) -> torch.Tensor:

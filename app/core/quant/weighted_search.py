@@ -112,8 +112,8 @@ def make_qkx3_quants_torch(x: torch.Tensor, weights: torch.Tensor, nmax: int, rm
     codes 0..nmax).
 
     Works on the groups transposed ([n, N]: element i of every group contiguous), so the
-    element-by-element sums need no copies; the levels are only ever finite and below 2**22
-    here, where torch.round is nearest_int().
+    element-by-element sums need no copies; the levels use nearest_int's bit trick, which
+    differs from rounding where a denormal span makes iscale inf.
     """
     device = x.device
     low = _running_min(x)
@@ -128,8 +128,7 @@ def make_qkx3_quants_torch(x: torch.Tensor, weights: torch.Tensor, nmax: int, rm
     nmax_f = torch.tensor(float(nmax), dtype=f32, device=device)
 
     def levels_for(iscale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
-        levels = torch.sub(xt, minimum).mul_(iscale)
-        return levels.round_().clamp_(0, nmax)
+        return nearest_int(torch.sub(xt, minimum).mul_(iscale)).clamp_(0, nmax)
 
     def weighted_error(scale: torch.Tensor, minimum: torch.Tensor,
                        levels: torch.Tensor) -> torch.Tensor:
