@@ -34,6 +34,15 @@ def f16_bytes(values: torch.Tensor) -> torch.Tensor:
     return values.to(torch.float16).contiguous().view(torch.uint8).reshape(values.shape[0], 2)
 
 
+def f16_to_f32(half: torch.Tensor) -> torch.Tensor:
+    """GGML_FP16_TO_FP32 of float16 values, for the quantizers that requantize with their
+    stored scales. A NaN comes back as the C's does, quiet with no payload: torch's CPU
+    conversion sets every payload bit (0x7FFFFFFF), which nearest_int() reads as 4194303
+    where the C's NaN gives 0 (an overflowed K-quant scale and min store 0xFE00)."""
+    wide = half.to(torch.float32)
+    return torch.where(wide.isnan(), torch.nan, wide)
+
+
 def f16_field(raw: torch.Tensor, start: int) -> torch.Tensor:
     """The float16 stored at bytes [start, start + 2) of each block, as float32 [n, 1]."""
     return raw[:, start:start + 2].contiguous().view(torch.float16).to(torch.float32)
@@ -52,18 +61,22 @@ def _absmax(blocks: torch.Tensor) -> torch.Tensor:
 
 def first_absmax(blocks: torch.Tensor) -> torch.Tensor:
     """The signed value of largest magnitude in each block; the first one on ties, like ggml;
-    +0.0 for a block of zeros."""
+    +0.0 for a block of zeros (or of zeros and NaN)."""
     top = blocks.amax(dim=1, keepdim=True)
     bottom = blocks.amin(dim=1, keepdim=True)
     peak = torch.where(top > -bottom, top, bottom)
     # Where +m and -m are both present (or the block is all zeros), position decides: the
-    # rare blocks take the slow argmax path.
-    tied = (top == -bottom).squeeze(1)
+    # rare blocks take the slow argmax path. So do blocks holding NaN (amax propagates it),
+    # which the C's `fabsf(x) > amax` never picks: a Q3_K sub-block scale overflows to NaN.
+    tied = ((top == -bottom) | top.isnan()).squeeze(1)
     # On the meta device there are shapes and no values: nothing to break ties over.
     if not tied.is_meta and bool(tied.any()):
         rows = tied.nonzero().squeeze(1)
         subset = blocks[rows]
-        peak[rows] = subset.gather(1, subset.abs().argmax(dim=1, keepdim=True))
+        magnitude = subset.abs().nan_to_num_(nan=0.0)
+        largest = magnitude.amax(dim=1, keepdim=True)
+        picked = subset.gather(1, magnitude.argmax(dim=1, keepdim=True))
+        peak[rows] = torch.where(largest > 0, picked, 0.0)
     # The C's `max` starts at +0.0 and only a larger magnitude replaces it: a block of zeros
     # (-0.0 among them) gives +0.0, whose sign reaches d = max / -8 and the stored float16.
     return peak.add_(0.0)

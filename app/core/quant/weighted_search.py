@@ -34,9 +34,12 @@ def ordered_sum(values: torch.Tensor) -> torch.Tensor:
 
 def _first_of_largest_magnitude(x: torch.Tensor) -> torch.Tensor:
     """`if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }`: the signed value of the
-    first element of largest magnitude, 0 for an all-zero group. [N, n] → [N]."""
-    index = x.abs().argmax(dim=1, keepdim=True)  # argmax returns the first maximum
-    return x.gather(1, index).squeeze(1)
+    first element of largest magnitude, +0.0 for an all-zero group; never NaN (which argmax
+    would pick), as no comparison with NaN is true. [N, n] → [N]."""
+    magnitude = x.abs().nan_to_num_(nan=0.0)
+    index = magnitude.argmax(dim=1, keepdim=True)  # argmax returns the first maximum
+    peak = x.gather(1, index).squeeze(1)
+    return torch.where(magnitude.amax(dim=1) > 0, peak, 0.0)
 
 
 def make_qx_quants(x: torch.Tensor, weights: torch.Tensor,
