@@ -63,6 +63,26 @@ def _near_max(rng: np.random.Generator) -> np.ndarray:
     return rows
 
 
+def _large(rng: np.random.Generator) -> np.ndarray:
+    """Finite squares whose sums overflow: sigma2 and the searches' weighted sums reach inf."""
+    rows = _normal(rng, 3e18)
+    rows[::2] *= np.float32(1e-2)
+    return rows
+
+
+def _constant_and_spikes(rng: np.random.Generator) -> np.ndarray:
+    """Flat sub-blocks (max == min) of every magnitude, and lone spikes among zeros."""
+    rows = np.zeros((ROWS, N), np.float32)
+    rows[0] = np.float32(1e30)
+    rows[1] = np.float32(-3e-39)
+    rows[2, ::16] = np.float32(2.5)
+    rows[3, 5::32] = np.float32(-1e-39)
+    rows[4] = np.repeat(rng.choice(np.float32([7e-39, -1e20, 0.5, -0.0, 6e4]), N // 16), 16)
+    rows[5, ::2] = np.float32(-65504.0)
+    rows[5, 1::2] = np.float32(65520.0)  # float16's largest and the first value that rounds to inf
+    return rows
+
+
 def _zeros_and_denormals(rng: np.random.Generator) -> np.ndarray:
     rows = _denormal(rng)
     rows[rng.random((ROWS, N)) < 0.5] = 0.0
@@ -90,6 +110,8 @@ CASES = {
     "huge": _huge,
     "mixed": _mixed,
     "near_max": _near_max,
+    "large": _large,
+    "constant_and_spikes": _constant_and_spikes,
     "zeros_and_denormals": _zeros_and_denormals,
     "negative_zero": _negative_zero,
 }
@@ -106,24 +128,40 @@ def _differing_blocks(ours: np.ndarray, expected: np.ndarray, type_name: str) ->
     return f"{int(blocks.sum())} of {blocks.size} blocks differ (rows {rows})"
 
 
-@pytest.mark.parametrize("path", ["numpy", "torch"])
-@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "imatrix"])
+def _importance(kind: str, rng: np.random.Generator) -> np.ndarray | None:
+    """None, or an importance vector: lognormal, or with a quarter of its columns 0 (columns
+    no calibration token reached, as in an expert that was never routed)."""
+    if kind == "plain":
+        return None
+    importance = rng.lognormal(0, 2, N).astype(np.float32)
+    if kind == "sparse":
+        importance[rng.random(N) < 0.25] = 0.0
+    return importance
+
+
+@pytest.mark.parametrize("path", ["numpy", "torch", "cuda"])
+@pytest.mark.parametrize("weighting", ["plain", "imatrix", "sparse"])
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("type_name", TYPES)
-def test_adversarial_rows_give_ggml_bytes(type_name: str, case: str, weighted: bool, path: str,
+def test_adversarial_rows_give_ggml_bytes(type_name: str, case: str, weighting: str, path: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    if weighted and type_name not in WEIGHTED_TYPES:
+    if weighting != "plain" and type_name not in WEIGHTED_TYPES:
         pytest.skip("ggml has no weighted path for this type")
+    if path == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
     rng = np.random.default_rng(TYPES.index(type_name) * 100 + list(CASES).index(case))
     with np.errstate(all="ignore"):
         rows = CASES[case](rng)
-    importance = rng.lognormal(0, 2, N).astype(np.float32) if weighted else None
-    if path == "torch":  # what every other device runs
+    importance = _importance(weighting, rng)
+    if path == "torch":  # what every other device runs, here on the CPU
         monkeypatch.setattr(kquant_search_cpu, "ENABLED", False)
+    device = "cuda" if path == "cuda" else "cpu"
     expected = ggml_quantize(rows, type_name, importance)
     with np.errstate(all="ignore"):
-        ours = quantize(torch.from_numpy(rows), type_name,
-                        importance=None if importance is None else torch.from_numpy(importance))
-    got = ours.numpy()
+        ours = quantize(torch.from_numpy(rows).to(device), type_name,
+                        importance=None if importance is None
+                        else torch.from_numpy(importance).to(device))
+    assert ours.device.type == device
+    got = ours.cpu().numpy()
     assert got.shape == expected.shape
     assert np.array_equal(got, expected), _differing_blocks(got, expected, type_name)
