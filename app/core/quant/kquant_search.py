@@ -31,8 +31,14 @@ _MAGIC = 12582912.0  # 1.5 * 2**23
 def nearest_int(values: torch.Tensor) -> torch.Tensor:
     """ggml's nearest_int() as float32: add 1.5 * 2**23 and read the low mantissa bits. It
     rounds half to even for |v| < 2**22 and reproduces the C's result for anything else
-    (huge values, inf and NaN give what the C gives, not what round() gives)."""
-    bits = (values + _MAGIC).view(torch.int32)
+    (huge values and inf give what the C gives, not what round() gives).
+
+    NaN gives 0, as in the C, whose NaNs all come from x86 float arithmetic (inf/inf, inf*0
+    of overflowed scales) and carry no payload: the low bits read 0x400000. A NaN here may
+    carry one (CUDA makes 0x7FFFFFFF, torch's float16 conversion on the CPU too, which would
+    read as 4194303), so it is replaced by the magic number itself first."""
+    shifted = (values + _MAGIC).nan_to_num_(nan=_MAGIC, posinf=math.inf, neginf=-math.inf)
+    bits = shifted.view(torch.int32)
     return ((bits & 0x7FFFFF) - 0x400000).to(torch.float32)
 
 

@@ -35,8 +35,10 @@ def nearest_int(values: np.ndarray) -> np.ndarray:
     """ggml's nearest_int() of float32 `values`, in place, as float32: add 1.5 * 2**23 and read
     the low 23 bits minus 2**22. For |v| < 2**22 that is rint(); beyond it (a scale of inf from
     1/denormal, inf * 0 = NaN, an overflowed product) the C's bit pattern gives other codes
-    (0 for inf and NaN), which this reproduces."""
+    (-2**22 for inf, 0 for NaN), which this reproduces."""
     np.add(values, _MAGIC, out=values)
+    # NaN reads as 0, as the C's payload-free NaNs do (see kquant_search.nearest_int).
+    np.copyto(values, _MAGIC, where=np.isnan(values))
     bits = values.view(np.int32)
     np.bitwise_and(bits, 0x7FFFFF, out=bits)
     np.subtract(bits, 0x400000, out=bits)

@@ -34,15 +34,6 @@ def f16_bytes(values: torch.Tensor) -> torch.Tensor:
     return values.to(torch.float16).contiguous().view(torch.uint8).reshape(values.shape[0], 2)
 
 
-def f16_to_f32(half: torch.Tensor) -> torch.Tensor:
-    """GGML_FP16_TO_FP32 of float16 values, for the quantizers that requantize with their
-    stored scales. A NaN comes back as the C's does, quiet with no payload: torch's CPU
-    conversion sets every payload bit (0x7FFFFFFF), which nearest_int() reads as 4194303
-    where the C's NaN gives 0 (an overflowed K-quant scale and min store 0xFE00)."""
-    wide = half.to(torch.float32)
-    return torch.where(wide.isnan(), torch.nan, wide)
-
-
 def f16_field(raw: torch.Tensor, start: int) -> torch.Tensor:
     """The float16 stored at bytes [start, start + 2) of each block, as float32 [n, 1]."""
     return raw[:, start:start + 2].contiguous().view(torch.float16).to(torch.float32)
@@ -84,7 +75,12 @@ def first_absmax(blocks: torch.Tensor) -> torch.Tensor:
 
 def _to_codes(values: torch.Tensor, top: int) -> torch.Tensor:
     """trunc(values) as uint8, clipped to [0, top]: numpy's `.astype(np.uint8).clip(0, top)`."""
-    # The values are >= 0 for every finite input, so truncating through int32 is exact.
+    # The values are >= 0 for every finite input, so truncating through int32 is exact. A
+    # block whose scale is denormal has inverse inf and values inf or NaN: the C's cast
+    # (x86 cvttss2si) makes INT_MIN of those, code 0, and so does torch on the CPU; CUDA's
+    # conversion saturates inf to INT_MAX instead, so elsewhere they become -1 first.
+    if values.device.type != "cpu":
+        values = values.nan_to_num(nan=-1.0, posinf=-1.0, neginf=-1.0)
     return values.to(torch.int32).clamp_(0, top).to(torch.uint8)
 
 

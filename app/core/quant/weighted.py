@@ -19,7 +19,6 @@ import torch
 
 from app.core.errors import FormatError, UnsupportedError
 from app.core.quant.kquants import scale_min_k4
-from app.core.quant.legacy import f16_to_f32
 from app.core.quant.weighted_search import (
     GROUP_MAX_EPS,
     make_qkx3_quants,
@@ -40,7 +39,7 @@ CHUNK_ELEMENTS = 1 << 19
 def _f16(values: torch.Tensor) -> torch.Tensor:
     """float32 [N] → (the float16 rounding back as float32 [N], its bytes [N, 2])."""
     half = values.to(torch.float16)
-    return f16_to_f32(half), half.contiguous().view(torch.uint8).reshape(-1, 2)
+    return half.to(torch.float32), half.contiguous().view(torch.uint8).reshape(-1, 2)
 
 
 def _row_sigma2(x: torch.Tensor) -> torch.Tensor:

@@ -14,17 +14,9 @@ from __future__ import annotations
 import torch
 
 from app.core.quant import kquant_search_cpu
-from app.core.quant.kquant_search import sequential_sum
+from app.core.quant.kquant_search import nearest_int, sequential_sum
 
 GROUP_MAX_EPS = 1e-15
-
-
-def nearest_int(values: torch.Tensor) -> torch.Tensor:
-    """ggml's nearest_int() as float32: add 1.5 * 2**23 and read the low mantissa bits. Rounds
-    half to even, and gives the C's result for any input (the C asserts |x| <= 4194303 only in
-    debug builds)."""
-    bits = (values + 12582912.0).view(torch.int32)
-    return ((bits & 0x7FFFFF) - 0x400000).to(torch.float32)
 
 
 def ordered_sum(values: torch.Tensor) -> torch.Tensor:
