@@ -101,6 +101,9 @@ def _negative_zero(rng: np.random.Generator) -> np.ndarray:
     rows[4, ::2] = 0.0
     rows[4, 1::2] = -0.0
     rows[4, 300] = 1.0
+    # Blocks of +0.0 and -0.0 in random order: the C's min, max and largest magnitude keep
+    # the first zero they meet, and its sign reaches d and m.
+    rows[5] = np.where(rng.random(N) < 0.5, np.float32(-0.0), np.float32(0.0))
     return rows
 
 

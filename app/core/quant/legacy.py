@@ -73,6 +73,27 @@ def first_absmax(blocks: torch.Tensor) -> torch.Tensor:
     return peak.add_(0.0)
 
 
+def first_min(x: torch.Tensor) -> torch.Tensor:
+    """`min = x[0]; if (x[i] < min) min = x[i];` over dim 1 ([N, n] → [N]), including the
+    sign of a zero minimum (the first zero met), which reaches the output through a block's
+    stored minimum and its scale (max - min)."""
+    return _first_zero_sign(x, x.amin(dim=1))
+
+
+def first_max(x: torch.Tensor) -> torch.Tensor:
+    """`max = x[0]; if (x[i] > max) max = x[i];`: first_min's counterpart."""
+    return _first_zero_sign(x, x.amax(dim=1))
+
+
+def _first_zero_sign(x: torch.Tensor, extreme: torch.Tensor) -> torch.Tensor:
+    """extreme [N], with each zero replaced by the first zero of its row (+0.0 or -0.0)."""
+    is_zero = extreme == 0
+    if not is_zero.is_meta and bool(is_zero.any()):
+        first_zero = (x == 0).to(torch.int8).argmax(dim=1, keepdim=True)
+        extreme = torch.where(is_zero, x.gather(1, first_zero).squeeze(1), extreme)
+    return extreme
+
+
 def _to_codes(values: torch.Tensor, top: int) -> torch.Tensor:
     """trunc(values) as uint8, clipped to [0, top]: numpy's `.astype(np.uint8).clip(0, top)`."""
     # The values are >= 0 for every finite input, so truncating through int32 is exact. A
@@ -159,8 +180,8 @@ def quantize_q4_0(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_q4_1(blocks: torch.Tensor) -> torch.Tensor:
-    low = blocks.amin(dim=1, keepdim=True)
-    scale = (blocks.amax(dim=1, keepdim=True) - low) / 15
+    low = first_min(blocks).unsqueeze(1)
+    scale = (first_max(blocks).unsqueeze(1) - low) / 15
     codes = _to_codes((blocks - low).mul_(_inverse(scale)).add_(0.5), 15)
     return torch.cat([f16_bytes(scale), f16_bytes(low), _pack_nibbles(codes)], dim=1)
 
@@ -172,8 +193,8 @@ def quantize_q5_0(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_q5_1(blocks: torch.Tensor) -> torch.Tensor:
-    low = blocks.amin(dim=1, keepdim=True)
-    scale = (blocks.amax(dim=1, keepdim=True) - low) / 31
+    low = first_min(blocks).unsqueeze(1)
+    scale = (first_max(blocks).unsqueeze(1) - low) / 31
     codes = _to_codes((blocks - low).mul_(_inverse(scale)).add_(0.5), 31)
     return torch.cat([f16_bytes(scale), f16_bytes(low), _high_bits(codes),
                       _pack_nibbles(codes)], dim=1)

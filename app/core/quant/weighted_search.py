@@ -15,6 +15,7 @@ import torch
 
 from app.core.quant import kquant_search_cpu
 from app.core.quant.kquant_search import nearest_int, sequential_sum
+from app.core.quant.legacy import first_min
 
 GROUP_MAX_EPS = 1e-15
 
@@ -68,17 +69,6 @@ def make_qx_quants(x: torch.Tensor, weights: torch.Tensor,
             torch.where(zero.unsqueeze(1), 0.0, codes))
 
 
-def _running_min(x: torch.Tensor) -> torch.Tensor:
-    """`min = x[0]; if (x[i] < min) min = x[i];` including the sign of a zero minimum (the
-    first zero met), which reaches the output through a block's stored minimum."""
-    low = x.amin(dim=1)
-    is_zero = low == 0
-    if bool(is_zero.any()):
-        first_zero = (x == 0).to(torch.int8).argmax(dim=1, keepdim=True)
-        low = torch.where(is_zero, x.gather(1, first_zero).squeeze(1), low)
-    return low
-
-
 def _column_sum(values: torch.Tensor) -> torch.Tensor:
     """ordered_sum for values already laid out [n, N] (element i of every group in row i)."""
     return sequential_sum(values, from_zero=True)
@@ -92,7 +82,7 @@ def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
     of x: CPU tensors go through the NumPy search (kquant_search_cpu), others through
     make_qkx3_quants_torch."""
     if kquant_search_cpu.handles(x, weights):
-        low = _running_min(x)
+        low = first_min(x)
         low = torch.where(low > 0, 0.0, low)
         # The same search as make_qkx2_quants', from this min and with sums from 0.0f.
         return kquant_search_cpu.make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep,
@@ -111,7 +101,7 @@ def make_qkx3_quants_torch(x: torch.Tensor, weights: torch.Tensor, nmax: int, rm
     differs from rounding where a denormal span makes iscale inf.
     """
     device = x.device
-    low = _running_min(x)
+    low = first_min(x)
     high = x.amax(dim=1)
     low = torch.where(low > 0, 0.0, low)
     flat = high <= low  # L = 0, the_min = -min, scale 0
