@@ -31,8 +31,14 @@ _MAGIC = 12582912.0  # 1.5 * 2**23
 def nearest_int(values: torch.Tensor) -> torch.Tensor:
     """ggml's nearest_int() as float32: add 1.5 * 2**23 and read the low mantissa bits. It
     rounds half to even for |v| < 2**22 and reproduces the C's result for anything else
-    (huge values, inf and NaN give what the C gives, not what round() gives)."""
-    bits = (values + _MAGIC).view(torch.int32)
+    (huge values and inf give what the C gives, not what round() gives).
+
+    NaN gives 0, as in the C, whose NaNs all come from x86 float arithmetic (inf/inf, inf*0
+    of overflowed scales) and carry no payload: the low bits read 0x400000. A NaN here may
+    carry one (CUDA makes 0x7FFFFFFF, torch's float16 conversion on the CPU too, which would
+    read as 4194303), so it is replaced by the magic number itself first."""
+    shifted = (values + _MAGIC).nan_to_num_(nan=_MAGIC, posinf=math.inf, neginf=-math.inf)
+    bits = shifted.view(torch.int32)
     return ((bits & 0x7FFFFF) - 0x400000).to(torch.float32)
 
 
@@ -190,9 +196,11 @@ def make_qkx2_quants_torch(x: torch.Tensor, weights: torch.Tensor, nmax: int, rm
 
 def _levels(out: torch.Tensor, xt: torch.Tensor, low: torch.Tensor, iscale: torch.Tensor,
             nmax: int) -> torch.Tensor:
-    """MAX(0, MIN(nmax, nearest_int(iscale * (x - min)))) into `out`; the product stays within
-    nearest_int's range, where torch.round agrees with it."""
-    return torch.sub(xt, low, out=out).mul_(iscale).round_().clamp_(0, nmax)
+    """MAX(0, MIN(nmax, nearest_int(iscale * (x - min)))) into `out`, with nearest_int's bit
+    trick: a span max - min that is denormal makes iscale inf, and the C's codes for inf and
+    NaN products are 0, not what round() and a clamp give."""
+    torch.sub(xt, low, out=out).mul_(iscale)
+    return out.copy_(nearest_int(out)).clamp_(0, nmax)
 
 
 def _error(out: torch.Tensor, scale: torch.Tensor, codes: torch.Tensor, minimum: torch.Tensor,

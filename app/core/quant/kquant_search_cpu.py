@@ -26,6 +26,24 @@ ENABLED = True
 # where 1024 (whose arrays fit a core's L2 cache, 25% faster on one thread) took 0.14 s.
 LANES = 8192
 _NEG_ZERO = f32(-0.0)  # the start of every sum: -0.0 + v is v for every v, -0.0 and +0.0 too
+_MAGIC = f32(12582912.0)  # 1.5 * 2**23
+# Below this magnitude rint() is nearest_int(): v + 1.5 * 2**23 lands where the ulp is 1.
+_RINT_EXACT = f32(4194304.0)
+
+
+def nearest_int(values: np.ndarray) -> np.ndarray:
+    """ggml's nearest_int() of float32 `values`, in place, as float32: add 1.5 * 2**23 and read
+    the low 23 bits minus 2**22. For |v| < 2**22 that is rint(); beyond it (a scale of inf from
+    1/denormal, inf * 0 = NaN, an overflowed product) the C's bit pattern gives other codes
+    (-2**22 for inf, 0 for NaN), which this reproduces."""
+    np.add(values, _MAGIC, out=values)
+    # NaN reads as 0, as the C's payload-free NaNs do (see kquant_search.nearest_int).
+    np.copyto(values, _MAGIC, where=np.isnan(values))
+    bits = values.view(np.int32)
+    np.bitwise_and(bits, 0x7FFFFF, out=bits)
+    np.subtract(bits, 0x400000, out=bits)
+    np.copyto(values, bits, casting="unsafe")  # |bits| <= 2**22: exact in float32
+    return values
 
 
 def handles(x: torch.Tensor, *others: torch.Tensor) -> bool:
@@ -117,6 +135,8 @@ class _Search:
         else:
             minimum = low.copy()
         high = xt.max(axis=0)
+        # Each lane's extreme values: every level lies between the levels of these two.
+        self.ends = np.stack([high, xt.min(axis=0)])
         flat = high == minimum
         # A flat sub-block (the C returns early) gets a made-up finite span instead of 0: its
         # codes are all 0, so no try has D > 0 and nothing changes; its result is replaced.
@@ -162,17 +182,25 @@ class _Search:
         # The C keeps the codes of the winning try; recomputing them from its iscale and the
         # min it started from gives the same codes.
         self._levels(trial, xt, starts[chosen, lanes], iscales[chosen, lanes])
+        # The C's codes are uint8: never the -0.0 that rint() gives a small negative.
+        np.add(trial, f32(0.0), out=trial)
         np.copyto(scale_out, np.where(flat, f32(0.0), scales[chosen, lanes]))
         np.negative(minimum, out=min_out)
         np.copyto(codes_out, np.where(flat, f32(0.0), trial).T)
 
     def _levels(self, out: np.ndarray, xt: np.ndarray, low: np.ndarray,
                 iscale: np.ndarray) -> None:
-        """MAX(0, MIN(nmax, nearest_int(iscale * (x - min)))): within nearest_int's range,
-        where rint (half to even) agrees with it."""
+        """MAX(0, MIN(nmax, nearest_int(iscale * (x - min)))). rint where every product is
+        within 2**22 (always, but for denormal spans, overflow or NaN); nearest_int's bit
+        trick otherwise. The products are monotonic in x, so each lane's largest and smallest
+        x bound them."""
         np.subtract(xt, low, out=out)
         np.multiply(out, iscale, out=out)
-        np.rint(out, out=out)
+        bounds = np.abs((self.ends - low) * iscale)
+        if (bounds < _RINT_EXACT).all():  # NaN compares False: bit trick
+            np.rint(out, out=out)
+        else:
+            nearest_int(out)
         np.clip(out, 0, self.nmax, out=out)
 
     def _error(self, out: np.ndarray, scale: np.ndarray, codes: np.ndarray, minimum: np.ndarray,

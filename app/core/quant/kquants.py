@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from app.core.quant import kquant_search_cpu
+from app.core.quant.kquant_search import nearest_int
 from app.core.quant.legacy import f16_field, first_absmax
 
 
@@ -130,13 +131,6 @@ _NMAX = 32
 _STEPS = [0] + [i for i in range(-9, 10) if i]
 
 
-def _nearest_int(values: torch.Tensor) -> torch.Tensor:
-    """nearest_int(): add 1.5 * 2**23 in float32 and read the low mantissa bits. That rounds
-    half to even, and turns NaN into 0 the way the C does (torch.round would keep NaN)."""
-    bits = (values + 12582912.0).view(torch.int32)
-    return ((bits & 0x7FFFFF) - 0x400000).to(torch.float32)
-
-
 def _levels(iscales: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """MAX(-nmax, MIN(nmax - 1, nearest_int(iscale * x))) for finite products. torch.round is
     nearest_int() there: both round half to even."""
@@ -211,9 +205,9 @@ def quantize_q6_k(blocks: torch.Tensor) -> torch.Tensor:
     empty = magnitudes.gather(1, max_at) < GROUP_MAX_EPS  # memset(0): the whole block is 0
     iscale = -128.0 / torch.where(empty, 1.0, max_scale)
     d = (1 / iscale).to(torch.float16)
-    scales = _nearest_int(iscale * sub_scales).clamp_(max=127)
+    scales = nearest_int(iscale * sub_scales).clamp_(max=127)
     d_sub = (d.to(torch.float32) * scales).unsqueeze(2)  # [n, 16, 1]
-    requantized = _nearest_int(blocks.reshape(n, 16, 16) / d_sub).clamp_(-32, 31) + 32
+    requantized = nearest_int(blocks.reshape(n, 16, 16) / d_sub).clamp_(-32, 31) + 32
     codes = torch.where(d_sub == 0, codes, requantized).to(torch.uint8).reshape(n, 2, 4, 32)
     ql = (codes[:, :, 0:2] & 0x0F) | ((codes[:, :, 2:4] & 0x0F) << 4)  # [n, 2, 2, 32]
     high = codes >> 4

@@ -51,24 +51,57 @@ def _absmax(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def first_absmax(blocks: torch.Tensor) -> torch.Tensor:
-    """The signed value of largest magnitude in each block; the first one on ties, like ggml."""
+    """The signed value of largest magnitude in each block; the first one on ties, like ggml;
+    +0.0 for a block of zeros (or of zeros and NaN)."""
     top = blocks.amax(dim=1, keepdim=True)
     bottom = blocks.amin(dim=1, keepdim=True)
     peak = torch.where(top > -bottom, top, bottom)
     # Where +m and -m are both present (or the block is all zeros), position decides: the
-    # rare blocks take the slow argmax path.
-    tied = (top == -bottom).squeeze(1)
+    # rare blocks take the slow argmax path. So do blocks holding NaN (amax propagates it),
+    # which the C's `fabsf(x) > amax` never picks: a Q3_K sub-block scale overflows to NaN.
+    tied = ((top == -bottom) | top.isnan()).squeeze(1)
     # On the meta device there are shapes and no values: nothing to break ties over.
     if not tied.is_meta and bool(tied.any()):
         rows = tied.nonzero().squeeze(1)
         subset = blocks[rows]
-        peak[rows] = subset.gather(1, subset.abs().argmax(dim=1, keepdim=True))
-    return peak
+        magnitude = subset.abs().nan_to_num_(nan=0.0)
+        largest = magnitude.amax(dim=1, keepdim=True)
+        picked = subset.gather(1, magnitude.argmax(dim=1, keepdim=True))
+        peak[rows] = torch.where(largest > 0, picked, 0.0)
+    # The C's `max` starts at +0.0 and only a larger magnitude replaces it: a block of zeros
+    # (-0.0 among them) gives +0.0, whose sign reaches d = max / -8 and the stored float16.
+    return peak.add_(0.0)
+
+
+def first_min(x: torch.Tensor) -> torch.Tensor:
+    """`min = x[0]; if (x[i] < min) min = x[i];` over dim 1 ([N, n] → [N]), including the
+    sign of a zero minimum (the first zero met), which reaches the output through a block's
+    stored minimum and its scale (max - min)."""
+    return _first_zero_sign(x, x.amin(dim=1))
+
+
+def first_max(x: torch.Tensor) -> torch.Tensor:
+    """`max = x[0]; if (x[i] > max) max = x[i];`: first_min's counterpart."""
+    return _first_zero_sign(x, x.amax(dim=1))
+
+
+def _first_zero_sign(x: torch.Tensor, extreme: torch.Tensor) -> torch.Tensor:
+    """extreme [N], with each zero replaced by the first zero of its row (+0.0 or -0.0)."""
+    is_zero = extreme == 0
+    if not is_zero.is_meta and bool(is_zero.any()):
+        first_zero = (x == 0).to(torch.int8).argmax(dim=1, keepdim=True)
+        extreme = torch.where(is_zero, x.gather(1, first_zero).squeeze(1), extreme)
+    return extreme
 
 
 def _to_codes(values: torch.Tensor, top: int) -> torch.Tensor:
     """trunc(values) as uint8, clipped to [0, top]: numpy's `.astype(np.uint8).clip(0, top)`."""
-    # The values are >= 0 for every finite input, so truncating through int32 is exact.
+    # The values are >= 0 for every finite input, so truncating through int32 is exact. A
+    # block whose scale is denormal has inverse inf and values inf or NaN: the C's cast
+    # (x86 cvttss2si) makes INT_MIN of those, code 0, and so does torch on the CPU; CUDA's
+    # conversion saturates inf to INT_MAX instead, so elsewhere they become -1 first.
+    if values.device.type != "cpu":
+        values = values.nan_to_num(nan=-1.0, posinf=-1.0, neginf=-1.0)
     return values.to(torch.int32).clamp_(0, top).to(torch.uint8)
 
 
@@ -147,8 +180,8 @@ def quantize_q4_0(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_q4_1(blocks: torch.Tensor) -> torch.Tensor:
-    low = blocks.amin(dim=1, keepdim=True)
-    scale = (blocks.amax(dim=1, keepdim=True) - low) / 15
+    low = first_min(blocks).unsqueeze(1)
+    scale = (first_max(blocks).unsqueeze(1) - low) / 15
     codes = _to_codes((blocks - low).mul_(_inverse(scale)).add_(0.5), 15)
     return torch.cat([f16_bytes(scale), f16_bytes(low), _pack_nibbles(codes)], dim=1)
 
@@ -160,8 +193,8 @@ def quantize_q5_0(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_q5_1(blocks: torch.Tensor) -> torch.Tensor:
-    low = blocks.amin(dim=1, keepdim=True)
-    scale = (blocks.amax(dim=1, keepdim=True) - low) / 31
+    low = first_min(blocks).unsqueeze(1)
+    scale = (first_max(blocks).unsqueeze(1) - low) / 31
     codes = _to_codes((blocks - low).mul_(_inverse(scale)).add_(0.5), 31)
     return torch.cat([f16_bytes(scale), f16_bytes(low), _high_bits(codes),
                       _pack_nibbles(codes)], dim=1)

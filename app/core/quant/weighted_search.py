@@ -14,17 +14,10 @@ from __future__ import annotations
 import torch
 
 from app.core.quant import kquant_search_cpu
-from app.core.quant.kquant_search import sequential_sum
+from app.core.quant.kquant_search import nearest_int, sequential_sum
+from app.core.quant.legacy import first_min
 
 GROUP_MAX_EPS = 1e-15
-
-
-def nearest_int(values: torch.Tensor) -> torch.Tensor:
-    """ggml's nearest_int() as float32: add 1.5 * 2**23 and read the low mantissa bits. Rounds
-    half to even, and gives the C's result for any input (the C asserts |x| <= 4194303 only in
-    debug builds)."""
-    bits = (values + 12582912.0).view(torch.int32)
-    return ((bits & 0x7FFFFF) - 0x400000).to(torch.float32)
 
 
 def ordered_sum(values: torch.Tensor) -> torch.Tensor:
@@ -34,9 +27,12 @@ def ordered_sum(values: torch.Tensor) -> torch.Tensor:
 
 def _first_of_largest_magnitude(x: torch.Tensor) -> torch.Tensor:
     """`if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }`: the signed value of the
-    first element of largest magnitude, 0 for an all-zero group. [N, n] → [N]."""
-    index = x.abs().argmax(dim=1, keepdim=True)  # argmax returns the first maximum
-    return x.gather(1, index).squeeze(1)
+    first element of largest magnitude, +0.0 for an all-zero group; never NaN (which argmax
+    would pick), as no comparison with NaN is true. [N, n] → [N]."""
+    magnitude = x.abs().nan_to_num_(nan=0.0)
+    index = magnitude.argmax(dim=1, keepdim=True)  # argmax returns the first maximum
+    peak = x.gather(1, index).squeeze(1)
+    return torch.where(magnitude.amax(dim=1) > 0, peak, 0.0)
 
 
 def make_qx_quants(x: torch.Tensor, weights: torch.Tensor,
@@ -73,17 +69,6 @@ def make_qx_quants(x: torch.Tensor, weights: torch.Tensor,
             torch.where(zero.unsqueeze(1), 0.0, codes))
 
 
-def _running_min(x: torch.Tensor) -> torch.Tensor:
-    """`min = x[0]; if (x[i] < min) min = x[i];` including the sign of a zero minimum (the
-    first zero met), which reaches the output through a block's stored minimum."""
-    low = x.amin(dim=1)
-    is_zero = low == 0
-    if bool(is_zero.any()):
-        first_zero = (x == 0).to(torch.int8).argmax(dim=1, keepdim=True)
-        low = torch.where(is_zero, x.gather(1, first_zero).squeeze(1), low)
-    return low
-
-
 def _column_sum(values: torch.Tensor) -> torch.Tensor:
     """ordered_sum for values already laid out [n, N] (element i of every group in row i)."""
     return sequential_sum(values, from_zero=True)
@@ -97,7 +82,7 @@ def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
     of x: CPU tensors go through the NumPy search (kquant_search_cpu), others through
     make_qkx3_quants_torch."""
     if kquant_search_cpu.handles(x, weights):
-        low = _running_min(x)
+        low = first_min(x)
         low = torch.where(low > 0, 0.0, low)
         # The same search as make_qkx2_quants', from this min and with sums from 0.0f.
         return kquant_search_cpu.make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep,
@@ -112,11 +97,11 @@ def make_qkx3_quants_torch(x: torch.Tensor, weights: torch.Tensor, nmax: int, rm
     codes 0..nmax).
 
     Works on the groups transposed ([n, N]: element i of every group contiguous), so the
-    element-by-element sums need no copies; the levels are only ever finite and below 2**22
-    here, where torch.round is nearest_int().
+    element-by-element sums need no copies; the levels use nearest_int's bit trick, which
+    differs from rounding where a denormal span makes iscale inf.
     """
     device = x.device
-    low = _running_min(x)
+    low = first_min(x)
     high = x.amax(dim=1)
     low = torch.where(low > 0, 0.0, low)
     flat = high <= low  # L = 0, the_min = -min, scale 0
@@ -128,8 +113,7 @@ def make_qkx3_quants_torch(x: torch.Tensor, weights: torch.Tensor, nmax: int, rm
     nmax_f = torch.tensor(float(nmax), dtype=f32, device=device)
 
     def levels_for(iscale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
-        levels = torch.sub(xt, minimum).mul_(iscale)
-        return levels.round_().clamp_(0, nmax)
+        return nearest_int(torch.sub(xt, minimum).mul_(iscale)).clamp_(0, nmax)
 
     def weighted_error(scale: torch.Tensor, minimum: torch.Tensor,
                        levels: torch.Tensor) -> torch.Tensor:
