@@ -1,22 +1,31 @@
 """ggml's K-quant scale searches compiled for the CPU (numba): make_qkx2_quants (which is also
-make_qkx3_quants with weights) and make_qx_quants, one sub-block after another, each written
-as the C's loops.
+make_qkx3_quants with weights) and make_qx_quants, each doing the C's float32 operations in
+the C's order for every sub-block.
 
 Bit-exactness rests on compiling the C's own sequence of float32 operations: every constant
 and every int-to-float conversion is an explicit np.float32 (numba would otherwise widen a
 float32 expression to float64), nothing is compiled with fastmath (no reassociation, no fused
 multiply-add), sums run element by element from the C's start values, and nearest_int() is the
-C's bit trick. The kernels release the GIL, so the converter's worker threads quantize on all
-cores at once; compiled code is cached on disk (`cache=True`), so only the first run on a
-machine pays the compile.
+C's bit trick.
+
+Speed: the C is bound by the latency of its in-order sums (each add waits for the one
+before). These kernels run LANES sub-blocks side by side instead, transposed into small tiles
+[size, LANES] that stay in the L1 cache: for each position, one vector operation advances the
+sums of every lane, so each lane's sum is still added in the C's order while the vector units
+stay busy. Choices the C makes per sub-block (a better try, a clipped min) are per-lane
+selects. The kernels release the GIL, so the converter's worker threads use every core, and
+compiled code is cached on disk (`cache=True`): only the first run on a machine compiles.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 f32 = np.float32
+LANES = 32  # sub-blocks searched side by side: a few vectors' worth, to fill the pipelines
 _MAGIC = f32(12582912.0)  # 1.5 * 2**23: nearest_int()'s rounding constant
 _GROUP_MAX_EPS = f32(1e-15)
 _ZERO = f32(0.0)
@@ -26,12 +35,27 @@ _TENTH = f32(0.1)
 _JIT = dict(nogil=True, cache=True, error_model="numpy")
 
 
+@intrinsic
+def _float_bits(typingctx, value):  # noqa: ANN001, ANN202 (numba's intrinsic protocol)
+    """The bits of a float32 as an int32 (the C's memcpy), in a register."""
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
 @njit(inline="always", **_JIT)
-def _nearest_int(value: np.float32, scratch: np.ndarray, bits: np.ndarray) -> int:
-    """nearest_int(): add 1.5 * 2**23 in float32 and read the low mantissa bits (`bits` is
-    `scratch` viewed as int32), which gives the C's integer for any input, NaN included."""
-    scratch[0] = value + _MAGIC
-    return (bits[0] & 0x7FFFFF) - 0x400000
+def _nearest_int(value: np.float32) -> int:
+    """nearest_int(): add 1.5 * 2**23 in float32 and read the low mantissa bits, which gives
+    the C's integer for any input, NaN included."""
+    return (np.int32(_float_bits(value + _MAGIC)) & np.int32(0x7FFFFF)) - np.int32(0x400000)
+
+
+@njit(inline="always", **_JIT)
+def _clamp(value: int, low: int, high: int) -> int:
+    """MAX(low, MIN(high, value))."""
+    value = high if value > high else value
+    return low if value < low else value
 
 
 @njit(**_JIT)
@@ -44,87 +68,122 @@ def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
     sqrtf(sum of x² / size)) and leaves `weights` unread. Writes scales [n], the_mins [n] and
     codes [n, size] (float codes 0..nmax)."""
     n, size = x.shape
-    w = np.empty(size, f32)
-    best_codes = np.empty(size, f32)
-    trial = np.empty(size, f32)
-    scratch = np.empty(1, f32)
-    bits = scratch.view(np.int32)
+    xt = np.zeros((size, LANES), f32)
+    wt = np.zeros((size, LANES), f32)
+    trial = np.empty((size, LANES), f32)
+    best_codes = np.empty((size, LANES), f32)
+    low = np.empty(LANES, f32)
+    high = np.empty(LANES, f32)
+    sum_w = np.empty(LANES, f32)
+    sum_x = np.empty(LANES, f32)
+    scale = np.empty(LANES, f32)
+    best_error = np.empty(LANES, f32)
+    iscale = np.empty(LANES, f32)
+    sum_l = np.empty(LANES, f32)
+    sum_l2 = np.empty(LANES, f32)
+    sum_xl = np.empty(LANES, f32)
+    error = np.empty(LANES, f32)
+    this_scale = np.empty(LANES, f32)
+    this_min = np.empty(LANES, f32)
+    take = np.empty(LANES, np.bool_)
+    flat = np.empty(LANES, np.bool_)
+    flat_min = np.empty(LANES, f32)
     top = f32(nmax)
-    for r in range(n):
-        xr = x[r]
+    for first in range(0, n, LANES):
+        count = min(LANES, n - first)
+        # The tile: lanes past the end repeat the last sub-block (their results are dropped).
+        for j in range(LANES):
+            row = first + min(j, count - 1)
+            for i in range(size):
+                xt[i, j] = x[row, i]
         if own_weights:
-            sum_x2 = _ZERO
+            for j in range(LANES):
+                sum_l[j] = _ZERO
             for i in range(size):
-                sum_x2 += xr[i] * xr[i]
-            # sqrtf: the float64 root of a float32 rounds to the correctly rounded float32 one.
-            av_x = f32(np.sqrt(np.float64(sum_x2 / f32(size))))
+                for j in range(LANES):
+                    sum_l[j] += xt[i, j] * xt[i, j]
+            for j in range(LANES):
+                # sqrtf: the float64 root of a float32 rounds to the correctly rounded one.
+                iscale[j] = f32(np.sqrt(np.float64(sum_l[j] / f32(size))))
             for i in range(size):
-                w[i] = av_x + abs(xr[i])
+                for j in range(LANES):
+                    wt[i, j] = iscale[j] + abs(xt[i, j])
         else:
-            for i in range(size):
-                w[i] = weights[r, i]
-        low = xr[0]
-        high = xr[0]
-        sum_w = w[0]
-        sum_x = sum_w * xr[0]
-        for i in range(1, size):
-            if xr[i] < low:
-                low = xr[i]
-            if xr[i] > high:
-                high = xr[i]
-            sum_w += w[i]
-            sum_x += w[i] * xr[i]
-        if low > 0:
-            low = _ZERO
-        # make_qkx3_quants tests `max <= min`: the same, as min never exceeds max here.
-        if high == low:
-            for i in range(size):
-                codes[r, i] = _ZERO
-            the_mins[r] = -low
-            scales[r] = _ZERO
-            continue
-        iscale = top / (high - low)
-        scale = _ONE / iscale
-        best_error = _ZERO
-        for i in range(size):
-            level = max(0, min(nmax, _nearest_int(iscale * (xr[i] - low), scratch, bits)))
-            best_codes[i] = f32(level)
-            diff = scale * best_codes[i] + low - xr[i]
-            diff = abs(diff) if use_mad else diff * diff
-            best_error += w[i] * diff
-        for step in range(numerators.shape[0]):
-            iscale = numerators[step] / (high - low)
-            sum_l = _ZERO
-            sum_l2 = _ZERO
-            sum_xl = _ZERO
-            for i in range(size):
-                level = max(0, min(nmax, _nearest_int(iscale * (xr[i] - low), scratch, bits)))
-                trial[i] = f32(level)
-                wl = w[i] * trial[i]
-                sum_l += wl
-                sum_l2 += wl * trial[i]
-                sum_xl += wl * xr[i]
-            det = sum_w * sum_l2 - sum_l * sum_l
-            if det > 0:
-                this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
-                this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
-                if this_min > 0:
-                    this_min = _ZERO
-                    this_scale = sum_xl / sum_l2
-                error = _ZERO
+            for j in range(LANES):
+                row = first + min(j, count - 1)
                 for i in range(size):
-                    diff = this_scale * trial[i] + this_min - xr[i]
-                    diff = abs(diff) if use_mad else diff * diff
-                    error += w[i] * diff
-                if error < best_error:
-                    best_codes[:] = trial
-                    best_error = error
-                    scale = this_scale
-                    low = this_min
+                    wt[i, j] = weights[row, i]
+        for j in range(LANES):
+            low[j] = xt[0, j]
+            high[j] = xt[0, j]
+            sum_w[j] = wt[0, j]
+            sum_x[j] = wt[0, j] * xt[0, j]
+        for i in range(1, size):
+            for j in range(LANES):
+                v = xt[i, j]
+                low[j] = v if v < low[j] else low[j]
+                high[j] = v if v > high[j] else high[j]
+                sum_w[j] += wt[i, j]
+                sum_x[j] += wt[i, j] * v
+        for j in range(LANES):
+            low[j] = _ZERO if low[j] > 0 else low[j]
+            flat[j] = high[j] == low[j]
+            flat_min[j] = low[j]
+            iscale[j] = top / (high[j] - low[j])
+            scale[j] = _ONE / iscale[j]
+            best_error[j] = _ZERO
         for i in range(size):
-            codes[r, i] = best_codes[i]
-        the_mins[r] = -low
-        scales[r] = scale
+            for j in range(LANES):
+                level = f32(_clamp(_nearest_int(iscale[j] * (xt[i, j] - low[j])), 0, nmax))
+                best_codes[i, j] = level
+                diff = scale[j] * level + low[j] - xt[i, j]
+                diff = abs(diff) if use_mad else diff * diff
+                best_error[j] += wt[i, j] * diff
+        for step in range(numerators.shape[0]):
+            for j in range(LANES):
+                iscale[j] = numerators[step] / (high[j] - low[j])
+                sum_l[j] = _ZERO
+                sum_l2[j] = _ZERO
+                sum_xl[j] = _ZERO
+            for i in range(size):
+                for j in range(LANES):
+                    level = f32(_clamp(_nearest_int(iscale[j] * (xt[i, j] - low[j])), 0, nmax))
+                    trial[i, j] = level
+                    wl = wt[i, j] * level
+                    sum_l[j] += wl
+                    sum_l2[j] += wl * level
+                    sum_xl[j] += wl * xt[i, j]
+            for j in range(LANES):
+                det = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j]
+                a_scale = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / det
+                a_min = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / det
+                clipped = a_min > 0
+                this_scale[j] = sum_xl[j] / sum_l2[j] if clipped else a_scale
+                this_min[j] = _ZERO if clipped else a_min
+                take[j] = det > 0
+                error[j] = _ZERO
+            # Every lane's error is summed; a lane with D <= 0 (the C skips it) drops it.
+            for i in range(size):
+                for j in range(LANES):
+                    diff = this_scale[j] * trial[i, j] + this_min[j] - xt[i, j]
+                    diff = abs(diff) if use_mad else diff * diff
+                    error[j] += wt[i, j] * diff
+            for j in range(LANES):
+                better = take[j] and error[j] < best_error[j]
+                take[j] = better
+                best_error[j] = error[j] if better else best_error[j]
+                scale[j] = this_scale[j] if better else scale[j]
+                low[j] = this_min[j] if better else low[j]
+            for i in range(size):
+                for j in range(LANES):
+                    best_codes[i, j] = trial[i, j] if take[j] else best_codes[i, j]
+        for j in range(count):
+            row = first + j
+            # max == min: the C returns at once, with L = 0, scale 0 and that min.
+            for i in range(size):
+                codes[row, i] = _ZERO if flat[j] else best_codes[i, j]
+            scales[row] = _ZERO if flat[j] else scale[j]
+            the_mins[row] = -flat_min[j] if flat[j] else -low[j]
 
 
 @njit(**_JIT)
@@ -134,52 +193,70 @@ def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
     qw = weights[r], or NULL (w = x*x) with `own_weights`. Writes scales [n] and codes
     [n, size] (float codes 0..2*nmax-1, L as the C stores it)."""
     n, size = x.shape
-    w = np.empty(size, f32)
-    scratch = np.empty(1, f32)
-    bits = scratch.view(np.int32)
+    xt = np.zeros((size, LANES), f32)
+    wt = np.zeros((size, LANES), f32)
+    peak = np.empty(LANES, f32)
+    amax = np.empty(LANES, f32)
+    iscale = np.empty(LANES, f32)
+    chosen = np.empty(LANES, f32)
+    sum_lx = np.empty(LANES, f32)
+    sum_l2 = np.empty(LANES, f32)
+    scale = np.empty(LANES, f32)
+    best = np.empty(LANES, f32)
     top = f32(nmax)
-    for r in range(n):
-        xr = x[r]
-        peak = _ZERO
-        amax = _ZERO
-        for i in range(size):
-            ax = abs(xr[i])
-            if ax > amax:
-                amax = ax
-                peak = xr[i]
-        if amax < _GROUP_MAX_EPS:
+    for first in range(0, n, LANES):
+        count = min(LANES, n - first)
+        for j in range(LANES):
+            row = first + min(j, count - 1)
             for i in range(size):
-                codes[r, i] = _ZERO
-            scales[r] = _ZERO
-            continue
+                xt[i, j] = x[row, i]
+                wt[i, j] = x[row, i] * x[row, i] if own_weights else weights[row, i]
+        for j in range(LANES):
+            peak[j] = _ZERO
+            amax[j] = _ZERO
         for i in range(size):
-            w[i] = xr[i] * xr[i] if own_weights else weights[r, i]
-        iscale = -top / peak
-        sum_lx = _ZERO
-        sum_l2 = _ZERO
+            for j in range(LANES):
+                ax = abs(xt[i, j])
+                bigger = ax > amax[j]
+                amax[j] = ax if bigger else amax[j]
+                peak[j] = xt[i, j] if bigger else peak[j]
+        for j in range(LANES):
+            iscale[j] = -top / peak[j]
+            chosen[j] = iscale[j]
+            sum_lx[j] = _ZERO
+            sum_l2[j] = _ZERO
         for i in range(size):
-            level = max(-nmax, min(nmax - 1, _nearest_int(iscale * xr[i], scratch, bits)))
-            codes[r, i] = f32(level + nmax)
-            fl = f32(level)
-            sum_lx += w[i] * xr[i] * fl
-            sum_l2 += w[i] * fl * fl
-        scale = sum_lx / sum_l2 if sum_l2 != 0 else _ZERO
-        best = scale * sum_lx
+            for j in range(LANES):
+                level = f32(_clamp(_nearest_int(iscale[j] * xt[i, j]), -nmax, nmax - 1))
+                sum_lx[j] += wt[i, j] * xt[i, j] * level
+                sum_l2[j] += wt[i, j] * level * level
+        for j in range(LANES):
+            scale[j] = sum_lx[j] / sum_l2[j] if sum_l2[j] != 0 else _ZERO
+            best[j] = scale[j] * sum_lx[j]
         for step in range(-9, 10):
             if step == 0:
                 continue
-            iscale = -(top + _TENTH * f32(step)) / peak
-            sum_lx = _ZERO
-            sum_l2 = _ZERO
+            numerator = -(top + _TENTH * f32(step))
+            for j in range(LANES):
+                iscale[j] = numerator / peak[j]
+                sum_lx[j] = _ZERO
+                sum_l2[j] = _ZERO
             for i in range(size):
-                fl = f32(max(-nmax, min(nmax - 1, _nearest_int(iscale * xr[i], scratch, bits))))
-                sum_lx += w[i] * xr[i] * fl
-                sum_l2 += w[i] * fl * fl
-            if sum_l2 > 0 and sum_lx * sum_lx > best * sum_l2:
-                for i in range(size):
-                    level = max(-nmax, min(nmax - 1, _nearest_int(iscale * xr[i], scratch,
-                                                                  bits)))
-                    codes[r, i] = f32(level + nmax)
-                scale = sum_lx / sum_l2
-                best = scale * sum_lx
-        scales[r] = scale
+                for j in range(LANES):
+                    level = f32(_clamp(_nearest_int(iscale[j] * xt[i, j]), -nmax, nmax - 1))
+                    sum_lx[j] += wt[i, j] * xt[i, j] * level
+                    sum_l2[j] += wt[i, j] * level * level
+            for j in range(LANES):
+                better = sum_l2[j] > 0 and sum_lx[j] * sum_lx[j] > best[j] * sum_l2[j]
+                ratio = sum_lx[j] / sum_l2[j]
+                scale[j] = ratio if better else scale[j]
+                best[j] = ratio * sum_lx[j] if better else best[j]
+                chosen[j] = iscale[j] if better else chosen[j]
+        for j in range(count):
+            row = first + j
+            zero = amax[j] < _GROUP_MAX_EPS  # all zero: the C returns 0 with L = 0
+            # The C keeps L of the winning try; recomputing it from that iscale gives the same.
+            for i in range(size):
+                level = _clamp(_nearest_int(chosen[j] * xt[i, j]), -nmax, nmax - 1)
+                codes[row, i] = _ZERO if zero else f32(level + nmax)
+            scales[row] = _ZERO if zero else scale[j]
