@@ -260,3 +260,22 @@ def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
                 level = _clamp(_nearest_int(chosen[j] * xt[i, j]), -nmax, nmax - 1)
                 codes[row, i] = _ZERO if zero else f32(level + nmax)
             scales[row] = _ZERO if zero else scale[j]
+
+
+@njit(**_JIT)
+def requantize(x: np.ndarray, search_codes: np.ndarray, d: np.ndarray, dm: np.ndarray,
+               low: int, high: int, offset: int, codes: np.ndarray) -> None:
+    """The K-quants' last pass over each sub-block r of x [m, size] with its rounded scale
+    d[r] and min dm[r]: `if (!d) continue;` (keep search_codes[r]) else
+    L = MAX(low, MIN(high, nearest_int((x + dm) / d))) + offset, into codes [m, size]."""
+    m, size = x.shape
+    for r in range(m):
+        scale = d[r]
+        shift = dm[r]
+        if scale == 0:
+            for i in range(size):
+                codes[r, i] = search_codes[r, i]
+            continue
+        for i in range(size):
+            level = _clamp(_nearest_int((x[r, i] + shift) / scale), low, high) + offset
+            codes[r, i] = f32(level)

@@ -73,3 +73,20 @@ def make_qx_quants(x: torch.Tensor, weights: torch.Tensor | None,
     codes = np.empty((n, size), f32)
     _kernels().qx(values, importance, weights is None, nmax, scale, codes)
     return torch.from_numpy(scale), torch.from_numpy(codes)
+
+
+def requantize(x: torch.Tensor, search_codes: torch.Tensor, d: torch.Tensor,
+               dm: torch.Tensor | None, low: int, high: int,
+               offset: int = 0) -> torch.Tensor:
+    """The K-quants' requantization on the CPU: for sub-blocks x [..., size] with their
+    rounded scales d and mins dm (one per sub-block; None for none), the search's codes where
+    d is 0, else MAX(low, MIN(high, nearest_int((x + dm) / d))) + offset. Float codes of x's
+    shape."""
+    size = x.shape[-1]
+    values = _array(x.reshape(-1, size))
+    scales = _array(d.reshape(-1))
+    shifts = np.zeros_like(scales) if dm is None else _array(dm.reshape(-1))
+    codes = np.empty_like(values)
+    _kernels().requantize(values, _array(search_codes.reshape(-1, size)), scales, shifts, low,
+                          high, offset, codes)
+    return torch.from_numpy(codes).reshape(x.shape)

@@ -213,8 +213,13 @@ def quantize_q6_k(blocks: torch.Tensor) -> torch.Tensor:
     d = (1 / iscale).to(torch.float16)
     scales = _nearest_int(iscale * sub_scales).clamp_(max=127)
     d_sub = (d.to(torch.float32) * scales).unsqueeze(2)  # [n, 16, 1]
-    requantized = _nearest_int(blocks.reshape(n, 16, 16) / d_sub).clamp_(-32, 31) + 32
-    codes = torch.where(d_sub == 0, codes, requantized).to(torch.uint8).reshape(n, 2, 4, 32)
+    if kquant_search_cpu.handles(blocks, d_sub):
+        codes = kquant_search_cpu.requantize(blocks.reshape(n, 16, 16), codes, d_sub, None,
+                                             -32, 31, offset=32)
+    else:
+        requantized = _nearest_int(blocks.reshape(n, 16, 16) / d_sub).clamp_(-32, 31) + 32
+        codes = torch.where(d_sub == 0, codes, requantized)
+    codes = codes.to(torch.uint8).reshape(n, 2, 4, 32)
     ql = (codes[:, :, 0:2] & 0x0F) | ((codes[:, :, 2:4] & 0x0F) << 4)  # [n, 2, 2, 32]
     high = codes >> 4
     qh = high[:, :, 0] | (high[:, :, 1] << 2) | (high[:, :, 2] << 4) | (high[:, :, 3] << 6)
