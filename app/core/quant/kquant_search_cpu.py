@@ -20,9 +20,9 @@ ENABLED = True
 
 
 def handles(x: torch.Tensor, *others: torch.Tensor) -> bool:
-    """Whether these searches take sub-blocks `x` [n, size] (and the tensors that go with
-    them): float32 on the CPU, and ENABLED."""
-    return (ENABLED and x.dim() == 2
+    """Whether these kernels take sub-blocks `x` (and the tensors that go with them):
+    float32 on the CPU, and ENABLED."""
+    return (ENABLED
             and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, *others)))
 
 
