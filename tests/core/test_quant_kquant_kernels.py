@@ -9,7 +9,8 @@ import pytest
 import torch
 from ggml_reference import ggml_quantize
 
-from app.core.quant import kquant_kernels, quantize
+from app.core.quant import kquant_kernels, kquant_search_cpu, quantize
+from app.core.quant.kquant_search import make_q3_quants
 
 
 def _rows(case: str) -> np.ndarray:
@@ -35,3 +36,23 @@ def test_compiled_searches_give_ggml_bytes_on_extreme_rows(type_name: str, case:
     expected = ggml_quantize(rows, type_name, None)
     differing = (ours != expected).any(axis=1).sum()
     assert differing == 0, f"{differing} of {len(rows)} rows differ"
+
+
+@pytest.mark.parametrize("case", ["denormal", "tail"])
+def test_compiled_q3_k_search_gives_ggml_bytes(case: str) -> None:
+    rows = _rows(case)
+    ours = quantize(torch.from_numpy(rows), "Q3_K").numpy()
+    differing = (ours != ggml_quantize(rows, "Q3_K", None)).any(axis=1).sum()
+    assert differing == 0, f"{differing} of {len(rows)} rows differ"
+
+
+def test_compiled_and_torch_q3_k_searches_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(21)
+    x = torch.from_numpy((rng.standard_normal((500, 16)) * 0.05).astype(np.float32))
+    x[3] = 0.0
+    x[4, :8] = 0.25
+    fast = make_q3_quants(x, 4)
+    monkeypatch.setattr(kquant_search_cpu, "ENABLED", False)
+    reference = make_q3_quants(x, 4)
+    for a, b in zip(fast, reference, strict=True):
+        assert torch.equal(a, b)

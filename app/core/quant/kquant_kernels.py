@@ -279,3 +279,68 @@ def requantize(x: np.ndarray, search_codes: np.ndarray, d: np.ndarray, dm: np.nd
         for i in range(size):
             level = _clamp(_nearest_int((x[r, i] + shift) / scale), low, high) + offset
             codes[r, i] = f32(level)
+
+
+@njit(**_JIT)
+def q3(x: np.ndarray, nmax: int, scales: np.ndarray, codes: np.ndarray) -> None:
+    """make_q3_quants(size, nmax, x[r], L, do_rmse=true) for every row r of x [n, size] (w =
+    x*x): scales [n] and codes [n, size] (float codes 0..2*nmax-1; 0 for an all-zero row).
+    The C stops refining a row after a pass that changes nothing; here every lane runs all
+    five passes, and a pass after one that changed nothing changes nothing either."""
+    n, size = x.shape
+    xt = np.zeros((size, LANES), f32)
+    wt = np.zeros((size, LANES), f32)
+    levels = np.empty((size, LANES), f32)
+    peak = np.empty(LANES, f32)
+    amax = np.empty(LANES, f32)
+    sum_lx = np.empty(LANES, f32)
+    sum_l2 = np.empty(LANES, f32)
+    top = f32(nmax)
+    for first in range(0, n, LANES):
+        count = min(LANES, n - first)
+        for j in range(LANES):
+            row = first + min(j, count - 1)
+            for i in range(size):
+                xt[i, j] = x[row, i]
+                wt[i, j] = x[row, i] * x[row, i]
+        for j in range(LANES):
+            peak[j] = _ZERO
+            amax[j] = _ZERO
+        for i in range(size):
+            for j in range(LANES):
+                ax = abs(xt[i, j])
+                bigger = ax > amax[j]
+                amax[j] = ax if bigger else amax[j]
+                peak[j] = xt[i, j] if bigger else peak[j]
+        for j in range(LANES):
+            iscale = -top / peak[j]
+            sum_lx[j] = _ZERO
+            sum_l2[j] = _ZERO
+            for i in range(size):
+                level = f32(_clamp(_nearest_int(iscale * xt[i, j]), -nmax, nmax - 1))
+                levels[i, j] = level
+                sum_lx[j] += wt[i, j] * xt[i, j] * level
+                sum_l2[j] += wt[i, j] * level * level
+        for _ in range(5):
+            for i in range(size):
+                for j in range(LANES):
+                    w = wt[i, j]
+                    v = xt[i, j]
+                    old = levels[i, j]
+                    slx = sum_lx[j] - w * v * old
+                    sl2 = sum_l2[j] - w * old * old
+                    new = f32(_clamp(_nearest_int(v * sl2 / slx), -nmax, nmax - 1))
+                    slx_new = slx + w * v * new
+                    sl2_new = sl2 + w * new * new
+                    take = (slx > 0 and new != old and sl2_new > 0
+                            and slx_new * slx_new * sum_l2[j] > sum_lx[j] * sum_lx[j] * sl2_new)
+                    levels[i, j] = new if take else old
+                    sum_lx[j] = slx_new if take else sum_lx[j]
+                    sum_l2[j] = sl2_new if take else sum_l2[j]
+        for j in range(count):
+            row = first + j
+            zero = amax[j] < _GROUP_MAX_EPS
+            for i in range(size):
+                codes[row, i] = _ZERO if zero else levels[i, j] + top
+            scale = sum_lx[j] / sum_l2[j] if sum_l2[j] > 0 else _ZERO
+            scales[row] = _ZERO if zero else scale

@@ -90,3 +90,13 @@ def requantize(x: torch.Tensor, search_codes: torch.Tensor, d: torch.Tensor,
     _kernels().requantize(values, _array(search_codes.reshape(-1, size)), scales, shifts, low,
                           high, offset, codes)
     return torch.from_numpy(codes).reshape(x.shape)
+
+
+def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """kquant_search.make_q3_quants for CPU float32 sub-blocks x [n, size]: (scale [n],
+    L [n, size] as float codes 0..2*nmax-1; 0 for an all-zero sub-block)."""
+    values = _array(x)
+    scale = np.empty(values.shape[0], f32)
+    codes = np.empty_like(values)
+    _kernels().q3(values, nmax, scale, codes)
+    return torch.from_numpy(scale), torch.from_numpy(codes)

@@ -102,7 +102,7 @@ def _k4_search(blocks: torch.Tensor, nmax: int, rmin: float, nstep: int,
     n = blocks.shape[0]
     x = blocks.reshape(n * 8, 32)
     if kquant_search_cpu.handles(x):
-        # The CPU search makes these weights itself, from its own transposed copy of x.
+        # The compiled search makes these weights itself.
         scales, mins, codes = kquant_search_cpu.make_qkx2_quants(x, None, nmax, rmin, 0.1,
                                                                  nstep, use_mad=False)
         return scales.reshape(n, 8), mins.reshape(n, 8), codes.reshape(n, 8, 32)

@@ -96,7 +96,7 @@ def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
                                                          torch.Tensor]:
     """make_qkx3_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep,
     use_mad=false) → (scale [N], the_min [N], L [N, n] as float codes 0..nmax), on the device
-    of x: CPU tensors go through the NumPy search (kquant_search_cpu), others through
+    of x: CPU tensors go through the compiled search (kquant_search_cpu), others through
     make_qkx3_quants_torch."""
     if kquant_search_cpu.handles(x, weights):
         # With weights, the C of make_qkx3_quants is make_qkx2_quants'.
