@@ -45,17 +45,15 @@ def _float_bits(typingctx, value):  # noqa: ANN001, ANN202 (numba's intrinsic pr
 
 
 @njit(inline="always", **_JIT)
-def _nearest_int(value: np.float32) -> int:
-    """nearest_int(): add 1.5 * 2**23 in float32 and read the low mantissa bits, which gives
-    the C's integer for any input, NaN included."""
-    return (np.int32(_float_bits(value + _MAGIC)) & np.int32(0x7FFFFF)) - np.int32(0x400000)
-
-
-@njit(inline="always", **_JIT)
-def _clamp(value: int, low: int, high: int) -> int:
-    """MAX(low, MIN(high, value))."""
-    value = high if value > high else value
-    return low if value < low else value
+def _level(value: np.float32, low: np.float32, high: np.float32) -> np.float32:
+    """MAX(low, MIN(high, nearest_int(value))) as a float32. nearest_int(): add 1.5 * 2**23 in
+    float32 and read the low mantissa bits, which gives the C's integer for any input, NaN
+    included. That integer lies within ±2**22, so it is exact as a float32, and clamping it
+    as one (vector float ops rather than 64-bit integer ones) gives the C's result."""
+    bits = _float_bits(value + _MAGIC) & np.int32(0x7FFFFF)
+    level = f32(np.int32(bits)) - f32(0x400000)
+    level = high if level > high else level
+    return low if level < low else level
 
 
 @njit(**_JIT)
@@ -134,7 +132,7 @@ def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
             best_error[j] = _ZERO
         for i in range(size):
             for j in range(LANES):
-                level = f32(_clamp(_nearest_int(iscale[j] * (xt[i, j] - low[j])), 0, nmax))
+                level = _level(iscale[j] * (xt[i, j] - low[j]), _ZERO, top)
                 best_codes[i, j] = level
                 diff = scale[j] * level + low[j] - xt[i, j]
                 diff = abs(diff) if use_mad else diff * diff
@@ -147,7 +145,7 @@ def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
                 sum_xl[j] = _ZERO
             for i in range(size):
                 for j in range(LANES):
-                    level = f32(_clamp(_nearest_int(iscale[j] * (xt[i, j] - low[j])), 0, nmax))
+                    level = _level(iscale[j] * (xt[i, j] - low[j]), _ZERO, top)
                     trial[i, j] = level
                     wl = wt[i, j] * level
                     sum_l[j] += wl
@@ -204,6 +202,7 @@ def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
     scale = np.empty(LANES, f32)
     best = np.empty(LANES, f32)
     top = f32(nmax)
+    bottom, ceiling = f32(-nmax), f32(nmax - 1)
     for first in range(0, n, LANES):
         count = min(LANES, n - first)
         for j in range(LANES):
@@ -227,7 +226,7 @@ def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
             sum_l2[j] = _ZERO
         for i in range(size):
             for j in range(LANES):
-                level = f32(_clamp(_nearest_int(iscale[j] * xt[i, j]), -nmax, nmax - 1))
+                level = _level(iscale[j] * xt[i, j], bottom, ceiling)
                 sum_lx[j] += wt[i, j] * xt[i, j] * level
                 sum_l2[j] += wt[i, j] * level * level
         for j in range(LANES):
@@ -243,7 +242,7 @@ def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
                 sum_l2[j] = _ZERO
             for i in range(size):
                 for j in range(LANES):
-                    level = f32(_clamp(_nearest_int(iscale[j] * xt[i, j]), -nmax, nmax - 1))
+                    level = _level(iscale[j] * xt[i, j], bottom, ceiling)
                     sum_lx[j] += wt[i, j] * xt[i, j] * level
                     sum_l2[j] += wt[i, j] * level * level
             for j in range(LANES):
@@ -257,8 +256,8 @@ def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
             zero = amax[j] < _GROUP_MAX_EPS  # all zero: the C returns 0 with L = 0
             # The C keeps L of the winning try; recomputing it from that iscale gives the same.
             for i in range(size):
-                level = _clamp(_nearest_int(chosen[j] * xt[i, j]), -nmax, nmax - 1)
-                codes[row, i] = _ZERO if zero else f32(level + nmax)
+                level = _level(chosen[j] * xt[i, j], bottom, ceiling)
+                codes[row, i] = _ZERO if zero else level + top
             scales[row] = _ZERO if zero else scale[j]
 
 
@@ -269,6 +268,7 @@ def requantize(x: np.ndarray, search_codes: np.ndarray, d: np.ndarray, dm: np.nd
     d[r] and min dm[r]: `if (!d) continue;` (keep search_codes[r]) else
     L = MAX(low, MIN(high, nearest_int((x + dm) / d))) + offset, into codes [m, size]."""
     m, size = x.shape
+    bottom, ceiling, base = f32(low), f32(high), f32(offset)
     for r in range(m):
         scale = d[r]
         shift = dm[r]
@@ -277,8 +277,7 @@ def requantize(x: np.ndarray, search_codes: np.ndarray, d: np.ndarray, dm: np.nd
                 codes[r, i] = search_codes[r, i]
             continue
         for i in range(size):
-            level = _clamp(_nearest_int((x[r, i] + shift) / scale), low, high) + offset
-            codes[r, i] = f32(level)
+            codes[r, i] = _level((x[r, i] + shift) / scale, bottom, ceiling) + base
 
 
 @njit(**_JIT)
@@ -296,6 +295,7 @@ def q3(x: np.ndarray, nmax: int, scales: np.ndarray, codes: np.ndarray) -> None:
     sum_lx = np.empty(LANES, f32)
     sum_l2 = np.empty(LANES, f32)
     top = f32(nmax)
+    bottom, ceiling = f32(-nmax), f32(nmax - 1)
     for first in range(0, n, LANES):
         count = min(LANES, n - first)
         for j in range(LANES):
@@ -317,7 +317,7 @@ def q3(x: np.ndarray, nmax: int, scales: np.ndarray, codes: np.ndarray) -> None:
             sum_lx[j] = _ZERO
             sum_l2[j] = _ZERO
             for i in range(size):
-                level = f32(_clamp(_nearest_int(iscale * xt[i, j]), -nmax, nmax - 1))
+                level = _level(iscale * xt[i, j], bottom, ceiling)
                 levels[i, j] = level
                 sum_lx[j] += wt[i, j] * xt[i, j] * level
                 sum_l2[j] += wt[i, j] * level * level
@@ -329,7 +329,7 @@ def q3(x: np.ndarray, nmax: int, scales: np.ndarray, codes: np.ndarray) -> None:
                     old = levels[i, j]
                     slx = sum_lx[j] - w * v * old
                     sl2 = sum_l2[j] - w * old * old
-                    new = f32(_clamp(_nearest_int(v * sl2 / slx), -nmax, nmax - 1))
+                    new = _level(v * sl2 / slx, bottom, ceiling)
                     slx_new = slx + w * v * new
                     sl2_new = sl2 + w * new * new
                     take = (slx > 0 and new != old and sl2_new > 0
