@@ -69,13 +69,14 @@ def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
     xt = np.zeros((size, LANES), f32)
     wt = np.zeros((size, LANES), f32)
     trial = np.empty((size, LANES), f32)
-    best_codes = np.empty((size, LANES), f32)
     low = np.empty(LANES, f32)
     high = np.empty(LANES, f32)
     sum_w = np.empty(LANES, f32)
     sum_x = np.empty(LANES, f32)
     scale = np.empty(LANES, f32)
     best_error = np.empty(LANES, f32)
+    best_iscale = np.empty(LANES, f32)
+    best_start = np.empty(LANES, f32)  # the min the best try started from
     iscale = np.empty(LANES, f32)
     sum_l = np.empty(LANES, f32)
     sum_l2 = np.empty(LANES, f32)
@@ -130,10 +131,11 @@ def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
             iscale[j] = top / (high[j] - low[j])
             scale[j] = _ONE / iscale[j]
             best_error[j] = _ZERO
+            best_iscale[j] = iscale[j]
+            best_start[j] = low[j]
         for i in range(size):
             for j in range(LANES):
                 level = _level(iscale[j] * (xt[i, j] - low[j]), _ZERO, top)
-                best_codes[i, j] = level
                 diff = scale[j] * level + low[j] - xt[i, j]
                 diff = abs(diff) if use_mad else diff * diff
                 best_error[j] += wt[i, j] * diff
@@ -168,18 +170,19 @@ def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
                     error[j] += wt[i, j] * diff
             for j in range(LANES):
                 better = take[j] and error[j] < best_error[j]
-                take[j] = better
                 best_error[j] = error[j] if better else best_error[j]
                 scale[j] = this_scale[j] if better else scale[j]
+                best_iscale[j] = iscale[j] if better else best_iscale[j]
+                best_start[j] = low[j] if better else best_start[j]
                 low[j] = this_min[j] if better else low[j]
-            for i in range(size):
-                for j in range(LANES):
-                    best_codes[i, j] = trial[i, j] if take[j] else best_codes[i, j]
         for j in range(count):
             row = first + j
-            # max == min: the C returns at once, with L = 0, scale 0 and that min.
+            # max == min: the C returns at once, with L = 0, scale 0 and that min. Otherwise
+            # the C keeps the winning try's L: the same levels again from its iscale and the
+            # min it started from.
             for i in range(size):
-                codes[row, i] = _ZERO if flat[j] else best_codes[i, j]
+                level = _level(best_iscale[j] * (xt[i, j] - best_start[j]), _ZERO, top)
+                codes[row, i] = _ZERO if flat[j] else level
             scales[row] = _ZERO if flat[j] else scale[j]
             the_mins[row] = -flat_min[j] if flat[j] else -low[j]
 
