@@ -84,7 +84,7 @@ def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
     error = np.empty(LANES, f32)
     this_scale = np.empty(LANES, f32)
     this_min = np.empty(LANES, f32)
-    take = np.empty(LANES, np.bool_)
+    det = np.empty(LANES, f32)
     flat = np.empty(LANES, np.bool_)
     flat_min = np.empty(LANES, f32)
     top = f32(nmax)
@@ -154,13 +154,12 @@ def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
                     sum_l2[j] += wl * level
                     sum_xl[j] += wl * xt[i, j]
             for j in range(LANES):
-                det = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j]
-                a_scale = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / det
-                a_min = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / det
+                det[j] = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j]
+                a_scale = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / det[j]
+                a_min = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / det[j]
                 clipped = a_min > 0
                 this_scale[j] = sum_xl[j] / sum_l2[j] if clipped else a_scale
                 this_min[j] = _ZERO if clipped else a_min
-                take[j] = det > 0
                 error[j] = _ZERO
             # Every lane's error is summed; a lane with D <= 0 (the C skips it) drops it.
             for i in range(size):
@@ -169,7 +168,7 @@ def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
                     diff = abs(diff) if use_mad else diff * diff
                     error[j] += wt[i, j] * diff
             for j in range(LANES):
-                better = take[j] and error[j] < best_error[j]
+                better = det[j] > 0 and error[j] < best_error[j]
                 best_error[j] = error[j] if better else best_error[j]
                 scale[j] = this_scale[j] if better else scale[j]
                 best_iscale[j] = iscale[j] if better else best_iscale[j]
