@@ -1,6 +1,7 @@
 """ggml's K-quant scale searches compiled for the CPU (numba): make_qkx2_quants (which is also
-make_qkx3_quants with weights) and make_qx_quants, each doing the C's float32 operations in
-the C's order for every sub-block.
+make_qkx3_quants with weights), make_qx_quants and make_q3_quants, and the requantization pass
+of the K-quant writers, each doing the C's float32 operations in the C's order for every
+sub-block.
 
 Bit-exactness rests on compiling the C's own sequence of float32 operations: every constant
 and every int-to-float conversion is an explicit np.float32 (numba would otherwise widen a

@@ -1,11 +1,12 @@
-"""The K-quant scale searches for CPU tensors: make_qkx2_quants (and with it make_qkx3_quants)
-and make_qx_quants, run by the compiled kernels of kquant_kernels.
+"""The K-quant scale searches for CPU tensors: make_qkx2_quants (and with it make_qkx3_quants),
+make_qx_quants and make_q3_quants, and the requantization that follows them, run by the
+compiled kernels of kquant_kernels.
 
-The kernels do the C's float32 operations in the C's order, one sub-block at a time, as the
-torch versions in kquant_search, kquants and weighted_search do for many sub-blocks at once on
-other devices; both give ggml's bytes. Per sub-block loops keep every value in registers and
-the L1 cache instead of sweeping (sub-blocks, 32) planes through memory a few hundred times,
-and they run without the GIL, so the converter's worker threads use every core.
+The kernels do the C's float32 operations in the C's order for every sub-block, as the torch
+versions in kquant_search, kquants and weighted_search do on other devices; both give ggml's
+bytes. The kernels work on small tiles of sub-blocks that stay in the L1 cache, instead of
+sweeping whole (sub-blocks, size) planes through memory a few hundred times, and they run
+without the GIL, so the converter's worker threads use every core.
 """
 
 from __future__ import annotations
