@@ -26,7 +26,9 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 f32 = np.float32
-LANES = 32  # sub-blocks searched side by side: a few vectors' worth, to fill the pipelines
+# Sub-blocks searched side by side. Measured for Q4_K (CPU s per Mi elements): 16 lanes 0.030,
+# 32 lanes 0.019, 64 lanes 0.017; the three [32, 64] float32 tiles (24 KiB) fit the L1 cache.
+LANES = 64
 _MAGIC = f32(12582912.0)  # 1.5 * 2**23: nearest_int()'s rounding constant
 _GROUP_MAX_EPS = f32(1e-15)
 _ZERO = f32(0.0)
