@@ -1,5 +1,6 @@
-"""The K-quant scale search's two implementations (NumPy on the CPU, torch elsewhere) and the
-in-order sums they rest on: each gives ggml's bytes, and both give the same values."""
+"""The K-quant scale search's two implementations (compiled kernels on the CPU, torch
+elsewhere) and the in-order sums the torch one rests on: each gives ggml's bytes, and both give
+the same values."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from ggml_reference import ggml_quantize
 
-from app.core.quant import kquant_search, kquant_search_cpu, quantize
+from app.core.quant import kquant_search_cpu, quantize
 from app.core.quant.kquant_search import make_qkx2_quants, make_qkx2_quants_torch, sequential_sum
 
 
@@ -72,7 +73,7 @@ TYPES = ["Q2_K", "Q4_K", "Q5_K", "Q6_K"]
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("path", ["numpy", "torch"])
+@pytest.mark.parametrize("path", ["compiled", "torch"])
 @pytest.mark.parametrize("case", ["normal", "zeros", "coarse"])
 @pytest.mark.parametrize("type_name", TYPES)
 def test_both_searches_give_ggml_bytes(type_name: str, case: str, path: str, weighted: bool,
@@ -83,10 +84,6 @@ def test_both_searches_give_ggml_bytes(type_name: str, case: str, path: str, wei
     importance = rng.lognormal(0, 2, rows.shape[1]).astype(np.float32) if weighted else None
     if path == "torch":  # what every other device runs
         monkeypatch.setattr(kquant_search_cpu, "ENABLED", False)
-    else:
-        # Groups that do not divide the sub-blocks evenly (the last ones one larger).
-        monkeypatch.setattr(kquant_search_cpu, "LANES", 50)
-        monkeypatch.setattr(kquant_search_cpu, "QX_LANES", 50)
     expected = ggml_quantize(rows, type_name, importance)
     ours = quantize(torch.from_numpy(rows), type_name,
                     importance=None if importance is None else torch.from_numpy(importance))
@@ -94,45 +91,41 @@ def test_both_searches_give_ggml_bytes(type_name: str, case: str, path: str, wei
     assert differing == 0, f"{differing} of {len(rows)} rows differ"
 
 
-def test_numpy_and_torch_searches_agree_value_for_value() -> None:
+def test_compiled_and_torch_searches_agree_value_for_value() -> None:
     rng = np.random.default_rng(4)
     x = torch.from_numpy((rng.standard_normal((300, 32)) * 0.05).astype(np.float32))
     x[7] = 0.0
     x[8] = -0.5
     weights = x.abs() + 0.01
-    for nmax, rmin, nstep, use_mad in ((15, -1.0, 20, False), (3, -0.5, 15, True)):
-        fast = make_qkx2_quants(x, weights, nmax, rmin, 0.1, nstep, use_mad)
-        reference = make_qkx2_quants_torch(x, weights, nmax, rmin, 0.1, nstep, use_mad)
-        for a, b in zip(fast, reference, strict=True):
-            assert a.device == x.device and a.dtype == torch.float32
-            assert torch.equal(a, b) and torch.equal(a.signbit(), b.signbit())
-    # One sub-block alone takes the torch path (NumPy would add a lone row's sums pairwise).
-    single = make_qkx2_quants(x[:1], weights[:1], 15, -1.0, 0.1, 20, False)
-    assert torch.equal(single[0], kquant_search.make_qkx2_quants_torch(
-        x[:1], weights[:1], 15, -1.0, 0.1, 20, False)[0])
+    for rows in (x, x[:1]):  # a lone sub-block too
+        for nmax, rmin, nstep, use_mad in ((15, -1.0, 20, False), (3, -0.5, 15, True)):
+            fast = make_qkx2_quants(rows, weights[:len(rows)], nmax, rmin, 0.1, nstep, use_mad)
+            reference = make_qkx2_quants_torch(rows, weights[:len(rows)], nmax, rmin, 0.1,
+                                               nstep, use_mad)
+            for a, b in zip(fast, reference, strict=True):
+                assert a.device == x.device and a.dtype == torch.float32
+                assert torch.equal(a, b)
+            # The sign of a zero scale or min reaches the file; a code is an integer.
+            for a, b in zip(fast[:2], reference[:2], strict=True):
+                assert torch.equal(a.signbit(), b.signbit())
 
 
-def test_q6_k_numpy_and_torch_sums_and_choices_agree() -> None:
+def test_q6_k_compiled_and_torch_searches_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     from app.core.quant import kquants
 
     rng = np.random.default_rng(9)
     x = torch.from_numpy((rng.standard_normal((700, 16)) * 0.05).astype(np.float32))
     x[3] = 0.0
     x[4, :8] = 0.25
-    peak = x.abs().amax(dim=1).clamp(min=1e-3)
-    steps = torch.tensor([0] + [s for s in range(-9, 10) if s], dtype=torch.float32)
-    iscales = (-(32 + torch.tensor(0.1) * steps)).unsqueeze(1) / peak.unsqueeze(0)
-    fast = kquant_search_cpu.qx_sums(iscales, x, x * x)
-    reference = kquants.qx_sums(iscales, x)
+    x[5, 2] = -x[5].abs().max() * 2  # a negative peak
+    fast = kquants._make_qx_quants(x)
+    monkeypatch.setattr(kquant_search_cpu, "ENABLED", False)
+    reference = kquants._make_qx_quants(x)
     for a, b in zip(fast, reference, strict=True):
         assert torch.equal(a, b)
-    chosen_fast = kquant_search_cpu.qx_choose(iscales, *reference)
-    chosen_reference = kquants.qx_choose(iscales, *reference)
-    for a, b in zip(chosen_fast, chosen_reference, strict=True):
-        assert torch.equal(a, b)
 
 
-def test_weighted_search_numpy_and_torch_agree_value_for_value() -> None:
+def test_weighted_searches_compiled_and_torch_agree_value_for_value() -> None:
     from app.core.quant.weighted_search import make_qkx3_quants, make_qkx3_quants_torch
 
     rng = np.random.default_rng(12)
@@ -147,4 +140,24 @@ def test_weighted_search_numpy_and_torch_agree_value_for_value() -> None:
         fast = make_qkx3_quants(x, weights, nmax, rmin, 0.05, nstep)
         reference = make_qkx3_quants_torch(x, weights, nmax, rmin, 0.05, nstep)
         for a, b in zip(fast, reference, strict=True):
-            assert torch.equal(a, b) and torch.equal(a.signbit(), b.signbit())
+            assert torch.equal(a, b)
+        for a, b in zip(fast[:2], reference[:2], strict=True):
+            assert torch.equal(a.signbit(), b.signbit())
+
+
+def test_weighted_qx_search_compiled_and_torch_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.core.quant.weighted_search import make_qx_quants
+
+    rng = np.random.default_rng(13)
+    x = torch.from_numpy((rng.standard_normal((400, 16)) * 0.05).astype(np.float32))
+    x[2] = 0.0
+    x[3, :4] = 0.5
+    weights = torch.from_numpy(rng.lognormal(0, 2, (400, 16)).astype(np.float32))
+    weights[4] = 0.0
+    for nmax in (4, 8, 16, 32):
+        fast = make_qx_quants(x, weights, nmax)
+        with monkeypatch.context() as patch:
+            patch.setattr(kquant_search_cpu, "ENABLED", False)
+            reference = make_qx_quants(x, weights, nmax)
+        for a, b in zip(fast, reference, strict=True):
+            assert torch.equal(a, b)

@@ -10,8 +10,9 @@ bytes.
 
 The searches take sub-blocks as rows ([n, size] float32) and importance weights of the same
 shape where the C takes them, so a weighted (importance-matrix) quantizer can call them with
-its own weights. On the CPU, make_qkx2_quants runs the NumPy version in kquant_search_cpu
-(the same operations, far less time per call); the torch version serves every other device.
+its own weights. On the CPU, make_qkx2_quants runs the compiled kernel of kquant_search_cpu
+(the same operations, one sub-block per vector lane); the torch version serves every other
+device.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
 
     Returns (scale [n], the_min [n] (stored negated, >= 0), L [n, size] as float codes
     0..nmax), on the device of x. `nstep` >= 1 (every K-quant uses 15 or 20 steps). CPU
-    tensors go through the NumPy version (same results, several times faster there).
+    tensors go through the compiled kernel (same results, many times faster there).
     """
     if kquant_search_cpu.handles(x, weights):
         return kquant_search_cpu.make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep,
@@ -216,7 +217,10 @@ def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
     """make_q3_quants(size, nmax, x, L, do_rmse=true) for sub-blocks x [n, size].
 
     Returns (scale [n], L [n, size] as float codes 0..2*nmax-1; 0 for an all-zero sub-block).
+    CPU tensors go through the compiled kernel.
     """
+    if kquant_search_cpu.handles(x):
+        return kquant_search_cpu.make_q3_quants(x, nmax)
     peak = first_absmax(x).squeeze(1)
     zero = peak.abs() < GROUP_MAX_EPS
     iscale = divide(-nmax, torch.where(zero, 1.0, peak))

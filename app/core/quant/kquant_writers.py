@@ -48,6 +48,8 @@ def _requantize(x: torch.Tensor, search_codes: torch.Tensor, d: torch.Tensor,
                 dm: torch.Tensor | None, low: int, high: int) -> torch.Tensor:
     """L = clamp(nearest_int((x + dm) / d)) per sub-block, keeping the search's codes where the
     rounded scale d is 0 (the C `continue`s there). x [n, s, size]; d, dm [n, s, 1]."""
+    if kquant_search_cpu.handles(x, d):
+        return kquant_search_cpu.requantize(x, search_codes, d, dm, low, high)
     shifted = x if dm is None else x + dm
     fresh = nearest_int(shifted / torch.where(d == 0, 1.0, d)).clamp_(low, high)
     return torch.where(d == 0, search_codes, fresh)
@@ -100,7 +102,7 @@ def _k4_search(blocks: torch.Tensor, nmax: int, rmin: float, nstep: int,
     n = blocks.shape[0]
     x = blocks.reshape(n * 8, 32)
     if kquant_search_cpu.handles(x):
-        # The CPU search makes these weights itself, from its own transposed copy of x.
+        # The compiled search makes these weights itself.
         scales, mins, codes = kquant_search_cpu.make_qkx2_quants(x, None, nmax, rmin, 0.1,
                                                                  nstep, use_mad=False)
         return scales.reshape(n, 8), mins.reshape(n, 8), codes.reshape(n, 8, 32)

@@ -140,6 +140,8 @@ def _levels(iscales: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _make_qx_quants(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """make_qx_quants(16, 32, x, L, rmse_type=1, NULL) for sub-blocks x [n, 16] → (scale [n],
     L [n, 16] as float codes 0..63)."""
+    if kquant_search_cpu.handles(x):
+        return kquant_search_cpu.make_qx_quants(x, None, _NMAX)
     peak = first_absmax(x)  # signed; 0 for an all-zero sub-block
     zero = peak.abs() < GROUP_MAX_EPS
     steps = torch.tensor(_STEPS, dtype=torch.float32, device=x.device)
@@ -149,12 +151,8 @@ def _make_qx_quants(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # plain vector op. An all-zero sub-block divides by 1 instead of 0 (its result is replaced
     # at the end), which keeps NaN out of the sums.
     iscales = (-numerators).unsqueeze(1) / torch.where(zero, 1.0, peak).reshape(1, -1)
-    if kquant_search_cpu.handles(x):
-        sum_lx, sum_l2 = kquant_search_cpu.qx_sums(iscales, x, x * x)
-        scale, chosen = kquant_search_cpu.qx_choose(iscales, sum_lx, sum_l2)
-    else:
-        sum_lx, sum_l2 = qx_sums(iscales, x)
-        scale, chosen = qx_choose(iscales, sum_lx, sum_l2)
+    sum_lx, sum_l2 = qx_sums(iscales, x)
+    scale, chosen = qx_choose(iscales, sum_lx, sum_l2)
     # The C stores L for the winning try; recomputing it with that iscale gives the same codes.
     codes = _levels(chosen.unsqueeze(1), x) + _NMAX
     zero = zero.squeeze(1)
@@ -163,7 +161,9 @@ def _make_qx_quants(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def qx_choose(iscales: torch.Tensor, sum_lx: torch.Tensor,
               sum_l2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """kquant_search_cpu.qx_choose in torch, on any device: (scale [n], chosen iscale [n])."""
+    """make_qx_quants' choice among its tries: try 0 first, then each later try that has
+    suml2 > 0 and sumlx*sumlx > best*suml2 (best = scale*sumlx of the last taken). Returns
+    (scale [n], the chosen try's iscale [n])."""
     scale = torch.where(sum_l2[0] != 0, sum_lx[0] / sum_l2[0], 0.0)
     best = scale * sum_lx[0]
     chosen = iscales[0]
@@ -177,8 +177,8 @@ def qx_choose(iscales: torch.Tensor, sum_lx: torch.Tensor,
 
 
 def qx_sums(iscales: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """kquant_search_cpu.qx_sums in torch, on any device, with w = x * x: sumlx and suml2
-    [19, n] of every try."""
+    """make_qx_quants' sums for every try at once, with w = x * x: sumlx and suml2 [19, n],
+    element by element in order from 0.0f (sumlx += (w * x) * l, suml2 += (w * l) * l)."""
     xt = x.t().contiguous()  # [16, n]
     weights = xt * xt
     weighted_x = weights * xt
@@ -207,8 +207,13 @@ def quantize_q6_k(blocks: torch.Tensor) -> torch.Tensor:
     d = (1 / iscale).to(torch.float16)
     scales = nearest_int(iscale * sub_scales).clamp_(max=127)
     d_sub = (d.to(torch.float32) * scales).unsqueeze(2)  # [n, 16, 1]
-    requantized = nearest_int(blocks.reshape(n, 16, 16) / d_sub).clamp_(-32, 31) + 32
-    codes = torch.where(d_sub == 0, codes, requantized).to(torch.uint8).reshape(n, 2, 4, 32)
+    if kquant_search_cpu.handles(blocks, d_sub):
+        codes = kquant_search_cpu.requantize(blocks.reshape(n, 16, 16), codes, d_sub, None,
+                                             -32, 31, offset=32)
+    else:
+        requantized = nearest_int(blocks.reshape(n, 16, 16) / d_sub).clamp_(-32, 31) + 32
+        codes = torch.where(d_sub == 0, codes, requantized)
+    codes = codes.to(torch.uint8).reshape(n, 2, 4, 32)
     ql = (codes[:, :, 0:2] & 0x0F) | ((codes[:, :, 2:4] & 0x0F) << 4)  # [n, 2, 2, 32]
     high = codes >> 4
     qh = high[:, :, 0] | (high[:, :, 1] << 2) | (high[:, :, 2] << 4) | (high[:, :, 3] << 6)

@@ -39,6 +39,8 @@ def make_qx_quants(x: torch.Tensor, weights: torch.Tensor,
                    nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """make_qx_quants(n, nmax, x, L, rmse_type=1, qw=weights) → (scale [N], L [N, n] as float
     codes 0..2*nmax-1; 0 for an all-zero group)."""
+    if kquant_search_cpu.handles(x, weights):
+        return kquant_search_cpu.make_qx_quants(x, weights, nmax)
     peak = _first_of_largest_magnitude(x)
     zero = peak.abs() < GROUP_MAX_EPS
     steps = torch.tensor([0] + [s for s in range(-9, 10) if s], dtype=torch.float32,
@@ -79,14 +81,11 @@ def make_qkx3_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
                                                          torch.Tensor]:
     """make_qkx3_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep,
     use_mad=false) → (scale [N], the_min [N], L [N, n] as float codes 0..nmax), on the device
-    of x: CPU tensors go through the NumPy search (kquant_search_cpu), others through
+    of x: CPU tensors go through the compiled search (kquant_search_cpu), others through
     make_qkx3_quants_torch."""
     if kquant_search_cpu.handles(x, weights):
-        low = first_min(x)
-        low = torch.where(low > 0, 0.0, low)
-        # The same search as make_qkx2_quants', from this min and with sums from 0.0f.
-        return kquant_search_cpu.make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep,
-                                                  False, low=low, from_zero=True)
+        # With weights, the C of make_qkx3_quants is make_qkx2_quants'.
+        return kquant_search_cpu.make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep, False)
     return make_qkx3_quants_torch(x, weights, nmax, rmin, rdelta, nstep)
 
 

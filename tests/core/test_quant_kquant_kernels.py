@@ -1,0 +1,58 @@
+"""The compiled CPU searches on rows far from ordinary weights: denormal, huge and mixed
+magnitudes, where every shortcut around the C's float32 operations (rounding by rint, a
+min/max taken another way, a wider intermediate) shows up as different bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ggml_reference import ggml_quantize
+
+from app.core.quant import kquant_kernels, kquant_search_cpu, quantize
+from app.core.quant.kquant_search import make_q3_quants
+
+
+def _rows(case: str) -> np.ndarray:
+    rng = np.random.default_rng(["denormal", "huge", "mixed", "tail"].index(case))
+    # Row counts that leave a partial tile of lanes at the end.
+    base = rng.standard_normal((kquant_kernels.LANES // 8 + 3, 512)).astype(np.float32)
+    if case == "denormal":
+        return base * np.float32(1e-39)
+    if case == "huge":
+        return base * np.float32(1e30)
+    if case == "mixed":
+        return base * np.logspace(-30, 30, 512).astype(np.float32)
+    base[1, :100] = 0.0
+    base[2, 256:] = 7.0
+    return base
+
+
+@pytest.mark.parametrize("case", ["denormal", "huge", "mixed", "tail"])
+@pytest.mark.parametrize("type_name", ["Q2_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_compiled_searches_give_ggml_bytes_on_extreme_rows(type_name: str, case: str) -> None:
+    rows = _rows(case)
+    ours = quantize(torch.from_numpy(rows), type_name).numpy()
+    expected = ggml_quantize(rows, type_name, None)
+    differing = (ours != expected).any(axis=1).sum()
+    assert differing == 0, f"{differing} of {len(rows)} rows differ"
+
+
+@pytest.mark.parametrize("case", ["denormal", "tail"])
+def test_compiled_q3_k_search_gives_ggml_bytes(case: str) -> None:
+    rows = _rows(case)
+    ours = quantize(torch.from_numpy(rows), "Q3_K").numpy()
+    differing = (ours != ggml_quantize(rows, "Q3_K", None)).any(axis=1).sum()
+    assert differing == 0, f"{differing} of {len(rows)} rows differ"
+
+
+def test_compiled_and_torch_q3_k_searches_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(21)
+    x = torch.from_numpy((rng.standard_normal((500, 16)) * 0.05).astype(np.float32))
+    x[3] = 0.0
+    x[4, :8] = 0.25
+    fast = make_q3_quants(x, 4)
+    monkeypatch.setattr(kquant_search_cpu, "ENABLED", False)
+    reference = make_q3_quants(x, 4)
+    for a, b in zip(fast, reference, strict=True):
+        assert torch.equal(a, b)
