@@ -1,5 +1,6 @@
 """`modelyard --self-test`: prove an installed (or bundled) Modelyard works end to end on a tiny
-model: scan it, convert it to a GGUF, generate a few tokens. Exit 0 when every step passes.
+model: scan it, convert it to a GGUF, run the K-quant searches, generate a few tokens. Exit 0
+when every step passes.
 
 The generation runs the converted GGUF in llama.cpp, the runtime a user's tests use; only where
 llama-cpp-python is not installed does it run the HF folder in transformers. The step's line
@@ -96,6 +97,25 @@ def run_self_test(out: TextIO = sys.stdout) -> int:
             result = ConvertRequest(model, gguf, "Q8_0", device="cpu").run(RecordingReporter())
             return f"{result.tensors_written} tensors to {gguf.name}"
 
+        def kquants() -> str:
+            # The tiny model's rows are too short for K-quants (256 values a block), so the
+            # compiled searches they run on the CPU are checked on a tensor of their own: a
+            # bundle that cannot load or compile them fails here, not in a user's conversion.
+            import torch
+
+            from app.core.quant import dequantize, quantize
+
+            weights = torch.randn(64, 1024, generator=torch.Generator().manual_seed(0))
+            errors = []
+            for qtype in ("Q4_K", "Q6_K"):
+                back = dequantize(quantize(weights, qtype), qtype, weights.shape)
+                error = float((back - weights).pow(2).mean().sqrt() / weights.pow(2).mean().sqrt())
+                # Typical relative RMS errors of random weights: Q4_K 0.071, Q6_K 0.018.
+                if not error < {"Q4_K": 0.08, "Q6_K": 0.02}[qtype]:
+                    raise RuntimeError(f"{qtype} round trip error {error:.4f} is too large")
+                errors.append(f"{qtype} {error:.3f}")
+            return "relative RMS error " + ", ".join(errors)
+
         def generate() -> str:
             if llama_cpp_available():
                 source, backend, why = gguf, "llama.cpp", ""
@@ -114,7 +134,7 @@ def run_self_test(out: TextIO = sys.stdout) -> int:
                     f"job process{why}")
 
         steps = (("model", prepare), ("scan", scan), ("convert", convert),
-                 ("generate", generate))
+                 ("K-quants", kquants), ("generate", generate))
         passed = all(_step(out, name, action) for name, action in steps)
     out.write("self-test: passed\n" if passed else "self-test: failed\n")
     return 0 if passed else 1

@@ -18,7 +18,7 @@ def self_test_lines() -> list[str]:
     out = io.StringIO()
     assert run_self_test(out) == 0, out.getvalue()
     lines = out.getvalue().splitlines()
-    for step in ("model", "scan", "convert", "generate"):
+    for step in ("model", "scan", "convert", "K-quants", "generate"):
         assert any(line.startswith(f"self-test: {step} ok") for line in lines), lines
     assert lines[-1] == "self-test: passed"
     return lines
