@@ -91,7 +91,7 @@ def estimated_buffers(path: Path, context: int) -> int:
     model = inspect_path(path)
     run = estimate_gguf_run(model, context)
     buffers = compute_buffers(model_shape(model), context, flash_attention=False)
-    return run.ram.weights + run.ram.kv_cache + max(buffers.layer_gpu, buffers.logits)
+    return run.ram.weights + run.ram.kv_cache + buffers.reserved
 
 
 @pytest.mark.parametrize("name", ["smollm2", "llama", "moe", "swa"])
@@ -125,6 +125,8 @@ BUFFER_SHAPES = {
     "3072x24 narrow vocab": ((3072, 24, 8, 8192, 2000, 0), (256, 512, 2048)),
     "512x8 one KV head vocab 128k": ((512, 8, 1, 1024, 128000, 0), (256, 2048)),
     "MoE 8 experts, 2 used": ((1024, 8, 8, 1024, 8000, 8), (256, 4096)),
+    # The logits land above a gap the last layer leaves (SmolLM2-360M's shape).
+    "960x15 logits above a gap": ((960, 15, 5, 2560, 49152, 0), (256, 1024)),
 }
 
 
@@ -134,7 +136,8 @@ def test_compute_buffer_is_within_the_bound_across_shapes(name: str, tmp_path: P
     the suite's small models (hidden sizes to 4096, vocabularies to 128k). The files are sparse:
     llama.cpp reads zeros, and no weight is written. The bound under is 4 %, not 3: whether the
     allocator reuses the freed score block for the FFN is known only to half a hidden-state row
-    (`compute_buffers`); the whole estimate's bound is tested above."""
+    where the allocator is not replayed (`compute_buffers`); the whole estimate's bound is
+    tested above."""
     (n_embd, n_head, n_head_kv, n_ff, n_vocab, n_experts), contexts = BUFFER_SHAPES[name]
     path = make_sparse_llama_gguf(tmp_path / "shape.gguf", n_embd=n_embd, n_head=n_head,
                                   n_head_kv=n_head_kv, n_ff=n_ff, n_vocab=n_vocab,
@@ -142,8 +145,10 @@ def test_compute_buffer_is_within_the_bound_across_shapes(name: str, tmp_path: P
     shape = model_shape(inspect_path(path))
     for context in contexts:
         reported = reported_buffers(path, context).compute
-        estimate = compute_buffers(shape, context, flash_attention=False).reserved
+        buffers = compute_buffers(shape, context, flash_attention=False)
+        estimate = buffers.reserved
         error = (estimate - reported) / reported
-        assert -0.04 <= error <= 0.05, (
+        # A replayed allocation has the issue's own bound.
+        assert (-0.03 if buffers.replayed else -0.04) <= error <= 0.05, (
             f"{name} at n_ctx {context}: estimate {estimate / MIB:.2f} MiB, llama.cpp "
             f"{reported / MIB:.2f} MiB ({error:+.1%})")

@@ -106,7 +106,7 @@ def gpu_weight_budget(plan: ConversionPlan, vram_bytes: int,
     kv = sum(kv_cache_bytes(shape, context, layer) for layer in range(shape.n_layer)) \
         if shape.n_head else 0
     buffers = compute_buffers(shape, context, flash_attention=False)
-    budget = usable(vram_bytes) - kv - max(buffers.layer_gpu, buffers.logits) - GPU_OVERHEAD
+    budget = usable(vram_bytes) - kv - buffers.reserved - GPU_OVERHEAD
     tied = shape.tied_embeddings
 
     def on_gpu(tensor: TensorPlan) -> bool:
