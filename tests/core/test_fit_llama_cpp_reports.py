@@ -41,7 +41,7 @@ class Reported:
         return self.model + self.kv + self.output + self.compute
 
 
-def reported_buffers(path: Path, context: int) -> Reported:
+def reported_buffers(path: Path, context: int, flash_attention: bool = False) -> Reported:
     """Open the model as Modelyard does and add up the buffers llama.cpp logs."""
     from app.core.generate.backends import llama_cpp as backend
 
@@ -57,7 +57,7 @@ def reported_buffers(path: Path, context: int) -> Reported:
     backend.captured_llama_log = recording
     try:
         llm = backend.open_llama(path, n_ctx=context, n_batch=512, n_ubatch=512,
-                                 n_gpu_layers=0, n_threads=1)
+                                 n_gpu_layers=0, n_threads=1, flash_attn=flash_attention)
     finally:
         backend.captured_llama_log = original
     llm.close()
@@ -152,3 +152,27 @@ def test_compute_buffer_is_within_the_bound_across_shapes(name: str, tmp_path: P
         assert (-0.03 if buffers.replayed else -0.04) <= error <= 0.05, (
             f"{name} at n_ctx {context}: estimate {estimate / MIB:.2f} MiB, llama.cpp "
             f"{reported / MIB:.2f} MiB ({error:+.1%})")
+
+
+# Flash attention on: a hidden state as wide as the FFN (the terms were +8 to +23 % over), and
+# SmolLM2's shape where the logits land above a gap (the terms were -4.2 % at 2048).
+FLASH_SHAPES = {
+    "256x4 FFN as narrow as the hidden state": ((256, 4, 2, 512, 512, 0), (256, 2048)),
+    "576x9 SmolLM2's shape": ((576, 9, 3, 1536, 49152, 0), (2048,)),
+}
+
+
+@pytest.mark.parametrize("name", FLASH_SHAPES)
+def test_flash_attention_compute_buffer_is_within_the_bound(name: str, tmp_path: Path) -> None:
+    (n_embd, n_head, n_head_kv, n_ff, n_vocab, n_experts), contexts = FLASH_SHAPES[name]
+    path = make_sparse_llama_gguf(tmp_path / "shape.gguf", n_embd=n_embd, n_head=n_head,
+                                  n_head_kv=n_head_kv, n_ff=n_ff, n_vocab=n_vocab,
+                                  n_experts=n_experts)
+    shape = model_shape(inspect_path(path))
+    for context in contexts:
+        reported = reported_buffers(path, context, flash_attention=True).compute
+        estimate = compute_buffers(shape, context, flash_attention=True).reserved
+        error = (estimate - reported) / reported
+        assert -0.03 <= error <= 0.05, (
+            f"{name} at n_ctx {context}, flash attention: estimate {estimate / MIB:.2f} MiB, "
+            f"llama.cpp {reported / MIB:.2f} MiB ({error:+.1%})")

@@ -131,16 +131,20 @@ def _input(shape: tuple[int, ...], size: int) -> Tensor:
 
 
 def build_llama_graph(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
-                      n_ff: int, n_vocab: int, n_kv: int, n_tokens: int) -> Graph:
-    """The tensors build_llama creates for one micro-batch, expanded as llama.cpp expands them."""
+                      n_ff: int, n_vocab: int, n_kv: int, n_tokens: int,
+                      flash_attention: bool = False) -> Graph:
+    """The tensors build_llama creates for one micro-batch, expanded as llama.cpp expands them.
+
+    With flash attention the mask is f16, V is stored untransposed (one row index per token),
+    and one fused op replaces the scores, softmax and product."""
     graph = Graph()
     t = n_tokens
     kv_width = n_head_kv * head_dim
     tokens = _input((t,), 4)
     positions = _input((t,), 4)
     k_idxs = _input((t,), 8)
-    v_idxs = _input((t * kv_width,), 8)
-    mask = _input((n_kv, t), 4)
+    v_idxs = _input((t if flash_attention else t * kv_width,), 8)
+    mask = _input((n_kv, t), 2 if flash_attention else 4)
     out_ids = _input((t,), 4)
     cache = Tensor("leaf", (), external=True)
     inp = _new("get_rows", (n_embd, t), _weight(), tokens)
@@ -170,11 +174,14 @@ def build_llama_graph(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, he
         q_heads = _view(_view(q, (head_dim, n_head, t)), (head_dim, t, n_head))
         k_heads = _view(_view(cache, ()), ())
         v_heads = _view(_view(cache, ()), ())
-        scores = _new("mul_mat", (n_kv, t, n_head), k_heads, q_heads)
-        scores = _new("soft_max", (n_kv, t, n_head), scores, mask)
-        kqv = _new("mul_mat", (head_dim, t, n_head), v_heads, scores)
-        attn = _new("cont", (head_dim * n_head, t),
-                    _view(kqv, (head_dim, n_head, t)))
+        if flash_attention:
+            attn = _view(_new("flash_attn_ext", (head_dim, n_head, t), q_heads, k_heads,
+                              v_heads, mask), (head_dim * n_head, t))
+        else:
+            scores = _new("mul_mat", (n_kv, t, n_head), k_heads, q_heads)
+            scores = _new("soft_max", (n_kv, t, n_head), scores, mask)
+            kqv = _new("mul_mat", (head_dim, t, n_head), v_heads, scores)
+            attn = _new("cont", (head_dim * n_head, t), _view(kqv, (head_dim, n_head, t)))
         graph.expand(attn)
         attn = _new("mul_mat", (n_embd, t), _weight(), attn)
         residual = inp
@@ -247,8 +254,9 @@ def reserved_bytes(graph: Graph) -> int:
 
 @lru_cache(maxsize=256)
 def llama_compute_buffer(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
-                         n_ff: int, n_vocab: int, n_kv: int, n_tokens: int) -> int:
-    """The compute buffer llama.cpp reserves for a llama-architecture model (flash attention
-    off): the replayed allocation of `build_llama_graph`."""
+                         n_ff: int, n_vocab: int, n_kv: int, n_tokens: int,
+                         flash_attention: bool) -> int:
+    """The compute buffer llama.cpp reserves for a dense llama-architecture model: the
+    replayed allocation of `build_llama_graph`."""
     return reserved_bytes(build_llama_graph(n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff,
-                                            n_vocab, n_kv, n_tokens))
+                                            n_vocab, n_kv, n_tokens, flash_attention))
