@@ -154,11 +154,13 @@ def test_compute_buffer_is_within_the_bound_across_shapes(name: str, tmp_path: P
             f"{reported / MIB:.2f} MiB ({error:+.1%})")
 
 
-# Flash attention on: a hidden state as wide as the FFN (the terms were +8 to +23 % over), and
-# SmolLM2's shape where the logits land above a gap (the terms were -4.2 % at 2048).
+# Flash attention on: a hidden state as wide as the FFN (the terms were +8 to +23 % over),
+# SmolLM2's shape where the logits land above a gap (-4.2 % at 2048), and a mixture of experts
+# whose FFN is narrower than the hidden state (+32 %).
 FLASH_SHAPES = {
     "256x4 FFN as narrow as the hidden state": ((256, 4, 2, 512, 512, 0), (256, 2048)),
     "576x9 SmolLM2's shape": ((576, 9, 3, 1536, 49152, 0), (2048,)),
+    "MoE 8 experts, FFN narrower than the hidden state": ((1024, 16, 4, 512, 2000, 8), (256,)),
 }
 
 

@@ -4,11 +4,12 @@ llama.cpp sizes its compute buffer by allocating the worst-case graph (a full mi
 token an output, attending to every KV cell) with ggml-alloc and keeping the highest offset any
 tensor reached. Where a tensor lands depends on what was freed before it, so the peak is not
 always the largest live set: the logits, allocated last, go on top of whatever the last layer
-left where it left it. This module rebuilds the tensors of `build_llama` (dense FFN, flash
-attention off, F16 KV cache on one CPU backend) in ggml's node order (a depth-first walk of each
-expanded tensor's sources) and replays ggml-alloc.c: leafs first, then nodes in order, reusing a
-parent's block for in-place ops, freeing a tensor after its last consumer, best-fit among the
-free blocks with the block at the end taken only when nothing else fits.
+left where it left it. This module rebuilds the tensors of `build_llama` (dense or expert FFN,
+flash attention on or off, the whole graph on one backend; weights and KV cache live in their
+own buffers) in ggml's node order (a depth-first walk of each expanded tensor's sources) and
+replays ggml-alloc.c: leafs first, then nodes in order, reusing a parent's block for in-place
+ops, freeing a tensor after its last consumer, best-fit among the free blocks with the block at
+the end taken only when nothing else fits.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from functools import lru_cache
 
 ALIGNMENT = 32  # the CPU buffer type's TENSOR_ALIGNMENT
 # ggml_op_can_inplace: the ops of this graph that may take over their parent's block.
-INPLACE_OPS = frozenset({"add", "mul", "rms_norm", "rope", "soft_max"})
+INPLACE_OPS = frozenset({"add", "mul", "div", "rms_norm", "rope", "soft_max"})
 
 
 @dataclass(eq=False)
@@ -132,7 +133,8 @@ def _input(shape: tuple[int, ...], size: int) -> Tensor:
 
 def build_llama_graph(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
                       n_ff: int, n_vocab: int, n_kv: int, n_tokens: int,
-                      flash_attention: bool = False) -> Graph:
+                      flash_attention: bool = False, n_expert: int = 0,
+                      n_expert_used: int = 0) -> Graph:
     """The tensors build_llama creates for one micro-batch, expanded as llama.cpp expands them.
 
     With flash attention the mask is f16, V is stored untransposed (one row index per token),
@@ -190,15 +192,48 @@ def build_llama_graph(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, he
             residual = _new("get_rows", (n_embd, t), residual, out_ids)
         ffn_inp = _new("add", (n_embd, t), attn, residual)
         norm = _new("mul", (n_embd, t), _new("rms_norm", (n_embd, t), ffn_inp), _weight())
-        up = _new("mul_mat", (n_ff, t), _weight(), norm)
-        gate = _new("mul_mat", (n_ff, t), _weight(), norm)
-        down = _new("mul_mat", (n_embd, t), _weight(), _new("glu", (n_ff, t), gate, up))
+        if n_expert:
+            down = _moe_ffn(graph, norm, n_embd, n_ff, n_expert, n_expert_used, t)
+        else:
+            up = _new("mul_mat", (n_ff, t), _weight(), norm)
+            gate = _new("mul_mat", (n_ff, t), _weight(), norm)
+            down = _new("mul_mat", (n_embd, t), _weight(), _new("glu", (n_ff, t), gate, up))
         inp = _new("add", (n_embd, t), down, ffn_inp)
     embd = _new("mul", (n_embd, t), _new("rms_norm", (n_embd, t), inp), _weight())
     logits = _new("mul_mat", (n_vocab, t), _weight(), embd)
     embd.output = logits.output = True
     graph.expand(logits)
     return graph
+
+
+def _moe_ffn(graph: Graph, norm: Tensor, n_embd: int, n_ff: int, n_expert: int, used: int,
+             t: int) -> Tensor:
+    """build_moe_ffn as llama builds it: softmax routing, top-k, weights normalised, the
+    experts' up/gate/down as indexed products, then one view per expert used added up."""
+    probs = _new("soft_max", (n_expert, t), _new("mul_mat", (n_expert, t), _weight(), norm))
+    selected = _view(_new("argsort", (n_expert, t), probs), (used, t))
+    weights = _view(_new("get_rows", (1, used, t), _view(probs, (1, n_expert, t)), selected),
+                    (used, t))
+    total = _new("clamp", (1, t), _new("sum_rows", (1, t), weights))
+    weights = _view(_new("div", (used, t), weights, total), (1, used, t))
+    graph.expand(weights)
+    rows = _view(norm, (n_embd, 1, t))
+    up = _new("mul_mat_id", (n_ff, used, t), _weight(), rows, selected)
+    gate = _new("mul_mat_id", (n_ff, used, t), _weight(), rows, selected)
+    experts = _new("mul_mat_id", (n_embd, used, t), _weight(),
+                   _new("glu", (n_ff, used, t), gate, up), selected)
+    experts = _new("mul", (n_embd, used, t), experts, weights)
+    graph.expand(experts)
+    views = [_view(experts, (n_embd, t)) for _ in range(used)]
+    for view in views:
+        graph.expand(view)
+    out = views[0]
+    for view in views[1:]:
+        out = _new("add", (n_embd, t), out, view)
+        graph.expand(out)
+    if used == 1:
+        out = _new("cont", (n_embd, t), out)
+    return out
 
 
 def _allocate(allocator: Allocator, node: Tensor) -> None:
@@ -255,8 +290,10 @@ def reserved_bytes(graph: Graph) -> int:
 @lru_cache(maxsize=256)
 def llama_compute_buffer(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
                          n_ff: int, n_vocab: int, n_kv: int, n_tokens: int,
-                         flash_attention: bool) -> int:
+                         flash_attention: bool, n_expert: int = 0,
+                         n_expert_used: int = 0) -> int:
     """The compute buffer llama.cpp reserves for a dense llama-architecture model: the
     replayed allocation of `build_llama_graph`."""
     return reserved_bytes(build_llama_graph(n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff,
-                                            n_vocab, n_kv, n_tokens, flash_attention))
+                                            n_vocab, n_kv, n_tokens, flash_attention,
+                                            n_expert, n_expert_used))

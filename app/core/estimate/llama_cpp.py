@@ -136,10 +136,11 @@ class ComputeBuffers:
 
 
 def replays_graph(shape: ModelShape) -> bool:
-    """Whether `graph_alloc` builds this model's graph: llama's dense blocks, one KV cache."""
-    return (shape.architecture == "llama" and not shape.n_experts
-            and not any(shape.swa_layers) and shape.head_dim_k == shape.head_dim_v
-            and len(set(shape.n_head_kv)) == 1 and shape.n_layer > 0)
+    """Whether `graph_alloc` builds this model's graph: llama's blocks (dense or experts), one
+    KV cache."""
+    return (shape.architecture == "llama" and not any(shape.swa_layers)
+            and shape.head_dim_k == shape.head_dim_v and len(set(shape.n_head_kv)) == 1
+            and shape.n_layer > 0)
 
 
 def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
@@ -163,10 +164,10 @@ def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
     contexts each, 6 other shapes within +2.7/-6.9 %. The misses are where the allocator puts
     the logits above a gap the last layer left (up to 4 hidden-state rows) or, with flash
     attention on, where the FFN is as narrow as the hidden state (over by half).
-    For the graph `graph_alloc` rebuilds (llama's dense blocks) the whole reserve comes from a
-    replay of the allocator instead (`replayed`): it equals llama.cpp's report to 0.2 % for
-    13 shapes at contexts 256-8192, flash attention on and off; the terms stay for split
-    placements and the other graphs (experts, sliding windows)."""
+    For the graph `graph_alloc` rebuilds (llama's blocks, dense or experts) the whole reserve
+    comes from a replay of the allocator instead (`replayed`): it equals llama.cpp's report to
+    0.2 % for 15 shapes at contexts 256-8192, flash attention on and off; the terms stay for
+    split placements and the other graphs (other architectures, sliding windows)."""
     kv = padded_context(context)
     ubatch = min(context, n_ubatch)
     f32, f16, i64 = 4, 2, 8
@@ -209,7 +210,8 @@ def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
         # the allocator knows (the terms above miss by up to 4 hidden-state rows there).
         replayed = llama_compute_buffer(shape.n_layer, shape.n_embd, shape.n_head,
                                         shape.n_head_kv[0], shape.head_dim_k, shape.n_ff,
-                                        shape.n_vocab, kv, ubatch, flash_attention)
+                                        shape.n_vocab, kv, ubatch, flash_attention,
+                                        shape.n_experts, shape.n_experts_used)
     return ComputeBuffers(layer, max(attention + conversion, ffn + ffn_conversion), logits,
                           2 * row, replayed)
 
