@@ -10,6 +10,7 @@ from app.core.estimate.graph_alloc import (
     Graph,
     Tensor,
     build_llama_graph,
+    llama_compute_buffer,
     reserved_bytes,
 )
 from app.core.estimate.llama_cpp import compute_buffers, replays_graph
@@ -80,3 +81,17 @@ def test_the_replay_covers_llama_graphs_only() -> None:
     assert not replays_graph(shape(n_head_kv=(2, 1)))
     assert compute_buffers(shape(architecture="qwen2"), 512, False).replayed == 0
     assert compute_buffers(shape(), 512, False).replayed > 0
+
+
+def test_replaying_four_or_five_layers_gives_the_whole_models_peak() -> None:
+    # The layout alternates layer to layer, so an odd model replays five layers; a wrong parity
+    # gives another peak for this narrow-FFN shape with flash attention.
+    for n_layer in (30, 31):
+        for flash in (False, True):
+            for shape_args in ((256, 4, 2, 64, 512, 512, 1024, 512),
+                               (512, 8, 1, 64, 1024, 128000, 256, 256)):
+                n_embd, n_head, n_head_kv, head_dim, n_ff, vocab, kv, t = shape_args
+                whole = reserved_bytes(build_llama_graph(n_layer, n_embd, n_head, n_head_kv,
+                                                         head_dim, n_ff, vocab, kv, t, flash))
+                assert llama_compute_buffer(n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff,
+                                            vocab, kv, t, flash) == whole
