@@ -139,3 +139,18 @@ def test_the_entry_point_runs_a_job_child_for_a_frozen_build(
     # stdin closed after the request: to the child its supervisor is gone, so it cancels
     assert '"text":"pid ' in result.stdout
     assert '"event":"result","status":"cancelled"' in result.stdout
+
+
+def test_sets_and_bytes_cross_and_malformed_ones_are_wire_errors() -> None:
+    value = {"s": {1, (2, "x")}, "f": frozenset({Path("/a")}), "b": b"\x00\xff"}
+    assert decode(encode(value)) == value
+    assert isinstance(decode(encode(value))["f"], frozenset)
+    # What a broken or hostile child could send instead: every one is refused as a WireError
+    # (which the supervisor reports), never a TypeError from deep inside decoding.
+    for bad in ({"__set__": [{"__dict__": []}]}, {"__set__": [[[1]]]}, {"__set__": 5},
+                {"__set__": "abc"}, {"__dict__": [[{"__dict__": []}, 1]]},
+                {"__dict__": [[1, 2, 3]]}, {"__dict__": 7}, {"__tuple__": 3},
+                {"__float__": "many"}, {"__float__": []}, {"__bytes__": "not base64!"},
+                {"__bytes__": 12}):
+        with pytest.raises(WireError):
+            decode(bad)
