@@ -154,3 +154,23 @@ def test_sets_and_bytes_cross_and_malformed_ones_are_wire_errors() -> None:
                 {"__bytes__": 12}):
         with pytest.raises(WireError):
             decode(bad)
+
+
+def test_an_unreadable_result_fails_the_job_and_removes_its_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import sys
+
+    from app.core import jobs_process
+
+    part = tmp_path / "out.part"
+    events = [{"event": "part", "path": str(part)},
+              {"event": "result", "status": "done", "value": {"__set__": [{"__dict__": []}]}}]
+    lines = tmp_path / "events.jsonl"
+    lines.write_text("".join(json.dumps(e) + "\n" for e in events))
+    script = (f"import sys; sys.stdin.readline(); open({str(part)!r}, 'w').write('x'); "
+              f"sys.stdout.write(open({str(lines)!r}).read()); sys.stdout.flush()")
+    monkeypatch.setattr(jobs_process, "child_command", lambda: [sys.executable, "-c", script])
+    result = run_in_child(Echo(("a",)), RecordingReporter())
+    assert result.status == "failed" and "unreadable result" in (result.error or "")
+    assert not part.exists()
