@@ -488,13 +488,20 @@ def write_tiny_llama(folder: Path, n_layers: int = 2, hidden: int = 64, ffn: int
 
 
 @contextmanager
-def serving_standard_repos(root: Path, smollm2: Path) -> Iterator[HubServer]:
-    """A started test Hub holding `standard_repos`, stopped on exit."""
+def serving(*repos: HubRepo) -> Iterator[HubServer]:
+    """A started test Hub holding `repos`, stopped on exit."""
     server = HubServer()
-    for repo in standard_repos(root, smollm2):
+    for repo in repos:
         server.add(repo)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def serving_standard_repos(root: Path, smollm2: Path) -> Iterator[HubServer]:
+    """A started test Hub holding `standard_repos`, stopped on exit."""
+    with serving(*standard_repos(root, smollm2)) as server:
+        yield server
