@@ -82,3 +82,19 @@ def test_kernels_compile_where_numba_has_no_writable_cache_folder() -> None:
     assert done.returncode == 0, done.stderr
     # nearest_int rounds half to even (0.5 -> 0), clamped to [-4, 3], then + 4.
     assert done.stdout.strip() == "[[4.0, 3.0, 6.0, 7.0]]"
+
+
+@pytest.mark.parametrize("type_name", ["Q3_K", "Q4_K", "Q6_K"])
+def test_compiled_searches_give_the_same_bytes_from_two_threads_at_once(type_name: str) -> None:
+    # The converter's two worker threads call the kernels together, without the GIL: each
+    # call must work in buffers of its own (a shared tile would mix the threads' rows).
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    inputs = [torch.from_numpy(rng.standard_normal((96, 1024)).astype(np.float32) * scale)
+              for scale in (0.02, 3.0, 0.02, 3.0)]
+    alone = [quantize(x, type_name) for x in inputs]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda x: quantize(x, type_name), inputs))
+    for a, b in zip(alone, together, strict=True):
+        assert torch.equal(a, b)
