@@ -211,6 +211,32 @@ def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
             the_mins[row] = -flat_min[j] if flat[j] else -low[j]
 
 
+@_compiled(inline="always")
+def _signed_peaks(x: np.ndarray, weights: np.ndarray, own_weights: bool, first: int,
+                  count: int, xt: np.ndarray, wt: np.ndarray, peak: np.ndarray,
+                  amax: np.ndarray) -> None:
+    """make_qx_quants' and make_q3_quants' start for the tile of sub-blocks from `first`:
+    x and its weights (weights[r], or x*x with `own_weights`) transposed into xt and wt
+    [size, LANES], lanes past `count` repeating the last sub-block; then each lane's largest
+    |x| (amax) and that x with its sign (peak), the first one met on ties, as the C's
+    `fabsf(x) > amax` picks it."""
+    size = x.shape[1]
+    for j in range(LANES):
+        row = first + min(j, count - 1)
+        for i in range(size):
+            xt[i, j] = x[row, i]
+            wt[i, j] = x[row, i] * x[row, i] if own_weights else weights[row, i]
+    for j in range(LANES):
+        peak[j] = _ZERO
+        amax[j] = _ZERO
+    for i in range(size):
+        for j in range(LANES):
+            ax = abs(xt[i, j])
+            bigger = ax > amax[j]
+            amax[j] = ax if bigger else amax[j]
+            peak[j] = xt[i, j] if bigger else peak[j]
+
+
 @_compiled()
 def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
        scales: np.ndarray, codes: np.ndarray) -> None:
@@ -232,20 +258,7 @@ def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
     bottom, ceiling = f32(-nmax), f32(nmax - 1)
     for first in range(0, n, LANES):
         count = min(LANES, n - first)
-        for j in range(LANES):
-            row = first + min(j, count - 1)
-            for i in range(size):
-                xt[i, j] = x[row, i]
-                wt[i, j] = x[row, i] * x[row, i] if own_weights else weights[row, i]
-        for j in range(LANES):
-            peak[j] = _ZERO
-            amax[j] = _ZERO
-        for i in range(size):
-            for j in range(LANES):
-                ax = abs(xt[i, j])
-                bigger = ax > amax[j]
-                amax[j] = ax if bigger else amax[j]
-                peak[j] = xt[i, j] if bigger else peak[j]
+        _signed_peaks(x, weights, own_weights, first, count, xt, wt, peak, amax)
         for j in range(LANES):
             iscale[j] = -top / peak[j]
             chosen[j] = iscale[j]
@@ -325,20 +338,7 @@ def q3(x: np.ndarray, nmax: int, scales: np.ndarray, codes: np.ndarray) -> None:
     bottom, ceiling = f32(-nmax), f32(nmax - 1)
     for first in range(0, n, LANES):
         count = min(LANES, n - first)
-        for j in range(LANES):
-            row = first + min(j, count - 1)
-            for i in range(size):
-                xt[i, j] = x[row, i]
-                wt[i, j] = x[row, i] * x[row, i]
-        for j in range(LANES):
-            peak[j] = _ZERO
-            amax[j] = _ZERO
-        for i in range(size):
-            for j in range(LANES):
-                ax = abs(xt[i, j])
-                bigger = ax > amax[j]
-                amax[j] = ax if bigger else amax[j]
-                peak[j] = xt[i, j] if bigger else peak[j]
+        _signed_peaks(x, x, True, first, count, xt, wt, peak, amax)
         for j in range(LANES):
             iscale = -top / peak[j]
             sum_lx[j] = _ZERO
