@@ -389,10 +389,12 @@ def use_test_hub(monkeypatch: Any, tmp_path: Path, server: HubServer) -> Path:
 
 
 def fresh_test_hub(monkeypatch: Any, tmp_path: Path, server: HubServer) -> HubServer:
-    """`use_test_hub` for one test of a module-scoped server: its request log, cut connections
-    and checksums start empty; the HF cache folder is kept as `server.cache`."""
+    """`use_test_hub` for one test of a module-scoped server: its request log, forced
+    failures, cut connections and checksums start empty; the HF cache folder is kept as
+    `server.cache`."""
     server.cache = use_test_hub(monkeypatch, tmp_path, server)  # type: ignore[attr-defined]
     server.requests.clear()
+    server.fail.clear()
     server.cut_after.clear()
     server._sha_cache.clear()
     return server
