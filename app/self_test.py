@@ -107,11 +107,13 @@ def run_self_test(out: TextIO = sys.stdout) -> int:
 
             weights = torch.randn(64, 1024, generator=torch.Generator().manual_seed(0))
             errors = []
-            for qtype in ("Q4_K", "Q6_K"):
+            # One type per compiled kernel: Q3_K's search, Q4_K's (and the requantization),
+            # Q6_K's. Relative RMS errors of these weights: Q3_K 0.150, Q4_K 0.072, Q6_K 0.018.
+            limits = {"Q3_K": 0.16, "Q4_K": 0.08, "Q6_K": 0.02}
+            for qtype, limit in limits.items():
                 back = dequantize(quantize(weights, qtype), qtype, weights.shape)
                 error = float((back - weights).pow(2).mean().sqrt() / weights.pow(2).mean().sqrt())
-                # Typical relative RMS errors of random weights: Q4_K 0.071, Q6_K 0.018.
-                if not error < {"Q4_K": 0.08, "Q6_K": 0.02}[qtype]:
+                if not error < limit:
                     raise RuntimeError(f"{qtype} round trip error {error:.4f} is too large")
                 errors.append(f"{qtype} {error:.3f}")
             return "relative RMS error " + ", ".join(errors)

@@ -389,10 +389,12 @@ def use_test_hub(monkeypatch: Any, tmp_path: Path, server: HubServer) -> Path:
 
 
 def fresh_test_hub(monkeypatch: Any, tmp_path: Path, server: HubServer) -> HubServer:
-    """`use_test_hub` for one test of a module-scoped server: its request log, cut connections
-    and checksums start empty; the HF cache folder is kept as `server.cache`."""
+    """`use_test_hub` for one test of a module-scoped server: its request log, forced
+    failures, cut connections and checksums start empty; the HF cache folder is kept as
+    `server.cache`."""
     server.cache = use_test_hub(monkeypatch, tmp_path, server)  # type: ignore[attr-defined]
     server.requests.clear()
+    server.fail.clear()
     server.cut_after.clear()
     server._sha_cache.clear()
     return server
@@ -488,13 +490,20 @@ def write_tiny_llama(folder: Path, n_layers: int = 2, hidden: int = 64, ffn: int
 
 
 @contextmanager
-def serving_standard_repos(root: Path, smollm2: Path) -> Iterator[HubServer]:
-    """A started test Hub holding `standard_repos`, stopped on exit."""
+def serving(*repos: HubRepo) -> Iterator[HubServer]:
+    """A started test Hub holding `repos`, stopped on exit."""
     server = HubServer()
-    for repo in standard_repos(root, smollm2):
+    for repo in repos:
         server.add(repo)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def serving_standard_repos(root: Path, smollm2: Path) -> Iterator[HubServer]:
+    """A started test Hub holding `standard_repos`, stopped on exit."""
+    with serving(*standard_repos(root, smollm2)) as server:
+        yield server

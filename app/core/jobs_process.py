@@ -168,7 +168,7 @@ def run_in_child(request: JobRequest, reporter: Reporter, *, ask_grace_s: float 
         for line in process.stdout:
             event = _event(line, reporter)
             if event is not None and event["event"] == "result":
-                result = result_from_event(event)
+                result = _result(event, reporter)
             elif event is not None:
                 _dispatch(event, request, reporter, state)
         process.wait()
@@ -199,6 +199,17 @@ def _event(line: str, reporter: Reporter) -> dict[str, Any] | None:
     except WireError as exc:
         reporter.log("debug", str(exc))
         return None
+
+
+def _result(event: dict[str, Any], reporter: Reporter) -> JobResult:
+    # A result that cannot be read fails the job (its partial outputs are removed) instead of
+    # raising out of run_in_child, which promises a JobResult for every outcome.
+    try:
+        return result_from_event(event)
+    except (KeyError, TypeError, ValueError, WireError) as exc:
+        reporter.log("debug", f"unreadable result from the job's process ({exc})")
+        return JobResult("failed", error=f"internal error: unreadable result ({exc})",
+                         exit_code=1)
 
 
 def _dispatch(event: dict[str, Any], request: JobRequest, reporter: Reporter,

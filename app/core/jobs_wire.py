@@ -172,14 +172,18 @@ def decode(data: Any, callbacks: Callbacks = None) -> Any:
         except (TypeError, ValueError) as exc:
             raise WireError(f"not bytes: {exc}") from exc
     if "__tuple__" in data:
-        return tuple(decode(v, callbacks) for v in data["__tuple__"])
+        return tuple(decode(v, callbacks) for v in _items(data, "__tuple__"))
     if "__float__" in data:
-        return float(data["__float__"])
+        try:
+            return float(data["__float__"])
+        except (TypeError, ValueError) as exc:
+            raise WireError(f"not a float: {exc}") from exc
     if "__set__" in data:
-        items = (_hashable(decode(v, callbacks)) for v in data["__set__"])
+        items = [_hashable(decode(v, callbacks)) for v in _items(data, "__set__")]
         return frozenset(items) if data.get("frozen") else set(items)
     if "__dict__" in data:
-        return {_hashable(decode(k, callbacks)): decode(v, callbacks) for k, v in data["__dict__"]}
+        pairs = [_pair(item) for item in _items(data, "__dict__")]
+        return {_hashable(decode(k, callbacks)): decode(v, callbacks) for k, v in pairs}
     if "__ndarray__" in data:
         return _decode_array(data)
     if "__enum__" in data:
@@ -206,8 +210,30 @@ def _decode_array(data: dict[str, Any]) -> Any:
         raise WireError(f"not an array: {exc}") from exc
 
 
+def _items(data: dict[str, Any], key: str) -> list[Any]:
+    # A list, as encode writes it: anything else (a string would iterate as characters) is a
+    # broken or hostile message, refused as one.
+    items = data[key]
+    if not isinstance(items, list):
+        raise WireError(f"{key} holds a {type(items).__name__}, not a list")
+    return items
+
+
+def _pair(item: Any) -> list[Any]:
+    if not isinstance(item, list) or len(item) != 2:
+        raise WireError(f"not a key and value: {str(item)[:100]}")
+    return item
+
+
 def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    # A set member or dict key: a list was a tuple before JSON. Anything still unhashable
+    # (a dict, a nested list) cannot have been encoded from a set or a key.
+    value = tuple(value) if isinstance(value, list) else value
+    try:
+        hash(value)
+    except TypeError as exc:
+        raise WireError(f"not a set member or key: {exc}") from exc
+    return value
 
 
 def _decode_dataclass(data: dict[str, Any], callbacks: Callbacks) -> Any:

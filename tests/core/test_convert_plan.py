@@ -73,27 +73,23 @@ def test_unknown_architecture_is_refused(tiny_models: dict[str, Path], tmp_path:
         plan_conversion(model, tmp_path / "x.gguf")
 
 
-def test_unmapped_tensor_is_named(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "shape", "error", "message"), [
+    ("model.layers.0.mystery.weight", (4, 4), UnsupportedError,
+     "model.layers.0.mystery.weight"),
+    ("model.layers.1.mlp.up_proj.weight", (100, 64), FormatError,
+     r"up_proj.*\[100, 64\].*\[128, 64\]"),
+], ids=["unmapped-name", "unexpected-shape"])
+def test_an_unmapped_or_misshapen_tensor_is_named(tiny_models: dict[str, Path], tmp_path: Path,
+                                                   name: str, shape: tuple[int, int],
+                                                   error: type[Exception], message: str) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    model = copy_model(tiny_models["llama"], tmp_path / "extra")
+    model = copy_model(tiny_models["llama"], tmp_path / "odd")
     tensors = load_file(model / "model.safetensors")
-    tensors["model.layers.0.mystery.weight"] = torch.zeros(4, 4)
+    tensors[name] = torch.zeros(shape)
     save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(UnsupportedError, match="model.layers.0.mystery.weight"):
-        plan_conversion(model, tmp_path / "x.gguf")
-
-
-def test_unexpected_shape_is_refused(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    model = copy_model(tiny_models["llama"], tmp_path / "shape")
-    tensors = load_file(model / "model.safetensors")
-    tensors["model.layers.1.mlp.up_proj.weight"] = torch.zeros(100, 64)
-    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(FormatError, match=r"up_proj.*\[100, 64\].*\[128, 64\]"):
+    with pytest.raises(error, match=message):
         plan_conversion(model, tmp_path / "x.gguf")
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_server import GOOD_TOKEN, HubServer, serving_standard_repos, use_test_hub
+from hub_server import GOOD_TOKEN, HubServer, fresh_test_hub, serving_standard_repos
 
 from app.core.errors import OptionError
 from app.core.estimate.verdict import Machine
@@ -32,10 +32,7 @@ def hub_files(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 @pytest.fixture()
 def hub(hub_files: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> HubServer:
-    use_test_hub(monkeypatch, tmp_path, hub_files)
-    hub_files.fail.clear()
-    hub_files.requests.clear()
-    return hub_files
+    return fresh_test_hub(monkeypatch, tmp_path, hub_files)
 
 
 def test_search_pages_through_the_hubs_link_headers(hub: HubServer) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_server import CancelHalfway, HubRepo, HubServer, fresh_test_hub
+from hub_server import CancelHalfway, HubRepo, HubServer, fresh_test_hub, serving
 
 from app.core.formats.scan import scan_hf_cache
 from app.core.hub.download import DownloadRequest
@@ -21,12 +21,9 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @pytest.fixture(scope="module")
 def served(smollm2_gguf: Path) -> Iterator[HubServer]:
-    server = HubServer()
-    server.add(HubRepo(REPO, {GGUF: smollm2_gguf, "README.md": b"# SmolLM2 quants\n"},
-                       tags=("gguf",)))
-    server.start()
-    yield server
-    server.stop()
+    files = {GGUF: smollm2_gguf, "README.md": b"# SmolLM2 quants\n"}
+    with serving(HubRepo(REPO, files, tags=("gguf",))) as server:
+        yield server
 
 
 @pytest.fixture()

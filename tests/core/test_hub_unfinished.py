@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_server import CancelHalfway, HubRepo, HubServer, fresh_test_hub
+from hub_server import CancelHalfway, HubRepo, HubServer, fresh_test_hub, serving
 
 from app.core.errors import BadInputError
 from app.core.hub.download import DownloadRequest
@@ -26,11 +26,8 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @pytest.fixture(scope="module")
 def served(smollm2_gguf: Path) -> Iterator[HubServer]:
-    server = HubServer()
-    server.add(HubRepo(REPO, {GGUF: smollm2_gguf}, tags=("gguf",)))
-    server.start()
-    yield server
-    server.stop()
+    with serving(HubRepo(REPO, {GGUF: smollm2_gguf}, tags=("gguf",))) as server:
+        yield server
 
 
 @pytest.fixture()

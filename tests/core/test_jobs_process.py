@@ -139,3 +139,38 @@ def test_the_entry_point_runs_a_job_child_for_a_frozen_build(
     # stdin closed after the request: to the child its supervisor is gone, so it cancels
     assert '"text":"pid ' in result.stdout
     assert '"event":"result","status":"cancelled"' in result.stdout
+
+
+def test_sets_and_bytes_cross_and_malformed_ones_are_wire_errors() -> None:
+    value = {"s": {1, (2, "x")}, "f": frozenset({Path("/a")}), "b": b"\x00\xff"}
+    assert decode(encode(value)) == value
+    assert isinstance(decode(encode(value))["f"], frozenset)
+    # What a broken or hostile child could send instead: every one is refused as a WireError
+    # (which the supervisor reports), never a TypeError from deep inside decoding.
+    for bad in ({"__set__": [{"__dict__": []}]}, {"__set__": [[[1]]]}, {"__set__": 5},
+                {"__set__": "abc"}, {"__dict__": [[{"__dict__": []}, 1]]},
+                {"__dict__": [[1, 2, 3]]}, {"__dict__": 7}, {"__tuple__": 3},
+                {"__float__": "many"}, {"__float__": []}, {"__bytes__": "not base64!"},
+                {"__bytes__": 12}):
+        with pytest.raises(WireError):
+            decode(bad)
+
+
+def test_an_unreadable_result_fails_the_job_and_removes_its_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import sys
+
+    from app.core import jobs_process
+
+    part = tmp_path / "out.part"
+    events = [{"event": "part", "path": str(part)},
+              {"event": "result", "status": "done", "value": {"__set__": [{"__dict__": []}]}}]
+    lines = tmp_path / "events.jsonl"
+    lines.write_text("".join(json.dumps(e) + "\n" for e in events))
+    script = (f"import sys; sys.stdin.readline(); open({str(part)!r}, 'w').write('x'); "
+              f"sys.stdout.write(open({str(lines)!r}).read()); sys.stdout.flush()")
+    monkeypatch.setattr(jobs_process, "child_command", lambda: [sys.executable, "-c", script])
+    result = run_in_child(Echo(("a",)), RecordingReporter())
+    assert result.status == "failed" and "unreadable result" in (result.error or "")
+    assert not part.exists()

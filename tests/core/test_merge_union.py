@@ -149,3 +149,24 @@ def test_stand_in_rows(base_named: bool, stand_in_for_c: float) -> None:
     assert b.flatten().tolist() == [10.0, 20.0, 30.0, 300.0]  # t3: c's, the only one
     # t1: the base's row when a base model is named, else the mean of the base's and b's.
     assert c.flatten().tolist() == [100.0, stand_in_for_c, 200.0, 300.0]
+
+
+@pytest.mark.parametrize("name", ["../escape.json", "config.json", "sub/tokenizer.json"])
+def test_a_plans_tokenizer_file_names_stay_inside_the_output(
+        name: str, pair: tuple[Path, Path], tmp_path: Path) -> None:
+    # The union tokenizer's files travel in the plan, which may have been made in another
+    # process: a name that is a path, or one of the merge's own files, is refused and nothing
+    # is left behind.
+    from app.core.errors import BadInputError
+    from app.core.merge.execute import run_merge
+
+    out = tmp_path / "nested" / "out"
+    out.parent.mkdir()
+    text = CONFIGS["ties"].format(a=pair[0], b=pair[1], c=pair[1]) + \
+        "dtype: float32\ntokenizer_source: union\n"
+    plan = MergeRequest(out, config_text=text).plan()
+    assert plan.vocab is not None
+    plan.vocab.tokenizer_files = {**plan.vocab.tokenizer_files, name: b"{}"}
+    with pytest.raises(BadInputError, match="tokenizer file"):
+        run_merge(plan, RecordingReporter(), check_memory=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["nested"]

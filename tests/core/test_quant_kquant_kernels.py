@@ -4,6 +4,10 @@ min/max taken another way, a wider intermediate) shows up as different bytes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -55,4 +59,42 @@ def test_compiled_and_torch_q3_k_searches_agree(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(kquant_search_cpu, "ENABLED", False)
     reference = make_q3_quants(x, 4)
     for a, b in zip(fast, reference, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_kernels_compile_where_numba_has_no_writable_cache_folder() -> None:
+    # An installed copy on a read-only file system with no writable home: numba finds no
+    # folder for its cache (emulated by taking away every place it looks) and raises at
+    # decoration unless the module falls back to compiling without a cache.
+    script = (
+        "import numpy as np\n"
+        "from numba.core import caching\n"
+        "caching.CacheImpl._locator_classes = []\n"
+        "from app.core.quant import kquant_kernels as k\n"
+        "x = np.array([[0.5, -1.0, 2.0, 3.0]], np.float32)\n"
+        "codes = np.empty_like(x)\n"
+        "k.requantize(x, np.zeros_like(x), np.array([1.0], np.float32),\n"
+        "             np.array([0.0], np.float32), -4, 3, 4, codes)\n"
+        "print(codes.tolist())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    # nearest_int rounds half to even (0.5 -> 0), clamped to [-4, 3], then + 4.
+    assert done.stdout.strip() == "[[4.0, 3.0, 6.0, 7.0]]"
+
+
+@pytest.mark.parametrize("type_name", ["Q3_K", "Q4_K", "Q6_K"])
+def test_compiled_searches_give_the_same_bytes_from_two_threads_at_once(type_name: str) -> None:
+    # The converter's two worker threads call the kernels together, without the GIL: each
+    # call must work in buffers of its own (a shared tile would mix the threads' rows).
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    inputs = [torch.from_numpy(rng.standard_normal((96, 1024)).astype(np.float32) * scale)
+              for scale in (0.02, 3.0, 0.02, 3.0)]
+    alone = [quantize(x, type_name) for x in inputs]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda x: quantize(x, type_name), inputs))
+    for a, b in zip(alone, together, strict=True):
         assert torch.equal(a, b)

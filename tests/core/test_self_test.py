@@ -21,6 +21,9 @@ def self_test_lines() -> list[str]:
     for step in ("model", "scan", "convert", "K-quants", "generate"):
         assert any(line.startswith(f"self-test: {step} ok") for line in lines), lines
     assert lines[-1] == "self-test: passed"
+    # Each compiled K-quant kernel is run: Q3_K's search, Q4_K's, Q6_K's.
+    kquants = next(line for line in lines if line.startswith("self-test: K-quants ok"))
+    assert all(qtype in kquants for qtype in ("Q3_K", "Q4_K", "Q6_K")), kquants
     return lines
 
 

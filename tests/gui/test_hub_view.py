@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from gui_helpers import open_window, settle
-from hub_server import HubServer, serving_standard_repos, use_test_hub
+from hub_server import HubServer, fresh_test_hub, serving_standard_repos
 from PySide6.QtCore import QMimeData, QPointF, Qt
 from PySide6.QtGui import QDropEvent
 
@@ -32,8 +32,7 @@ def served(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture()
 def hub(served: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> HubServer:
-    use_test_hub(monkeypatch, tmp_path, served)
-    return served
+    return fresh_test_hub(monkeypatch, tmp_path, served)
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from gui_helpers import open_window
-from hub_server import CancelHalfway, HubRepo, HubServer, use_test_hub
+from hub_server import CancelHalfway, HubRepo, HubServer, serving, use_test_hub
 
 from app.core.hub.download import DownloadRequest
 from app.core.hub.unfinished import record_path
@@ -22,11 +22,8 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @pytest.fixture(scope="module")
 def served(smollm2_gguf: Path) -> Iterator[HubServer]:
-    server = HubServer()
-    server.add(HubRepo(REPO, {GGUF: smollm2_gguf, "README.md": b"# readme\n"}))
-    server.start()
-    yield server
-    server.stop()
+    with serving(HubRepo(REPO, {GGUF: smollm2_gguf, "README.md": b"# readme\n"})) as server:
+        yield server
 
 
 @pytest.fixture()

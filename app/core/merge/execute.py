@@ -16,7 +16,7 @@ import torch
 
 from app.core.convert.writing import disk_error
 from app.core.cuda import torch_device
-from app.core.errors import JobError
+from app.core.errors import BadInputError, JobError
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter, atomic_output, check_cancel
 from app.core.merge.canonical import Layout, with_layer
@@ -155,6 +155,7 @@ def _write_side_files(plan: MergePlan, folder: Path, reporter: Reporter) -> None
     tokenizer = plan.models[plan.tokenizer_from].path
     if plan.vocab is not None:
         for name, data in plan.vocab.tokenizer_files.items():
+            _check_tokenizer_name(name, plan.target)
             (folder / name).write_bytes(data)
         copied = sorted(plan.vocab.tokenizer_files)
     elif tokenizer.is_file():
@@ -170,6 +171,17 @@ def _write_side_files(plan: MergePlan, folder: Path, reporter: Reporter) -> None
     (folder / CONFIG_NAME).write_text(plan.config.text if plan.config.text.endswith("\n")
                                       else plan.config.text + "\n")
     (folder / REPORT_NAME).write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+
+
+def _check_tokenizer_name(name: str, target: Path) -> None:
+    # The plan may come from another process: a name that is not a plain file name, or that
+    # is one of the merge's own files, would write outside the output or over its config.
+    own = {"config.json", "generation_config.json", CONFIG_NAME, REPORT_NAME}
+    if Path(name).name != name or name in ("", ".", "..") or name in own or \
+            name.endswith(".safetensors") or name.endswith(".safetensors.index.json"):
+        raise BadInputError(f"the merge plan names a tokenizer file {name!r}, which is not a "
+                            "tokenizer file name", path=target,
+                            hint="plan the merge again")
 
 
 def _gguf_tokenizer(gguf_path: Path, folder: Path, reporter: Reporter) -> None:

@@ -15,10 +15,16 @@ before). These kernels run LANES sub-blocks side by side instead, transposed int
 sums of every lane, so each lane's sum is still added in the C's order while the vector units
 stay busy. Choices the C makes per sub-block (a better try, a clipped min) are per-lane
 selects. The kernels release the GIL, so the converter's worker threads use every core, and
-compiled code is cached on disk (`cache=True`): only the first run on a machine compiles.
+compiled code is cached on disk where numba finds a writable folder (the package's
+__pycache__, NUMBA_CACHE_DIR, the user's cache folder): only the first run on a machine
+compiles. Where it finds none (an installed copy on a read-only file system with no writable
+home), each process compiles them again rather than failing.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
@@ -35,7 +41,23 @@ _ZERO = f32(0.0)
 _ONE = f32(1.0)
 _TENTH = f32(0.1)
 # Division by zero gives inf or NaN as in C instead of raising.
-_JIT = dict(nogil=True, cache=True, error_model="numpy")
+_JIT = dict(nogil=True, error_model="numpy")
+
+
+def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """njit(**options, **_JIT), cached on disk when numba has somewhere to write the cache.
+    numba raises at decoration ("cannot cache function ...: no locator available") when none
+    of its cache folders is writable; without this fallback the import would fail and no
+    K-quant could be written on such a machine."""
+    def decorate(function: Callable[..., Any]) -> Any:
+        try:
+            return njit(cache=True, **options, **_JIT)(function)
+        except RuntimeError as exc:
+            if "cannot cache" not in str(exc):
+                raise
+            return njit(cache=False, **options, **_JIT)(function)
+
+    return decorate
 
 
 @intrinsic
@@ -47,7 +69,7 @@ def _float_bits(typingctx, value):  # noqa: ANN001, ANN202 (numba's intrinsic pr
     return types.int32(types.float32), codegen
 
 
-@njit(inline="always", **_JIT)
+@_compiled(inline="always")
 def _level(value: np.float32, low: np.float32, high: np.float32) -> np.float32:
     """MAX(low, MIN(high, nearest_int(value))) as a float32. nearest_int(): add 1.5 * 2**23 in
     float32 and read the low mantissa bits, which gives the C's integer for any input, NaN
@@ -59,7 +81,7 @@ def _level(value: np.float32, low: np.float32, high: np.float32) -> np.float32:
     return low if level < low else level
 
 
-@njit(**_JIT)
+@_compiled()
 def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
          numerators: np.ndarray, use_mad: bool, scales: np.ndarray, the_mins: np.ndarray,
          codes: np.ndarray) -> None:
@@ -189,7 +211,33 @@ def qkx2(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
             the_mins[row] = -flat_min[j] if flat[j] else -low[j]
 
 
-@njit(**_JIT)
+@_compiled(inline="always")
+def _signed_peaks(x: np.ndarray, weights: np.ndarray, own_weights: bool, first: int,
+                  count: int, xt: np.ndarray, wt: np.ndarray, peak: np.ndarray,
+                  amax: np.ndarray) -> None:
+    """make_qx_quants' and make_q3_quants' start for the tile of sub-blocks from `first`:
+    x and its weights (weights[r], or x*x with `own_weights`) transposed into xt and wt
+    [size, LANES], lanes past `count` repeating the last sub-block; then each lane's largest
+    |x| (amax) and that x with its sign (peak), the first one met on ties, as the C's
+    `fabsf(x) > amax` picks it."""
+    size = x.shape[1]
+    for j in range(LANES):
+        row = first + min(j, count - 1)
+        for i in range(size):
+            xt[i, j] = x[row, i]
+            wt[i, j] = x[row, i] * x[row, i] if own_weights else weights[row, i]
+    for j in range(LANES):
+        peak[j] = _ZERO
+        amax[j] = _ZERO
+    for i in range(size):
+        for j in range(LANES):
+            ax = abs(xt[i, j])
+            bigger = ax > amax[j]
+            amax[j] = ax if bigger else amax[j]
+            peak[j] = xt[i, j] if bigger else peak[j]
+
+
+@_compiled()
 def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
        scales: np.ndarray, codes: np.ndarray) -> None:
     """make_qx_quants(size, nmax, x[r], L, rmse_type=1, qw) for every row r of x [n, size]:
@@ -210,20 +258,7 @@ def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
     bottom, ceiling = f32(-nmax), f32(nmax - 1)
     for first in range(0, n, LANES):
         count = min(LANES, n - first)
-        for j in range(LANES):
-            row = first + min(j, count - 1)
-            for i in range(size):
-                xt[i, j] = x[row, i]
-                wt[i, j] = x[row, i] * x[row, i] if own_weights else weights[row, i]
-        for j in range(LANES):
-            peak[j] = _ZERO
-            amax[j] = _ZERO
-        for i in range(size):
-            for j in range(LANES):
-                ax = abs(xt[i, j])
-                bigger = ax > amax[j]
-                amax[j] = ax if bigger else amax[j]
-                peak[j] = xt[i, j] if bigger else peak[j]
+        _signed_peaks(x, weights, own_weights, first, count, xt, wt, peak, amax)
         for j in range(LANES):
             iscale[j] = -top / peak[j]
             chosen[j] = iscale[j]
@@ -266,7 +301,7 @@ def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
             scales[row] = _ZERO if zero else scale[j]
 
 
-@njit(**_JIT)
+@_compiled()
 def requantize(x: np.ndarray, search_codes: np.ndarray, d: np.ndarray, dm: np.ndarray,
                low: int, high: int, offset: int, codes: np.ndarray) -> None:
     """The K-quants' last pass over each sub-block r of x [m, size] with its rounded scale
@@ -285,7 +320,7 @@ def requantize(x: np.ndarray, search_codes: np.ndarray, d: np.ndarray, dm: np.nd
             codes[r, i] = _level((x[r, i] + shift) / scale, bottom, ceiling) + base
 
 
-@njit(**_JIT)
+@_compiled()
 def q3(x: np.ndarray, nmax: int, scales: np.ndarray, codes: np.ndarray) -> None:
     """make_q3_quants(size, nmax, x[r], L, do_rmse=true) for every row r of x [n, size] (w =
     x*x): scales [n] and codes [n, size] (float codes 0..2*nmax-1; 0 for an all-zero row).
@@ -303,20 +338,7 @@ def q3(x: np.ndarray, nmax: int, scales: np.ndarray, codes: np.ndarray) -> None:
     bottom, ceiling = f32(-nmax), f32(nmax - 1)
     for first in range(0, n, LANES):
         count = min(LANES, n - first)
-        for j in range(LANES):
-            row = first + min(j, count - 1)
-            for i in range(size):
-                xt[i, j] = x[row, i]
-                wt[i, j] = x[row, i] * x[row, i]
-        for j in range(LANES):
-            peak[j] = _ZERO
-            amax[j] = _ZERO
-        for i in range(size):
-            for j in range(LANES):
-                ax = abs(xt[i, j])
-                bigger = ax > amax[j]
-                amax[j] = ax if bigger else amax[j]
-                peak[j] = xt[i, j] if bigger else peak[j]
+        _signed_peaks(x, x, True, first, count, xt, wt, peak, amax)
         for j in range(LANES):
             iscale = -top / peak[j]
             sum_lx[j] = _ZERO
