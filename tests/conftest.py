@@ -120,3 +120,14 @@ def smollm2_hf(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     target = tmp_path_factory.mktemp("smollm2-hf") / "SmolLM2-135M-Instruct-hf"
     ConvertRequest(smollm2_gguf, target, "F16", to="hf", device="cpu").run(RecordingReporter())
     return target
+
+
+@pytest.fixture()
+def single_threaded_torch() -> Iterator[None]:
+    """torch on one thread: the quantizer tests compare in-order float32 sums with ggml's."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

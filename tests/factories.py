@@ -172,14 +172,8 @@ def make_gguf(path: Path, *, arch: str = "llama", n_layers: int = 2, n_embd: int
         return (rng.standard_normal(shape).astype(np.float32) * 0.02).astype(dtype, copy=False)
 
     writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name(path.stem)
-    writer.add_block_count(n_layers)
-    writer.add_context_length(context_length)
-    writer.add_embedding_length(n_embd)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_layer_norm_rms_eps(1e-5)
+    _add_hyperparameters(writer, path, n_layers=n_layers, context_length=context_length,
+                         n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv)
     for key, value in (extra_kv or {}).items():
         if isinstance(value, bool):
             writer.add_bool(key, value)
@@ -446,14 +440,8 @@ def make_sparse_llama_gguf(path: Path, *, n_layers: int = 2, n_embd: int = 512,
     import gguf
 
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name(path.stem)
-    writer.add_block_count(n_layers)
-    writer.add_context_length(context_length)
-    writer.add_embedding_length(n_embd)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_layer_norm_rms_eps(1e-5)
+    _add_hyperparameters(writer, path, n_layers=n_layers, context_length=context_length,
+                         n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     if n_experts:
         writer.add_expert_count(n_experts)
@@ -499,3 +487,16 @@ def make_sparse_llama_gguf(path: Path, *, n_layers: int = 2, n_embd: int = 512,
     writer.close()
     os.truncate(path, data_start + data_bytes)
     return path
+
+
+def _add_hyperparameters(writer: Any, path: Path, *, n_layers: int, context_length: int,
+                         n_embd: int, n_ff: int, n_head: int, n_head_kv: int) -> None:
+    """The name and the transformer shape every generated GGUF declares."""
+    writer.add_name(path.stem)
+    writer.add_block_count(n_layers)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(n_embd)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_layer_norm_rms_eps(1e-5)

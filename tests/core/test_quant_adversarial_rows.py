@@ -5,8 +5,6 @@ overflow, 1/denormal, float16 saturation and nearest_int's bit trick all come in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -19,12 +17,7 @@ N = 512  # two super-blocks, sixteen 32-element blocks per row
 ROWS = 6
 
 
-@pytest.fixture(autouse=True)
-def single_threaded_torch() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 
 def _normal(rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:

@@ -4,8 +4,6 @@ the same values."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -14,13 +12,7 @@ from ggml_reference import ggml_quantize
 from app.core.quant import kquant_search_cpu, quantize
 from app.core.quant.kquant_search import make_qkx2_quants, make_qkx2_quants_torch, sequential_sum
 
-
-@pytest.fixture(autouse=True)
-def single_threaded_torch() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 
 def _in_order(terms: torch.Tensor, dim: int) -> torch.Tensor:

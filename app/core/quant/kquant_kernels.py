@@ -237,6 +237,22 @@ def _signed_peaks(x: np.ndarray, weights: np.ndarray, own_weights: bool, first: 
             peak[j] = xt[i, j] if bigger else peak[j]
 
 
+@_compiled(inline="always")
+def _qx_sums(iscale: np.ndarray, xt: np.ndarray, wt: np.ndarray, bottom: np.float32,
+             ceiling: np.float32, sum_lx: np.ndarray, sum_l2: np.ndarray) -> None:
+    """One try of make_qx_quants for every lane: sum_lx = sum(w*x*L), sum_l2 = sum(w*L*L)
+    with L = nearest_int(iscale*x) clamped to [bottom, ceiling], added in the C's order."""
+    size, lanes = xt.shape
+    for j in range(lanes):
+        sum_lx[j] = _ZERO
+        sum_l2[j] = _ZERO
+    for i in range(size):
+        for j in range(lanes):
+            level = _level(iscale[j] * xt[i, j], bottom, ceiling)
+            sum_lx[j] += wt[i, j] * xt[i, j] * level
+            sum_l2[j] += wt[i, j] * level * level
+
+
 @_compiled()
 def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
        scales: np.ndarray, codes: np.ndarray) -> None:
@@ -262,13 +278,7 @@ def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
         for j in range(LANES):
             iscale[j] = -top / peak[j]
             chosen[j] = iscale[j]
-            sum_lx[j] = _ZERO
-            sum_l2[j] = _ZERO
-        for i in range(size):
-            for j in range(LANES):
-                level = _level(iscale[j] * xt[i, j], bottom, ceiling)
-                sum_lx[j] += wt[i, j] * xt[i, j] * level
-                sum_l2[j] += wt[i, j] * level * level
+        _qx_sums(iscale, xt, wt, bottom, ceiling, sum_lx, sum_l2)
         for j in range(LANES):
             scale[j] = sum_lx[j] / sum_l2[j] if sum_l2[j] != 0 else _ZERO
             best[j] = scale[j] * sum_lx[j]
@@ -278,13 +288,7 @@ def qx(x: np.ndarray, weights: np.ndarray, own_weights: bool, nmax: int,
             numerator = -(top + _TENTH * f32(step))
             for j in range(LANES):
                 iscale[j] = numerator / peak[j]
-                sum_lx[j] = _ZERO
-                sum_l2[j] = _ZERO
-            for i in range(size):
-                for j in range(LANES):
-                    level = _level(iscale[j] * xt[i, j], bottom, ceiling)
-                    sum_lx[j] += wt[i, j] * xt[i, j] * level
-                    sum_l2[j] += wt[i, j] * level * level
+            _qx_sums(iscale, xt, wt, bottom, ceiling, sum_lx, sum_l2)
             for j in range(LANES):
                 better = sum_l2[j] > 0 and sum_lx[j] * sum_lx[j] > best[j] * sum_l2[j]
                 ratio = sum_lx[j] / sum_l2[j]
