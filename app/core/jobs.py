@@ -203,7 +203,7 @@ def atomic_output(final: str | Path, *, overwrite: bool = False) -> Iterator[Pat
     final = Path(final)
     if final.exists() and not overwrite:
         raise BadInputError("output already exists", path=final,
-                            hint="choose another name or allow overwriting")
+                            hint="choose another name")
     if not final.parent.is_dir():
         raise BadInputError("output folder does not exist", path=final.parent)
     part = part_path(final)

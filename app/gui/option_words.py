@@ -24,18 +24,15 @@ def gui_words(option: OptionFact) -> str | None:
 
 
 def merge_words(option: OptionFact) -> str | None:
-    """The merge sheet's controls: it has no device or replace choice, so those go unworded."""
-    if option.name == "overwrite" and option.value is True:
-        return "choose another Output folder in the merge sheet"
+    """The merge sheet's controls: it has no device or replace choice, so those go unworded (an
+    existing output's message already says to choose another name)."""
     if option.name == "out_type":
         return "choose another GGUF type under the Output folder in the merge sheet"
     return None
 
 
 def relayout_words(option: OptionFact) -> str | None:
-    """The Fix expert layout sheet's controls: the layout and the output file."""
-    if option.name == "overwrite" and option.value is True:
-        return "choose another Output file in the Fix expert layout sheet"
+    """The Fix expert layout sheet's controls: the layout (it has no replace choice)."""
     if option.name == "experts":
         return "choose the other layout in the Fix expert layout sheet"
     return None

@@ -129,28 +129,6 @@ BUFFER_SHAPES = {
     "960x15 logits above a gap": ((960, 15, 5, 2560, 49152, 0), (256, 1024)),
 }
 
-
-@pytest.mark.parametrize("name", BUFFER_SHAPES)
-def test_compute_buffer_is_within_the_bound_across_shapes(name: str, tmp_path: Path) -> None:
-    """The compute buffer alone against the size llama.cpp reports reserving, for shapes beyond
-    the suite's small models (hidden sizes to 4096, vocabularies to 128k). The files are sparse:
-    llama.cpp reads zeros, and no weight is written. These are llama graphs, whose allocation
-    the estimate replays (`graph_alloc`)."""
-    (n_embd, n_head, n_head_kv, n_ff, n_vocab, n_experts), contexts = BUFFER_SHAPES[name]
-    path = make_sparse_llama_gguf(tmp_path / "shape.gguf", n_embd=n_embd, n_head=n_head,
-                                  n_head_kv=n_head_kv, n_ff=n_ff, n_vocab=n_vocab,
-                                  n_experts=n_experts)
-    shape = model_shape(inspect_path(path))
-    for context in contexts:
-        reported = reported_buffers(path, context).compute
-        buffers = compute_buffers(shape, context, flash_attention=False)
-        assert buffers.replayed
-        error = (buffers.reserved - reported) / reported
-        assert -0.03 <= error <= 0.05, (
-            f"{name} at n_ctx {context}: estimate {buffers.reserved / MIB:.2f} MiB, llama.cpp "
-            f"{reported / MIB:.2f} MiB ({error:+.1%})")
-
-
 # Flash attention on: a hidden state as wide as the FFN (the terms were +8 to +23 % over),
 # SmolLM2's shape where the logits land above a gap (-4.2 % at 2048), and a mixture of experts
 # whose FFN is narrower than the hidden state (+32 %).
@@ -161,17 +139,26 @@ FLASH_SHAPES = {
 }
 
 
-@pytest.mark.parametrize("name", FLASH_SHAPES)
-def test_flash_attention_compute_buffer_is_within_the_bound(name: str, tmp_path: Path) -> None:
-    (n_embd, n_head, n_head_kv, n_ff, n_vocab, n_experts), contexts = FLASH_SHAPES[name]
+@pytest.mark.parametrize(("name", "flash"), [(n, False) for n in BUFFER_SHAPES]
+                         + [(n, True) for n in FLASH_SHAPES])
+def test_compute_buffer_is_within_the_bound_across_shapes(name: str, flash: bool,
+                                                          tmp_path: Path) -> None:
+    """The compute buffer alone against the size llama.cpp reports reserving, for shapes beyond
+    the suite's small models (hidden sizes to 4096, vocabularies to 128k), flash attention off
+    and on. The files are sparse: llama.cpp reads zeros, and no weight is written. These are
+    llama graphs, whose allocation the estimate replays (`graph_alloc`)."""
+    (n_embd, n_head, n_head_kv, n_ff, n_vocab, n_experts), contexts = (
+        FLASH_SHAPES if flash else BUFFER_SHAPES)[name]
     path = make_sparse_llama_gguf(tmp_path / "shape.gguf", n_embd=n_embd, n_head=n_head,
                                   n_head_kv=n_head_kv, n_ff=n_ff, n_vocab=n_vocab,
                                   n_experts=n_experts)
     shape = model_shape(inspect_path(path))
     for context in contexts:
-        reported = reported_buffers(path, context, flash_attention=True).compute
-        estimate = compute_buffers(shape, context, flash_attention=True).reserved
-        error = (estimate - reported) / reported
+        reported = reported_buffers(path, context, flash_attention=flash).compute
+        buffers = compute_buffers(shape, context, flash_attention=flash)
+        assert buffers.replayed
+        error = (buffers.reserved - reported) / reported
         assert -0.03 <= error <= 0.05, (
-            f"{name} at n_ctx {context}, flash attention: estimate {estimate / MIB:.2f} MiB, "
-            f"llama.cpp {reported / MIB:.2f} MiB ({error:+.1%})")
+            f"{name} at n_ctx {context}, flash attention {'on' if flash else 'off'}: estimate "
+            f"{buffers.reserved / MIB:.2f} MiB, llama.cpp {reported / MIB:.2f} MiB "
+            f"({error:+.1%})")

@@ -49,8 +49,9 @@ def test_each_sheet_words_the_option_as_its_own_control() -> None:
     from app.gui.option_words import gui_words, job_words, merge_words, relayout_words
 
     replace_it = OptionFact("overwrite", True)
-    assert "merge sheet" in (merge_words(replace_it) or "")
-    assert "Fix expert layout sheet" in (relayout_words(replace_it) or "")
+    # Neither sheet can replace an output: the message's "choose another name" stands alone.
+    assert merge_words(replace_it) is None
+    assert relayout_words(replace_it) is None
     assert "merge sheet" in (merge_words(OptionFact("out_type")) or "")
     assert "layout" in (relayout_words(OptionFact("experts")) or "")
     # Neither sheet has a device control: the convert sheet's is not offered in their place.
@@ -104,4 +105,4 @@ def test_the_cli_prints_the_flag(tmp_path: Path) -> None:
                              str(tmp_path / "out.gguf"), "--type", "F16"], capture_output=True,
                             text=True, timeout=120, env=env, cwd=tmp_path)
     assert result.returncode == 2
-    assert "allow replacing it (--overwrite)" in result.stderr
+    assert "output already exists. choose another name (--overwrite)" in result.stderr

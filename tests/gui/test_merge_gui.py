@@ -148,7 +148,7 @@ def test_the_job_runs_the_plan_the_sheet_checked(qtbot, window: MainWindow,  # t
     assert lines and not any(line.startswith("planning") for line in lines)
 
 
-def test_an_option_error_names_the_merge_sheets_control(qtbot, window: MainWindow,  # type: ignore[no-untyped-def]
+def test_an_existing_output_names_no_control_the_merge_sheet_lacks(qtbot, window: MainWindow,  # type: ignore[no-untyped-def]
                                                         tmp_path: Path) -> None:
     folder = window.settings.folders()[0]
     taken = tmp_path / "taken"
@@ -162,7 +162,8 @@ def test_an_option_error_names_the_merge_sheets_control(qtbot, window: MainWindo
     wait_plan(qtbot, window, dialog)
     text = dialog.summary.text()
     assert "output already exists" in text
-    assert "(choose another Output folder in the merge sheet)" in text
+    assert "choose another name" in text
+    assert "replac" not in text and "overwrit" not in text  # the sheet has no such control
     assert "--" not in text and "convert sheet" not in text
     assert not dialog.start.isEnabled()
     dialog.reject()

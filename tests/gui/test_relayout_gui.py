@@ -76,5 +76,5 @@ def test_refused_relayout_says_why_and_queues_nothing(qtbot, window: MainWindow,
     settle(qtbot, window)
     assert shown and "output already exists" in shown[0]
     assert "--overwrite" not in shown[0]  # no command-line flags in the window
-    assert shown[0].endswith("(choose another Output file in the Fix expert layout sheet)")
+    assert shown[0].endswith("output already exists. choose another name")  # no replace control
     assert taken.read_bytes() == b"not ours"

@@ -62,7 +62,7 @@ def check_target(path: Path, source: Path, inputs: tuple[Path, ...], to: OutputF
                                 hint="choose a new folder")
     if os.path.lexists(path) and not overwrite:
         raise BadInputError("output already exists", path=path,
-                            hint="choose another name or allow replacing it",
+                            hint="choose another name",
                             option=OptionFact("overwrite", True))
     if not path.parent.is_dir():
         raise BadInputError("output folder does not exist", path=path.parent)

@@ -286,7 +286,7 @@ def _check_outputs(model: ModelInfo, paths: list[Path], overwrite: bool) -> None
         resolve_target(model, path, "F16", "gguf", overwrite=True)  # refuses the inputs
         if os.path.lexists(path) and not overwrite:
             raise BadInputError("output already exists", path=path,
-                                hint="choose another name or allow overwriting",
+                                hint="choose another name",
                                 option=OptionFact("overwrite", True))
 
 

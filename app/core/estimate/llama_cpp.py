@@ -124,7 +124,7 @@ class ComputeBuffers:
     layer_gpu: int  # what a GPU reserves (cudaMalloc) for the attention/FFN graph
     layer_cpu: int  # what the CPU touches for the same graph, conversion work buffer included
     logits: int  # the output layer's graph with logits for a whole micro-batch (GPU reserve)
-    inputs: int
+    inputs: int  # the CPU's buffer when every layer is on a GPU: the input embeddings' rows
     # The whole graph's buffer from a replay of ggml's allocator (`graph_alloc`), where the
     # graph is one the replay builds; 0 otherwise.
     replayed: int = 0
@@ -176,21 +176,22 @@ def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
     # so a layer's FFN sees only those of the caches later layers use.
     kinds = shape.swa_layers or (False,) * shape.n_layer
     caches = len(set(kinds)) or 1
+    # The first layer's FFN is the worst case: every cache a later layer reads is still there.
     caches_later = len(set(kinds[1:]))
     row = shape.n_embd * ubatch * f32
     experts = max(shape.n_experts_used, 1)
     ffn_row = shape.n_ff * experts * ubatch * f32
     if flash_attention:
         # The mask is f16 and V is stored untransposed (one index per token, negligible).
-        inputs = caches * kv * ubatch * f16
-        attention = inputs + 8 * row
+        cache_inputs = caches * kv * ubatch * f16
+        attention = cache_inputs + 8 * row
         conversion = 0
-        ffn = inputs // caches * caches_later + 3 * ffn_row + 4 * row
+        ffn = cache_inputs // caches * caches_later + 3 * ffn_row + 4 * row
     else:
         v_width = max(shape.n_head_kv, default=0) * shape.head_dim_v
-        inputs = caches * (kv * ubatch * f32 + v_width * ubatch * i64)
+        cache_inputs = caches * (kv * ubatch * f32 + v_width * ubatch * i64)
         scores = shape.n_head * kv * ubatch * f32
-        attention = inputs + scores + 5 * row
+        attention = cache_inputs + scores + 5 * row
         # On the CPU the softmax is converted to f16 for the V product (ggml's work buffer).
         conversion = shape.n_head * kv * ubatch * f16
         # The gap closes when the freed score block holds two up projections; when it holds
@@ -198,7 +199,7 @@ def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
         # an MoE's router tensors take that block first).
         gap = (0 if scores >= 2 * ffn_row
                else row // 2 if scores >= ffn_row and not shape.n_experts else row)
-        ffn = inputs // caches * caches_later + 3 * ffn_row + 3 * row + gap
+        ffn = cache_inputs // caches * caches_later + 3 * ffn_row + 3 * row + gap
     # The CPU converts the down projection's input to the weights' dot-product type (f16 for
     # F16 weights, about a byte for Q8_0/Q8_1) in its work buffer, outside this one.
     ffn_conversion = shape.n_ff * experts * ubatch * f16

@@ -411,7 +411,7 @@ def plan_merge(config: MergeConfig, target: str | Path, *, device: str = "cpu",
     for output in outputs:
         if output.exists() and not overwrite:
             raise BadInputError("output already exists", path=output,
-                                hint="choose another name or allow overwriting",
+                                hint="choose another name",
                                 option=OptionFact("overwrite", True))
     if not target.parent.is_dir():
         raise BadInputError("output folder does not exist", path=target.parent)
