@@ -19,7 +19,8 @@ from pathlib import Path
 
 from app.core.errors import BadInputError
 
-_HINT = "nothing was written; check the plan again so that it reads the file as it is now"
+# The CLI plans again on every run, the window when its sheet opens: "start again" fits both.
+_HINT = "nothing was written; start the job again so that it is planned from the file as it is now"
 
 
 @dataclass(frozen=True)
