@@ -14,6 +14,7 @@ from app.core.convert.metadata import MetaEntry, read_gguf_entries, replace_entr
 from app.core.convert.plan import ConversionPlan, OutputFormat
 from app.core.convert.planner import plan_conversion
 from app.core.errors import OptionError
+from app.core.formats.file_stamp import check_unchanged
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import ProgressUnit, Reporter, atomic_output, check_cancel
 from app.core.quant.overrides import TypeOverrides
@@ -62,12 +63,14 @@ def _gguf_entries(plan: ConversionPlan) -> tuple[MetaEntry, ...]:
 
 def execute_plan(plan: ConversionPlan, reporter: Reporter,
                  check_memory: bool = True) -> ConvertResult:
-    """Check resources, then write the plan's output atomically."""
+    """Check that the inputs are as planned and the resources suffice, then write the plan's
+    output atomically."""
     # torch comes in with the writers: planning and checking stay light for the window.
     from app.core.convert.execute import describe, run_plan
     from app.core.convert.writing import GGUFSink, SafetensorsSink, disk_error
 
     start = time.monotonic()
+    check_unchanged(plan.input_stamps)
     check_resources(plan, memory=check_memory)
     if not check_memory:
         reporter.log("warning", "memory check skipped at the user's request")

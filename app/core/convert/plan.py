@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from app.core.convert.metadata import MetaEntry
 from app.core.convert.sizing import estimate_naive_peak, estimate_peak
+from app.core.formats.file_stamp import FileStamp
 from app.core.quant.bnb_state import Bnb4State
 from app.core.quant.specs import ModelHparams
 
@@ -200,6 +201,8 @@ class ConversionPlan:
     hf_output: HFOutput | None = None  # HF output
     loads_transformers: bool = False  # the job imports transformers (tokenizer, config)
     inputs: tuple[Path, ...] = ()  # every file the program reads
+    # The inputs as the planner read them: the job refuses to run when one has changed since.
+    input_stamps: tuple[FileStamp, ...] = ()
 
     @property
     def tensor_bytes(self) -> int:

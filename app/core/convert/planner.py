@@ -12,6 +12,7 @@ from app.core.convert.plan import ConversionPlan, Device, OutputFormat
 from app.core.convert.tensor_types import parse_output_type
 from app.core.cuda import resolve_device
 from app.core.errors import BadInputError, FormatError, OptionError, OptionFact, UnsupportedError
+from app.core.formats.file_stamp import stamp_files
 from app.core.formats.model_info import ModelInfo
 from app.core.formats.scan import inspect_path
 from app.core.quant.overrides import TypeOverrides
@@ -108,9 +109,12 @@ def _plan_conversion(source: str | Path | ModelInfo, target: str | Path | None, 
     if keep_type and not (model.format == "gguf" and to == "gguf"):
         raise OptionError("a keep-type pattern applies to GGUF → GGUF requantization only",
                           option=OptionFact("keep_type"))
+    # Stamped before the planner reads the headers it takes offsets from: a change at any
+    # later moment, even while they are read, makes the stamp disagree.
+    stamps = stamp_files(model.files)
     plan = _dispatch(model, path, out_type, to, dev, keep_type, overwrite, require_tokenizer,
                      pure, type_overrides)
-    return replace(plan, inputs=tuple(model.files))
+    return replace(plan, inputs=tuple(model.files), input_stamps=stamps)
 
 
 def _dispatch(model: ModelInfo, path: Path, out_type: str, to: OutputFormat, dev: Device,

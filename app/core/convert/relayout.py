@@ -30,6 +30,7 @@ from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 from app.core.convert.planner import resolve_target
 from app.core.convert.sizing import element_bytes
 from app.core.errors import BadInputError, FormatError, OptionError, OptionFact, UnsupportedError
+from app.core.formats.file_stamp import check_unchanged, stamp_files
 from app.core.formats.gguf_header import GGUFHeader, GGUFTensorEntry, read_gguf_header
 from app.core.formats.gguf_model import (
     GGUF_EXPERT_LAYOUTS,
@@ -313,6 +314,8 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
     if model.format != "gguf":
         raise UnsupportedError("relayout applies to GGUF files; this is a "
                                f"{model.format.upper()} model", path=model.path)
+    # Stamped before the headers whose offsets the plan keeps are read (see file_stamp.py).
+    stamps = stamp_files(model.files)
     headers = read_headers(model)
     main = main_header(headers)
     names = [t.name for h in headers for t in h.tensors]
@@ -355,11 +358,12 @@ def plan_relayout(source: str | Path | ModelInfo, target: str | Path | None = No
         out_type=model.quantization or "mixed", architecture=main.architecture or "?",
         tensors=tuple(tensors), overwrite=overwrite, copy_metadata_from=main.path,
         metadata_bytes=main.data_offset + extra_infos, input_bytes=model.file_size,
-        notes=tuple(notes), warnings=tuple(warnings))
+        notes=tuple(notes), warnings=tuple(warnings), inputs=tuple(model.files),
+        input_stamps=stamps)
     plans = shard_plans(plan, shard_of)
     _check_outputs(model, [p.target for p in plans], overwrite)
-    requantize = _requantize_plan(model, main, plans[0].target, mixed) \
-        if mixed else None
+    requantize = replace(_requantize_plan(model, main, plans[0].target, mixed),
+                         inputs=plan.inputs, input_stamps=stamps) if mixed else None
     return RelayoutPlan(plans, layout, requantize)
 
 
@@ -380,6 +384,7 @@ def execute_relayout(planned: RelayoutPlan, reporter: Reporter,
                      check_memory: bool = True) -> ConvertResult:
     """Write every output file; a failure or cancel removes the files already written."""
     start = time.monotonic()
+    check_unchanged(planned.plan.input_stamps)  # before the first file of several is written
     check_disk(planned.disk_check_plan())  # all outputs (and the temporary file) at once
     plans, extra = list(planned.plans), planned.requantize
     written: list[ConvertResult] = []

@@ -17,6 +17,7 @@ import torch
 from app.core.convert.writing import disk_error
 from app.core.cuda import torch_device
 from app.core.errors import BadInputError, JobError
+from app.core.formats.file_stamp import check_unchanged
 from app.core.formats.model_info import format_bytes
 from app.core.jobs import Reporter, atomic_output, check_cancel
 from app.core.merge.canonical import Layout, with_layer
@@ -222,6 +223,7 @@ def run_merge(plan: MergePlan, reporter: Reporter, *, check_memory: bool = True
 
     start = time.monotonic()
     check_plan(plan)
+    check_unchanged(plan.input_stamps)
     if check_memory:
         check_resources(plan)
     log_plan(plan, reporter)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from app.core.formats.file_stamp import FileStamp
 from app.core.merge.canonical import Layout
 from app.core.merge.config import MergeConfig, ModelRef
 
@@ -68,6 +69,8 @@ class MergePlan:
     shard_bytes: int = 5 * 1000**3
     gguf_type: str | None = None
     vocab: Any = None  # a UnionVocab for `tokenizer_source: union`
+    # The weight files as the planner read them: the job refuses to run when one has changed.
+    input_stamps: tuple[FileStamp, ...] = ()
 
     def in_union(self, action: TensorAction) -> bool:
         """Whether the tensor's rows are tokens of the union vocabulary (read permuted)."""

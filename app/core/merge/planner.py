@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import BadInputError, OptionError, OptionFact
+from app.core.formats.file_stamp import FileStamp, stamp_files
 from app.core.merge.canonical import Layout, split_layer, unit_shape, with_layer
 from app.core.merge.config import (
     DTYPES,
@@ -381,12 +382,27 @@ def _is_gguf(ref: ModelRef) -> bool:
     return ref.path.is_file() and ref.path.suffix == ".gguf"
 
 
-def _open_models(config: MergeConfig) -> tuple[ModelSource, ...]:
-    """Every input's headers: HF folders first, then GGUFs named after the base model."""
+def weight_files(source: ModelSource) -> list[Path]:
+    """The files a merge reads a model's tensors from at the offsets its headers gave."""
+    files = [tensor.file for tensor in source.tensors.values()]
+    if source.adapter is not None:
+        files.append(source.adapter.weights)
+    return list(dict.fromkeys(files))
+
+
+def _open_models(config: MergeConfig) -> tuple[tuple[ModelSource, ...], tuple[FileStamp, ...]]:
+    """Every input's headers, HF folders first, then GGUFs named after the base model; and
+    the stamps of their weight files, each taken as soon as that model's headers are read."""
     from app.core.merge.gguf_source import open_gguf_source
 
     refs = config.all_models()
-    opened = {ref: open_source(ref) for ref in refs if not _is_gguf(ref)}
+    stamps: list[FileStamp] = []
+
+    def stamped(source: ModelSource) -> ModelSource:
+        stamps.extend(stamp_files(weight_files(source)))
+        return source
+
+    opened = {ref: stamped(open_source(ref)) for ref in refs if not _is_gguf(ref)}
     wanted: set[str] = set()
     for source in opened.values():
         wanted.update(source.units)
@@ -395,8 +411,8 @@ def _open_models(config: MergeConfig) -> tuple[ModelSource, ...]:
             # Where the output's config and tokenizer come from, read through transformers.
             describes = ref in (config.base_model, config.tokenizer_source) or \
                 ref == config.slices[0].sources[0].model and config.base_model is None
-            opened[ref] = open_gguf_source(ref, wanted, describes=describes)
-    return tuple(opened[ref] for ref in refs)
+            opened[ref] = stamped(open_gguf_source(ref, wanted, describes=describes))
+    return tuple(opened[ref] for ref in refs), tuple(dict.fromkeys(stamps))
 
 
 def plan_merge(config: MergeConfig, target: str | Path, *, device: str = "cpu",
@@ -415,7 +431,7 @@ def plan_merge(config: MergeConfig, target: str | Path, *, device: str = "cpu",
                                 option=OptionFact("overwrite", True))
     if not target.parent.is_dir():
         raise BadInputError("output folder does not exist", path=target.parent)
-    models = _open_models(config)
+    models, stamps = _open_models(config)
     used = sorted({model_index(models, s.model) for p in config.slices for s in p.sources})
     base = model_index(models, config.slices[0].sources[0].model)
     if config.base_model is not None and model_index(models, config.base_model) in used:
@@ -431,7 +447,8 @@ def plan_merge(config: MergeConfig, target: str | Path, *, device: str = "cpu",
         raise OptionError(f"dtype {config.dtype} is not supported", path=config.path)
     return MergePlan(config, target, models, base, planner.tokenizer_from,
                      tuple(planner.actions), planner.out_dtype, device, output_config(planner),
-                     tuple(planner.warnings), overwrite, shard_bytes, gguf_type, planner.vocab)
+                     tuple(planner.warnings), overwrite, shard_bytes, gguf_type, planner.vocab,
+                     stamps)
 
 
 def check_plan(plan: MergePlan) -> None:
