@@ -56,7 +56,7 @@ def quantizer_speeds(folder: Path, types: list[str]) -> None:
     import torch
     from safetensors import safe_open
 
-    from app.core.convert.allocator import keep_freed_buffers
+    from app.core.heap import keep_freed_buffers
     from app.core.quant import can_quantize, quantize
 
     keep_freed_buffers()  # as the convert job runs its chunks

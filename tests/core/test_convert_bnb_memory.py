@@ -20,7 +20,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import torch
-from app.core.convert.allocator import keep_freed_buffers
+from app.core.heap import keep_freed_buffers
 from app.core.convert.plan import BnbEncoding, SourceSlice, StoredTensor
 from app.core.convert.reading import SourceReader, decode_bnb_rows
 from app.core.quant.bnb_state import Bnb4State

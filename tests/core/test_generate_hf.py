@@ -119,3 +119,27 @@ def test_the_planners_explicit_device_map_is_one_transformers_accepts(
     model = load_pretrained(info, dtype_name="float32", device_map=on_cpu, max_memory=None,
                             trust_remote_code=False)
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "mixtral"])
+def test_prefill_computes_the_last_positions_logits_only(
+        name: str, tiny_models: dict[str, Path]) -> None:
+    """A prompt's logits for every position would be prompt x vocabulary floats (4 GiB for 8k
+    tokens of a 128k vocabulary): the output layer sees one position, and it gives the same
+    logits as the whole-prompt pass does for the last."""
+    from app.core.generate.backends.base import LoadOptions
+    from app.core.generate.backends.hf import load_transformers_model
+
+    model = load_transformers_model(inspect_path(tiny_models[name]),
+                                    LoadOptions(backend="transformers", use_gpu=False))
+    try:
+        positions: list[int] = []
+        hook = model.model.get_output_embeddings().register_forward_hook(
+            lambda module, args, output: positions.append(output.shape[1]))
+        ids = list(range(5, 45))
+        last = model.prefill(ids)
+        hook.remove()
+        assert positions == [1]
+        assert last == pytest.approx(model.all_logits(ids)[-1], abs=1e-4)
+    finally:
+        model.close()

@@ -12,7 +12,6 @@ from typing import Protocol
 
 import torch
 
-from app.core.convert.allocator import keep_freed_buffers
 from app.core.convert.importance import quantize_with_importance
 from app.core.convert.plan import ConversionPlan, SourceSlice, TensorPlan
 from app.core.convert.reading import TORCH_DTYPES, SourceReader, decode_bnb_rows, decode_rows
@@ -24,6 +23,7 @@ from app.core.convert.sizing import (
     rows_per_chunk,
 )
 from app.core.cuda import torch_device
+from app.core.heap import keep_freed_buffers
 from app.core.jobs import Reporter, check_cancel
 from app.core.quant import quantize
 

@@ -37,6 +37,7 @@ from app.core.generate.placement import (
     hf_placement_units,
     plan_placement,
 )
+from app.core.heap import return_freed_buffers
 
 if TYPE_CHECKING:
     from app.core.generate.backends.hf_model import TransformersModel
@@ -324,6 +325,9 @@ def load_transformers_model(info: ModelInfo, options: LoadOptions) -> Transforme
         device_map, max_memory = {"": "cpu"}, None
     require_bitsandbytes_kernel(info, "cuda:0" if placement.uses_gpu else "cpu")
     tokenizer = load_tokenizer(info, options.trust_remote_code)
+    # A forward pass's freed activations go back to the system instead of fragmenting the
+    # heap: a steady peak, and the one the memory estimate describes.
+    return_freed_buffers()
     model = load_pretrained(info, dtype_name=dtype_name, device_map=device_map,
                             max_memory=max_memory, trust_remote_code=options.trust_remote_code)
     context = info.context_length or int(getattr(model.config, "max_position_embeddings", 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Any
 
@@ -54,6 +55,8 @@ class TransformersModel(TokenizerOnly):
         self.device = "+".join(str(d) for d in devices)
         self.placement_text = placement.describe() if placement else f"all on {self.device}"
         self._past: Any = None
+        # transformers' own architectures take it; a model shipped as remote code may not.
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
@@ -78,14 +81,18 @@ class TransformersModel(TokenizerOnly):
     def text_stream(self) -> _DecodeStream:
         return _DecodeStream(self.tokenizer)
 
-    def _forward(self, ids: list[int], past: Any, use_cache: bool) -> Any:
+    def _forward(self, ids: list[int], past: Any, use_cache: bool, last_only: bool = False) -> Any:
         torch = self._torch
         tensor = torch.tensor([ids], dtype=torch.long, device=self.input_device)
+        extra = {"logits_to_keep": 1} if last_only and self._keeps_logits else {}
         with torch.inference_mode(), quiet_transformers():
-            return self.model(input_ids=tensor, past_key_values=past, use_cache=use_cache)
+            return self.model(input_ids=tensor, past_key_values=past, use_cache=use_cache,
+                              **extra)
 
     def prefill(self, ids: list[int]) -> np.ndarray:
-        out = self._forward(ids, None, True)
+        # The last position's logits only: all of them would be prompt x vocabulary floats
+        # (4 GiB for 8k tokens of a 128k vocabulary), as transformers' generate() avoids too.
+        out = self._forward(ids, None, True, last_only=True)
         self._past = out.past_key_values
         return out.logits[0, -1].float().cpu().numpy()
 

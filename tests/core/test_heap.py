@@ -1,4 +1,4 @@
-"""Chunk buffers freed by one chunk are reused by the next instead of faulting back in."""
+"""glibc heap policies: chunk buffers reused by conversions, activations returned by inference."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 # prints the page faults of the last half of the chunks.
 CHUNKS = """
 import resource, sys, threading, torch
-from app.core.convert.allocator import keep_freed_buffers
+from app.core.heap import keep_freed_buffers
 from app.core.quant import quantize
 if sys.argv[1] == "tuned":
     assert keep_freed_buffers()
@@ -47,3 +47,39 @@ def test_buffers_of_later_chunks_do_not_fault_again() -> None:
     # With glibc's defaults the same chunks fault ~45,000 pages (measured on glibc 2.36): every
     # chunk faults its buffers in again.
     assert _late_faults("tuned") < values_pages
+
+
+# Frees a 4 MiB block, then allocates another: prints how many bytes the heap grew by.
+SECOND_BLOCK = """
+import ctypes, sys
+from app.core.heap import return_freed_buffers
+if sys.argv[1] == "tuned":
+    assert return_freed_buffers()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+                .split()]
+libc.mallinfo2.restype = Info
+libc.free(libc.malloc(4 << 20))
+before = libc.mallinfo2().arena
+block = libc.malloc(4 << 20)
+print(libc.mallinfo2().arena - before)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "confstr") or not os.confstr("CS_GNU_LIBC_VERSION"),
+                    reason="tunes glibc's malloc")
+def test_inference_maps_large_blocks_after_one_was_freed() -> None:
+    def heap_growth(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", SECOND_BLOCK, mode], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.strip().splitlines()[-1])
+
+    # glibc's default raises its mmap threshold to the freed block's size, so the second block
+    # comes from the heap, where freed activations fragment it; tuned, it is mapped on its own.
+    assert heap_growth("default") >= 4 << 20
+    assert heap_growth("tuned") < 1 << 20
