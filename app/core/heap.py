@@ -13,10 +13,10 @@ that size come from the heap. Both kinds of job pay for that adjustment in a dif
 - A transformers forward pass (`return_freed_buffers`) frees each layer's activations of a few
   MiB while the KV cache it just appended stays. Once the threshold has risen, those blocks
   land on the heap between the cache's blocks, whose holes the next layers cannot always reuse:
-  a 24-layer llama at context 2048 peaked anywhere between 917 and 1,037 MiB from one process
-  to the next. With the threshold fixed at 1 MiB every such block is mapped and returned, and
-  the same run peaks at 871 MiB every time, for about 1.5 s more system time in 22 s (page
-  faults). The memory estimate for transformers describes this process.
+  Modelyard's generation on a 24-layer llama at context 2048 peaked at 933-969 MiB in three
+  processes with glibc's default policy, and at 864-865 MiB with the threshold fixed at 1 MiB,
+  where every such block is mapped and returned (tests/bench/fit_accuracy.py). The memory
+  estimate for transformers describes this process. The price is page faults on each new block.
 Each call sets both thresholds, which also turns glibc's own adjustment off for the process.
 """
 

@@ -10,11 +10,14 @@
    case the estimate describes: KV cache full, attention over all of it). Measured = the
    process's peak RSS (read by tests/bench/measure.py) minus its RSS before importing
    llama_cpp.
-2. transformers: peak RSS of loading a generated Llama and generating from a full context
-   (float32 and sdpa with --quick; float32 and bfloat16, sdpa and eager attention, without),
-   and of a GGUF read by transformers (what runs when llama-cpp-python is absent: dequantized
-   to float32), against the estimate for that runtime. Each row is the median of --runs fresh
-   processes (3), with their range: one process's peak varies by several %.
+2. transformers, run as Modelyard's test generation runs it (its loader, a prefill of the whole
+   context, 8 decoding steps): peak RSS of a generated Llama (float32 and sdpa with --quick;
+   float32 and bfloat16, sdpa and eager attention, without), two more shapes (24 layers; wider,
+   1024x6) at contexts 2048 and 4096, and a GGUF read by transformers (what runs when
+   llama-cpp-python is absent: dequantized to float32), against the estimate for that runtime.
+   Each row is the median of --runs fresh processes (3), with their range. Without --quick,
+   the same float32 runs with glibc's default heap policy instead of Modelyard's
+   (app/core/heap.py) show the spread that policy removes.
 3. llama.cpp's compute buffers: the size llama.cpp reports reserving ("CPU compute buffer
    size") for SmolLM2 and 14 generated shapes (hidden sizes 256-4096, 1-8 query heads per KV
    head, vocabularies 512-128k, two MoEs; sparse GGUFs, so no weights are written) at contexts
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -82,33 +86,43 @@ print(json.dumps({"baseline": baseline}))
 """
 
 HF_CHILD = r"""
-import json, os, sys
+import functools, json, sys
 import psutil
 baseline = psutil.Process().memory_info().rss
 import torch
-from transformers import AutoModelForCausalLM
+import transformers
+from app.core.formats.scan import inspect_path
+from app.core.generate.backends.base import LoadOptions
+from app.core.generate.backends.hf import load_transformers_model
 torch.set_num_threads(2)
-path = sys.argv[1]
-if path.endswith(".gguf"):
-    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
-                                                 gguf_file=os.path.basename(path),
-                                                 dtype=getattr(torch, sys.argv[3]),
-                                                 attn_implementation=sys.argv[4])
-else:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, sys.argv[3]),
-                                                 attn_implementation=sys.argv[4])
-ctx = int(sys.argv[2])
-ids = torch.randint(5, model.config.vocab_size - 5, (1, ctx - 8))
-with torch.no_grad():
-    model.generate(ids, max_new_tokens=8, do_sample=False)
+path, ctx, dtype, attention = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if sys.argv[5:] == ["default-heap"]:  # glibc's own policy, for comparison
+    import app.core.generate.backends.hf as hf
+    hf.return_freed_buffers = lambda: False
+if attention != "sdpa":  # Modelyard loads with transformers' default; the bench picks another
+    transformers.AutoModelForCausalLM.from_pretrained = functools.partial(
+        transformers.AutoModelForCausalLM.from_pretrained, attn_implementation=attention)
+model = load_transformers_model(inspect_path(path), LoadOptions(
+    backend="transformers", dtype=dtype, use_gpu=False, context_tokens=ctx))
+logits = model.prefill([(i * 7919) % (model.n_vocab - 10) + 5 for i in range(ctx - 8)])
+for _ in range(8):
+    logits = model.step(int(logits.argmax()))
 print(json.dumps({"baseline": baseline}))
 """
 
 
 def measure(code: str, *args: str) -> int:
     """The child's peak RSS above its RSS before it imported the runtime ("baseline")."""
-    run = run_measured([sys.executable, "-c", code, *args], timeout=1800)
-    return run.peak_rss - int(json.loads(run.stdout.strip().splitlines()[-1])["baseline"])
+    return measure_timed(code, *args)[0]
+
+
+def measure_timed(code: str, *args: str) -> tuple[int, float]:
+    """`measure`, and the child's wall time in seconds."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    run = run_measured([sys.executable, "-c", code, *args], env=env, timeout=1800)
+    baseline = int(json.loads(run.stdout.strip().splitlines()[-1])["baseline"])
+    return run.peak_rss - baseline, run.seconds
 
 
 def write_shape(path: Path, n_embd: int, n_head: int, n_head_kv: int, n_ff: int,
@@ -227,12 +241,15 @@ def row(label: str, estimate: int, measured: int, spread: str = "") -> float:
 
 
 def measure_runs(runs: int, code: str, *args: str) -> tuple[int, str]:
-    """The median peak of `runs` fresh processes, and their range as printed text: the C
-    allocator's arenas make a transformers process's peak RSS vary by several % run to run."""
-    peaks = sorted(measure(code, *args) for _ in range(runs))
+    """The median peak of `runs` fresh processes, and their range and median wall time as
+    printed text (with glibc's default heap policy a transformers process's peak varies by
+    several % run to run)."""
+    results = [measure_timed(code, *args) for _ in range(runs)]
+    peaks = sorted(peak for peak, _ in results)
+    seconds = sorted(time for _, time in results)[len(results) // 2]
     median = peaks[len(peaks) // 2] if len(peaks) % 2 else (
         peaks[len(peaks) // 2 - 1] + peaks[len(peaks) // 2]) // 2
-    spread = f" (runs {peaks[0] / MIB:.0f}-{peaks[-1] / MIB:.0f})" if runs > 1 else ""
+    spread = f" (runs {peaks[0] / MIB:.0f}-{peaks[-1] / MIB:.0f}, {seconds:.1f} s)"
     return median, spread
 
 
@@ -278,22 +295,41 @@ def bench_transformers(tmp: Path, quick: bool, runs: int) -> list[float]:
     from app.core.formats.scan import inspect_path
     from factories import make_hf_model
 
-    folder = make_hf_model(tmp / "hf-llama", "llama", hidden_size=512, intermediate_size=1536,
-                           num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                           vocab_size=32000, max_position_embeddings=4096)
-    model = inspect_path(folder)
-    print(f"transformers, CPU, generate after a full context (median of {runs} runs):")
+    def llama(name: str, hidden: int, ff: int, layers: int, heads: int) -> Path:
+        return make_hf_model(tmp / name, "llama", hidden_size=hidden, intermediate_size=ff,
+                             num_hidden_layers=layers, num_attention_heads=heads,
+                             num_key_value_heads=4, vocab_size=32000,
+                             max_position_embeddings=4096)
+
+    shapes = {"llama 512x8": llama("hf-llama", 512, 1536, 8, 8)}
     dtypes = ("float32",) if quick else ("float32", "bfloat16")
     # eager holds the score matrix the default (sdpa) never does
     attentions = ("sdpa",) if quick else ("sdpa", "eager")
-    cases = [(attention, dtype, ctx) for attention in attentions for dtype in dtypes
-             for ctx in (512, 2048)]
+    cases = [("llama 512x8", attention, dtype, ctx) for attention in attentions
+             for dtype in dtypes for ctx in (512, 2048)]
+    if not quick:
+        shapes["llama 512x24"] = llama("hf-llama24", 512, 1536, 24, 8)
+        shapes["llama 1024x6"] = llama("hf-wide", 1024, 4096, 6, 16)
+        cases += [(name, "sdpa", "float32", ctx) for name in ("llama 512x24", "llama 1024x6")
+                  for ctx in (2048, 4096)]
+    print(f"transformers, CPU, Modelyard's generation after a full context (median of {runs} "
+          "runs):")
     errors = []
-    for attention, dtype, ctx in cases:
-        estimate = estimate_hf_load(model, ctx, dtype=dtype, attention=attention).ram.total
+    for name, attention, dtype, ctx in cases:
+        folder = shapes[name]
+        estimate = estimate_hf_load(inspect_path(folder), ctx, dtype=dtype,
+                                    attention=attention).ram.total
         measured, spread = measure_runs(runs, HF_CHILD, str(folder), str(ctx), dtype, attention)
-        errors.append(row(f"llama 512x8 {dtype} {attention} ctx {ctx}", estimate, measured,
-                          spread))
+        errors.append(row(f"{name} {dtype} {attention} ctx {ctx}", estimate, measured, spread))
+    if not quick:
+        print(f"the same with glibc's default heap policy (median of {runs} runs; not in the "
+              "summary):")
+        for name in ("llama 512x8", "llama 512x24"):
+            folder = shapes[name]
+            estimate = estimate_hf_load(inspect_path(folder), 2048, dtype="float32").ram.total
+            measured, spread = measure_runs(runs, HF_CHILD, str(folder), "2048", "float32",
+                                            "sdpa", "default-heap")
+            row(f"{name} float32 sdpa ctx 2048, default heap", estimate, measured, spread)
     return errors
 
 

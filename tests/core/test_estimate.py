@@ -253,26 +253,40 @@ def test_vocabulary_overhead_scales_with_vocab(smollm2_gguf: Path) -> None:
 
 def test_transformers_attention_scores_only_with_eager(tiny_models: dict[str, Path]) -> None:
     # transformers' default (sdpa) attention works in tiles: activations grow linearly with the
-    # context. Eager attention holds n_head x context x context scores, more than once.
+    # context. Eager attention holds n_head x context x context scores, more than once, and the
+    # MLP's intermediates are freed by then: the larger moment counts.
+    from app.core.estimate.transformers_load import activation_bytes
+
     model = inspect_path(tiny_models["llama"])
     shape = model_shape(model)
     logits = shape.n_vocab * 4
 
-    def compute(context: int, attention: str = "sdpa") -> int:
-        return estimate_hf_load(model, context, dtype="float32",
-                                attention=attention).ram.compute - logits
+    def working(context: int, attention: str = "sdpa", dtype_bytes: int = 4) -> int:
+        return activation_bytes(shape, context, dtype_bytes, attention) - logits
 
-    assert compute(2048) == 2 * compute(1024) == 4 * compute(512)
-    # float32: two score tensors alive at each step, and the 4-D float mask for the forward
+    assert working(2048) == 2 * working(1024) == 4 * working(512)
+    rows = 2048 * (4 * shape.n_embd + 3 * shape.n_head_kv[0] * shape.head_dim_k)
     scores = shape.n_head * 2048 * 2048
-    assert scores * 4 > 32 * MIB  # mapped by glibc, returned when freed
-    assert compute(2048, "eager") - compute(2048) == 8 * scores + 4 * 2048 * 2048
+    # float32: two score tensors alive at each step, the 4-D float mask, the layer's rows
+    assert working(2048, "eager") == 8 * scores + 4 * 2048 * 2048 + 4 * rows > working(2048)
     # half precision: the scores, their float32 copy and the float32 softmax; a bf16 mask
-    half = estimate_hf_load(model, 2048, dtype="bfloat16", attention="eager").ram.compute
-    half_sdpa = estimate_hf_load(model, 2048, dtype="bfloat16").ram.compute
-    assert half - half_sdpa == (2 + 4 + 4) * scores + 2 * 2048 * 2048
-    # scores small enough for glibc's heap stay resident after they are freed, as the MLP's do
-    small = shape.n_head * 512 * 512
-    assert compute(512, "eager") - compute(512) == 2 * 8 * small + 4 * 512 * 512
+    assert working(2048, "eager", 2) == (2 + 4 + 4) * scores + 2 * 2048 * 2048 + 2 * rows
+    # A context short enough that the MLP's moment is the larger one.
+    assert working(8, "eager") == working(8) > 8 * shape.n_head * 8 * 8
+    # The whole estimate: the eager run needs more than the sdpa one at the same context.
+    assert (estimate_hf_load(model, 2048, dtype="float32", attention="eager").ram.total
+            > estimate_hf_load(model, 2048, dtype="float32").ram.total)
     with pytest.raises(OptionError, match="attention implementation"):
         estimate_hf_load(model, 512, attention="flash")
+
+
+def test_a_mapped_output_layer_is_not_in_ram_while_the_prompt_is_prefilled(
+        tiny_models: dict[str, Path], tiny_llama_ggufs: dict[str, Path]) -> None:
+    # transformers maps a checkpoint loaded at its own dtype; the output layer is read last.
+    from app.core.estimate.transformers_load import unread_output_bytes
+
+    model = inspect_path(tiny_models["llama"])
+    head = next(t for t in model.tensors if t.name == "lm_head.weight")
+    assert unread_output_bytes(model, "float32") == head.n_bytes > 0
+    assert unread_output_bytes(model, "bfloat16") == 0  # cast: a copy, in RAM once made
+    assert unread_output_bytes(inspect_path(tiny_llama_ggufs["F32"]), "float32") == 0

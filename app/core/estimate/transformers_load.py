@@ -24,14 +24,16 @@ FLOAT_TYPES = frozenset(STORED_DTYPES)
 # ~340 MiB RSS on CPU with torch 2.13 and transformers 5.2x (tiny models measured 341-346 MiB
 # in all; tests/bench/fit_accuracy.py, tests/core/test_fit_measured.py).
 TORCH_OVERHEAD = 340 * MIB
+# What a forward pass on the CPU holds beyond the tensors counted grows with the model: at the
+# peak of Modelyard's transformers runs, 15-31 MiB above TORCH_OVERHEAD for llamas of 221-598
+# MiB of float32 weights at contexts 512-4096, next to nothing for a 0.1 MiB one
+# (tests/bench/fit_accuracy.py). A twelfth of the weights covers those measured.
+FORWARD_BUFFERS_PER_WEIGHT_BYTE = 1 / 12
 CUDA_CONTEXT = 400 * MIB
 HF_LAYER = re.compile(r"\.layers\.(\d+)\.|^blk\.(\d+)\.")
 # transformers reads a GGUF with gguf-py and dequantizes it to float32 unless told otherwise.
 GGUF_LOAD_DTYPE = "float32"
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
-# glibc serves blocks up to its mmap threshold from the heap, which keeps freed blocks
-# resident; the threshold follows freed blocks up to this (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit).
-GLIBC_MMAP_THRESHOLD_MAX = 32 * MIB
 
 
 def checkpoint_dtype(model: ModelInfo) -> str:
@@ -94,7 +96,7 @@ def eager_score_bytes(dtype_bytes: int) -> int:
 
 
 def activation_bytes(shape: ModelShape, context: int, dtype_bytes: int,
-                     attention: str = "sdpa", on_cpu: bool = True) -> int:
+                     attention: str = "sdpa") -> int:
     """Prefill of a whole context at once: hidden states and MLP intermediates, the attention
     scores where the implementation materialises them, and the last token's logits.
 
@@ -107,24 +109,24 @@ def activation_bytes(shape: ModelShape, context: int, dtype_bytes: int,
     127 MiB score tensors, the 15.9 MiB mask, the KV cache) and 354 MiB in bfloat16 (63.5 MiB
     of bf16 scores, 127 MiB each of their float32 copy and softmax, the mask). Generation asks
     for the last token's logits only (`logits_to_keep`), so the vocabulary counts once.
-    On the CPU, glibc keeps a layer's freed intermediates on its heap while the next layer's
-    are made (its mmap threshold follows the freed blocks up to 32 MiB), so peak RSS holds
-    about two sets; so does it for score tensors up to 32 MiB, while larger ones are mapped and
-    unmapped on their own. Peak RSS varies from run to run in float32 (MALLOC_ARENA_MAX=1
-    does not steady it), so tests/bench/fit_accuracy.py compares medians: llama 512x8
-    float32 at 2048 on a shared machine, sixteen sdpa runs 624-730 MiB (median 684) against 673
-    estimated, eleven eager runs 837-941 MiB (median 909) against 945; a single low run of 845
-    MiB once read as a 10 % over-estimate. bfloat16 runs vary by 1 %."""
+    On the CPU this is the live set: Modelyard's transformers runs return freed activations to
+    the system (`app.core.heap.return_freed_buffers`). With glibc's default policy a process
+    keeps some of them on a fragmented heap, by an amount that varies from run to run."""
     experts = max(shape.n_experts_used, 1)
     per_token = 4 * shape.n_embd + 2 * shape.n_ff * experts
-    intermediates = context * per_token * dtype_bytes * (2 if on_cpu else 1)
-    attention_bytes = 0
-    if attention == "eager":
-        scores = eager_score_bytes(dtype_bytes) * shape.n_head * context * context
-        if on_cpu and 4 * shape.n_head * context * context <= GLIBC_MMAP_THRESHOLD_MAX:
-            scores *= 2  # small enough for the heap, which keeps them as it keeps the MLP's
-        attention_bytes = scores + context * context * dtype_bytes
-    return intermediates + attention_bytes + shape.n_vocab * 4
+    # At 4096 tokens the measured working set was up to a third above the intermediates counted
+    # (at 2048, at most equal): 5/4 covers the three shapes measured.
+    intermediates = context * per_token * dtype_bytes * 5 // 4
+    if attention != "eager":
+        return intermediates + shape.n_vocab * 4
+    scores = eager_score_bytes(dtype_bytes) * shape.n_head * context * context
+    # Alive beside the scores: the layer's input and its normed copy, q and k before and
+    # after rotation, and v.
+    kv_width = max(shape.n_head_kv, default=0) * shape.head_dim_k
+    rows = context * (4 * shape.n_embd + 3 * kv_width) * dtype_bytes
+    # The MLP runs after the scores are freed: the larger of the two moments counts.
+    return max(intermediates, scores + context * context * dtype_bytes + rows) + (
+        shape.n_vocab * 4)
 
 
 def conversion_transient(model: ModelInfo, load_dtype: str) -> int:
@@ -142,12 +144,32 @@ def conversion_transient(model: ModelInfo, load_dtype: str) -> int:
     return sum(t.n_bytes for t in stored)
 
 
+def unread_output_bytes(model: ModelInfo, load_dtype: str) -> int:
+    """Weights not yet in RAM while a prompt is prefilled on the CPU: the output layer, when
+    transformers maps the checkpoint instead of copying it (safetensors, every tensor already
+    at the load dtype). A mapped weight's pages are read in when first used, and the output
+    layer is first used after every layer's activations were freed. A tied output layer is the
+    input embedding, read at the start."""
+    if model.format != "hf" or not model.tensors or any(
+            t.type not in FLOAT_TYPES or STORED_DTYPES[t.type] != load_dtype
+            for t in model.tensors):
+        return 0
+    return sum(loaded_bytes(t, DTYPE_BYTES[load_dtype]) for t in model.tensors
+               if t.name == "lm_head.weight")
+
+
 def work_bytes(model: ModelInfo, shape: ModelShape, context: int, load_dtype: str,
                kv_bytes: int, attention: str = "sdpa", on_cpu: bool = True) -> int:
     """Memory beyond weights and KV cache at the peak, on the CPU or a GPU: either generating
-    (activations) or loading (the cast's source bytes, which the KV cache does not yet use)."""
-    working = (activation_bytes(shape, context, DTYPE_BYTES[load_dtype], attention, on_cpu)
+    (activations, less the mapped weights not yet read on the CPU) or loading (the cast's
+    source bytes, which the KV cache does not yet use)."""
+    working = (activation_bytes(shape, context, DTYPE_BYTES[load_dtype], attention)
                if shape.n_embd else 0)
+    if on_cpu:
+        weights = sum(loaded_bytes(t, DTYPE_BYTES[load_dtype], model.format == "gguf")
+                      for t in model.tensors)
+        working = int(weights * FORWARD_BUFFERS_PER_WEIGHT_BYTE) + max(
+            0, working - unread_output_bytes(model, load_dtype))
     return max(working, conversion_transient(model, load_dtype) - kv_bytes)
 
 
@@ -189,7 +211,6 @@ def estimate_hf_load(model: ModelInfo, context: int, dtype: str = "auto",
     other, layers = layer_bytes(model, shape.n_layer, dtype_bytes)
     kv_per_layer = (hf_kv_cache_bytes(shape, context, dtype_bytes) // shape.n_layer
                     if shape.n_layer and shape.n_head else 0)
-
     def peak_work(on_cpu: bool) -> int:
         return work_bytes(model, shape, context, load_dtype, kv_per_layer * shape.n_layer,
                           attention, on_cpu)
