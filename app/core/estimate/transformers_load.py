@@ -204,7 +204,8 @@ def estimate_hf_load(model: ModelInfo, context: int, dtype: str = "auto",
     shape = model_shape(model)
     notes = list(shape.approximate)
     notes.append(f"activations assume the whole context is prefilled at once, with {attention} "
-                 "attention")
+                 "attention, as Modelyard's generation runs it (another transformers process "
+                 "may peak about a tenth higher: glibc keeps its freed activations)")
     if model.format == "gguf":
         notes.append(f"transformers runs this GGUF (llama-cpp-python is not installed), "
                      f"dequantized to {load_dtype}")
