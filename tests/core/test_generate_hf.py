@@ -143,3 +143,21 @@ def test_prefill_computes_the_last_positions_logits_only(
         assert last == pytest.approx(model.all_logits(ids)[-1], abs=1e-4)
     finally:
         model.close()
+
+
+def test_loading_for_generation_sets_the_heap_policy_first(
+        tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transformers estimate describes a process whose freed activations go back to the
+    system (app/core/heap.py); the policy must be in force before the weights load."""
+    import app.core.generate.backends.hf as hf
+    from app.core.generate.backends.base import LoadOptions
+
+    order: list[str] = []
+    monkeypatch.setattr(hf, "return_freed_buffers", lambda: order.append("policy") or True)
+    loading = hf.load_pretrained
+    monkeypatch.setattr(hf, "load_pretrained",
+                        lambda *args, **kwargs: order.append("load") or loading(*args, **kwargs))
+    model = hf.load_transformers_model(inspect_path(tiny_models["llama"]),
+                                       LoadOptions(backend="transformers", use_gpu=False))
+    model.close()
+    assert order == ["policy", "load"]
