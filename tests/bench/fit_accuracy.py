@@ -21,8 +21,9 @@
 3. llama.cpp's compute buffers: the size llama.cpp reports reserving ("CPU compute buffer
    size") for SmolLM2 and 14 generated shapes (hidden sizes 256-4096, 1-8 query heads per KV
    head, vocabularies 512-128k, two MoEs; sparse GGUFs, so no weights are written) at contexts
-   256-8192, with flash attention off and on, against the estimate's worst case. The last six
-   shapes were measured only after the estimate's formula was set.
+   256-8192, with flash attention off and on (and on with a Q8_0 KV cache), against the
+   estimate's worst case. The last six shapes were measured only after the estimate's formula
+   was set.
 Modelyard's own jobs (conversion, requantization) are measured against their plans' estimates by
 tests/bench/convert_peak.py. Target: within 5 %, and never more than 3 % under (an
 under-estimate says "fits" when it does not); rows outside it are marked. The full run takes
@@ -138,8 +139,8 @@ BUFFER_CHILD = r"""
 import os, sys
 import llama_cpp as L
 L.llama_backend_init()
-flash = int(sys.argv[1])
-for item in sys.argv[2:]:
+flash, cache = int(sys.argv[1]), int(sys.argv[2])
+for item in sys.argv[3:]:
     path, ctx = item.rsplit(":", 1)
     params = L.llama_model_default_params()
     params.n_gpu_layers = 0
@@ -149,6 +150,7 @@ for item in sys.argv[2:]:
     cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = int(ctx), 512, 512
     cparams.n_threads = cparams.n_threads_batch = 1
     cparams.flash_attn_type = flash
+    cparams.type_k = cparams.type_v = cache
     context = L.llama_init_from_model(model, cparams)
     L.llama_free(context)
     L.llama_model_free(model)
@@ -168,10 +170,14 @@ BUFFER_SHAPES = [
 FITTED_SHAPES = 8
 
 
-def reported_compute_buffers(items: list[tuple[Path, int]], flash: bool) -> list[int]:
+def reported_compute_buffers(items: list[tuple[Path, int]], flash: bool,
+                             cache: str = "F16") -> list[int]:
     """llama.cpp's logged compute-buffer size for each (model, n_ctx), in one process."""
+    from gguf import GGMLQuantizationType
+
     args = [f"{path}:{ctx}" for path, ctx in items]
-    result = subprocess.run([sys.executable, "-c", BUFFER_CHILD, str(int(flash)), *args],
+    result = subprocess.run([sys.executable, "-c", BUFFER_CHILD, str(int(flash)),
+                             str(GGMLQuantizationType[cache].value), *args],
                             capture_output=True, text=True, timeout=1800)
     sizes, current = [], None
     for line in result.stderr.splitlines():
@@ -206,15 +212,16 @@ def bench_compute_buffers(tmp: Path, quick: bool) -> list[float]:
     contexts = (512, 4096) if quick else (256, 512, 1024, 2048, 4096, 8192)
     items = [(path, ctx) for path, _ in models for ctx in contexts]
     errors = []
-    for flash in (False, True):
+    for flash, cache in ((False, "F16"), (True, "F16"), (True, "Q8_0")):
         print(f"llama.cpp compute buffer reserved (CPU), flash attention "
-              f"{'on' if flash else 'off'}, reported vs estimated"
+              f"{'on' if flash else 'off'}, {cache} KV cache, reported vs estimated"
               f"{'' if not flash else ' (rows outside the target only)'}:")
         fitted, other = [], []
-        for (path, ctx), reported in zip(items, reported_compute_buffers(items, flash),
+        for (path, ctx), reported in zip(items, reported_compute_buffers(items, flash, cache),
                                          strict=True):
             shape = model_shape(inspect_path(path))
-            estimate = compute_buffers(shape, ctx, flash_attention=flash).reserved
+            estimate = compute_buffers(shape, ctx, flash_attention=flash,
+                                       cache_type=cache).reserved
             error = (estimate - reported) / reported * 100
             label = f"{path.stem.removeprefix('buffers-')[:30]} ctx {ctx}"
             if not flash:
@@ -354,15 +361,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer models and contexts")
     parser.add_argument("--skip-llama", action="store_true", help="skip the llama.cpp part")
+    parser.add_argument("--buffers-only", action="store_true",
+                        help="only llama.cpp's compute buffers (part 3)")
     parser.add_argument("--runs", type=int, default=3,
                         help="processes per transformers row (the median is compared)")
     args = parser.parse_args()
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        llama = [] if args.skip_llama else bench_llama_cpp(Path(tmp), args.quick)
+        only = args.buffers_only
+        llama = [] if args.skip_llama or only else bench_llama_cpp(Path(tmp), args.quick)
         buffers = [] if args.skip_llama else bench_compute_buffers(Path(tmp), args.quick)
-        hf = bench_transformers(Path(tmp), args.quick, args.runs)
-        hf_gguf = bench_transformers_gguf(args.quick, args.runs)
+        hf = [] if only else bench_transformers(Path(tmp), args.quick, args.runs)
+        hf_gguf = [] if only else bench_transformers_gguf(args.quick, args.runs)
     for label, errors in (("llama.cpp", llama), ("compute buffers", buffers),
                           ("transformers", hf), ("transformers (GGUF)", hf_gguf)):
         if errors:

@@ -41,8 +41,11 @@ class Reported:
         return self.model + self.kv + self.output + self.compute
 
 
-def reported_buffers(path: Path, context: int, flash_attention: bool = False) -> Reported:
+def reported_buffers(path: Path, context: int, flash_attention: bool = False,
+                     cache_type: str = "F16") -> Reported:
     """Open the model as Modelyard does and add up the buffers llama.cpp logs."""
+    from gguf import GGMLQuantizationType
+
     from app.core.generate.backends import llama_cpp as backend
 
     captures = []
@@ -56,8 +59,10 @@ def reported_buffers(path: Path, context: int, flash_attention: bool = False) ->
 
     backend.captured_llama_log = recording
     try:
+        cache = GGMLQuantizationType[cache_type].value
         llm = backend.open_llama(path, n_ctx=context, n_batch=512, n_ubatch=512,
-                                 n_gpu_layers=0, n_threads=1, flash_attn=flash_attention)
+                                 n_gpu_layers=0, n_threads=1, flash_attn=flash_attention,
+                                 type_k=cache, type_v=cache)
     finally:
         backend.captured_llama_log = original
     llm.close()
@@ -139,26 +144,42 @@ FLASH_SHAPES = {
 }
 
 
-@pytest.mark.parametrize(("name", "flash"), [(n, False) for n in BUFFER_SHAPES]
-                         + [(n, True) for n in FLASH_SHAPES])
-def test_compute_buffer_is_within_the_bound_across_shapes(name: str, flash: bool,
+# A quantized KV cache (flash attention on) rotates q, k, v and the attention's output by
+# Hadamard matrices: one hidden-state row more at 4096 tokens for the dense shapes, a layout
+# that packs tighter for the MoE.
+QUANTIZED_CACHE_SHAPES = {
+    "2048x16, K and V rotated": ((2048, 16, 8, 5632, 32000, 0), (512, 4096)),
+    "MoE 8 experts, K and V rotated": ((1024, 8, 8, 1024, 8000, 8), (4096,)),
+}
+
+
+@pytest.mark.parametrize(("name", "flash", "cache"),
+                         [(n, False, "F16") for n in BUFFER_SHAPES]
+                         + [(n, True, "F16") for n in FLASH_SHAPES]
+                         + [(n, True, c) for n in QUANTIZED_CACHE_SHAPES
+                            for c in ("Q8_0", "Q4_0")])
+def test_compute_buffer_is_within_the_bound_across_shapes(name: str, flash: bool, cache: str,
                                                           tmp_path: Path) -> None:
     """The compute buffer alone against the size llama.cpp reports reserving, for shapes beyond
     the suite's small models (hidden sizes to 4096, vocabularies to 128k), flash attention off
-    and on. The files are sparse: llama.cpp reads zeros, and no weight is written. These are
-    llama graphs, whose allocation the estimate replays (`graph_alloc`)."""
-    (n_embd, n_head, n_head_kv, n_ff, n_vocab, n_experts), contexts = (
-        FLASH_SHAPES if flash else BUFFER_SHAPES)[name]
+    and on, F16 and quantized KV caches. The files are sparse: llama.cpp reads zeros, and no
+    weight is written. These are llama graphs, whose allocation the estimate replays
+    (`graph_alloc`)."""
+    table = (QUANTIZED_CACHE_SHAPES if cache != "F16" else FLASH_SHAPES if flash
+             else BUFFER_SHAPES)
+    (n_embd, n_head, n_head_kv, n_ff, n_vocab, n_experts), contexts = table[name]
     path = make_sparse_llama_gguf(tmp_path / "shape.gguf", n_embd=n_embd, n_head=n_head,
                                   n_head_kv=n_head_kv, n_ff=n_ff, n_vocab=n_vocab,
                                   n_experts=n_experts)
     shape = model_shape(inspect_path(path))
     for context in contexts:
-        reported = reported_buffers(path, context, flash_attention=flash).compute
-        buffers = compute_buffers(shape, context, flash_attention=flash)
+        reported = reported_buffers(path, context, flash_attention=flash,
+                                    cache_type=cache).compute
+        buffers = compute_buffers(shape, context, flash_attention=flash, cache_type=cache)
         assert buffers.replayed
         error = (buffers.reserved - reported) / reported
         assert -0.03 <= error <= 0.05, (
-            f"{name} at n_ctx {context}, flash attention {'on' if flash else 'off'}: estimate "
+            f"{name} at n_ctx {context}, flash attention {'on' if flash else 'off'}, {cache} "
+            f"cache: estimate "
             f"{buffers.reserved / MIB:.2f} MiB, llama.cpp {reported / MIB:.2f} MiB "
             f"({error:+.1%})")

@@ -134,11 +134,14 @@ def _input(shape: tuple[int, ...], size: int) -> Tensor:
 def build_llama_graph(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
                       n_ff: int, n_vocab: int, n_kv: int, n_tokens: int,
                       flash_attention: bool = False, n_expert: int = 0,
-                      n_expert_used: int = 0) -> Graph:
+                      n_expert_used: int = 0, k_rotation: int = 0,
+                      v_rotation: int = 0) -> Graph:
     """The tensors build_llama creates for one micro-batch, expanded as llama.cpp expands them.
 
     With flash attention the mask is f16, V is stored untransposed (one row index per token),
-    and one fused op replaces the scores, softmax and product."""
+    and one fused op replaces the scores, softmax and product. A quantized KV cache rotates
+    what it stores (llama_mul_mat_hadamard): `k_rotation` (q and k) and `v_rotation` (v, and
+    the attention's output back) are the sizes of those Hadamard matrices, 0 for none."""
     graph = Graph()
     t = n_tokens
     kv_width = n_head_kv * head_dim
@@ -149,6 +152,8 @@ def build_llama_graph(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, he
     mask = _input((n_kv, t), 2 if flash_attention else 4)
     out_ids = _input((t,), 4)
     cache = Tensor("leaf", (), external=True)
+    k_rot = _input((k_rotation, k_rotation), 4) if k_rotation else None
+    v_rot = _input((v_rotation, v_rotation), 4) if v_rotation else None
     inp = _new("get_rows", (n_embd, t), _weight(), tokens)
     # build_inp_embd expands both input paths (token ids and ready embeddings) and selects one;
     # the unused embeddings input is a leaf nothing consumes, so it is never freed.
@@ -164,6 +169,11 @@ def build_llama_graph(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, he
         v = _view(v, (head_dim, n_head_kv, t))
         k = _new("rope", (head_dim, n_head_kv, t), _view(k, (head_dim, n_head_kv, t)),
                  positions)
+        if k_rot is not None:
+            q = _rotated(q, k_rot, (head_dim, n_head, t))
+            k = _rotated(k, k_rot, (head_dim, n_head_kv, t))
+        if v_rot is not None:
+            v = _rotated(v, v_rot, (head_dim, n_head_kv, t))
         graph.expand(q)
         graph.expand(v)
         graph.expand(k)
@@ -185,6 +195,8 @@ def build_llama_graph(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, he
             kqv = _new("mul_mat", (head_dim, t, n_head), v_heads, scores)
             attn = _new("cont", (head_dim * n_head, t), _view(kqv, (head_dim, n_head, t)))
         graph.expand(attn)
+        if v_rot is not None:
+            attn = _rotated(attn, v_rot, (head_dim * n_head, t))
         attn = _new("mul_mat", (n_embd, t), _weight(), attn)
         residual = inp
         if layer == n_layer - 1:
@@ -204,6 +216,12 @@ def build_llama_graph(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, he
     embd.output = logits.output = True
     graph.expand(logits)
     return graph
+
+
+def _rotated(x: Tensor, rot: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """llama_mul_mat_hadamard on a contiguous tensor: rows of the matrix's size, multiplied by
+    it into a new f32 tensor, reshaped back."""
+    return _view(_new("mul_mat", shape, rot, _view(x)), shape)
 
 
 def _moe_ffn(graph: Graph, norm: Tensor, n_embd: int, n_ff: int, n_expert: int, used: int,
@@ -291,7 +309,8 @@ def reserved_bytes(graph: Graph) -> int:
 def llama_compute_buffer(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
                          n_ff: int, n_vocab: int, n_kv: int, n_tokens: int,
                          flash_attention: bool, n_expert: int = 0,
-                         n_expert_used: int = 0) -> int:
+                         n_expert_used: int = 0, k_rotation: int = 0,
+                         v_rotation: int = 0) -> int:
     """The compute buffer llama.cpp reserves for a dense llama-architecture model: the
     replayed allocation of `build_llama_graph`.
 
@@ -302,4 +321,4 @@ def llama_compute_buffer(n_layer: int, n_embd: int, n_head: int, n_head_kv: int,
         n_layer = 4 + n_layer % 2
     return reserved_bytes(build_llama_graph(n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff,
                                             n_vocab, n_kv, n_tokens, flash_attention,
-                                            n_expert, n_expert_used))
+                                            n_expert, n_expert_used, k_rotation, v_rotation))

@@ -143,8 +143,22 @@ def replays_graph(shape: ModelShape) -> bool:
             and shape.n_layer > 0)
 
 
+def hadamard_sizes(shape: ModelShape, cache_type: str) -> tuple[int, int]:
+    """The Hadamard matrices a quantized KV cache rotates K and V by (llama_kv_cache's
+    attn_rot_k/attn_rot_v), 0 where it does not: for heads a multiple of 64 wide, K's is the
+    largest power of two dividing the head size, V's 64."""
+    if cache_type.upper() in ("F16", "BF16", "F32") or not shape.head_dim_k:
+        return 0, 0
+    k_rot = 0
+    if shape.head_dim_k % 64 == 0:
+        k_rot = 64
+        while shape.head_dim_k % (2 * k_rot) == 0:
+            k_rot *= 2
+    return k_rot, 64 if shape.head_dim_v and shape.head_dim_v % 64 == 0 else 0
+
+
 def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
-                    n_ubatch: int = N_UBATCH) -> ComputeBuffers:
+                    n_ubatch: int = N_UBATCH, cache_type: str = "F16") -> ComputeBuffers:
     """Worst-case compute buffers for one micro-batch attending to a full context.
 
     llama.cpp reserves the graph of a full micro-batch (n_ubatch = min(512, n_ctx) tokens, all
@@ -212,7 +226,8 @@ def compute_buffers(shape: ModelShape, context: int, flash_attention: bool,
         replayed = llama_compute_buffer(shape.n_layer, shape.n_embd, shape.n_head,
                                         shape.n_head_kv[0], shape.head_dim_k, shape.n_ff,
                                         shape.n_vocab, kv, ubatch, flash_attention,
-                                        shape.n_experts, shape.n_experts_used)
+                                        shape.n_experts, shape.n_experts_used,
+                                        *hadamard_sizes(shape, cache_type))
     return ComputeBuffers(layer, max(attention + conversion, ffn + ffn_conversion), logits,
                           2 * row, replayed)
 
@@ -270,7 +285,8 @@ def estimate_gguf_run(model: ModelInfo, context: int, gpu_layers: int = 0,
             weights[output_device] += next(
                 (t.n_bytes for t in model.tensors if t.name == "token_embd.weight"), 0)
 
-    buffers = compute_buffers(shape, context, flash_attention) if shape.n_embd else None
+    buffers = (compute_buffers(shape, context, flash_attention, cache_type=cache_type)
+               if shape.n_embd else None)
     cpu_compute = 0
     if buffers is not None:
         # RAM counts touched pages: generation asks for one token's logits, so the CPU never
