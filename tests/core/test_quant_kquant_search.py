@@ -47,6 +47,16 @@ def test_sequential_sum_adds_in_order(length: int, trailing: int) -> None:
     assert torch.equal(got, from_zero) and torch.equal(got.signbit(), from_zero.signbit())
 
 
+def assert_identical(fast: tuple[torch.Tensor, ...], reference: tuple[torch.Tensor, ...],
+                     signed: int = 0) -> None:
+    """Value for value; for the first `signed` results (scales and mins, whose zero's sign
+    reaches the file) sign for sign too."""
+    for index, (a, b) in enumerate(zip(fast, reference, strict=True)):
+        assert torch.equal(a, b)
+        if index < signed:
+            assert torch.equal(a.signbit(), b.signbit())
+
+
 def _awkward_rows(case: str, rng: np.random.Generator) -> np.ndarray:
     rows = (rng.standard_normal((12, 512)) * rng.lognormal(0, 1, (12, 1))).astype(np.float32)
     if case == "zeros":  # all-zero and constant sub-blocks, all-positive and negative ones
@@ -94,12 +104,9 @@ def test_compiled_and_torch_searches_agree_value_for_value() -> None:
             fast = make_qkx2_quants(rows, weights[:len(rows)], nmax, rmin, 0.1, nstep, use_mad)
             reference = make_qkx2_quants_torch(rows, weights[:len(rows)], nmax, rmin, 0.1,
                                                nstep, use_mad)
-            for a, b in zip(fast, reference, strict=True):
-                assert a.device == x.device and a.dtype == torch.float32
-                assert torch.equal(a, b)
+            assert all(a.device == x.device and a.dtype == torch.float32 for a in fast)
             # The sign of a zero scale or min reaches the file; a code is an integer.
-            for a, b in zip(fast[:2], reference[:2], strict=True):
-                assert torch.equal(a.signbit(), b.signbit())
+            assert_identical(fast, reference, signed=2)
 
 
 def test_q6_k_compiled_and_torch_searches_agree(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,8 +120,7 @@ def test_q6_k_compiled_and_torch_searches_agree(monkeypatch: pytest.MonkeyPatch)
     fast = kquants._make_qx_quants(x)
     monkeypatch.setattr(kquant_search_cpu, "ENABLED", False)
     reference = kquants._make_qx_quants(x)
-    for a, b in zip(fast, reference, strict=True):
-        assert torch.equal(a, b)
+    assert_identical(fast, reference)
 
 
 def test_weighted_searches_compiled_and_torch_agree_value_for_value() -> None:
@@ -131,10 +137,7 @@ def test_weighted_searches_compiled_and_torch_agree_value_for_value() -> None:
     for nmax, rmin, nstep in ((15, -0.9, 36), (31, -0.9, 36), (3, -0.9, 36), (1, -0.5, 5)):
         fast = make_qkx3_quants(x, weights, nmax, rmin, 0.05, nstep)
         reference = make_qkx3_quants_torch(x, weights, nmax, rmin, 0.05, nstep)
-        for a, b in zip(fast, reference, strict=True):
-            assert torch.equal(a, b)
-        for a, b in zip(fast[:2], reference[:2], strict=True):
-            assert torch.equal(a.signbit(), b.signbit())
+        assert_identical(fast, reference, signed=2)
 
 
 def test_weighted_qx_search_compiled_and_torch_agree(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,5 +154,4 @@ def test_weighted_qx_search_compiled_and_torch_agree(monkeypatch: pytest.MonkeyP
         with monkeypatch.context() as patch:
             patch.setattr(kquant_search_cpu, "ENABLED", False)
             reference = make_qx_quants(x, weights, nmax)
-        for a, b in zip(fast, reference, strict=True):
-            assert torch.equal(a, b)
+        assert_identical(fast, reference)

@@ -336,6 +336,7 @@ def q3(x: np.ndarray, nmax: int, scales: np.ndarray, codes: np.ndarray) -> None:
     levels = np.empty((size, LANES), f32)
     peak = np.empty(LANES, f32)
     amax = np.empty(LANES, f32)
+    iscale = np.empty(LANES, f32)
     sum_lx = np.empty(LANES, f32)
     sum_l2 = np.empty(LANES, f32)
     top = f32(nmax)
@@ -344,14 +345,11 @@ def q3(x: np.ndarray, nmax: int, scales: np.ndarray, codes: np.ndarray) -> None:
         count = min(LANES, n - first)
         _signed_peaks(x, x, True, first, count, xt, wt, peak, amax)
         for j in range(LANES):
-            iscale = -top / peak[j]
-            sum_lx[j] = _ZERO
-            sum_l2[j] = _ZERO
-            for i in range(size):
-                level = _level(iscale * xt[i, j], bottom, ceiling)
-                levels[i, j] = level
-                sum_lx[j] += wt[i, j] * xt[i, j] * level
-                sum_l2[j] += wt[i, j] * level * level
+            iscale[j] = -top / peak[j]
+        _qx_sums(iscale, xt, wt, bottom, ceiling, sum_lx, sum_l2)
+        for i in range(size):
+            for j in range(LANES):
+                levels[i, j] = _level(iscale[j] * xt[i, j], bottom, ceiling)
         for _ in range(5):
             for i in range(size):
                 for j in range(LANES):
