@@ -91,17 +91,22 @@ def layer_weight_bytes(model: ModelInfo, n_layer: int) -> tuple[int, list[int], 
     return input_bytes, blocks, output_bytes
 
 
+def cache_block(cache_type: str) -> tuple[int, int]:
+    """(values per block, bytes per block) of a KV cache type; OptionError if unknown."""
+    try:
+        return GGML_QUANT_SIZES[GGMLQuantizationType[cache_type.upper()]]
+    except KeyError:
+        raise OptionError(f"unknown KV cache type {cache_type!r}",
+                          hint="use F16, BF16, F32, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1") from None
+
+
 def kv_cache_bytes(shape: ModelShape, context: int, layer: int, cache_type: str = "F16",
                    n_ubatch: int = N_UBATCH, swa_full: bool = False) -> int:
     """One layer's K and V cells: 2 · n_ctx · n_head_kv · head_dim · bytes, per layer.
 
     `swa_full`: windowed layers keep a full-size cache too, as llama-cpp-python does (its
     context defaults to llama.cpp's `swa_full = true`; it logs "using full-size SWA cache")."""
-    try:
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[cache_type.upper()]]
-    except KeyError:
-        raise OptionError(f"unknown KV cache type {cache_type!r}",
-                          hint="use F16, BF16, F32, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1") from None
+    block, size = cache_block(cache_type)
     bytes_per_value = size / block
     cells = padded_context(context)
     if shape.swa_layers and shape.swa_layers[layer] and shape.sliding_window and not swa_full:
@@ -147,7 +152,7 @@ def hadamard_sizes(shape: ModelShape, cache_type: str) -> tuple[int, int]:
     """The Hadamard matrices a quantized KV cache rotates K and V by (llama_kv_cache's
     attn_rot_k/attn_rot_v), 0 where it does not: for heads a multiple of 64 wide, K's is the
     largest power of two dividing the head size, V's 64."""
-    if cache_type.upper() in ("F16", "BF16", "F32") or not shape.head_dim_k:
+    if cache_block(cache_type)[0] == 1 or not shape.head_dim_k:  # a float type
         return 0, 0
     k_rot = 0
     if shape.head_dim_k % 64 == 0:

@@ -24,10 +24,10 @@ FLOAT_TYPES = frozenset(STORED_DTYPES)
 # ~340 MiB RSS on CPU with torch 2.13 and transformers 5.2x (tiny models measured 341-346 MiB
 # in all; tests/bench/fit_accuracy.py, tests/core/test_fit_measured.py).
 TORCH_OVERHEAD = 340 * MIB
-# What a forward pass on the CPU holds beyond the tensors counted grows with the model: at the
-# peak of Modelyard's transformers runs, 15-31 MiB above TORCH_OVERHEAD for llamas of 221-598
-# MiB of float32 weights at contexts 512-4096, next to nothing for a 0.1 MiB one
-# (tests/bench/fit_accuracy.py). A twelfth of the weights covers those measured.
+# What a forward pass on the CPU holds beyond the tensors counted grows with the model: the
+# llamas of tests/bench/fit_accuracy.py (221-598 MiB of float32 weights, contexts 512-4096)
+# peak above what TORCH_OVERHEAD and those tensors explain, the suite's 0.1 MiB model barely.
+# A twelfth of the weights brings every row of that bench within its target.
 FORWARD_BUFFERS_PER_WEIGHT_BYTE = 1 / 12
 CUDA_CONTEXT = 400 * MIB
 HF_LAYER = re.compile(r"\.layers\.(\d+)\.|^blk\.(\d+)\.")
@@ -114,8 +114,8 @@ def activation_bytes(shape: ModelShape, context: int, dtype_bytes: int,
     keeps some of them on a fragmented heap, by an amount that varies from run to run."""
     experts = max(shape.n_experts_used, 1)
     per_token = 4 * shape.n_embd + 2 * shape.n_ff * experts
-    # At 4096 tokens the measured working set was up to a third above the intermediates counted
-    # (at 2048, at most equal): 5/4 covers the three shapes measured.
+    # The bench's 4096-token rows hold more than the intermediates counted (its 2048-token rows
+    # do not): 5/4 of them brings those rows within the target.
     intermediates = context * per_token * dtype_bytes * 5 // 4
     if attention != "eager":
         return intermediates + shape.n_vocab * 4
@@ -159,16 +159,15 @@ def unread_output_bytes(model: ModelInfo, load_dtype: str) -> int:
 
 
 def work_bytes(model: ModelInfo, shape: ModelShape, context: int, load_dtype: str,
-               kv_bytes: int, attention: str = "sdpa", on_cpu: bool = True) -> int:
-    """Memory beyond weights and KV cache at the peak, on the CPU or a GPU: either generating
-    (activations, less the mapped weights not yet read on the CPU) or loading (the cast's
-    source bytes, which the KV cache does not yet use)."""
+               kv_bytes: int, attention: str = "sdpa", cpu_weights: int | None = None) -> int:
+    """Memory beyond weights and KV cache at the peak, on a GPU or, given the loaded weights
+    (`cpu_weights`), on the CPU: either generating (activations; on the CPU with the forward's
+    buffers, less the mapped weights not yet read) or loading (the cast's source bytes, which
+    the KV cache does not yet use)."""
     working = (activation_bytes(shape, context, DTYPE_BYTES[load_dtype], attention)
                if shape.n_embd else 0)
-    if on_cpu:
-        weights = sum(loaded_bytes(t, DTYPE_BYTES[load_dtype], model.format == "gguf")
-                      for t in model.tensors)
-        working = int(weights * FORWARD_BUFFERS_PER_WEIGHT_BYTE) + max(
+    if cpu_weights is not None:
+        working = int(cpu_weights * FORWARD_BUFFERS_PER_WEIGHT_BYTE) + max(
             0, working - unread_output_bytes(model, load_dtype))
     return max(working, conversion_transient(model, load_dtype) - kv_bytes)
 
@@ -181,7 +180,7 @@ def gpu_work_bytes(model: ModelInfo, context: int, dtype: str = "auto",
     shape = model_shape(model)
     kv = (hf_kv_cache_bytes(shape, context, DTYPE_BYTES[load_dtype]) // shape.n_layer
           * shape.n_layer if shape.n_layer and shape.n_head else 0)
-    return work_bytes(model, shape, context, load_dtype, kv, attention, on_cpu=False)
+    return work_bytes(model, shape, context, load_dtype, kv, attention)
 
 
 def estimate_hf_load(model: ModelInfo, context: int, dtype: str = "auto",
@@ -212,9 +211,10 @@ def estimate_hf_load(model: ModelInfo, context: int, dtype: str = "auto",
     other, layers = layer_bytes(model, shape.n_layer, dtype_bytes)
     kv_per_layer = (hf_kv_cache_bytes(shape, context, dtype_bytes) // shape.n_layer
                     if shape.n_layer and shape.n_head else 0)
+
     def peak_work(on_cpu: bool) -> int:
         return work_bytes(model, shape, context, load_dtype, kv_per_layer * shape.n_layer,
-                          attention, on_cpu)
+                          attention, other + sum(layers) if on_cpu else None)
 
     n_layer = shape.n_layer
     if not gpu_free:
