@@ -44,12 +44,14 @@ def _late_faults(mode: str) -> int:
                     reason="tunes glibc's malloc")
 def test_buffers_of_later_chunks_do_not_fault_again() -> None:
     values_pages = 4 * 2**20 // os.sysconf("SC_PAGE_SIZE")  # one chunk's float32 values
-    # With glibc's defaults the same chunks fault ~45,000 pages (measured on glibc 2.36): every
-    # chunk faults its buffers in again.
-    assert _late_faults("tuned") < values_pages
+    # With glibc's defaults the same chunks fault ~42,000-45,000 pages: every chunk faults its
+    # buffers in again. Tuned, it is 0 in most runs; in some a worker moves to another malloc
+    # arena once and faults up to about one chunk's buffers there (up to 1,569 pages seen).
+    assert _late_faults("tuned") < 4 * values_pages
 
 
-# Frees a 4 MiB block, then allocates another: prints how many bytes the heap grew by.
+# Frees a 4 MiB block, then allocates another: prints how many bytes of it were mapped on
+# their own (mallinfo2's hblkhd) rather than taken from the heap.
 SECOND_BLOCK = """
 import ctypes, sys
 from app.core.heap import return_freed_buffers
@@ -64,16 +66,16 @@ class Info(ctypes.Structure):
                 .split()]
 libc.mallinfo2.restype = Info
 libc.free(libc.malloc(4 << 20))
-before = libc.mallinfo2().arena
+before = libc.mallinfo2().hblkhd
 block = libc.malloc(4 << 20)
-print(libc.mallinfo2().arena - before)
+print(libc.mallinfo2().hblkhd - before)
 """
 
 
 @pytest.mark.skipif(not hasattr(os, "confstr") or not os.confstr("CS_GNU_LIBC_VERSION"),
                     reason="tunes glibc's malloc")
 def test_inference_maps_large_blocks_after_one_was_freed() -> None:
-    def heap_growth(mode: str) -> int:
+    def mapped(mode: str) -> int:
         done = subprocess.run([sys.executable, "-c", SECOND_BLOCK, mode], capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 0, done.stderr
@@ -81,5 +83,5 @@ def test_inference_maps_large_blocks_after_one_was_freed() -> None:
 
     # glibc's default raises its mmap threshold to the freed block's size, so the second block
     # comes from the heap, where freed activations fragment it; tuned, it is mapped on its own.
-    assert heap_growth("default") >= 4 << 20
-    assert heap_growth("tuned") < 1 << 20
+    assert mapped("default") == 0
+    assert mapped("tuned") >= 4 << 20
